@@ -1,0 +1,58 @@
+# The two commands: `make run` and `make test`. Everything else is set up on the way.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_BINDIR := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
+PYTEST_ARGS ?=
+
+.PHONY: help run test lint format proto bench postgres clean
+
+help:
+	@echo "make run    - start the local three-region topology and the service"
+	@echo "make test   - install what the tests need and run them"
+	@echo "make lint   - ruff (lint + format check) and mypy strict"
+	@echo "make proto  - regenerate the gRPC code from protos/"
+	@echo "make bench  - run the benchmarks under tests/perf/"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The PostgreSQL server binaries the local topology runs (Debian's postgresql package).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing the PostgreSQL server (apt-get install -y postgresql)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
+	else \
+		echo "PostgreSQL server binaries are missing: run 'sudo apt-get install -y postgresql'" >&2; \
+		exit 1; \
+	fi
+
+run: $(STAMP) postgres
+	$(BIN)/signing-keys dev
+
+test: $(STAMP) postgres
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix service tests
+	$(BIN)/ruff format service tests
+
+bench: $(STAMP) postgres
+	$(BIN)/python -m tests.perf
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,137 @@
+"""The ``signing-keys`` command: serve, migrate, status, token admin, and the dev topology.
+
+signing-keys serve                 # HTTP + gRPC, configured from SIGNING_KEYS_* variables
+signing-keys migrate               # apply sql/migrations (and the CockroachDB script)
+signing-keys status                # per-region state as the router sees it
+signing-keys token create --environment ENV --scopes read,write,verify
+signing-keys dev                   # local three-region topology + service (``make run``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from service.core.models import Scope
+from service.logs import configure_logging
+from service.settings import Settings, SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = args.settings_factory()
+    except SettingsError as exc:
+        print(f"signing-keys: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level if settings else "info")
+    handler: Callable[[argparse.Namespace, Any], Coroutine[Any, Any, int]] = args.handler
+    try:
+        return asyncio.run(handler(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signing-keys", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve HTTP and gRPC")
+    serve.set_defaults(handler=_serve, settings_factory=Settings.from_env)
+
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations")
+    migrate.set_defaults(handler=_migrate, settings_factory=Settings.from_env)
+
+    status = commands.add_parser("status", help="show each region's state")
+    status.set_defaults(handler=_status, settings_factory=Settings.from_env)
+
+    token = commands.add_parser("token", help="access-token administration")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="issue an access token")
+    create.add_argument("--environment", action="append", required=True, dest="environments")
+    create.add_argument("--scopes", default="read,write,verify")
+    create.add_argument("--name")
+    create.set_defaults(handler=_token_create, settings_factory=Settings.from_env)
+
+    dev = commands.add_parser("dev", help="run the local three-region topology and the service")
+    dev.add_argument("--environment", default="dev")
+    dev.set_defaults(handler=_dev, settings_factory=lambda: None)
+    return parser
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import Server
+
+    async with Server(settings) as server:
+        _stop_on_signals(server)
+        await server.wait_closed()
+    return 0
+
+
+async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import Server
+    from service.store.migrations import migrate
+
+    server = Server(settings)
+    await server.database.start()
+    try:
+        applied = await migrate(server.database)
+    finally:
+        await server.database.aclose()
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import Server
+
+    server = Server(settings)
+    await server.database.start()
+    try:
+        print(json.dumps(server.database.status().to_dict(), indent=2, default=str))
+    finally:
+        await server.database.aclose()
+    return 0
+
+
+async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import Server
+
+    try:
+        scopes = [Scope(scope.strip()) for scope in args.scopes.split(",") if scope.strip()]
+    except ValueError:
+        print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
+        return 2
+    server = Server(settings)
+    await server.database.start()
+    try:
+        token, secret = await server.authenticator.issue(scopes, args.environments, name=args.name)
+    finally:
+        await server.database.aclose()
+    # The secret is printed to the operator's terminal once, never logged.
+    print(json.dumps({"id": token.id, "secret": secret, "scopes": sorted(token.scopes)}))
+    return 0
+
+
+async def _dev(args: argparse.Namespace, _: None) -> int:
+    from service.dev import run_dev
+
+    return await run_dev(environment=args.environment)
+
+
+def _stop_on_signals(server: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.aclose()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Key material: generation, parsing, and the encodings a public key is served in.
+
+Pure functions over ``cryptography`` objects; nothing here does I/O or keeps state. Private
+keys exist only as return values of :func:`generate_key_pair` and are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, cast, get_args
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from service.errors import InvalidRequestError
+
+Algorithm = Literal["RS256", "ES256", "EdDSA"]
+ALGORITHMS: Final[tuple[Algorithm, ...]] = get_args(Algorithm)
+DEFAULT_ALGORITHM: Final[Algorithm] = "RS256"
+RSA_KEY_BITS: Final = 2048
+MIN_IMPORTED_RSA_BITS: Final = 2048
+
+PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A freshly generated key pair; ``private_pem`` must leave the process exactly once."""
+
+    algorithm: Algorithm
+    public_der: bytes
+    private_pem: bytes
+
+    def __repr__(self) -> str:  # never show the private key, even in a traceback
+        return f"KeyPair(algorithm={self.algorithm!r}, public_der=<{len(self.public_der)} bytes>)"
+
+
+def parse_algorithm(value: object) -> Algorithm:
+    if value not in ALGORITHMS:
+        raise InvalidRequestError(
+            f"algorithm must be one of {', '.join(ALGORITHMS)}, not {str(value)[:40]!r}"
+        )
+    return value
+
+
+def generate_key_pair(algorithm: Algorithm) -> KeyPair:
+    """Generate a key pair (CPU-bound: RSA takes tens of ms; call it off the event loop)."""
+    private: PrivateKey
+    if algorithm == "RS256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    elif algorithm == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return KeyPair(
+        algorithm=algorithm,
+        public_der=public_key_der(private.public_key()),
+        private_pem=private_pem,
+    )
+
+
+def public_key_der(key: PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key(der: bytes) -> PublicKey:
+    """Load a stored SubjectPublicKeyInfo DER (trusted input: written by us)."""
+    return cast(PublicKey, serialization.load_der_public_key(der))
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo DER, lower-case hex."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def public_key_pem(der: bytes) -> str:
+    return (
+        load_public_key(der)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+
+
+def algorithm_of(key: PublicKey) -> Algorithm:
+    """The one JWS algorithm a key is used with; anything else is refused."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_IMPORTED_RSA_BITS:
+            raise InvalidRequestError(f"RSA keys must have at least {MIN_IMPORTED_RSA_BITS} bits")
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise InvalidRequestError("EC keys must use the P-256 curve (ES256)")
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise InvalidRequestError("unsupported key type: use RSA (RS256), P-256 (ES256) or Ed25519")
+
+
+def parse_customer_public_key(value: object) -> tuple[Algorithm, bytes]:
+    """Parse an imported public key (PEM text or a JWK object) → (algorithm, SPKI DER).
+
+    Private keys are refused: a customer must never send us one.
+    """
+    if isinstance(value, str):
+        if "PRIVATE KEY" in value:
+            raise InvalidRequestError("public_key must be a public key; never send a private key")
+        try:
+            key = serialization.load_pem_public_key(value.encode("utf-8"))
+        except (ValueError, UnsupportedAlgorithm):
+            raise InvalidRequestError(
+                "public_key is not a valid PEM SubjectPublicKeyInfo"
+            ) from None
+    elif isinstance(value, dict):
+        key = _public_key_from_jwk(value)
+    else:
+        raise InvalidRequestError("public_key must be a PEM string or a JWK object")
+    public = cast(PublicKey, key)
+    return algorithm_of(public), public_key_der(public)
+
+
+def public_jwk(der: bytes, *, kid: str, algorithm: Algorithm) -> dict[str, str]:
+    """The public key as a JWK (RFC 7517) with ``kid``, ``alg`` and ``use``."""
+    key = load_public_key(der)
+    jwk: dict[str, str]
+    if isinstance(key, rsa.RSAPublicKey):
+        numbers = key.public_numbers()
+        jwk = {"kty": "RSA", "n": _b64_uint(numbers.n), "e": _b64_uint(numbers.e)}
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        numbers_ec = key.public_numbers()
+        jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": _b64_uint(numbers_ec.x, 32),
+            "y": _b64_uint(numbers_ec.y, 32),
+        }
+    else:
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    return {**jwk, "kid": kid, "alg": algorithm, "use": "sig"}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url strictly; raise ``ValueError`` on anything else."""
+    if not text or any(c not in _B64URL_ALPHABET for c in text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_B64URL_ALPHABET: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+)
+
+
+def _b64_uint(value: int, length: int | None = None) -> str:
+    size = length or max(1, (value.bit_length() + 7) // 8)
+    return b64url(value.to_bytes(size, "big"))
+
+
+def _jwk_int(jwk: dict[str, Any], name: str) -> int:
+    field = jwk.get(name)
+    if not isinstance(field, str):
+        raise InvalidRequestError(f"JWK member {name!r} is missing or not a string")
+    try:
+        return int.from_bytes(b64url_decode(field), "big")
+    except ValueError:
+        raise InvalidRequestError(f"JWK member {name!r} is not base64url") from None
+
+
+def _public_key_from_jwk(jwk: dict[str, Any]) -> PublicKey:
+    if "d" in jwk:
+        raise InvalidRequestError("public_key must be a public JWK; never send a private key")
+    kty = jwk.get("kty")
+    try:
+        if kty == "RSA":
+            return rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        if kty == "EC":
+            if jwk.get("crv") != "P-256":
+                raise InvalidRequestError("EC JWK must use crv P-256")  # noqa: TRY301
+            return ec.EllipticCurvePublicNumbers(
+                _jwk_int(jwk, "x"), _jwk_int(jwk, "y"), ec.SECP256R1()
+            ).public_key()
+        if kty == "OKP" and jwk.get("crv") == "Ed25519":
+            raw = b64url_decode(str(jwk.get("x", "")))
+            return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    except InvalidRequestError:
+        raise
+    except ValueError:
+        raise InvalidRequestError("JWK does not describe a valid public key") from None
+    raise InvalidRequestError(
+        f"unsupported JWK kty/crv {json.dumps(kty)[:20]}: use RSA, EC P-256 or OKP Ed25519"
+    )

@@ -1,0 +1,254 @@
+"""Key management: create, import, get, list and revoke an environment's signing keys.
+
+Transports translate requests into calls here; the rules (scopes, environments, idempotency,
+audit, where key generation runs) live here once for HTTP, gRPC and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+import structlog
+
+from service.core import crypto
+from service.core.crypto import Algorithm
+from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
+from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
+from service.store import keys as store
+from service.store.database import Database
+from service.store.keys import IdempotencyClaim
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PAGE_LIMIT: Final = 25
+MAX_PAGE_LIMIT: Final = 100
+MAX_PAGE: Final = 10_000
+MAX_NAME_LENGTH: Final = 200
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+# At most this many key generations run at once; more wait rather than crowd the executor.
+DEFAULT_KEYGEN_CONCURRENCY: Final = 4
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def new_key_id() -> str:
+    """An opaque, URL-safe, unguessable id (192 random bits), used as the JWT ``kid``."""
+    return secrets.token_urlsafe(24)
+
+
+def new_event_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def check_id(value: str, what: str = "signing key id") -> str:
+    """Validate an id taken from a path or message before it reaches SQL or a log."""
+    if not _ID.match(value):
+        raise InvalidRequestError(f"{what} must be 1-128 characters of A-Z, a-z, 0-9, '-', '_'")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """What a caller asks for when creating a key."""
+
+    algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
+    name: str | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
+            raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise InvalidRequestError("expires_at must carry a time zone")
+
+
+class KeyService:
+    """Manages signing keys in one :class:`Database`; every method checks the principal.
+
+    >>> service = KeyService(database)
+    >>> created = await service.create(principal, "env-1", KeySpec(algorithm="ES256"))
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        keygen_concurrency: int = DEFAULT_KEYGEN_CONCURRENCY,
+        write_timeout: float | None = None,
+    ) -> None:
+        self._db = database
+        self._keygen = asyncio.Semaphore(keygen_concurrency)
+        self._write_timeout = write_timeout
+
+    async def create(
+        self,
+        principal: Principal,
+        environment_id: str,
+        spec: KeySpec,
+        *,
+        idempotency_key: str | None = None,
+    ) -> CreatedKey:
+        """Generate a key pair off the event loop, store the public half, return both once."""
+        principal.require(Scope.WRITE, environment_id)
+        claim = _claim(idempotency_key, spec)
+        async with self._keygen:
+            pair = await asyncio.to_thread(crypto.generate_key_pair, spec.algorithm)
+        key = self._new_key(environment_id, spec, pair.algorithm, pair.public_der, "generated")
+        stored = await self._insert(principal, key, "create", claim)
+        return CreatedKey(key=stored, private_key_pem=pair.private_pem)
+
+    async def import_key(
+        self,
+        principal: Principal,
+        environment_id: str,
+        public_key: object,
+        *,
+        algorithm: str | None = None,
+        name: str | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> SigningKey:
+        """Store a customer-supplied public key (PEM or JWK)."""
+        principal.require(Scope.WRITE, environment_id)
+        found, der = crypto.parse_customer_public_key(public_key)
+        if algorithm is not None and crypto.parse_algorithm(algorithm) != found:
+            raise InvalidRequestError(f"algorithm {algorithm!r} does not match the key ({found})")
+        spec = KeySpec(algorithm=found, name=name, expires_at=expires_at)
+        claim = _claim(idempotency_key, spec, der)
+        key = self._new_key(environment_id, spec, found, der, "imported")
+        return await self._insert(principal, key, "import", claim)
+
+    async def get(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+        principal.require(Scope.READ, environment_id)
+        key = await store.get_key(self._db, check_id(key_id), environment_id=environment_id)
+        if key is None:
+            raise NotFoundError("no signing key with that id in this environment")
+        return key
+
+    async def list(
+        self,
+        principal: Principal,
+        environment_id: str,
+        *,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        page: int = 1,
+    ) -> list[SigningKey]:
+        """One page (1-based) of keys, newest first; past the last page, an empty list."""
+        principal.require(Scope.READ, environment_id)
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
+            raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
+        if not 1 <= page <= MAX_PAGE:
+            raise InvalidRequestError(f"page must be between 1 and {MAX_PAGE}")
+        return await store.list_keys(
+            self._db, environment_id, limit=limit, offset=(page - 1) * limit
+        )
+
+    async def revoke(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+        """Revoke a key; revoking it again is harmless and writes no second audit event."""
+        principal.require(Scope.WRITE, environment_id)
+        audit = _audit(principal, environment_id, check_id(key_id), "revoke")
+        key = await store.revoke_key(
+            self._db, environment_id, key_id, audit=audit, timeout=self._write_timeout
+        )
+        if key is None:
+            raise NotFoundError("no signing key with that id in this environment")
+        log.info("signing key revoked", key_id=key.id, environment_id=environment_id)
+        return key
+
+    def _new_key(
+        self,
+        environment_id: str,
+        spec: KeySpec,
+        algorithm: Algorithm,
+        der: bytes,
+        source: Literal["generated", "imported"],
+    ) -> SigningKey:
+        now = datetime.now(UTC)  # placeholder: the database sets created_at/updated_at
+        return SigningKey(
+            id=new_key_id(),
+            environment_id=environment_id,
+            algorithm=algorithm,
+            public_key=der,
+            fingerprint=crypto.fingerprint(der),
+            status="active",
+            source=source,
+            name=spec.name,
+            created_at=now,
+            updated_at=now,
+            expires_at=spec.expires_at,
+        )
+
+    async def _insert(
+        self,
+        principal: Principal,
+        key: SigningKey,
+        action: Literal["create", "import"],
+        claim: IdempotencyClaim | None,
+    ) -> SigningKey:
+        audit = _audit(principal, key.environment_id, key.id, action)
+        outcome = await store.insert_key(
+            self._db, key, audit=audit, idempotency=claim, timeout=self._write_timeout
+        )
+        if outcome.replayed_key_id is not None:
+            if not outcome.request_matches:
+                raise ConflictError("this Idempotency-Key was already used for another request")
+            raise ConflictError(
+                f"this Idempotency-Key already created signing key {outcome.replayed_key_id}; "
+                "its private key was returned once, by that request, and is not stored"
+            )
+        if outcome.key is None:  # pragma: no cover - the store returns one or the other
+            raise InternalError("the key was not stored")
+        log.info(
+            "signing key stored",
+            key_id=key.id,
+            environment_id=key.environment_id,
+            algorithm=key.algorithm,
+            action=action,
+        )
+        return outcome.key
+
+
+def _audit(
+    principal: Principal,
+    environment_id: str,
+    key_id: str,
+    action: Literal["create", "import", "revoke"],
+) -> AuditEvent:
+    return AuditEvent(
+        id=new_event_id(),
+        environment_id=environment_id,
+        key_id=key_id,
+        action=action,
+        actor=principal.token_id,
+        api=principal.api,
+        request_id=principal.request_id,
+    )
+
+
+def _claim(
+    idempotency_key: str | None, spec: KeySpec, public_der: bytes = b""
+) -> IdempotencyClaim | None:
+    if idempotency_key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    request = json.dumps(
+        {
+            "algorithm": spec.algorithm,
+            "name": spec.name,
+            "expires_at": spec.expires_at.isoformat() if spec.expires_at else None,
+            "public_key": public_der.hex(),
+        },
+        sort_keys=True,
+    )
+    return IdempotencyClaim(idempotency_key, hashlib.sha256(request.encode()).digest())

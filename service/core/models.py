@@ -1,0 +1,105 @@
+"""The domain's records: signing keys, access tokens and the principal behind a request."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from service.core.crypto import Algorithm
+from service.errors import PermissionDeniedError
+
+KeyStatus = Literal["active", "revoked"]
+KeySource = Literal["generated", "imported"]
+Api = Literal["http", "grpc", "cli"]
+
+
+class Scope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningKey:
+    """A stored public signing key. ``id`` is the JWT ``kid``."""
+
+    id: str
+    environment_id: str
+    algorithm: Algorithm
+    public_key: bytes = field(repr=False)  # SubjectPublicKeyInfo DER
+    fingerprint: str
+    status: KeyStatus
+    source: KeySource
+    name: str | None
+    created_at: datetime
+    updated_at: datetime
+    revoked_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreatedKey:
+    """The answer to a create: the stored key and its private key, shown this once."""
+
+    key: SigningKey
+    private_key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessToken:
+    """A stored credential: the secret itself is never kept, only its SHA-256."""
+
+    id: str
+    secret_hash: bytes = field(repr=False)
+    scopes: frozenset[Scope]
+    environments: frozenset[str]
+    name: str | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Principal:
+    """Who is calling: an authenticated access token, and through which API."""
+
+    token_id: str
+    scopes: frozenset[Scope]
+    environments: frozenset[str]
+    api: Api = "http"
+    request_id: str | None = None
+
+    def require(self, scope: Scope, environment_id: str) -> None:
+        """Raise unless this principal holds ``scope`` on ``environment_id``."""
+        if scope not in self.scopes:
+            raise PermissionDeniedError(f"this access token lacks the {scope.value!r} scope")
+        if environment_id not in self.environments:
+            raise PermissionDeniedError("this access token is not valid for that environment")
+
+    def default_environment(self, requested: str | None) -> str:
+        """The environment a request means: the one asked for, or the token's only one."""
+        if requested:
+            return requested
+        if len(self.environments) == 1:
+            return next(iter(self.environments))
+        raise PermissionDeniedError(
+            "this access token covers several environments: name one with the "
+            "X-Environment-Id header or the environment_id parameter"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """An append-only record of who changed which key, when, through which API."""
+
+    id: str
+    environment_id: str
+    key_id: str | None
+    action: Literal["create", "import", "revoke"]
+    actor: str
+    api: Api
+    request_id: str | None

@@ -1,0 +1,78 @@
+"""``signing-keys dev`` (what ``make run`` runs): the local topology plus the service.
+
+Starts the three-region PostgreSQL topology behind its fault proxies, migrates, issues a
+development access token, serves HTTP and gRPC with ``aws-us-east-1`` as the local region,
+prints the endpoints and a ready-to-paste example, and cleans everything up on SIGINT/SIGTERM.
+This is development tooling: the service itself never imports the topology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+
+from service.core.models import Scope
+from service.settings import Settings
+from service.store.migrations import migrate
+
+DEV_LOCAL_REGION = "aws-us-east-1"
+
+
+async def run_dev(*, environment: str) -> int:
+    from service.server import Server
+    from service.topology import LocalTopology
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    topology = LocalTopology()
+    try:
+        await asyncio.to_thread(topology.start)
+        env = {
+            **topology.env(DEV_LOCAL_REGION),
+            "SIGNING_KEYS_HTTP_HOST": "127.0.0.1",
+            "SIGNING_KEYS_GRPC_HOST": "127.0.0.1",
+        }
+        for name in ("HTTP_PORT", "GRPC_PORT", "LOG_LEVEL", "ACCESS_LOG"):
+            value = os.environ.get(f"SIGNING_KEYS_{name}")
+            if value:
+                env[f"SIGNING_KEYS_{name}"] = value
+        settings = Settings.from_env(env)
+        async with Server(settings) as server:
+            await migrate(server.database)
+            token, secret = await server.authenticator.issue(
+                list(Scope), [environment], name="make run"
+            )
+            _print_banner(server, token.id, secret)
+            await stop.wait()
+            print("\nstopping…", file=sys.stderr)
+    finally:
+        await asyncio.to_thread(topology.stop)
+    return 0
+
+
+def _print_banner(server: object, token_id: str, secret: str) -> None:
+    http_port = getattr(server, "http_port", None)
+    grpc_port = getattr(server, "grpc_port", None)
+    base = f"http://127.0.0.1:{http_port}"
+    credentials = shlex.quote(f"{token_id}:{secret}")
+    lines = [f"http: {base}"]
+    if grpc_port is not None:
+        lines.append(f"grpc: 127.0.0.1:{grpc_port}")
+    lines += [
+        f"token id: {token_id}",
+        f"token secret: {secret}",
+        "",
+        "Create a signing key, then list them:",
+        f"  curl -s -u {credentials} -X POST {base}/system/v1/signing-keys",
+        f"  curl -s -u {credentials} {base}/system/v1/signing-keys",
+        "Region status:",
+        f"  curl -s {base}/v1/regions",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,29 @@
+"""Every piece of typed application state, declared in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from service.core.auth import Authenticator
+from service.core.keys import KeyService
+from service.settings import Settings
+
+
+class RegionHealth(Protocol):
+    """What the HTTP layer needs to know about the database regions."""
+
+    def can_read(self) -> bool: ...
+
+    def can_write(self) -> bool: ...
+
+    def status(self) -> Any: ...  # a snapshot with ``to_dict()``
+
+
+SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", KeyService)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+REGIONS = web.AppKey("regions", RegionHealth)
+REGISTRY = web.AppKey("registry", CollectorRegistry)

@@ -1,0 +1,44 @@
+"""Domain errors → HTTP statuses, and the reference platform's error body."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from service import errors
+from service.core.json import dumps
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS_BY_ERROR: Final[tuple[tuple[type[errors.ServiceError], int], ...]] = (
+    (errors.PayloadTooLargeError, 413),
+    (errors.InvalidRequestError, 400),
+    (errors.NotFoundError, 404),
+    (errors.ConflictError, 409),
+    (errors.UnauthenticatedError, 401),
+    (errors.PermissionDeniedError, 403),
+    (errors.DeadlineExceededError, 504),
+    (errors.DependencyError, 503),
+    (errors.ServiceError, 500),
+)
+
+
+def status_of(error: errors.ServiceError) -> int:
+    return next(status for cls, status in STATUS_BY_ERROR if isinstance(error, cls))
+
+
+def error_response(status: int, error_type: str, messages: list[str]) -> web.Response:
+    response = web.Response(
+        status=status,
+        text=dumps({"error": {"type": error_type, "messages": messages}}),
+        content_type="application/json",
+    )
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="signing-keys"'
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def service_error_response(error: errors.ServiceError) -> web.Response:
+    return error_response(status_of(error), error.type, error.messages)

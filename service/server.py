@@ -1,0 +1,100 @@
+"""The composition root: builds the database access, the core services and the servers.
+
+>>> async with Server(Settings.from_env()) as server:
+...     await server.wait_closed()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from service.core.auth import Authenticator
+from service.core.keys import KeyService
+from service.http.app import make_app
+from service.settings import Settings
+from service.store.single import SingleRegionDatabase
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_TIMEOUT = 5.0
+
+
+class Server:
+    """HTTP (and gRPC) serving one :class:`Settings`; an async context manager."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.database: Any = SingleRegionDatabase(
+            settings.local.dsn, timeout=settings.router.request_deadline
+        )
+        self.authenticator = Authenticator(self.database, cache_ttl=settings.credential_cache_ttl)
+        self.keys = KeyService(self.database)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._closed = asyncio.Event()
+        self.http_port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Server http_port={self.http_port} local_region={self.settings.local_region!r}>"
+
+    async def start(self) -> None:
+        await self.database.start()
+        app = make_app(
+            self.settings,
+            key_service=self.keys,
+            authenticator=self.authenticator,
+            regions=self.database,
+            registry=self.registry,
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner,
+            self.settings.http_host,
+            self.settings.http_port,
+            ssl_context=self._ssl_context(),
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await self._site.start()
+        self.http_port = self._runner.addresses[0][1]
+        log.info("http serving", port=self.http_port, local_region=self.settings.local_region)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
+        return context
+
+    async def aclose(self) -> None:
+        try:
+            if self._runner is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_TIMEOUT * 2)
+        finally:
+            await self.database.aclose()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.shield(self.aclose())

@@ -1,0 +1,294 @@
+"""Service settings: built once from the environment (and optionally a file), then frozen.
+
+Every variable is prefixed ``SIGNING_KEYS_``. Regions are listed in ``SIGNING_KEYS_REGIONS``
+as ``name:cloud`` pairs (an optional third field is a priority, lower first); each region's
+DSN comes from its own variable so that a Kubernetes Secret can feed it by reference::
+
+    SIGNING_KEYS_REGIONS=aws-us-east-1:aws,gcp-us-central1:gcp,aws-eu-west-1:aws
+    SIGNING_KEYS_LOCAL_REGION=aws-us-east-1
+    SIGNING_KEYS_DSN_AWS_US_EAST_1=postgresql://user:pass@host:5432/signing_keys
+    ...
+
+``SIGNING_KEYS_CONFIG_FILE`` may name a JSON file whose keys are the same names without the
+prefix, lower-cased (``{"local_region": "…", "dsn_aws_us_east_1": "…"}``); the environment wins.
+A bad value raises :class:`SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+PREFIX = "SIGNING_KEYS_"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_GRPC_PORT = 50051
+
+AccessLogMode = Literal["off", "sampled", "all"]
+
+_REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_T = TypeVar("_T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSettings:
+    """One database region: where it is and how to reach it."""
+
+    name: str
+    cloud: str
+    dsn: str = field(repr=False)  # carries a password: never in a repr or a log line
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouterSettings:
+    """Timeouts and health thresholds of the locality router (seconds)."""
+
+    connect_timeout: float = 1.0
+    acquire_timeout: float = 1.0
+    statement_timeout: float = 2.0
+    request_deadline: float = 2.0
+    probe_interval: float = 0.2
+    probe_timeout: float = 0.5
+    fall: int = 2
+    rise: int = 2
+    hold_down: float = 3.0
+    max_replica_lag: float = 5.0
+    hedge_delay: float | None = 0.1
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the service reads from its environment, validated when built."""
+
+    regions: tuple[RegionSettings, ...]
+    local_region: str
+    http_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_host: str = "0.0.0.0"  # noqa: S104
+    grpc_port: int = DEFAULT_GRPC_PORT
+    grpc_enabled: bool = True
+    router: RouterSettings = field(default_factory=RouterSettings)
+    log_level: str = "info"
+    access_log: AccessLogMode = "sampled"
+    access_log_sample_rate: float = 0.01
+    slow_request_seconds: float = 0.5
+    max_body_bytes: int = 64 * 1024
+    max_token_bytes: int = 8 * 1024
+    credential_cache_ttl: float = 30.0
+    key_cache_size: int = 100_000
+    negative_cache_ttl: float = 0.5
+    negative_cache_size: int = 10_000
+    change_poll_interval: float = 0.2
+    change_overlap: float = 5.0
+    max_staleness: float = 300.0
+    clock_skew: float = 30.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.regions:
+            raise SettingsError(f"{PREFIX}REGIONS must list at least one region")
+        names = [region.name for region in self.regions]
+        if len(set(names)) != len(names):
+            raise SettingsError(f"{PREFIX}REGIONS lists a region twice: {names}")
+        if self.local_region not in names:
+            raise SettingsError(
+                f"{PREFIX}LOCAL_REGION={self.local_region!r} is not one of "
+                f"{PREFIX}REGIONS ({', '.join(names)})"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+
+    @property
+    def local(self) -> RegionSettings:
+        return next(region for region in self.regions if region.name == self.local_region)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: ``os.environ``) and the optional file."""
+        values = _Values(os.environ if environ is None else environ)
+        regions = tuple(_parse_regions(values))
+        router = RouterSettings(
+            connect_timeout=values.number("CONNECT_TIMEOUT", 1.0),
+            acquire_timeout=values.number("ACQUIRE_TIMEOUT", 1.0),
+            statement_timeout=values.number("STATEMENT_TIMEOUT", 2.0),
+            request_deadline=values.number("REQUEST_DEADLINE", 2.0),
+            probe_interval=values.number("PROBE_INTERVAL", 0.2),
+            probe_timeout=values.number("PROBE_TIMEOUT", 0.5),
+            fall=values.integer("FALL", 2, minimum=1),
+            rise=values.integer("RISE", 2, minimum=1),
+            hold_down=values.number("HOLD_DOWN", 3.0, minimum=0.0),
+            max_replica_lag=values.number("MAX_REPLICA_LAG", 5.0),
+            hedge_delay=values.optional_number("HEDGE_DELAY", 0.1),
+            pool_min_size=values.integer("POOL_MIN_SIZE", 1, minimum=0),
+            pool_max_size=values.integer("POOL_MAX_SIZE", 10, minimum=1),
+        )
+        if router.pool_min_size > router.pool_max_size:
+            raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must not exceed {PREFIX}POOL_MAX_SIZE")
+        return cls(
+            regions=regions,
+            local_region=values.required("LOCAL_REGION"),
+            http_host=values.text("HTTP_HOST", "0.0.0.0"),  # noqa: S104
+            http_port=values.integer("HTTP_PORT", DEFAULT_HTTP_PORT, minimum=0, maximum=65535),
+            grpc_host=values.text("GRPC_HOST", "0.0.0.0"),  # noqa: S104
+            grpc_port=values.integer("GRPC_PORT", DEFAULT_GRPC_PORT, minimum=0, maximum=65535),
+            grpc_enabled=values.boolean("GRPC_ENABLED", True),
+            router=router,
+            log_level=values.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            access_log=values.choice("ACCESS_LOG", "sampled", ("off", "sampled", "all")),  # type: ignore[arg-type]
+            access_log_sample_rate=values.number(
+                "ACCESS_LOG_SAMPLE_RATE", 0.01, minimum=0.0, maximum=1.0
+            ),
+            slow_request_seconds=values.number("SLOW_REQUEST_SECONDS", 0.5),
+            max_body_bytes=values.integer("MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            max_token_bytes=values.integer("MAX_TOKEN_BYTES", 8 * 1024, minimum=256),
+            credential_cache_ttl=values.number("CREDENTIAL_CACHE_TTL", 30.0, minimum=0.0),
+            key_cache_size=values.integer("KEY_CACHE_SIZE", 100_000, minimum=1),
+            negative_cache_ttl=values.number("NEGATIVE_CACHE_TTL", 0.5, minimum=0.0),
+            negative_cache_size=values.integer("NEGATIVE_CACHE_SIZE", 10_000, minimum=1),
+            change_poll_interval=values.number("CHANGE_POLL_INTERVAL", 0.2),
+            change_overlap=values.number("CHANGE_OVERLAP", 5.0),
+            max_staleness=values.number("MAX_STALENESS", 300.0),
+            clock_skew=values.number("CLOCK_SKEW", 30.0, minimum=0.0),
+            tls_cert_file=values.optional_text("TLS_CERT_FILE"),
+            tls_key_file=values.optional_text("TLS_KEY_FILE"),
+        )
+
+
+def region_dsn_variable(region_name: str) -> str:
+    """The variable holding a region's DSN: ``aws-us-east-1`` → ``…_DSN_AWS_US_EAST_1``."""
+    return f"{PREFIX}DSN_{region_name.upper().replace('-', '_')}"
+
+
+def _parse_regions(values: _Values) -> list[RegionSettings]:
+    spec = values.required("REGIONS")
+    regions = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        fields = item.split(":")
+        if len(fields) not in (2, 3) or not all(fields):
+            raise SettingsError(
+                f"{PREFIX}REGIONS entry {item!r} must be name:cloud or name:cloud:priority"
+            )
+        name, cloud = fields[0], fields[1]
+        if not _REGION_NAME.match(name):
+            raise SettingsError(
+                f"{PREFIX}REGIONS region name {name!r} must be lower-case letters, digits and '-'"
+            )
+        priority = 0
+        if len(fields) == 3:
+            try:
+                priority = int(fields[2])
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}REGIONS entry {item!r}: priority must be an integer"
+                ) from None
+        dsn_key = region_dsn_variable(name).removeprefix(PREFIX)
+        dsn = values.required(dsn_key)
+        if not dsn.startswith(("postgres://", "postgresql://")):
+            raise SettingsError(f"{PREFIX}{dsn_key} must be a postgresql:// URL")
+        regions.append(RegionSettings(name=name, cloud=cloud, dsn=dsn, priority=priority))
+    return regions
+
+
+class _Values:
+    """Reads prefixed variables from the environment, falling back to the optional file."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self._file: dict[str, str] = {}
+        path = environ.get(f"{PREFIX}CONFIG_FILE")
+        if path:
+            try:
+                loaded = json.loads(Path(path).read_text())
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"{PREFIX}CONFIG_FILE={path!r} cannot be read: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise SettingsError(f"{PREFIX}CONFIG_FILE={path!r} must hold a JSON object")
+            self._file = {str(k).upper(): str(v) for k, v in loaded.items()}
+
+    def get(self, key: str) -> str | None:
+        value = self._environ.get(PREFIX + key)
+        if value is None:
+            value = self._file.get(key)
+        return value if value not in (None, "") else None
+
+    def required(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise SettingsError(f"{PREFIX}{key} is required")
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        return self.get(key) or default
+
+    def optional_text(self, key: str) -> str | None:
+        return self.get(key)
+
+    def _convert(self, key: str, default: _T, convert: Callable[[str], _T], what: str) -> _T:
+        raw = self.get(key)
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except ValueError:
+            raise SettingsError(f"{PREFIX}{key}={raw!r} is not {what}") from None
+
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        value = self._convert(key, default, int, "an integer")
+        _check_range(key, value, minimum, maximum)
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = 0.001,
+        maximum: float | None = None,
+    ) -> float:
+        value = self._convert(key, default, float, "a number")
+        _check_range(key, value, minimum, maximum)
+        return value
+
+    def optional_number(self, key: str, default: float | None) -> float | None:
+        raw = self.get(key)
+        if raw is not None and raw.lower() in ("off", "none", "0"):
+            return None
+        return self.number(key, default) if default is not None else None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.get(key)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{PREFIX}{key}={raw!r} is not a boolean (true/false)")
+
+    def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = (self.get(key) or default).lower()
+        if value not in options:
+            raise SettingsError(f"{PREFIX}{key}={value!r} must be one of {', '.join(options)}")
+        return value
+
+
+def _check_range(key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{PREFIX}{key}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{PREFIX}{key}={value} must be at most {maximum}")

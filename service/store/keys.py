@@ -1,0 +1,224 @@
+"""SQL for signing keys and their audit events: one function per query.
+
+Every write here is idempotent by construction — ids are chosen before the first attempt
+and inserts use ``ON CONFLICT DO NOTHING`` — so the router may run it again after an
+ambiguous commit and it still lands exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.core.models import AuditEvent, SigningKey
+from service.store.database import Database
+
+_COLUMNS = (
+    "id, environment_id, algorithm, public_key, fingerprint, status, source, name, "
+    "created_at, updated_at, revoked_at, expires_at"
+)
+
+# A constant column list; every value is a parameter.
+_REVOKE = (
+    "UPDATE signing_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"  # noqa: S608
+    " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
+    " RETURNING " + _COLUMNS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A caller's ``Idempotency-Key`` and the hash of the request it came with."""
+
+    key: str
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InsertOutcome:
+    """What an insert found: ``replayed_key_id`` is set when the idempotency key was used
+    before by another key; ``request_matches`` says whether that request was the same."""
+
+    key: SigningKey | None
+    replayed_key_id: str | None = None
+    request_matches: bool = True
+
+
+def _key(row: Any) -> SigningKey:
+    return SigningKey(
+        id=row["id"],
+        environment_id=row["environment_id"],
+        algorithm=row["algorithm"],
+        public_key=bytes(row["public_key"]),
+        fingerprint=row["fingerprint"],
+        status=row["status"],
+        source=row["source"],
+        name=row["name"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        revoked_at=row["revoked_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+async def _insert_audit(conn: Any, event: AuditEvent) -> None:
+    await conn.execute(
+        "INSERT INTO audit_events (id, environment_id, key_id, action, actor, api, request_id,"
+        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) ON CONFLICT (id) DO NOTHING",
+        event.id,
+        event.environment_id,
+        event.key_id,
+        event.action,
+        event.actor,
+        event.api,
+        event.request_id,
+    )
+
+
+async def insert_key(
+    db: Database,
+    key: SigningKey,
+    *,
+    audit: AuditEvent,
+    idempotency: IdempotencyClaim | None = None,
+    timeout: float | None = None,
+) -> InsertOutcome:
+    """Store a new key with its audit event; honour the caller's idempotency key."""
+
+    async def op(conn: Any) -> InsertOutcome:
+        if idempotency is not None:
+            await conn.execute(
+                "INSERT INTO idempotency_keys (environment_id, key, request_hash, signing_key_id,"
+                " created_at) VALUES ($1, $2, $3, $4, now()) ON CONFLICT DO NOTHING",
+                key.environment_id,
+                idempotency.key,
+                idempotency.request_hash,
+                key.id,
+            )
+            claim = await conn.fetchrow(
+                "SELECT request_hash, signing_key_id FROM idempotency_keys"
+                " WHERE environment_id = $1 AND key = $2",
+                key.environment_id,
+                idempotency.key,
+            )
+            if claim["signing_key_id"] != key.id:
+                return InsertOutcome(
+                    key=None,
+                    replayed_key_id=claim["signing_key_id"],
+                    request_matches=bytes(claim["request_hash"]) == idempotency.request_hash,
+                )
+        await conn.execute(
+            f"INSERT INTO signing_keys ({_COLUMNS}) VALUES"  # noqa: S608 - constant columns
+            " ($1, $2, $3, $4, $5, 'active', $6, $7, now(), now(), NULL, $8)"
+            " ON CONFLICT (id) DO NOTHING",
+            key.id,
+            key.environment_id,
+            key.algorithm,
+            key.public_key,
+            key.fingerprint,
+            key.source,
+            key.name,
+            key.expires_at,
+        )
+        await _insert_audit(conn, audit)
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
+            key.id,
+        )
+        return InsertOutcome(key=_key(row))
+
+    return await db.write(op, idempotent=True, timeout=timeout)
+
+
+async def get_key(
+    db: Database, key_id: str, *, environment_id: str | None = None, timeout: float | None = None
+) -> SigningKey | None:
+    """One key by id, optionally only if it belongs to ``environment_id``."""
+
+    async def op(conn: Any) -> SigningKey | None:
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
+            key_id,
+        )
+        if row is None or (environment_id is not None and row["environment_id"] != environment_id):
+            return None
+        return _key(row)
+
+    return await db.read(op, timeout=timeout)
+
+
+async def list_keys(
+    db: Database,
+    environment_id: str,
+    *,
+    limit: int,
+    offset: int,
+    active_only: bool = False,
+    timeout: float | None = None,
+) -> list[SigningKey]:
+    """One page of an environment's keys, newest first."""
+
+    async def op(conn: Any) -> list[SigningKey]:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+            " WHERE environment_id = $1 AND (NOT $4 OR status = 'active')"
+            " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+            environment_id,
+            limit,
+            offset,
+            active_only,
+        )
+        return [_key(row) for row in rows]
+
+    return await db.read(op, timeout=timeout)
+
+
+async def revoke_key(
+    db: Database,
+    environment_id: str,
+    key_id: str,
+    *,
+    audit: AuditEvent,
+    timeout: float | None = None,
+) -> SigningKey | None:
+    """Revoke a key; revoking a revoked key changes nothing. ``None``: no such key."""
+
+    async def op(conn: Any) -> SigningKey | None:
+        row = await conn.fetchrow(
+            _REVOKE,
+            key_id,
+            environment_id,
+        )
+        if row is not None:
+            await _insert_audit(conn, audit)
+            return _key(row)
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+            " WHERE id = $1 AND environment_id = $2",
+            key_id,
+            environment_id,
+        )
+        return None if row is None else _key(row)
+
+    return await db.write(op, idempotent=True, timeout=timeout)
+
+
+async def changed_since(
+    db: Database, since: datetime | None, *, limit: int = 10_000, timeout: float | None = None
+) -> tuple[list[SigningKey], datetime]:
+    """Keys updated at or after ``since`` (all keys when ``None``), oldest change first,
+    and the database's clock now — the next poll's reference point."""
+
+    async def op(conn: Any) -> tuple[list[SigningKey], datetime]:
+        now = await conn.fetchval("SELECT now()")
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+            " WHERE $1::timestamptz IS NULL OR updated_at >= $1::timestamptz"
+            " ORDER BY updated_at, id LIMIT $2",
+            since,
+            limit,
+        )
+        return [_key(row) for row in rows], now
+
+    return await db.read(op, timeout=timeout)

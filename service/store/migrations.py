@@ -1,0 +1,107 @@
+"""Applies the ordered SQL migrations in ``sql/migrations`` exactly once each.
+
+Safe to run twice, or twice at the same time: on PostgreSQL the whole run holds a
+transaction-scoped advisory lock; every statement is also idempotent (``IF NOT EXISTS``) and
+the bookkeeping insert uses ``ON CONFLICT``, which is what makes concurrent runs safe on
+CockroachDB, where advisory locks do not exclude each other. On CockroachDB the multi-region
+script follows (see :mod:`service.store.cockroach`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from service.store.database import Database
+
+log = structlog.get_logger(__name__)
+
+# An arbitrary constant: the advisory lock that serialises migration runs on PostgreSQL.
+MIGRATION_LOCK_ID = 0x5349474E4B4559
+DEFAULT_MIGRATION_TIMEOUT = 60.0
+_FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def sql_dir() -> Path:
+    """``SIGNING_KEYS_SQL_DIR`` if set, else the repository's ``sql/`` beside ``service/``."""
+    configured = os.environ.get("SIGNING_KEYS_SQL_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "sql"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    folder = (directory or sql_dir()) / "migrations"
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name!r} must be named NNNN_name.sql")
+        migrations.append(Migration(match.group(1), path.stem, path.read_text()))
+    if not migrations:
+        raise FileNotFoundError(f"no migrations found in {folder}")
+    return migrations
+
+
+async def migrate(
+    db: Database,
+    migrations: Sequence[Migration] | None = None,
+    *,
+    timeout: float = DEFAULT_MIGRATION_TIMEOUT,
+) -> list[str]:
+    """Apply what is not applied yet; return the versions applied by this run."""
+    pending = list(migrations if migrations is not None else load_migrations())
+
+    async def op(conn: Any) -> list[str]:
+        version = await conn.fetchval("SELECT version()")
+        if not _is_cockroach(version):
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version TEXT NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
+            " checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        done = {
+            row["version"]: row["checksum"]
+            for row in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        applied = []
+        for migration in pending:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    log.warning("migration changed after it was applied", version=migration.version)
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+                " ON CONFLICT (version) DO NOTHING",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+            applied.append(migration.version)
+        return applied
+
+    applied = await db.write(op, idempotent=True, timeout=timeout)
+    log.info("migrations applied", applied=applied, pending=len(pending))
+    return applied
+
+
+def _is_cockroach(version: str) -> bool:
+    return version.startswith("CockroachDB")
