@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 PG_BINDIR := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint format proto bench postgres clean
+JS_DEPS := tests/js/node_modules/.package-lock.json
+
+.PHONY: help run test lint format proto bench postgres node clean
 
 help:
 	@echo "make run    - start the local three-region topology and the service"
@@ -36,10 +38,23 @@ postgres:
 		exit 1; \
 	fi
 
+# Node.js signs interop test tokens with the standard JavaScript JOSE library.
+node:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Node.js (apt-get install -y nodejs npm)"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; \
+	else \
+		echo "Node.js is missing: run 'sudo apt-get install -y nodejs npm'" >&2; exit 1; \
+	fi
+
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json | node
+	cd tests/js && npm ci --no-audit --no-fund --silent
+
 run: $(STAMP) postgres
 	$(BIN)/signing-keys dev
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres $(JS_DEPS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -102,3 +102,9 @@ class InternalError(ServiceError):
     """Something went wrong inside the service."""
 
     type = "internal_error"
+
+
+class SlowConsumerError(DependencyError):
+    """A watcher fell too far behind the change stream; resume from its last position."""
+
+    type = "slow_consumer"

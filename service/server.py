@@ -17,7 +17,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
+from service.core.changes import ChangeFeed
+from service.core.keycache import KeyCache
 from service.core.keys import KeyService
+from service.core.verify import TokenVerifier
 from service.http.app import make_app
 from service.settings import Settings
 from service.store.single import SingleRegionDatabase
@@ -37,7 +40,34 @@ class Server:
             settings.local.dsn, timeout=settings.router.request_deadline
         )
         self.authenticator = Authenticator(self.database, cache_ttl=settings.credential_cache_ttl)
-        self.keys = KeyService(self.database)
+        self.key_cache = KeyCache(
+            size=settings.key_cache_size,
+            negative_size=settings.negative_cache_size,
+            negative_ttl=settings.negative_cache_ttl,
+        )
+        self.keys = KeyService(self.database, on_change=self.key_cache.put)
+        self.changes = ChangeFeed(
+            self.database,
+            self.key_cache,
+            poll_interval=settings.change_poll_interval,
+            overlap=settings.change_overlap,
+        )
+        self.verifier = TokenVerifier(
+            self.database,
+            self.key_cache,
+            self.changes,
+            max_token_bytes=settings.max_token_bytes,
+            clock_skew=settings.clock_skew,
+            max_staleness=settings.max_staleness,
+        )
+        self.app = make_app(
+            settings,
+            key_service=self.keys,
+            authenticator=self.authenticator,
+            verifier=self.verifier,
+            regions=self.database,
+            registry=self.registry,
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._closed = asyncio.Event()
@@ -48,21 +78,16 @@ class Server:
 
     async def start(self) -> None:
         await self.database.start()
-        app = make_app(
-            self.settings,
-            key_service=self.keys,
-            authenticator=self.authenticator,
-            regions=self.database,
-            registry=self.registry,
+        await self.changes.start()
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(
             self._runner,
             self.settings.http_host,
             self.settings.http_port,
             ssl_context=self._ssl_context(),
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
         await self._site.start()
         self.http_port = self._runner.addresses[0][1]
@@ -81,6 +106,7 @@ class Server:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_TIMEOUT * 2)
         finally:
+            await self.changes.aclose()
             await self.database.aclose()
             self._closed.set()
 
@@ -88,7 +114,11 @@ class Server:
         await self._closed.wait()
 
     async def __aenter__(self) -> Server:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await asyncio.shield(self.aclose())
+            raise
         return self
 
     async def __aexit__(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -83,8 +84,12 @@ class KeyService:
         *,
         keygen_concurrency: int = DEFAULT_KEYGEN_CONCURRENCY,
         write_timeout: float | None = None,
+        on_change: Callable[[SigningKey], object] | None = None,
     ) -> None:
+        """``on_change`` sees every key this instance stores or revokes, at once (the local
+        key cache uses it, so a key verifies here without waiting for the change feed)."""
         self._db = database
+        self._on_change = on_change
         self._keygen = asyncio.Semaphore(keygen_concurrency)
         self._write_timeout = write_timeout
 
@@ -160,8 +165,13 @@ class KeyService:
         )
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
+        self._changed(key)
         log.info("signing key revoked", key_id=key.id, environment_id=environment_id)
         return key
+
+    def _changed(self, key: SigningKey) -> None:
+        if self._on_change is not None:
+            self._on_change(key)
 
     def _new_key(
         self,
@@ -206,6 +216,7 @@ class KeyService:
             )
         if outcome.key is None:  # pragma: no cover - the store returns one or the other
             raise InternalError("the key was not stored")
+        self._changed(outcome.key)
         log.info(
             "signing key stored",
             key_id=key.id,

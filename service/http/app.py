@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.keys import KeyService
-from service.http import appkeys, keys, ops
+from service.core.verify import TokenVerifier
+from service.http import appkeys, keys, ops, tokens
 from service.http.appkeys import RegionHealth
 from service.http.middleware import HttpMetrics, make_middleware
 from service.settings import Settings
@@ -18,6 +19,7 @@ def make_app(
     *,
     key_service: KeyService,
     authenticator: Authenticator,
+    verifier: TokenVerifier,
     regions: RegionHealth,
     registry: CollectorRegistry,
 ) -> web.Application:
@@ -28,8 +30,10 @@ def make_app(
     app[appkeys.SETTINGS] = settings
     app[appkeys.KEYS] = key_service
     app[appkeys.AUTHENTICATOR] = authenticator
+    app[appkeys.VERIFIER] = verifier
     app[appkeys.REGIONS] = regions
     app[appkeys.REGISTRY] = registry
     app.add_routes(keys.routes)
+    app.add_routes(tokens.routes)
     app.add_routes(ops.routes)
     return app

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.keys import KeyService
+from service.core.verify import TokenVerifier
 from service.settings import Settings
 
 
@@ -25,5 +26,6 @@ class RegionHealth(Protocol):
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeyService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
 REGIONS = web.AppKey("regions", RegionHealth)
 REGISTRY = web.AppKey("registry", CollectorRegistry)

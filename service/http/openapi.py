@@ -37,6 +37,31 @@ _KEY = {
         "expires_at": {"type": ["string", "null"]},
     },
 }
+_VERDICT = {
+    "type": "object",
+    "required": ["valid", "reason", "key_id", "environment_id", "claims"],
+    "properties": {
+        "valid": {"type": "boolean"},
+        "reason": {
+            "type": ["string", "null"],
+            "enum": [
+                None,
+                "malformed",
+                "unknown_key",
+                "revoked_key",
+                "expired",
+                "not_yet_valid",
+                "bad_signature",
+                "wrong_audience",
+                "wrong_subject",
+                "algorithm_mismatch",
+            ],
+        },
+        "key_id": {"type": ["string", "null"]},
+        "environment_id": {"type": ["string", "null"]},
+        "claims": {"type": ["object", "null"]},
+    },
+}
 _CREATED_KEY = {
     "allOf": [
         {"$ref": "#/components/schemas/SigningKey"},
@@ -175,6 +200,49 @@ def openapi_document() -> dict[str, Any]:
                     "The public key as PEM and JWK.",
                     {"200": {"description": "The public key.", **_data({"type": "object"})}},
                     parameters=[_ID_PARAM],
+                )
+            },
+            "/v1/tokens/verify": {
+                "post": _op(
+                    "Verify a compact JWT: valid or not (200 either way), with a reason.",
+                    {"200": {"description": "The verdict.", **_data(_VERDICT)}},
+                    security=_AUTH,
+                    requestBody=_json_body(
+                        {
+                            "token": {"type": "string"},
+                            "audience": {"type": "string", "description": "Expected aud."},
+                            "subject": {"type": "string", "description": "Expected sub."},
+                            "environment_id": {"type": "string"},
+                        },
+                        ["token"],
+                    ),
+                )
+            },
+            "/v1/environments/{environment_id}/jwks.json": {
+                "get": _op(
+                    "The environment's active keys as a JWK Set (ETag, 304 on If-None-Match).",
+                    {
+                        "200": {
+                            "description": "JWK Set.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "304": {"description": "Not modified."},
+                    },
+                    security=_AUTH,
+                    parameters=[
+                        {
+                            "name": "environment_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
                 )
             },
             "/v1/regions": {

@@ -20,15 +20,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready while at least one region can serve reads."""
+    """Ready while a region can serve reads; degraded (still 200) while no region can but the
+    last known good keys are within the allowed staleness, so verification goes on."""
     regions = request.app[appkeys.REGIONS]
-    ready = regions.can_read()
-    body = {
-        "status": "ready" if ready else "unavailable",
-        "can_read": ready,
-        "can_write": regions.can_write(),
-    }
-    return json_response(body, status=200 if ready else 503)
+    can_read = regions.can_read()
+    can_verify = request.app[appkeys.VERIFIER].can_serve()
+    if can_read:
+        status = "ready"
+    elif can_verify:
+        status = "degraded"  # verifying from the last known good keys; writes fail fast
+    else:
+        status = "unavailable"
+    body = {"status": status, "can_read": can_read, "can_write": regions.can_write()}
+    return json_response(body, status=503 if status == "unavailable" else 200)
 
 
 @routes.get("/v1/regions")

@@ -222,3 +222,31 @@ async def changed_since(
         return [_key(row) for row in rows], now
 
     return await db.read(op, timeout=timeout)
+
+
+async def environment_keys(
+    db: Database,
+    environment_id: str,
+    *,
+    since: datetime | None = None,
+    active_only: bool = False,
+    limit: int = 10_000,
+    timeout: float | None = None,
+) -> list[SigningKey]:
+    """An environment's keys (updated at or after ``since``, if given), oldest change first."""
+
+    async def op(conn: Any) -> list[SigningKey]:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+            " WHERE environment_id = $1"
+            " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
+            " AND (NOT $3 OR status = 'active')"
+            " ORDER BY updated_at, id LIMIT $4",
+            environment_id,
+            since,
+            active_only,
+            limit,
+        )
+        return [_key(row) for row in rows]
+
+    return await db.read(op, timeout=timeout)

@@ -1,0 +1,48 @@
+"""Token verification and JWKS routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.core.keys import check_id
+from service.core.verify import check_expectation
+from service.errors import InvalidRequestError
+from service.http import appkeys
+from service.http.json import json_response
+from service.http.keys import principal, read_object
+
+routes = web.RouteTableDef()
+
+JWKS_CACHE_CONTROL = "public, max-age=10, must-revalidate"
+
+
+@routes.post("/v1/tokens/verify")
+async def verify_token(request: web.Request) -> web.Response:
+    """Valid or not, the answer is 200: the verdict is in the body, with a reason."""
+    caller = await principal(request)
+    body = await read_object(request, frozenset({"token", "audience", "subject", "environment_id"}))
+    token = body.get("token")
+    if not isinstance(token, str) or not token:
+        raise InvalidRequestError("token is required: a compact JWT string")
+    environment_id = check_expectation(body.get("environment_id"), "environment_id")
+    verdict = await request.app[appkeys.VERIFIER].verify(
+        caller,
+        token,
+        environment_id=environment_id,
+        audience=check_expectation(body.get("audience"), "audience"),
+        subject=check_expectation(body.get("subject"), "subject"),
+    )
+    return json_response({"data": verdict.to_dict()})
+
+
+@routes.get("/v1/environments/{environment_id}/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    environment_id = check_id(request.match_info["environment_id"], "environment id")
+    document, etag = await request.app[appkeys.VERIFIER].jwks(caller, environment_id)
+    headers = {"ETag": etag, "Cache-Control": JWKS_CACHE_CONTROL}
+    if etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+        return web.Response(status=304, headers=headers)
+    response = json_response(document)
+    response.headers.update(headers)
+    return response

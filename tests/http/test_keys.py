@@ -1,0 +1,383 @@
+"""Key management over HTTP against the real topology, as the reference API's clients use it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from service.core import crypto
+from service.core.models import Scope
+from service.topology import LocalTopology
+from tests.support.service import Credentials, TokenFactory, rows
+
+KEYS = "/system/v1/signing-keys"
+
+
+async def create(http: aiohttp.ClientSession, auth: Credentials, **body: Any) -> dict[str, Any]:
+    async with http.post(KEYS, headers=auth.headers, json=body or None) as response:
+        assert response.status == 201, await response.text()
+        data: dict[str, Any] = (await response.json())["data"]
+        return data
+
+
+async def key_count(topology: LocalTopology, environment: str) -> int:
+    result = await rows(
+        topology, "SELECT count(*) FROM signing_keys WHERE environment_id = $1", environment
+    )
+    return int(result[0][0])
+
+
+async def test_create_get_list_revoke_round_trip(
+    http: aiohttp.ClientSession, auth: Credentials, environment: str
+) -> None:
+    created = await create(http, auth)
+    assert isinstance(created["created_at"], str) and created["created_at"].isdigit()
+    assert abs(int(created["created_at"]) - time.time()) < 120
+    assert created["algorithm"] == "RS256" and created["status"] == "active"
+    assert created["environment_id"] == environment
+
+    async with http.get(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 200
+        fetched = (await response.json())["data"]
+    assert fetched["id"] == created["id"]
+    assert fetched["created_at"] == created["created_at"]
+    assert "private_key" not in fetched
+
+    async with http.get(KEYS, headers=auth.headers) as response:
+        assert response.status == 200
+        listed = (await response.json())["data"]
+    assert [key["id"] for key in listed] == [created["id"]]
+
+    async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 204, "revoking twice is harmless"
+    async with http.get(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        revoked = (await response.json())["data"]
+    assert revoked["status"] == "revoked" and revoked["revoked_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "jwt_alg"), [("RS256", "RS256"), ("ES256", "ES256"), ("EdDSA", "EdDSA")]
+)
+async def test_private_key_signs_tokens_that_verify_with_the_stored_public_key(
+    http: aiohttp.ClientSession, auth: Credentials, algorithm: str, jwt_alg: str
+) -> None:
+    created = await create(http, auth, algorithm=algorithm)
+    private_pem = base64.b64decode(created["private_key"])
+    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    token = jwt.encode(
+        {"sub": "playback-id", "aud": "v", "exp": int(time.time()) + 60},
+        private_pem,
+        algorithm=jwt_alg,
+        headers={"kid": created["id"]},
+    )
+    async with http.get(f"{KEYS}/{created['id']}/public-key", headers=auth.headers) as response:
+        assert response.status == 200
+        public = (await response.json())["data"]
+    claims = jwt.decode(token, public["pem"], algorithms=[jwt_alg], audience="v")
+    assert claims["sub"] == "playback-id"
+    from_jwk = jwt.PyJWK(public["jwk"]).key
+    assert jwt.decode(token, from_jwk, algorithms=[jwt_alg], audience="v")["sub"] == "playback-id"
+    assert public["jwk"]["kid"] == created["id"] and public["jwk"]["alg"] == jwt_alg
+
+
+async def test_no_private_key_material_anywhere_in_the_database(
+    http: aiohttp.ClientSession, auth: Credentials, migrated_topology: LocalTopology
+) -> None:
+    created = [await create(http, auth, algorithm=alg) for alg in ("RS256", "ES256", "EdDSA")]
+    secrets_seen = []
+    for key in created:
+        pem = base64.b64decode(key["private_key"])
+        private = serialization.load_pem_private_key(pem, password=None)
+        der = private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        secrets_seen += [pem, der, key["private_key"].encode()]
+    tables = await rows(
+        migrated_topology,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    assert {"signing_keys", "audit_events", "access_tokens"} <= {t[0] for t in tables}
+    for (table,) in tables:
+        for row in await rows(migrated_topology, f'SELECT * FROM "{table}"'):
+            for value in row:
+                blob = value if isinstance(value, bytes) else str(value).encode()
+                assert b"PRIVATE KEY" not in blob, table
+                for secret in secrets_seen:
+                    assert secret not in blob, f"private key material in {table}"
+
+
+async def test_create_accepts_an_empty_body_with_or_without_a_json_content_type(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    for headers in ({}, {"Content-Type": "application/json"}):
+        async with http.post(KEYS, headers={**auth.headers, **headers}, data=b"") as response:
+            assert response.status == 201, await response.text()
+    # A bodiless GET/DELETE may carry a JSON content type too (one SDK always sends it).
+    async with http.get(
+        KEYS, headers={**auth.headers, **{"Content-Type": "application/json"}}
+    ) as response:
+        assert response.status == 200
+        assert len((await response.json())["data"]) == 2
+
+
+async def test_pages_are_one_based_and_a_page_past_the_end_is_empty(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    ids = [(await create(http, auth, algorithm="EdDSA"))["id"] for _ in range(3)]
+    seen = []
+    for page in (1, 2):
+        async with http.get(
+            KEYS, headers=auth.headers, params={"limit": 2, "page": page}
+        ) as response:
+            assert response.status == 200
+            seen += [key["id"] for key in (await response.json())["data"]]
+    assert sorted(seen) == sorted(ids)
+    assert seen[0] == ids[-1], "newest first"
+    async with http.get(KEYS, headers=auth.headers, params={"limit": 2, "page": 3}) as response:
+        assert response.status == 200
+        assert (await response.json()) == {"data": []}
+
+
+async def test_idempotency_key_makes_a_repeated_create_safe(
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+    migrated_topology: LocalTopology,
+) -> None:
+    headers = {"Idempotency-Key": "create-once-123"}
+    async with http.post(KEYS, headers={**auth.headers, **headers}) as response:
+        assert response.status == 201
+        first = (await response.json())["data"]
+    async with http.post(KEYS, headers={**auth.headers, **headers}) as response:
+        assert response.status == 409
+        error = (await response.json())["error"]
+    assert error["type"] == "conflict"
+    assert first["id"] in error["messages"][0]
+    async with http.post(
+        KEYS, headers={**auth.headers, **headers}, json={"algorithm": "ES256"}
+    ) as response:
+        assert response.status == 409
+        assert "another request" in (await response.json())["error"]["messages"][0]
+    assert await key_count(migrated_topology, environment) == 1
+
+
+async def test_import_pem_and_jwk_then_look_up_the_public_key(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    async with http.post(
+        f"{KEYS}/import", headers=auth.headers, json={"public_key": pem}
+    ) as response:
+        assert response.status == 201, await response.text()
+        imported = (await response.json())["data"]
+    assert imported["algorithm"] == "ES256" and imported["source"] == "imported"
+    async with http.get(f"{KEYS}/{imported['id']}/public-key", headers=auth.headers) as response:
+        public = (await response.json())["data"]
+    assert public["pem"].strip() == pem.strip()
+
+    # Round trip: the JWK we serve imports back as the same key (same fingerprint).
+    jwk = {k: v for k, v in public["jwk"].items() if k in ("kty", "crv", "x", "y")}
+    async with http.post(
+        f"{KEYS}/import", headers=auth.headers, json={"public_key": jwk}
+    ) as response:
+        assert response.status == 201
+        again = (await response.json())["data"]
+    assert again["fingerprint"] == imported["fingerprint"] and again["id"] != imported["id"]
+
+    token = jwt.encode({"exp": int(time.time()) + 60}, private, algorithm="ES256")
+    assert jwt.decode(token, public["pem"], algorithms=["ES256"])["exp"] > time.time()
+
+
+async def test_an_audit_event_records_every_create_import_and_revoke(
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+    migrated_topology: LocalTopology,
+) -> None:
+    created = await create(http, auth, algorithm="EdDSA")
+    async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    events = await rows(
+        migrated_topology,
+        "SELECT action, actor, api, key_id FROM audit_events WHERE environment_id = $1"
+        " ORDER BY created_at",
+        environment,
+    )
+    assert [(e[0], e[1], e[2], e[3]) for e in events] == [
+        ("create", auth.login, "http", created["id"]),
+        ("revoke", auth.login, "http", created["id"]),
+    ]
+
+
+async def test_one_environment_never_sees_or_touches_another_environments_keys(
+    http: aiohttp.ClientSession, issue_token: TokenFactory
+) -> None:
+    alice, bob = await issue_token(["env-alice-x"]), await issue_token(["env-bob-x"])
+    key = await create(http, alice)
+    for method in ("GET", "DELETE"):
+        async with http.request(method, f"{KEYS}/{key['id']}", headers=bob.headers) as response:
+            assert response.status == 404, "another environment's key does not exist for bob"
+    async with http.get(KEYS, headers=bob.headers) as response:
+        assert (await response.json())["data"] == []
+    headers = {"X-Environment-Id": "env-alice-x"}
+    async with http.get(f"{KEYS}/{key['id']}", headers={**bob.headers, **headers}) as response:
+        assert response.status == 403
+    async with http.get(f"{KEYS}/{key['id']}", headers=alice.headers) as response:
+        assert (await response.json())["data"]["status"] == "active"
+
+
+async def test_a_token_for_several_environments_must_name_one(
+    http: aiohttp.ClientSession, issue_token: TokenFactory
+) -> None:
+    both = await issue_token(["env-multi-a", "env-multi-b"])
+    async with http.post(KEYS, headers=both.headers) as response:
+        assert response.status == 403
+        assert "X-Environment-Id" in (await response.json())["error"]["messages"][0]
+    headers = {"X-Environment-Id": "env-multi-b"}
+    async with http.post(KEYS, headers={**both.headers, **headers}) as response:
+        assert response.status == 201
+        assert (await response.json())["data"]["environment_id"] == "env-multi-b"
+    async with http.get(
+        KEYS, headers=both.headers, params={"environment_id": "env-multi-a"}
+    ) as response:
+        assert (await response.json())["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "error_type", "words"),
+    [
+        ("POST", KEYS, {"data": b"{nope"}, 400, "invalid_parameters", "not valid JSON"),
+        ("POST", KEYS, {"json": [1, 2]}, 400, "invalid_parameters", "JSON object"),
+        ("POST", KEYS, {"json": {"algorithm": "HS256"}}, 400, "invalid_parameters", "RS256"),
+        ("POST", KEYS, {"json": {"algorithm": "none"}}, 400, "invalid_parameters", "algorithm"),
+        ("POST", KEYS, {"json": {"colour": "red"}}, 400, "invalid_parameters", "colour"),
+        ("POST", KEYS, {"json": {"name": 5}}, 400, "invalid_parameters", "name"),
+        ("POST", KEYS, {"json": {"name": "x" * 201}}, 400, "invalid_parameters", "name"),
+        ("POST", KEYS, {"data": b" " * 70_000}, 413, "payload_too_large", "too large"),
+        ("POST", KEYS, {"headers": {"Idempotency-Key": "k" * 256}}, 400, "invalid_parameters", "Idem"),
+        ("GET", KEYS, {"params": {"limit": "abc"}}, 400, "invalid_parameters", "limit"),
+        ("GET", KEYS, {"params": {"limit": "0"}}, 400, "invalid_parameters", "limit"),
+        ("GET", KEYS, {"params": {"limit": "101"}}, 400, "invalid_parameters", "limit"),
+        ("GET", KEYS, {"params": {"page": "0"}}, 400, "invalid_parameters", "page"),
+        ("GET", KEYS, {"params": {"page": "-3"}}, 400, "invalid_parameters", "page"),
+        ("GET", f"{KEYS}/unknownKeyId123", {}, 404, "not_found", "no signing key"),
+        ("DELETE", f"{KEYS}/unknownKeyId123", {}, 404, "not_found", "no signing key"),
+        ("GET", f"{KEYS}/bad%20id!", {}, 400, "invalid_parameters", "signing key id"),
+        ("POST", f"{KEYS}/import", {"json": {}}, 400, "invalid_parameters", "public_key"),
+        (
+            "POST",
+            f"{KEYS}/import",
+            {"json": {"public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}},
+            400,
+            "invalid_parameters",
+            "PEM",
+        ),
+        (
+            "POST",
+            f"{KEYS}/import",
+            {"json": {"public_key": "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----"}},
+            400,
+            "invalid_parameters",
+            "never send a private key",
+        ),
+        (
+            "POST",
+            f"{KEYS}/import",
+            {"json": {"public_key": {"kty": "oct", "k": "c2VjcmV0"}}},
+            400,
+            "invalid_parameters",
+            "unsupported JWK",
+        ),
+        ("GET", "/system/v1/nothing-here", {}, 404, "not_found", "GET"),
+        ("PUT", KEYS, {}, 405, "method_not_allowed", "PUT"),
+    ],
+)
+async def test_bad_input_gets_a_clear_error_and_changes_nothing(
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+    migrated_topology: LocalTopology,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    error_type: str,
+    words: str,
+) -> None:
+    headers = {**auth.headers, **kwargs.pop("headers", {})}
+    async with http.request(method, path, headers=headers, **kwargs) as response:
+        assert response.status == status, await response.text()
+        body = await response.json()
+    assert body["error"]["type"] == error_type
+    assert any(words in message for message in body["error"]["messages"]), body
+    assert await key_count(migrated_topology, environment) == 0
+
+
+async def test_credentials_missing_wrong_or_insufficient(
+    http: aiohttp.ClientSession, issue_token: TokenFactory, environment: str
+) -> None:
+    async with http.get(KEYS) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        assert (await response.json())["error"]["type"] == "unauthorized"
+    good = await issue_token([environment], [Scope.READ])
+    for bad in (
+        Credentials(good.login, "wrong-secret"),
+        Credentials("skt_unknown", "whatever"),
+    ):
+        async with http.get(KEYS, headers=bad.headers) as response:
+            assert response.status == 401
+    for header in ("Basic !!!notbase64", "Digest abc", "Bearer no-colon"):
+        async with http.get(KEYS, headers={"Authorization": header}) as response:
+            assert response.status == 401
+    async with http.get(KEYS, headers=good.headers) as response:
+        assert response.status == 200
+    bearer = {"Authorization": f"Bearer {good.login}:{good.password}"}
+    async with http.get(KEYS, headers=bearer) as response:
+        assert response.status == 200
+    async with http.post(KEYS, headers=good.headers) as response:
+        assert response.status == 403, "read scope cannot create"
+        assert "write" in (await response.json())["error"]["messages"][0]
+    other = await issue_token(["env-someone-else"], [Scope.READ, Scope.WRITE])
+    async with http.get(
+        KEYS, headers={**other.headers, **{"X-Environment-Id": environment}}
+    ) as response:
+        assert response.status == 403
+
+
+async def test_key_generation_runs_off_the_event_loop_thread(
+    http: aiohttp.ClientSession, auth: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RSA generation takes 30-160 ms here: it must never run on the event loop's thread."""
+    threads: list[int] = []
+    real = crypto.generate_key_pair
+
+    def recording(algorithm: crypto.Algorithm) -> crypto.KeyPair:
+        threads.append(threading.get_ident())
+        return real(algorithm)
+
+    monkeypatch.setattr(crypto, "generate_key_pair", recording)
+    await asyncio.gather(*(create(http, auth) for _ in range(3)))
+    assert len(threads) == 3
+    assert threading.get_ident() not in threads

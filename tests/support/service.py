@@ -1,0 +1,112 @@
+"""Shared fixtures for tests that run the real service against the local topology.
+
+Registered from the root conftest as a pytest plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service.core.models import Scope
+from service.server import Server
+from service.settings import Settings
+from service.store.migrations import migrate
+from service.topology import LocalTopology
+
+LOCAL_REGION = "aws-us-east-1"
+
+
+def service_env(
+    topology: LocalTopology, local_region: str = LOCAL_REGION, **overrides: str
+) -> dict[str, str]:
+    """Settings for a test instance: ephemeral ports on loopback, short timeouts."""
+    env = {
+        **topology.env(local_region),
+        "SIGNING_KEYS_HTTP_HOST": "127.0.0.1",
+        "SIGNING_KEYS_HTTP_PORT": "0",
+        "SIGNING_KEYS_GRPC_HOST": "127.0.0.1",
+        "SIGNING_KEYS_GRPC_PORT": "0",
+        "SIGNING_KEYS_ACCESS_LOG": "off",
+    }
+    env.update({f"SIGNING_KEYS_{key.upper()}": value for key, value in overrides.items()})
+    return env
+
+
+async def _migrate(settings: Settings) -> None:
+    server = Server(settings)
+    await server.database.start()
+    try:
+        await migrate(server.database)
+    finally:
+        await server.database.aclose()
+
+
+@pytest.fixture(scope="session")
+def migrated_topology(topology: LocalTopology) -> LocalTopology:
+    """The shared topology with the schema applied once for the session."""
+    asyncio.run(_migrate(Settings.from_env(service_env(topology))))
+    return topology
+
+
+@pytest.fixture
+async def server(migrated_topology: LocalTopology) -> AsyncIterator[Server]:
+    async with Server(Settings.from_env(service_env(migrated_topology))) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{server.http_port}") as session:
+        yield session
+
+
+@pytest.fixture
+def environment() -> str:
+    """A fresh environment id per test: tests share one database and never collide."""
+    return "env-" + secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An access token's id and secret, and the Authorization header that carries them."""
+
+    login: str
+    password: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": aiohttp.encode_basic_auth(self.login, self.password)}
+
+
+class TokenFactory:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    async def __call__(
+        self, environments: Iterable[str], scopes: Iterable[Scope] = tuple(Scope)
+    ) -> Credentials:
+        token, secret = await self._server.authenticator.issue(scopes, environments)
+        return Credentials(token.id, secret)
+
+
+@pytest.fixture
+def issue_token(server: Server) -> TokenFactory:
+    return TokenFactory(server)
+
+
+@pytest.fixture
+async def auth(issue_token: TokenFactory, environment: str) -> Credentials:
+    """Credentials with every scope on this test's environment."""
+    return await issue_token([environment])
+
+
+async def rows(topology: LocalTopology, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Query the current primary directly (not through the service)."""
+    return await asyncio.to_thread(topology.query, topology.primary, sql, *args)
