@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
-.PHONY: help run test lint format proto bench postgres node clean
+.PHONY: help run test lint format proto bench bench-tools postgres node clean
 
 help:
 	@echo "make run    - start the local three-region topology and the service"
@@ -66,7 +66,18 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix service tests
 	$(BIN)/ruff format service tests
 
-bench: $(STAMP) postgres
+# Load generators: wrk (HTTP) and h2load from nghttp2-client (gRPC).
+bench-tools:
+	@if command -v wrk >/dev/null && command -v h2load >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing wrk and nghttp2-client"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nghttp2-client >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nghttp2-client >/dev/null; }; \
+	else \
+		echo "wrk and h2load are missing: run 'sudo apt-get install -y wrk nghttp2-client'" >&2; exit 1; \
+	fi
+
+bench: $(STAMP) postgres bench-tools
 	$(BIN)/python -m tests.perf
 
 clean:
