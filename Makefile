@@ -68,6 +68,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy
 
+proto: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_proto.sh
+
 format: $(STAMP)
 	$(BIN)/ruff check --fix service tests
 	$(BIN)/ruff format service tests

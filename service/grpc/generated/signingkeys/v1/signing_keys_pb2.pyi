@@ -1,0 +1,226 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class KeyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_STATUS_UNSPECIFIED: _ClassVar[KeyStatus]
+    KEY_STATUS_ACTIVE: _ClassVar[KeyStatus]
+    KEY_STATUS_REVOKED: _ClassVar[KeyStatus]
+
+class KeySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_SOURCE_UNSPECIFIED: _ClassVar[KeySource]
+    KEY_SOURCE_GENERATED: _ClassVar[KeySource]
+    KEY_SOURCE_IMPORTED: _ClassVar[KeySource]
+
+class InvalidReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVALID_REASON_UNSPECIFIED: _ClassVar[InvalidReason]
+    INVALID_REASON_MALFORMED: _ClassVar[InvalidReason]
+    INVALID_REASON_UNKNOWN_KEY: _ClassVar[InvalidReason]
+    INVALID_REASON_REVOKED_KEY: _ClassVar[InvalidReason]
+    INVALID_REASON_EXPIRED: _ClassVar[InvalidReason]
+    INVALID_REASON_NOT_YET_VALID: _ClassVar[InvalidReason]
+    INVALID_REASON_BAD_SIGNATURE: _ClassVar[InvalidReason]
+    INVALID_REASON_WRONG_AUDIENCE: _ClassVar[InvalidReason]
+    INVALID_REASON_WRONG_SUBJECT: _ClassVar[InvalidReason]
+    INVALID_REASON_ALGORITHM_MISMATCH: _ClassVar[InvalidReason]
+
+class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_EVENT_KIND_UNSPECIFIED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_SNAPSHOT: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_SYNCED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_CHANGED: _ClassVar[WatchEventKind]
+KEY_STATUS_UNSPECIFIED: KeyStatus
+KEY_STATUS_ACTIVE: KeyStatus
+KEY_STATUS_REVOKED: KeyStatus
+KEY_SOURCE_UNSPECIFIED: KeySource
+KEY_SOURCE_GENERATED: KeySource
+KEY_SOURCE_IMPORTED: KeySource
+INVALID_REASON_UNSPECIFIED: InvalidReason
+INVALID_REASON_MALFORMED: InvalidReason
+INVALID_REASON_UNKNOWN_KEY: InvalidReason
+INVALID_REASON_REVOKED_KEY: InvalidReason
+INVALID_REASON_EXPIRED: InvalidReason
+INVALID_REASON_NOT_YET_VALID: InvalidReason
+INVALID_REASON_BAD_SIGNATURE: InvalidReason
+INVALID_REASON_WRONG_AUDIENCE: InvalidReason
+INVALID_REASON_WRONG_SUBJECT: InvalidReason
+INVALID_REASON_ALGORITHM_MISMATCH: InvalidReason
+WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
+WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
+WATCH_EVENT_KIND_SYNCED: WatchEventKind
+WATCH_EVENT_KIND_CHANGED: WatchEventKind
+
+class SigningKey(_message.Message):
+    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created_at: str
+    environment_id: str
+    algorithm: str
+    status: KeyStatus
+    source: KeySource
+    name: str
+    fingerprint: str
+    public_key: str
+    updated_at: str
+    revoked_at: str
+    expires_at: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+
+class CreateSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    algorithm: str
+    name: str
+    expires_at: str
+    idempotency_key: str
+    def __init__(self, environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class CreateSigningKeyResponse(_message.Message):
+    __slots__ = ("key", "private_key")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    private_key: str
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ..., private_key: _Optional[str] = ...) -> None: ...
+
+class ImportSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "pem", "jwk_json", "algorithm", "name", "expires_at", "idempotency_key")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    JWK_JSON_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    pem: str
+    jwk_json: str
+    algorithm: str
+    name: str
+    expires_at: str
+    idempotency_key: str
+    def __init__(self, environment_id: _Optional[str] = ..., pem: _Optional[str] = ..., jwk_json: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class ImportSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class GetSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class GetSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class ListSigningKeysRequest(_message.Message):
+    __slots__ = ("environment_id", "limit", "page")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    limit: int
+    page: int
+    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ...) -> None: ...
+
+class ListSigningKeysResponse(_message.Message):
+    __slots__ = ("keys", "next_page")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    next_page: int
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., next_page: _Optional[int] = ...) -> None: ...
+
+class RevokeSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RevokeSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class VerifyTokenRequest(_message.Message):
+    __slots__ = ("token", "environment_id", "audience", "subject")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    environment_id: str
+    audience: str
+    subject: str
+    def __init__(self, token: _Optional[str] = ..., environment_id: _Optional[str] = ..., audience: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class VerifyTokenResponse(_message.Message):
+    __slots__ = ("valid", "reason", "reason_text", "key_id", "environment_id", "claims_json")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_TEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    reason: InvalidReason
+    reason_text: str
+    key_id: str
+    environment_id: str
+    claims_json: str
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[_Union[InvalidReason, str]] = ..., reason_text: _Optional[str] = ..., key_id: _Optional[str] = ..., environment_id: _Optional[str] = ..., claims_json: _Optional[str] = ...) -> None: ...
+
+class WatchSigningKeysRequest(_message.Message):
+    __slots__ = ("environment_id", "after")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    after: str
+    def __init__(self, environment_id: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class WatchSigningKeysResponse(_message.Message):
+    __slots__ = ("kind", "key", "position")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchEventKind
+    key: SigningKey
+    position: str
+    def __init__(self, kind: _Optional[_Union[WatchEventKind, str]] = ..., key: _Optional[_Union[SigningKey, _Mapping]] = ..., position: _Optional[str] = ...) -> None: ...

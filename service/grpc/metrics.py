@@ -1,0 +1,62 @@
+"""gRPC call metrics (Prometheus) and the access log, fed by the servicer after every call.
+
+Like HTTP's: counts and latencies always; a log line for failures of ours (INTERNAL,
+UNKNOWN), slow unary calls, and otherwise as ``SIGNING_KEYS_ACCESS_LOG`` says (off, sampled,
+all) — a line per call would cost as much as serving it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from service.grpc.servicer import CallObserver
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class GrpcMetrics(CallObserver):
+    """Call counts and latencies by method and status, and the access log."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None) -> None:
+        self._access_log = settings.access_log
+        self._sample_rate = settings.access_log_sample_rate
+        self._slow = settings.slow_request_seconds
+        self._requests: Counter | None = None
+        self._latency: Histogram | None = None
+        if registry is not None:
+            self._requests = Counter(
+                "signing_keys_grpc_requests",
+                "gRPC calls served, by method and status.",
+                ["method", "status"],
+                registry=registry,
+            )
+            self._latency = Histogram(
+                "signing_keys_grpc_request_seconds",
+                "gRPC call latency, by method (streams: until they end).",
+                ["method"],
+                registry=registry,
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            )
+
+    def finished(self, method: str, status: str, elapsed: float, request_id: str) -> None:
+        if self._requests is not None and self._latency is not None:
+            self._requests.labels(method, status).inc()
+            self._latency.labels(method).observe(elapsed)
+        unary = method != "WatchSigningKeys"
+        if (
+            status in ("INTERNAL", "UNKNOWN")
+            or (unary and elapsed >= self._slow)
+            or self._access_log == "all"
+            or (self._access_log == "sampled" and random.random() < self._sample_rate)
+        ):
+            log.info(
+                "grpc call",
+                request_id=request_id,
+                method=method,
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+            )

@@ -1,0 +1,336 @@
+"""The ``signingkeys.v1.SigningKeys`` servicer: translate, delegate to the core, translate back.
+
+No rules live here: scopes, environments, validation and idempotency are the core's, exactly
+as for HTTP (:mod:`service.http.keys`). Each RPC runs inside :meth:`SigningKeysServicer._rpc`,
+which binds the request id to the log context, bounds the call by the client's deadline and
+turns a domain error into a status (:mod:`service.grpc.errors`) with the error's ``type`` in
+the trailing metadata.
+
+The handlers take grpclib's stream rather than the decoded request that the generated base
+class passes, because credentials (``authorization`` metadata) and the deadline live on the
+stream; :meth:`SigningKeysServicer.__mapping__` keeps the generated paths and message types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
+
+import betterproto
+import structlog
+from grpclib.const import Handler
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from service.core import crypto
+from service.core.auth import Authenticator
+from service.core.changes import ChangeFeed, WatchEvent
+from service.core.keys import DEFAULT_PAGE_LIMIT, KeyService, KeySpec
+from service.core.models import Principal, Scope
+from service.core.verify import TokenVerifier, check_expectation
+from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
+from service.grpc import messages
+from service.grpc.errors import ERROR_TYPE_METADATA, error_status
+from service.grpc.generated.signingkeys import v1 as pb
+
+log = structlog.get_logger(__name__)
+
+AUTHORIZATION_METADATA: Final = "authorization"
+REQUEST_ID_METADATA: Final = "x-request-id"
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+RequestT = TypeVar("RequestT", bound=betterproto.Message)
+ReplyT = TypeVar("ReplyT", bound=betterproto.Message)
+
+
+class CallObserver:
+    """Told about every finished call (metrics, access log); the default does nothing."""
+
+    def finished(self, method: str, status: str, elapsed: float, request_id: str) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Call(Generic[RequestT, ReplyT]):
+    """One RPC in progress: its stream, request id, deadline and credentials."""
+
+    stream: Stream[RequestT, ReplyT]
+    request_id: str
+    authenticator: Authenticator
+
+    def remaining(self) -> float | None:
+        """Seconds left before the client's deadline (``grpc-timeout``), if it set one."""
+        deadline = self.stream.deadline
+        return None if deadline is None else deadline.time_remaining()
+
+    async def receive(self) -> RequestT:
+        request = await self.stream.recv_message()
+        if request is None:
+            raise InvalidRequestError("the call carries no request message")
+        return request
+
+    async def principal(self) -> Principal:
+        metadata = self.stream.metadata
+        header = None if metadata is None else metadata.get(AUTHORIZATION_METADATA)
+        if isinstance(header, bytes):  # only "-bin" keys carry bytes; refuse, don't guess
+            header = None
+        return await self.authenticator.authenticate_header(
+            header, api="grpc", request_id=self.request_id
+        )
+
+
+class SigningKeysServicer(pb.SigningKeysBase):
+    """Serves ``signingkeys.v1.SigningKeys`` from the same core as the HTTP API.
+
+    >>> servicer = SigningKeysServicer(
+    ...     key_service=keys, authenticator=auth, verifier=verifier, changes=feed)
+    >>> server = grpclib.server.Server([servicer])
+    """
+
+    def __init__(
+        self,
+        *,
+        key_service: KeyService,
+        authenticator: Authenticator,
+        verifier: TokenVerifier,
+        changes: ChangeFeed,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self._keys = key_service
+        self._authenticator = authenticator
+        self._verifier = verifier
+        self._changes = changes
+        self._observer = observer or CallObserver()
+        self._in_flight = 0  # unary calls; watch streams run until cancelled
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def drained(self) -> None:
+        """Return once no unary call is in flight."""
+        await self._idle.wait()
+
+    def __mapping__(self) -> dict[str, Handler]:
+        handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
+            "CreateSigningKey": self._create,
+            "ImportSigningKey": self._import,
+            "GetSigningKey": self._get,
+            "ListSigningKeys": self._list,
+            "RevokeSigningKey": self._revoke,
+            "VerifyToken": self._verify,
+            "WatchSigningKeys": self._watch,
+        }
+        # Paths, cardinalities and message types come from the generated base; a method
+        # added to the .proto but not here keeps the base's UNIMPLEMENTED handler.
+        return {
+            path: handler._replace(func=handlers.get(path.rsplit("/", 1)[1], handler.func))
+            for path, handler in super().__mapping__().items()
+        }
+
+    @contextlib.asynccontextmanager
+    async def _rpc(
+        self, stream: Stream[RequestT, ReplyT], method: str, *, unary: bool = True
+    ) -> AsyncIterator[Call[RequestT, ReplyT]]:
+        started = time.perf_counter()
+        metadata = stream.metadata
+        offered = metadata.get(REQUEST_ID_METADATA, "") if metadata is not None else ""
+        request_id = (
+            offered if isinstance(offered, str) and _REQUEST_ID.match(offered) else None
+        ) or secrets.token_hex(8)
+        call = Call(stream, request_id, self._authenticator)
+        outcome = "OK"
+        if unary:
+            self._in_flight += 1
+            self._idle.clear()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                try:
+                    async with asyncio.timeout(call.remaining()):
+                        yield call
+                except TimeoutError as exc:
+                    if isinstance(exc, DeadlineExceededError):
+                        raise
+                    raise DeadlineExceededError("the call's deadline passed") from exc
+            except asyncio.CancelledError:
+                remaining = call.remaining()
+                # grpclib cancels the handler when the client's deadline passes.
+                expired = remaining is not None and remaining <= 0
+                outcome = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+                raise
+            except GRPCError as exc:  # refused by the codec or the size limit
+                outcome = exc.status.name
+                raise
+            except Exception as exc:
+                failure = error_status(exc)
+                outcome = failure.status.name
+                if failure.is_internal:
+                    log.exception("grpc call failed", method=method)
+                elif isinstance(exc, DependencyError):
+                    log.warning(
+                        "grpc call unavailable", method=method, error_type=failure.error_type
+                    )
+                await stream.send_trailing_metadata(
+                    status=failure.status,
+                    status_message=failure.message,
+                    metadata={ERROR_TYPE_METADATA: failure.error_type},
+                )
+            finally:
+                if unary:
+                    self._in_flight -= 1
+                    if not self._in_flight:
+                        self._idle.set()
+                self._observer.finished(method, outcome, time.perf_counter() - started, request_id)
+
+    async def _create(
+        self, stream: Stream[pb.CreateSigningKeyRequest, pb.CreateSigningKeyResponse]
+    ) -> None:
+        async with self._rpc(stream, "CreateSigningKey") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            spec = KeySpec(
+                algorithm=crypto.parse_algorithm(request.algorithm or crypto.DEFAULT_ALGORITHM),
+                name=messages.optional(request.name),
+                expires_at=messages.parse_unix(request.expires_at, "expires_at"),
+            )
+            created = await self._keys.create(
+                caller,
+                caller.default_environment(messages.optional(request.environment_id)),
+                spec,
+                idempotency_key=messages.optional(request.idempotency_key),
+            )
+            await stream.send_message(
+                pb.CreateSigningKeyResponse(
+                    key=messages.signing_key(created.key),
+                    private_key=messages.private_key(created.private_key_pem),
+                )
+            )
+
+    async def _import(
+        self, stream: Stream[pb.ImportSigningKeyRequest, pb.ImportSigningKeyResponse]
+    ) -> None:
+        async with self._rpc(stream, "ImportSigningKey") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            key = await self._keys.import_key(
+                caller,
+                caller.default_environment(messages.optional(request.environment_id)),
+                messages.public_key(request),
+                algorithm=messages.optional(request.algorithm),
+                name=messages.optional(request.name),
+                expires_at=messages.parse_unix(request.expires_at, "expires_at"),
+                idempotency_key=messages.optional(request.idempotency_key),
+            )
+            await stream.send_message(pb.ImportSigningKeyResponse(key=messages.signing_key(key)))
+
+    async def _get(self, stream: Stream[pb.GetSigningKeyRequest, pb.GetSigningKeyResponse]) -> None:
+        async with self._rpc(stream, "GetSigningKey") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            key = await self._keys.get(
+                caller,
+                caller.default_environment(messages.optional(request.environment_id)),
+                request.id,
+            )
+            await stream.send_message(pb.GetSigningKeyResponse(key=messages.signing_key(key)))
+
+    async def _list(
+        self, stream: Stream[pb.ListSigningKeysRequest, pb.ListSigningKeysResponse]
+    ) -> None:
+        async with self._rpc(stream, "ListSigningKeys") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            limit = request.limit or DEFAULT_PAGE_LIMIT
+            page = request.page or 1
+            keys = await self._keys.list(
+                caller,
+                caller.default_environment(messages.optional(request.environment_id)),
+                limit=limit,
+                page=page,
+            )
+            await stream.send_message(
+                pb.ListSigningKeysResponse(
+                    keys=[messages.signing_key(key) for key in keys],
+                    next_page=page + 1 if len(keys) == limit else 0,
+                )
+            )
+
+    async def _revoke(
+        self, stream: Stream[pb.RevokeSigningKeyRequest, pb.RevokeSigningKeyResponse]
+    ) -> None:
+        async with self._rpc(stream, "RevokeSigningKey") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            key = await self._keys.revoke(
+                caller,
+                caller.default_environment(messages.optional(request.environment_id)),
+                request.id,
+            )
+            await stream.send_message(pb.RevokeSigningKeyResponse(key=messages.signing_key(key)))
+
+    async def _verify(self, stream: Stream[pb.VerifyTokenRequest, pb.VerifyTokenResponse]) -> None:
+        async with self._rpc(stream, "VerifyToken") as call:
+            request = await call.receive()
+            caller = await call.principal()
+            if not request.token:
+                raise InvalidRequestError("token is required: a compact JWT string")
+            verdict = await self._verifier.verify(
+                caller,
+                request.token,
+                environment_id=check_expectation(
+                    messages.optional(request.environment_id), "environment_id"
+                ),
+                audience=check_expectation(messages.optional(request.audience), "audience"),
+                subject=check_expectation(messages.optional(request.subject), "subject"),
+            )
+            await stream.send_message(
+                pb.VerifyTokenResponse(
+                    valid=verdict.valid,
+                    reason=messages.invalid_reason(verdict.reason),
+                    reason_text=verdict.reason or "",
+                    key_id=verdict.key_id or "",
+                    environment_id=verdict.environment_id or "",
+                    claims_json=messages.claims_json(verdict.claims),
+                )
+            )
+
+    async def _watch(
+        self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]
+    ) -> None:
+        async with self._rpc(stream, "WatchSigningKeys", unary=False) as call:
+            request = await call.receive()
+            caller = await call.principal()
+            environment_id = caller.default_environment(messages.optional(request.environment_id))
+            # The change feed takes no principal, so the read scope is checked here.
+            caller.require(Scope.READ, environment_id)
+            events = self._changes.watch(environment_id, after=messages.optional(request.after))
+            async with _closing(events) as stream_of_events:
+                async for event in stream_of_events:
+                    await stream.send_message(watch_response(event))
+
+
+def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:
+    response = pb.WatchSigningKeysResponse(
+        kind=messages.watch_kind(event.kind), position=event.position
+    )
+    if event.key is not None:
+        response.key = messages.signing_key(event.key)
+    return response
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[WatchEvent]) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+    """Close the feed's generator when the stream ends, not whenever it is collected."""
+    try:
+        yield events
+    finally:
+        if isinstance(events, AsyncGenerator):
+            await cast(AsyncGenerator[WatchEvent, None], events).aclose()

@@ -1,0 +1,67 @@
+"""The strict codec: betterproto's lenient parse never sees (or never keeps) a bad message."""
+
+from __future__ import annotations
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
+
+from service.grpc.codec import MalformedMessageError, StrictCodec, check_types, protobuf_twins
+from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
+
+CODEC = StrictCodec(max_message_bytes=64, twins=protobuf_twins(pb, signing_keys_pb2))
+
+
+def test_every_message_has_its_protobuf_twin() -> None:
+    twins = protobuf_twins(pb, signing_keys_pb2)
+    assert twins[pb.GetSigningKeyRequest] is signing_keys_pb2.GetSigningKeyRequest
+    assert len(twins) == len(signing_keys_pb2.DESCRIPTOR.message_types_by_name)
+
+
+def test_a_valid_message_round_trips() -> None:
+    request = pb.ImportSigningKeyRequest(environment_id="e", jwk_json="{}", name="n")
+    assert CODEC.decode(bytes(request), pb.ImportSigningKeyRequest) == request
+    assert CODEC.decode(b"", pb.GetSigningKeyRequest) == pb.GetSigningKeyRequest()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\x08\x96\x01", b"\xff\xff\xff", b"\x0b", b"\x12\x80"],
+)
+def test_malformed_bytes_are_invalid_argument(payload: bytes) -> None:
+    with pytest.raises(GRPCError) as raised:
+        CODEC.decode(payload, pb.GetSigningKeyRequest)
+    assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+def test_betterproto_alone_would_have_accepted_them() -> None:
+    """Why the codec exists: these parse 'successfully' with betterproto 2.0.0b7."""
+    assert pb.GetSigningKeyRequest.FromString(b"\x0a\x05ab").environment_id == "ab"
+    assert pb.GetSigningKeyRequest.FromString(b"\x08\x96\x01").environment_id == 150  # type: ignore[comparison-overlap]
+
+
+def test_a_wrong_type_is_found_in_nested_messages_too() -> None:
+    reply = pb.GetSigningKeyResponse(key=pb.SigningKey(id="k"))
+    check_types(reply)
+    reply.key.name = 5  # type: ignore[assignment]
+    with pytest.raises(MalformedMessageError):
+        check_types(reply)
+    enum_as_bool = pb.SigningKey(status=True)  # type: ignore[arg-type]
+    with pytest.raises(MalformedMessageError):
+        check_types(enum_as_bool)
+
+
+def test_an_oversized_message_is_resource_exhausted() -> None:
+    request = pb.GetSigningKeyRequest(id="k" * 100)
+    with pytest.raises(GRPCError) as raised:
+        CODEC.decode(bytes(request), pb.GetSigningKeyRequest)
+    assert raised.value.status is Status.RESOURCE_EXHAUSTED
+
+
+def test_protobuf_messages_of_health_and_reflection_are_checked_too() -> None:
+    assert CODEC.decode(b"\x0a\x01x", HealthCheckRequest).service == "x"
+    with pytest.raises(GRPCError) as raised:
+        CODEC.decode(b"\x0a\x05x", HealthCheckRequest)
+    assert raised.value.status is Status.INVALID_ARGUMENT

@@ -1,0 +1,102 @@
+"""Core records ↔ protobuf messages: the same field semantics as the HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from service.core import crypto
+from service.core.models import SigningKey
+from service.core.verify import REASONS
+from service.errors import InvalidRequestError
+from service.grpc import messages
+from service.grpc.generated.signingkeys import v1 as pb
+from service.http.keys import key_json
+
+
+def _key(**changes: object) -> SigningKey:
+    pair = crypto.generate_key_pair("ES256")
+    fields: dict[str, object] = {
+        "id": "kid-1",
+        "environment_id": "env-1",
+        "algorithm": "ES256",
+        "public_key": pair.public_der,
+        "fingerprint": crypto.fingerprint(pair.public_der),
+        "status": "active",
+        "source": "generated",
+        "name": None,
+        "created_at": datetime(2025, 1, 1, 0, 0, 0, 900_000, tzinfo=UTC),
+        "updated_at": datetime(2025, 1, 2, tzinfo=UTC),
+        **changes,
+    }
+    return SigningKey(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {
+            "status": "revoked",
+            "source": "imported",
+            "name": "n",
+            "revoked_at": datetime(2025, 2, 1, tzinfo=UTC),
+            "expires_at": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+    ],
+)
+def test_a_key_reads_like_its_http_json(changes: dict[str, object]) -> None:
+    key = _key(**changes)
+    message, http = messages.signing_key(key), key_json(key)
+    for name in ("id", "created_at", "environment_id", "algorithm", "fingerprint", "public_key"):
+        assert getattr(message, name) == http[name], name
+    for name in ("name", "updated_at", "revoked_at", "expires_at"):
+        assert getattr(message, name) == (http[name] or ""), name
+    assert message.status.name == str(http["status"]).upper()
+    assert message.source.name == str(http["source"]).upper()
+    assert message.created_at == "1735689600", "whole Unix seconds, as a string"
+
+
+def test_the_private_key_is_base64_of_its_pem() -> None:
+    pem = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    assert base64.b64decode(messages.private_key(pem)) == pem
+
+
+def test_times_in_requests() -> None:
+    assert messages.parse_unix("", "expires_at") is None
+    assert messages.parse_unix("1735689600", "expires_at") == datetime(2025, 1, 1, tzinfo=UTC)
+    for bad in ("soon", "1.5", "9" * 30):
+        with pytest.raises(InvalidRequestError, match="expires_at"):
+            messages.parse_unix(bad, "expires_at")
+
+
+def test_every_reason_of_the_core_has_its_enum_value() -> None:
+    assert messages.invalid_reason(None) == pb.InvalidReason.UNSPECIFIED
+    values = {messages.invalid_reason(reason) for reason in REASONS}
+    assert pb.InvalidReason.UNSPECIFIED not in values
+    assert len(values) == len(REASONS)
+    assert messages.invalid_reason("unknown_key").name == "UNKNOWN_KEY"
+
+
+def test_claims_keep_integers_exact() -> None:
+    assert messages.claims_json(None) == ""
+    claims = {"exp": 2**62 + 1, "sub": "é"}
+    assert json.loads(messages.claims_json(claims)) == claims
+
+
+def test_the_imported_key_form() -> None:
+    assert messages.public_key(pb.ImportSigningKeyRequest(pem="PEM")) == "PEM"
+    assert messages.public_key(pb.ImportSigningKeyRequest(jwk_json='{"kty":"OKP"}')) == {
+        "kty": "OKP"
+    }
+    for request in (
+        pb.ImportSigningKeyRequest(),
+        pb.ImportSigningKeyRequest(pem=""),
+        pb.ImportSigningKeyRequest(jwk_json="[]"),
+        pb.ImportSigningKeyRequest(jwk_json="{"),
+    ):
+        with pytest.raises(InvalidRequestError):
+            messages.public_key(request)

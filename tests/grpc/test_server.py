@@ -1,0 +1,366 @@
+"""The GrpcServer as a whole: health that follows the router, reflection, message limits,
+malformed input and its lifecycle — against the real service's collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
+from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
+
+from service.core.keys import KeyService
+from service.core.models import Principal, SigningKey
+from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.server import SERVICE_NAME, GrpcServer
+from service.server import Server
+from tests.grpc.conftest import build_grpc_server
+
+GET = "/signingkeys.v1.SigningKeys/GetSigningKey"
+SERVING = HealthCheckResponse.SERVING
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
+
+
+class FakeRegions:
+    """A router stand-in whose read health the test flips."""
+
+    def __init__(self, readable: bool = True) -> None:
+        self.readable = readable
+        self.listeners: list[Callable[..., Any]] = []
+
+    def can_read(self) -> bool:
+        return self.readable
+
+    def add_listener(self, callback: Callable[..., Any]) -> None:
+        self.listeners.append(callback)
+
+    def flip(self, readable: bool) -> None:
+        self.readable = readable
+        for listener in self.listeners:
+            listener()
+
+
+class RawCodec(CodecBase):
+    """Sends bytes as they are, so a test can put anything on the wire."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        assert isinstance(message, bytes)
+        return message
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+async def raw_call(channel: Channel, payload: bytes | None, path: str = GET) -> bytes:
+    # Client-streaming on our side only so that grpclib lets a test send no message at all.
+    async with channel.request(path, Cardinality.STREAM_UNARY, bytes, bytes) as stream:
+        if payload is None:
+            await stream.send_request(end=True)
+        else:
+            await stream.send_message(payload, end=True)
+        reply = await stream.recv_message()
+        assert reply is not None
+        return reply
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+async def test_health_is_serving_for_the_server_and_the_service(channel: Channel) -> None:
+    health = HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        reply = await health.Check(HealthCheckRequest(service=service))
+        assert reply.status == SERVING, service
+    with pytest.raises(GRPCError) as raised:
+        await health.Check(HealthCheckRequest(service="no.such.Service"))
+    assert raised.value.status is Status.NOT_FOUND
+
+
+async def test_health_follows_the_routers_read_health(server: Server) -> None:
+    regions = FakeRegions()
+    async with build_grpc_server(server, regions=regions) as grpc_server:
+        assert grpc_server.port is not None
+        channel = Channel("127.0.0.1", grpc_server.port)
+        try:
+            health = HealthStub(channel)
+            async with health.Watch.open() as watch:
+                await watch.send_message(HealthCheckRequest(service=SERVICE_NAME), end=True)
+                first = await asyncio.wait_for(watch.recv_message(), 5)
+                assert first is not None and first.status == SERVING
+
+                regions.flip(False)
+                changed = await asyncio.wait_for(watch.recv_message(), 5)
+                assert changed is not None and changed.status == NOT_SERVING
+                for service in ("", SERVICE_NAME):
+                    reply = await health.Check(HealthCheckRequest(service=service))
+                    assert reply.status == NOT_SERVING
+
+                regions.flip(True)
+                back = await asyncio.wait_for(watch.recv_message(), 5)
+                assert back is not None and back.status == SERVING
+                await watch.cancel()
+        finally:
+            channel.close()
+
+
+# --- reflection ---------------------------------------------------------------------------
+
+
+async def test_reflection_lists_and_describes_the_services(channel: Channel) -> None:
+    reflection = ServerReflectionStub(channel)
+    replies = await reflection.ServerReflectionInfo(
+        [
+            ServerReflectionRequest(list_services=""),
+            ServerReflectionRequest(file_containing_symbol=SERVICE_NAME),
+        ]
+    )
+    listed = {service.name for service in replies[0].list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= listed
+    (raw,) = replies[1].file_descriptor_response.file_descriptor_proto
+    descriptor = FileDescriptorProto.FromString(raw)
+    assert descriptor.package == "signingkeys.v1"
+    (service,) = descriptor.service
+    assert {method.name for method in service.method} == {
+        "CreateSigningKey",
+        "ImportSigningKey",
+        "GetSigningKey",
+        "ListSigningKeys",
+        "RevokeSigningKey",
+        "VerifyToken",
+        "WatchSigningKeys",
+    }
+    watch = next(method for method in service.method if method.name == "WatchSigningKeys")
+    assert watch.server_streaming and not watch.client_streaming
+
+
+# --- limits and malformed input -----------------------------------------------------------
+
+
+@pytest.fixture
+async def raw_channel(grpc_port: int) -> Any:
+    channel = Channel("127.0.0.1", grpc_port, codec=RawCodec())
+    yield channel
+    channel.close()
+
+
+async def test_an_oversized_request_is_refused_from_its_prefix_and_the_server_goes_on(
+    raw_channel: Channel, server: Server
+) -> None:
+    limit = server.settings.max_body_bytes
+    for size in (limit + 1, 8 * 1024 * 1024):
+        payload = b"\x0a" + _varint(size) + b"a" * size
+        with pytest.raises(GRPCError) as raised:
+            await asyncio.wait_for(raw_call(raw_channel, payload), 10)
+        assert raised.value.status is Status.RESOURCE_EXHAUSTED
+        assert raised.value.message == f"request message larger than {limit} bytes"
+    ok = pb.GetSigningKeyRequest(id="x")
+    with pytest.raises(GRPCError) as unauthenticated:
+        await raw_call(raw_channel, bytes(ok))
+    assert unauthenticated.value.status is Status.UNAUTHENTICATED, "the connection still serves"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x0a\x05ab",  # a string announcing 5 bytes, carrying 2
+        b"\x0a\x02\xff\xfe",  # a string that is not UTF-8
+        b"\x08\x96\x01",  # a varint where a string belongs
+        b"\xff\xff\xff",  # no valid tag at all
+        b"\x0b",  # a group start, which proto3 does not know
+    ],
+)
+async def test_a_malformed_request_gets_invalid_argument(
+    raw_channel: Channel, payload: bytes
+) -> None:
+    with pytest.raises(GRPCError) as raised:
+        await raw_call(raw_channel, payload)
+    assert raised.value.status is Status.INVALID_ARGUMENT
+    assert raised.value.message == "malformed request message"
+
+
+async def test_a_call_without_a_request_message_gets_invalid_argument(
+    raw_channel: Channel,
+) -> None:
+    with pytest.raises(GRPCError) as raised:
+        await raw_call(raw_channel, None)
+    assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+async def test_health_and_reflection_are_size_limited_too(
+    raw_channel: Channel, server: Server
+) -> None:
+    size = server.settings.max_body_bytes + 1
+    with pytest.raises(GRPCError) as raised:
+        await raw_call(
+            raw_channel, b"\x0a" + _varint(size) + b"a" * size, "/grpc.health.v1.Health/Check"
+        )
+    assert raised.value.status is Status.RESOURCE_EXHAUSTED
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+async def test_port_zero_picks_a_port_and_close_ends_open_streams(
+    server: Server, md: dict[str, str]
+) -> None:
+    grpc_server = build_grpc_server(server)
+    await grpc_server.start("127.0.0.1", 0)
+    assert grpc_server.port and grpc_server.port > 0
+    assert "serving" in repr(grpc_server)
+    with pytest.raises(RuntimeError):
+        await grpc_server.start("127.0.0.1", 0)
+    channel = Channel("127.0.0.1", grpc_server.port)
+    try:
+        async with channel.request(
+            "/signingkeys.v1.SigningKeys/WatchSigningKeys",
+            Cardinality.UNARY_STREAM,
+            pb.WatchSigningKeysRequest,
+            pb.WatchSigningKeysResponse,
+            metadata=md,
+        ) as stream:
+            await stream.send_message(pb.WatchSigningKeysRequest(), end=True)
+            synced = await asyncio.wait_for(stream.recv_message(), 5)
+            assert synced is not None and synced.kind == pb.WatchEventKind.SYNCED
+            grpc_server.close()
+            await asyncio.wait_for(grpc_server.wait_closed(), 6)
+            with pytest.raises((GRPCError, StreamTerminatedError)):
+                await asyncio.wait_for(stream.recv_message(), 5)
+    finally:
+        channel.close()
+    assert "closed" in repr(grpc_server)
+
+
+async def test_the_async_context_manager_starts_on_the_settings_address(server: Server) -> None:
+    async with build_grpc_server(server) as grpc_server:
+        assert isinstance(grpc_server, GrpcServer) and grpc_server.port
+        _, writer = await asyncio.open_connection("127.0.0.1", grpc_server.port)
+        writer.close()
+        await writer.wait_closed()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", grpc_server.port)
+
+
+class _GatedKeys(KeyService):
+    """The real KeyService, holding each get until the test opens the gate."""
+
+    def __init__(self, database: Any) -> None:
+        super().__init__(database)
+        self.gate = asyncio.Event()
+
+    async def get(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+        await self.gate.wait()
+        return await super().get(principal, environment_id, key_id)
+
+
+async def test_shutdown_lets_unary_calls_in_flight_finish(
+    server: Server, md: dict[str, str]
+) -> None:
+    keys = _GatedKeys(server.database)
+    grpc_server = build_grpc_server(server, key_service=keys)
+    await grpc_server.start("127.0.0.1", 0)
+    assert grpc_server.port is not None
+    channel = Channel("127.0.0.1", grpc_server.port)
+    try:
+        stub = pb.SigningKeysStub(channel)
+        created = await stub.create_signing_key(pb.CreateSigningKeyRequest(), metadata=md)
+        call = asyncio.create_task(
+            stub.get_signing_key(pb.GetSigningKeyRequest(id=created.key.id), metadata=md)
+        )
+        async with asyncio.timeout(5):
+            while grpc_server.servicer.in_flight == 0:
+                await asyncio.sleep(0.01)
+        grpc_server.close()
+        with pytest.raises(OSError):  # no new connections once closing
+            await asyncio.open_connection("127.0.0.1", grpc_server.port)
+        keys.gate.set()
+        reply = await asyncio.wait_for(call, 5)
+        assert reply.key.id == created.key.id
+        await asyncio.wait_for(grpc_server.wait_closed(), 6)
+    finally:
+        channel.close()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    settings = dataclasses.replace(
+        server.settings, tls_cert_file=str(cert_file), tls_key_file=str(key_file)
+    )
+    tls_server = GrpcServer(
+        settings,
+        key_service=server.keys,
+        authenticator=server.authenticator,
+        verifier=server.verifier,
+        changes=server.changes,
+        regions=FakeRegions(),
+    )
+    async with tls_server:
+        assert tls_server.port is not None
+        context = ssl.create_default_context(cafile=str(cert_file))
+        context.set_alpn_protocols(["h2"])
+        channel = Channel("localhost", tls_server.port, ssl=context)
+        try:
+            reply = await HealthStub(channel).Check(HealthCheckRequest(service=""))
+            assert reply.status == SERVING
+        finally:
+            channel.close()
+        plain = Channel("127.0.0.1", tls_server.port)
+        try:
+            with pytest.raises((GRPCError, OSError, StreamTerminatedError, ProtocolError)):
+                await asyncio.wait_for(HealthStub(plain).Check(HealthCheckRequest()), 5)
+        finally:
+            plain.close()
