@@ -1,0 +1,804 @@
+"""The local multi-region PostgreSQL topology: one primary, streaming hot standbys, and a
+fault proxy in front of every region.
+
+It is the dev/test harness (``make run`` and the test fixtures use it); the service never
+imports it. The API is synchronous so that sync pytest fixtures and a CLI can drive it before
+any event loop exists::
+
+    with LocalTopology() as topo:                   # aws-us-east-1 primary, two standbys
+        env = topo.env("aws-us-east-1")              # SIGNING_KEYS_* for the service
+        topo.region("gcp-us-central1").proxy.blackhole()
+        topo.kill(topo.primary)
+        new_primary = topo.failover()                # as an HA manager would
+
+Replication is synchronous (``remote_apply``, ``ANY 1`` of the standbys) and runs directly
+between the servers; the proxies model only the service's own network path to each region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+import structlog
+
+from service.settings import PREFIX, region_dsn_variable
+from service.topology.loop_thread import LoopThread
+from service.topology.postgres import (
+    SUPERUSER,
+    PostgresBinaries,
+    PostgresServer,
+    TopologyError,
+    free_port,
+    quote_conf,
+    run_parallel,
+)
+from service.topology.proxy import FaultProxy
+
+log = structlog.get_logger(__name__)
+
+DATABASE = "signing_keys"
+ROLE = "signing_keys"
+HOST = "127.0.0.1"
+DIR_PREFIX = "sk-topo-"
+
+Role = Literal["primary", "standby", "fenced"]
+_REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # as service.settings accepts them
+_CLOUD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T")
+
+# Small, fast, test-friendly settings shared by every node (copied to standbys by
+# pg_basebackup); each node's own port and name live in node.conf, included last.
+SERVER_CONF: dict[str, str] = {
+    "listen_addresses": HOST,
+    "unix_socket_directories": "",
+    "max_connections": "200",
+    "shared_buffers": "16MB",
+    # Segments as files in the data directory (itself in memory by default), not in
+    # /dev/shm where a killed server would leave them behind.
+    "dynamic_shared_memory_type": "mmap",
+    "fsync": "off",
+    "synchronous_commit": "remote_apply",
+    "wal_level": "replica",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "wal_keep_size": "64MB",
+    "hot_standby": "on",
+    "hot_standby_feedback": "on",
+    "wal_receiver_status_interval": "1s",
+    "wal_retrieve_retry_interval": "100ms",
+    "wal_sender_timeout": "10s",
+    "wal_receiver_timeout": "10s",
+    "restart_after_crash": "off",  # a killed server stays dead (and kill() leaves no zombie)
+    "max_wal_size": "128MB",
+    "checkpoint_timeout": "30min",
+    "jit": "off",
+    "log_checkpoints": "off",
+    "log_line_prefix": "%m [%p] %q%a ",
+    "password_encryption": "scram-sha-256",
+}
+
+PG_HBA = f"""\
+# TYPE  DATABASE     USER        ADDRESS        METHOD
+local   all          all                        trust
+host    all          {SUPERUSER}    {HOST}/32   trust
+host    replication  {SUPERUSER}    {HOST}/32   trust
+host    all          all         {HOST}/32      scram-sha-256
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSpec:
+    """A region of the topology: its name (as the service knows it) and its cloud."""
+
+    name: str
+    cloud: str
+
+
+DEFAULT_REGIONS: tuple[RegionSpec, ...] = (
+    RegionSpec("aws-us-east-1", "aws"),
+    RegionSpec("gcp-us-central1", "gcp"),
+    RegionSpec("aws-eu-west-1", "aws"),
+)
+
+
+class Region:
+    """A handle on one region: its server, its proxy, and the DSNs that reach them.
+
+    ``dsn`` goes through the region's :class:`FaultProxy` and is the only way the service
+    reaches the region; ``direct_dsn`` goes straight to the server (for the harness and for
+    tests' own checks); ``admin_dsn`` is the superuser's, straight to the server.
+    """
+
+    def __init__(
+        self,
+        topology: LocalTopology,
+        spec: RegionSpec,
+        server: PostgresServer,
+        proxy: FaultProxy,
+        password: str,
+    ) -> None:
+        self._topology = topology
+        self.name = spec.name
+        self.cloud = spec.cloud
+        self.server = server
+        self.proxy = proxy
+        self._password = password
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "down"
+        return (
+            f"<Region {self.name} ({self.cloud}) {self.role} {state} "
+            f"server=127.0.0.1:{self.server_port} proxy={self.proxy.port} {self.proxy.mode}>"
+        )
+
+    @property
+    def server_port(self) -> int:
+        return self.server.port
+
+    @property
+    def is_running(self) -> bool:
+        return self.server.is_running
+
+    @property
+    def role(self) -> Role:
+        return self._topology.role(self.name)
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{ROLE}:{self._password}@{HOST}:{self.proxy.port}/{DATABASE}"
+
+    @property
+    def direct_dsn(self) -> str:
+        return f"postgresql://{ROLE}:{self._password}@{HOST}:{self.server.port}/{DATABASE}"
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://{SUPERUSER}@{HOST}:{self.server.port}/{DATABASE}"
+
+
+class LocalTopology:
+    """PostgreSQL servers in temporary directories, one per region, each behind a proxy.
+
+    The first region starts as the primary; the others are hot standbys by synchronous
+    streaming replication. Everything is removed by :meth:`stop` (also on a failed start,
+    on ``with`` exit, and at interpreter exit as a last resort).
+
+    ``base_dir`` is where the topology makes its own temporary directory (default:
+    ``/dev/shm`` when it exists, else the temp directory). Methods are thread-safe and
+    blocking; from async code call them through ``asyncio.to_thread``.
+    """
+
+    def __init__(
+        self,
+        regions: Sequence[RegionSpec] = DEFAULT_REGIONS,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        names = [spec.name for spec in regions]
+        if not names:
+            raise ValueError("a topology needs at least one region")
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be unique: {names}")
+        for spec in regions:
+            if not _REGION_NAME.match(spec.name):
+                raise ValueError(f"region name {spec.name!r}: lower-case letters, digits and '-'")
+            if not _CLOUD_NAME.match(spec.cloud):
+                raise ValueError(f"cloud {spec.cloud!r}: letters, digits, '-' and '_'")
+        self._specs = tuple(regions)
+        self._parent_dir = Path(base_dir) if base_dir is not None else default_parent_dir()
+        self._lock = threading.RLock()
+        self._state: Literal["new", "starting", "running", "stopped"] = "new"
+        self._base: Path | None = None
+        self._binaries: PostgresBinaries | None = None
+        self._sql: LoopThread | None = None
+        self._servers: dict[str, PostgresServer] = {}
+        self._proxies: dict[str, FaultProxy] = {}
+        self._regions: dict[str, Region] = {}
+        self._roles: dict[str, Role] = {}
+        self._sync: list[str] = []
+        self._primary = names[0]
+        self._password = secrets.token_hex(16)
+        self.start_seconds: float | None = None
+        self.last_failover_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.region_names:
+            server = self._servers.get(name)
+            running = server is not None and server.is_running
+            parts.append(f"{name}={self._roles.get(name, '?')}{'' if running else '(down)'}")
+        return f"<LocalTopology {self._state} primary={self._primary} {' '.join(parts)}>"
+
+    def __enter__(self) -> LocalTopology:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- what is there ---------------------------------------------------------------------
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self._specs)
+
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        self._check_running()
+        return tuple(self._regions[name] for name in self.region_names)
+
+    def region(self, name: str) -> Region:
+        self._check_running()
+        try:
+            return self._regions[name]
+        except KeyError:
+            raise KeyError(f"no region {name!r}; regions are {self.region_names}") from None
+
+    @property
+    def primary(self) -> str:
+        """The region that is (or last was) the primary; it may be down until a failover."""
+        return self._primary
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base
+
+    def role(self, name: str) -> Role:
+        """``primary``, ``standby``, or ``fenced`` (an old primary until it is rejoined)."""
+        try:
+            return self._roles[name]
+        except KeyError:
+            raise KeyError(f"no region {name!r}; regions are {self.region_names}") from None
+
+    def env(self, local_region: str | None = None) -> dict[str, str]:
+        """The ``SIGNING_KEYS_*`` variables that point the service at this topology."""
+        self._check_running()
+        env = {
+            f"{PREFIX}REGIONS": ",".join(f"{spec.name}:{spec.cloud}" for spec in self._specs),
+        }
+        for name in self.region_names:
+            env[region_dsn_variable(name)] = self._regions[name].dsn
+        if local_region is not None:
+            if local_region not in self.region_names:
+                raise KeyError(f"no region {local_region!r}; regions are {self.region_names}")
+            env[f"{PREFIX}LOCAL_REGION"] = local_region
+        return env
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create, start and connect every server and proxy; wait until standbys stream."""
+        with self._lock:
+            if self._state != "new":
+                raise TopologyError(f"{self!r} cannot be started again")
+            self._state = "starting"
+            atexit.register(self.stop)
+            started = time.monotonic()
+            try:
+                self._start()
+            except BaseException:
+                log.warning("topology_start_failed", base_dir=str(self._base))
+                self.stop()
+                raise
+            self._state = "running"
+            self.start_seconds = time.monotonic() - started
+            log.info(
+                "topology_started",
+                seconds=round(self.start_seconds, 3),
+                primary=self._primary,
+                regions=[repr(region) for region in self._regions.values()],
+            )
+
+    def _start(self) -> None:
+        binaries = self._binaries = PostgresBinaries.find()
+        reap_stale_topologies(self._parent_dir)
+        self._base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=self._parent_dir))
+        (self._base / "owner.pid").write_text(f"{os.getpid()}\n")
+        binaries.give(self._base)
+        self._sql = LoopThread("topology-sql")
+        self._sql.start()
+
+        for spec in self._specs:
+            self._servers[spec.name] = PostgresServer(
+                spec.name,
+                binaries=binaries,
+                data_dir=self._base / spec.name,
+                port=free_port(),
+                log_path=self._base / f"{spec.name}.log",
+            )
+        primary = self._servers[self._primary]
+        primary.initdb()
+        with (primary.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# signing-keys local topology\n")
+            conf.writelines(f"{key} = {quote_conf(value)}\n" for key, value in SERVER_CONF.items())
+            conf.write("include_if_exists = 'node.conf'\n")
+        (primary.data_dir / "pg_hba.conf").write_text(PG_HBA)
+        binaries.give(primary.data_dir / "pg_hba.conf")
+        self._start_fresh([primary])
+        self._roles[self._primary] = "primary"
+        self._sql_run(self._bootstrap(primary.port))
+
+        standbys = [self._servers[name] for name in self.region_names if name != self._primary]
+        if standbys:
+            run_parallel(
+                [server.base_backup_command(primary.port) for server in standbys],
+                cwd=self._base,
+            )
+            for server in standbys:
+                self._write_standby_conf(server, primary)
+            self._start_fresh(standbys)
+            for server in standbys:
+                self._roles[server.name] = "standby"
+            self._wait_streaming([server.name for server in standbys])
+            self._set_sync([server.name for server in standbys])
+
+        for spec in self._specs:
+            proxy = FaultProxy(HOST, self._servers[spec.name].port, name=spec.name)
+            self._proxies[spec.name] = proxy
+            proxy.start()
+            self._regions[spec.name] = Region(
+                self, spec, self._servers[spec.name], proxy, self._password
+            )
+
+    def _start_fresh(self, servers: Sequence[PostgresServer], attempts: int = 3) -> None:
+        """First start of new servers; a port lost to another process is replaced."""
+        for server in servers:
+            server.write_node_conf({"port": str(server.port), "cluster_name": server.name})
+            server.launch()
+        for server in servers:
+            for attempt in range(attempts):
+                try:
+                    server.wait_ready()
+                    break
+                except TopologyError as exc:
+                    if "already in use" not in str(exc) or attempt == attempts - 1:
+                        raise
+                    server.port = free_port()
+                    server.write_node_conf({"port": str(server.port), "cluster_name": server.name})
+                    server.launch()
+
+    def _write_standby_conf(self, server: PostgresServer, primary: PostgresServer) -> None:
+        server.write_node_conf({"port": str(server.port), "cluster_name": server.name})
+        server.write_auto_conf({"primary_conninfo": self._conninfo(server.name, primary.port)})
+
+    @staticmethod
+    def _conninfo(application_name: str, port: int) -> str:
+        return (
+            f"host={HOST} port={port} user={SUPERUSER} "
+            f"application_name={application_name} connect_timeout=2"
+        )
+
+    def stop(self) -> None:
+        """Stop the proxies, stop every server at once, remove the directory. Idempotent."""
+        with self._lock:
+            if self._state == "stopped":
+                return
+            self._state = "stopped"
+            atexit.unregister(self.stop)
+            for proxy in self._proxies.values():
+                try:
+                    proxy.stop()
+                except Exception as exc:  # keep cleaning up whatever failed
+                    log.warning("topology_proxy_stop_failed", proxy=proxy.name, error=str(exc))
+            for server in self._servers.values():
+                try:
+                    server.stop(timeout=5.0)
+                except Exception as exc:
+                    log.warning("topology_server_stop_failed", region=server.name, error=str(exc))
+                    with contextlib.suppress(Exception):
+                        server.kill(timeout=5.0)
+            if self._sql is not None:
+                self._sql.stop()
+            if self._base is not None:
+                shutil.rmtree(self._base, ignore_errors=True)
+            log.info("topology_stopped", base_dir=str(self._base))
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise TopologyError(f"the topology is {self._state}, not running")
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the region's server (postmaster and all its processes); port closed after."""
+        with self._lock:
+            self._check_running()
+            self._server(name).kill()
+            log.info("topology_killed", region=name)
+
+    def restart(self, name: str) -> None:
+        """Start the region's data directory again (stopping it first if it runs).
+
+        A standby is waited for until it streams; a restarted primary until its synchronous
+        standbys stream again. A *fenced* old primary comes back as a (split-brain) primary
+        whose commits wait forever for standbys that follow someone else: use :meth:`rejoin`.
+        """
+        with self._lock:
+            self._check_running()
+            server = self._server(name)
+            if server.is_running:
+                server.stop()
+            server.start()
+            role = self._roles[name]
+            primary = self._servers[self._primary]
+            if role == "primary":
+                running = [n for n in self._sync if self._servers[n].is_running]
+                if running:
+                    self._wait_streaming(running)
+            elif role == "standby" and primary.is_running:
+                self._wait_streaming([name])
+                if name not in self._sync:
+                    self._set_sync([*self._sync, name])
+            log.info("topology_restarted", region=name, role=role)
+
+    def failover(self) -> str:
+        """Fence the primary, promote the most advanced running standby; return its name."""
+        with self._lock:
+            self._check_running()
+            started = time.monotonic()
+            self._fence(self._primary)
+            candidates = self._running_standbys()
+            if not candidates:
+                raise TopologyError("failover: no running standby to promote")
+            lsns = {name: self._replay_lsn(name) for name in candidates}
+            order = {name: index for index, name in enumerate(self.region_names)}
+            best = max(candidates, key=lambda name: (lsns[name], -order[name]))
+            self._promote(best, candidates, started)
+            return best
+
+    def promote(self, name: str) -> None:
+        """Fence the primary and promote the standby ``name`` (which must be running)."""
+        with self._lock:
+            self._check_running()
+            if name == self._primary:
+                raise TopologyError(f"{name} is already the primary")
+            if self._roles[name] != "standby" or not self._server(name).is_running:
+                raise TopologyError(f"{name} is not a running standby")
+            started = time.monotonic()
+            self._fence(self._primary)
+            self._promote(name, self._running_standbys(), started)
+
+    def rejoin(self, name: str) -> None:
+        """Make ``name`` a fresh standby of the current primary (wipe + pg_basebackup),
+        on the same server port so that its proxy stays valid; wait until it streams."""
+        with self._lock:
+            self._check_running()
+            if name == self._primary:
+                raise TopologyError(f"{name} is the primary; it cannot rejoin itself")
+            primary = self._servers[self._primary]
+            if not primary.is_running:
+                raise TopologyError(f"the primary {self._primary} is down: fail over first")
+            server = self._server(name)
+            server.stop()
+            server.wipe()
+            run_parallel([server.base_backup_command(primary.port)], cwd=self._base_path())
+            self._write_standby_conf(server, primary)
+            server.start()
+            self._roles[name] = "standby"
+            self._wait_streaming([name])
+            if name not in self._sync:
+                self._set_sync([*self._sync, name])
+            log.info("topology_rejoined", region=name, primary=self._primary)
+
+    def wait_replayed(self, timeout: float = 10.0) -> None:
+        """Wait until every running standby has replayed the primary's current WAL position."""
+        self._check_running()
+        primary = self._servers[self._primary]
+        if not primary.is_running:
+            raise TopologyError(f"the primary {self._primary} is down")
+        standbys = {name: self._servers[name].port for name in self._running_standbys()}
+        self._sql_run(_wait_replayed(primary.port, standbys, timeout), timeout + 5.0)
+
+    # -- SQL -------------------------------------------------------------------------------
+
+    def query(
+        self, name: str, sql: str, *args: Any, timeout: float = 30.0
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser directly on the region's server (no proxy)."""
+        self._check_running()
+        port = self._server(name).port
+        return self._sql_run(_fetch(port, DATABASE, sql, args, timeout), timeout + 5.0)
+
+    def execute(self, name: str, sql: str, *, timeout: float = 30.0) -> str:
+        """Run a script (several statements, no arguments) as the superuser; its status."""
+        self._check_running()
+        port = self._server(name).port
+        return self._sql_run(_execute(port, DATABASE, sql, timeout), timeout + 5.0)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _server(self, name: str) -> PostgresServer:
+        try:
+            return self._servers[name]
+        except KeyError:
+            raise KeyError(f"no region {name!r}; regions are {self.region_names}") from None
+
+    def _base_path(self) -> Path:
+        assert self._base is not None
+        return self._base
+
+    def _sql_run(self, coro: Coroutine[Any, Any, T], timeout: float = 35.0) -> T:
+        assert self._sql is not None
+        return self._sql.run(coro, timeout)
+
+    def _running_standbys(self) -> list[str]:
+        return [
+            name
+            for name in self.region_names
+            if self._roles.get(name) == "standby" and self._servers[name].is_running
+        ]
+
+    async def _bootstrap(self, port: int) -> None:
+        conn = await _connect(port, "postgres", 10.0)
+        try:
+            # Utility statements take no parameters; the password is hex, safe to inline,
+            # and kept out of the server log even if the statement fails.
+            await conn.execute("SET log_min_error_statement = panic; SET log_statement = none")
+            await conn.execute(
+                f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self._password}' IN ROLE pg_monitor"
+            )
+            await conn.execute(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
+        finally:
+            await _close(conn)
+
+    def _wait_streaming(self, names: Sequence[str], timeout: float = 10.0) -> None:
+        primary = self._servers[self._primary]
+        self._sql_run(_wait_streaming(primary.port, list(names), timeout), timeout + 5.0)
+
+    def _set_sync(self, names: Sequence[str]) -> None:
+        ordered = [name for name in self.region_names if name in names]
+        self._sync = ordered
+        value = "ANY 1 (" + ", ".join(f'"{name}"' for name in ordered) + ")" if ordered else ""
+        port = self._servers[self._primary].port
+        self._sql_run(_alter_system(port, {"synchronous_standby_names": value}))
+        self._sql_run(_wait_sync_applied(port, ordered, 5.0), 10.0)
+
+    def _replay_lsn(self, name: str) -> int:
+        rows = self.query(name, "SELECT pg_last_wal_replay_lsn()::text", timeout=5.0)
+        return parse_lsn(rows[0][0]) if rows and rows[0][0] else 0
+
+    def _fence(self, name: str) -> None:
+        server = self._servers[name]
+        if server.is_running:
+            server.stop()
+        self._roles[name] = "fenced"
+
+    def _promote(self, name: str, candidates: Sequence[str], started: float) -> None:
+        old = self._primary
+        server = self._servers[name]
+        self._sql_run(_promote(server.port, 10.0), 15.0)
+        self._primary = name
+        self._roles[name] = "primary"
+        followers = [other for other in candidates if other != name]
+        for follower in followers:
+            self._sql_run(
+                _alter_system(
+                    self._servers[follower].port,
+                    {"primary_conninfo": self._conninfo(follower, server.port)},
+                )
+            )
+        for other in self.region_names:
+            stopped = self._servers[other]
+            if self._roles[other] == "standby" and other not in followers and other != name:
+                # A standby that is down follows the new primary once restarted.
+                self._write_standby_conf(stopped, server)
+        try:
+            self._wait_streaming(followers, timeout=5.0)
+        except TopologyError:
+            for follower in followers:
+                if not self._is_streaming(follower):
+                    log.warning("topology_follower_diverged", region=follower, primary=name)
+                    self.rejoin(follower)
+        self._set_sync(followers)
+        self.last_failover_seconds = time.monotonic() - started
+        log.info(
+            "topology_promoted",
+            old_primary=old,
+            new_primary=name,
+            followers=followers,
+            seconds=round(self.last_failover_seconds, 3),
+        )
+
+    def _is_streaming(self, name: str) -> bool:
+        rows = self.query(
+            self._primary,
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+            name,
+            timeout=5.0,
+        )
+        return bool(rows)
+
+
+def default_parent_dir() -> Path:
+    """Where topologies live by default: memory (``/dev/shm``) when there is such a place,
+    which makes initdb and pg_basebackup about twice as fast; else the temp directory."""
+    shm = Path("/dev/shm")  # noqa: S108 - only a parent: mkdtemp makes a private dir in it
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def parse_lsn(text: str) -> int:
+    """``'16/B374D848'`` → an integer that orders like the WAL position."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+# -- coroutines run on the harness's own SQL loop --------------------------------------------
+
+
+async def _connect(port: int, database: str, timeout: float) -> Any:
+    return await asyncpg.connect(
+        host=HOST,
+        port=port,
+        user=SUPERUSER,
+        database=database,
+        timeout=timeout,
+        server_settings={"application_name": "topology-harness"},
+    )
+
+
+async def _close(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:
+        conn.terminate()
+
+
+async def _fetch(
+    port: int, database: str, sql: str, args: Sequence[Any], timeout: float
+) -> list[tuple[Any, ...]]:
+    conn = await _connect(port, database, timeout)
+    try:
+        rows = await conn.fetch(sql, *args, timeout=timeout)
+    finally:
+        await _close(conn)
+    return [tuple(row) for row in rows]
+
+
+async def _execute(port: int, database: str, sql: str, timeout: float) -> str:
+    conn = await _connect(port, database, timeout)
+    try:
+        return str(await conn.execute(sql, timeout=timeout))
+    finally:
+        await _close(conn)
+
+
+async def _alter_system(port: int, settings: dict[str, str]) -> None:
+    conn = await _connect(port, "postgres", 5.0)
+    try:
+        for key, value in settings.items():
+            if value:
+                await conn.execute(f"ALTER SYSTEM SET {key} = {quote_conf(value)}")
+            else:
+                await conn.execute(f"ALTER SYSTEM RESET {key}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await _close(conn)
+
+
+async def _promote(port: int, timeout: float) -> None:
+    conn = await _connect(port, "postgres", 5.0)
+    try:
+        await conn.execute("SELECT pg_promote(wait => false)")
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT pg_is_in_recovery()"):
+            if time.monotonic() > deadline:
+                raise TopologyError(f"server on port {port} still in recovery after {timeout} s")
+            await asyncio.sleep(0.01)
+    finally:
+        await _close(conn)
+
+
+async def _wait_streaming(port: int, names: list[str], timeout: float) -> None:
+    if not names:
+        return
+    conn = await _connect(port, "postgres", 5.0)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await conn.fetch("SELECT application_name, state FROM pg_stat_replication")
+            streaming = {row[0] for row in rows if row[1] == "streaming"}
+            missing = [name for name in names if name not in streaming]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TopologyError(f"standbys not streaming after {timeout} s: {missing}")
+            await asyncio.sleep(0.01)
+    finally:
+        await _close(conn)
+
+
+async def _wait_sync_applied(port: int, names: list[str], timeout: float) -> None:
+    """Wait until the walsenders have reloaded synchronous_standby_names (it is asynchronous)."""
+    conn = await _connect(port, "postgres", 5.0)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await conn.fetch("SELECT application_name, sync_state FROM pg_stat_replication")
+            wrong = [
+                name
+                for name, state in rows
+                if (state in ("sync", "quorum", "potential")) != (name in names)
+            ]
+            if not wrong:
+                return
+            if time.monotonic() > deadline:
+                log.warning("topology_sync_state_unsettled", standbys=wrong)
+                return
+            await asyncio.sleep(0.005)
+    finally:
+        await _close(conn)
+
+
+async def _wait_replayed(primary_port: int, standbys: dict[str, int], timeout: float) -> None:
+    conn = await _connect(primary_port, "postgres", 5.0)
+    try:
+        target = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+    finally:
+        await _close(conn)
+    deadline = time.monotonic() + timeout
+    for name, port in standbys.items():
+        conn = await _connect(port, "postgres", 5.0)
+        try:
+            while not await conn.fetchval(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", target
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} has not replayed {target} within {timeout} s")
+                await asyncio.sleep(0.005)
+        finally:
+            await _close(conn)
+
+
+# -- leftovers of killed test runs -----------------------------------------------------------
+
+
+def reap_stale_topologies(parent: Path | None = None) -> None:
+    """Stop servers and remove directories of topologies whose owning process is gone
+    (a test run killed with SIGKILL never ran its cleanup)."""
+    root = parent if parent is not None else default_parent_dir()
+    with contextlib.suppress(OSError):
+        for base in root.glob(f"{DIR_PREFIX}*"):
+            owner_file = base / "owner.pid"
+            try:
+                owner = int(owner_file.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if _pid_alive(owner):
+                continue
+            for pid_file in base.glob("*/postmaster.pid"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pid = int(pid_file.read_text().splitlines()[0])
+                    cwd = os.readlink(f"/proc/{pid}/cwd")
+                    if Path(cwd) == pid_file.parent:
+                        os.kill(pid, signal.SIGQUIT)
+            log.info("topology_reaped_stale", base_dir=str(base))
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

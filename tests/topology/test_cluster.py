@@ -1,0 +1,291 @@
+"""The local topology: replication, kill, failover, rejoin and a clean stop, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.settings import Settings
+from service.topology import DEFAULT_REGIONS, LocalTopology, TopologyError
+from service.topology.postgres import port_is_open
+
+PRIMARY, GCP, EU = (spec.name for spec in DEFAULT_REGIONS)
+
+
+def wait_for(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} still false after {timeout} s")
+        time.sleep(0.01)
+
+
+def streaming(topo: LocalTopology) -> set[str]:
+    rows = topo.query(
+        topo.primary, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+    )
+    return {row[0] for row in rows}
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line or working directory mentions ``text`` (zombies too)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(Path(entry.path, "cwd"))
+        except OSError:
+            continue
+        if text in cmdline or text in cwd:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+async def table(topology: LocalTopology) -> AsyncIterator[str]:
+    """A scratch table owned by the service's role (as the service's own tables are)."""
+    name = f"topology_test_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(topology.region(topology.primary).direct_dsn)
+    try:
+        await conn.execute(f"CREATE TABLE {name} (marker text PRIMARY KEY)")
+        yield name
+        await conn.execute(f"DROP TABLE {name}")
+    finally:
+        await conn.close()
+
+
+# -- the shared topology (non-destructive) ----------------------------------------------------
+
+
+async def test_regions_dsns_and_roles_are_ready_for_the_service(topology: LocalTopology) -> None:
+    assert topology.region_names == (PRIMARY, GCP, EU)
+    assert topology.primary == PRIMARY
+    settings = Settings.from_env(topology.env(PRIMARY))  # the service accepts what env() gives
+    assert [(r.name, r.cloud) for r in settings.regions] == [
+        (spec.name, spec.cloud) for spec in DEFAULT_REGIONS
+    ]
+    assert settings.local_region == PRIMARY
+    for region, configured in zip(topology.regions, settings.regions, strict=True):
+        assert configured.dsn == region.dsn
+        assert f":{region.proxy.port}/" in region.dsn  # the service goes through the proxy
+        assert region.is_running
+        password = region.dsn.split(":")[2].split("@")[0]
+        assert password not in repr(region) and password not in repr(topology)
+
+        conn = await asyncpg.connect(region.dsn, timeout=5.0)
+        try:
+            user, database, in_recovery, monitor = await conn.fetchrow(
+                "SELECT current_user, current_database(), pg_is_in_recovery(),"
+                " pg_has_role('pg_monitor', 'member')"
+            )
+            assert (user, database, monitor) == ("signing_keys", "signing_keys", True)
+            assert in_recovery is (region.name != PRIMARY)
+            if in_recovery:
+                with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
+                    await conn.execute("CREATE TABLE must_fail (x int)")
+        finally:
+            await conn.close()
+    bad = topology.region(PRIMARY).dsn.replace(password, "wrong")
+    with pytest.raises(asyncpg.exceptions.InvalidPasswordError):
+        await asyncpg.connect(bad, timeout=5.0)
+
+
+async def test_a_write_on_the_primary_is_readable_on_both_standbys(
+    topology: LocalTopology, table: str
+) -> None:
+    marker = secrets.token_hex(8)
+    conn = await asyncpg.connect(topology.region(PRIMARY).dsn)
+    try:
+        await conn.execute(f"INSERT INTO {table} VALUES ($1)", marker)
+    finally:
+        await conn.close()
+
+    def seen_on(name: str) -> bool:
+        rows = topology.query(name, f"SELECT 1 FROM {table} WHERE marker = $1", marker)
+        return bool(rows)
+
+    # remote_apply with ANY 1: the commit returned only once a standby had applied it.
+    assert await asyncio.to_thread(lambda: seen_on(GCP) or seen_on(EU))
+    await asyncio.to_thread(topology.wait_replayed)
+    for standby in (GCP, EU):
+        conn = await asyncpg.connect(topology.region(standby).dsn)
+        try:
+            assert await conn.fetchval(f"SELECT marker FROM {table}") == marker
+        finally:
+            await conn.close()
+
+
+# -- destructive: fresh topologies ------------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_kill_and_failover_promote_the_most_advanced_standby(
+    fresh_topology: LocalTopology,
+) -> None:
+    topo = fresh_topology
+    topo.execute(PRIMARY, "CREATE TABLE t (marker text PRIMARY KEY)")
+    topo.wait_replayed()
+
+    # Cut GCP off the primary's WAL stream: it stays up, readable, and falls behind.
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_port = dead.getsockname()[1]
+        topo.query(GCP, f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={dead_port}'")
+        topo.query(GCP, "SELECT pg_reload_conf()")
+        wait_for(lambda: GCP not in streaming(topo), what="GCP detached")
+    topo.query(PRIMARY, "INSERT INTO t VALUES ('before-failover')")  # commits through EU alone
+
+    server = topo.region(PRIMARY).server
+    pids = server.process_ids()
+    assert len(pids) > 3
+    topo.kill(PRIMARY)
+    assert not port_is_open(topo.region(PRIMARY).server_port)
+    assert not topo.region(PRIMARY).is_running
+    assert pids_alive(pids) == []  # postmaster and children gone, none left as a zombie
+
+    started = time.monotonic()
+    assert topo.failover() == EU  # EU had replayed more than GCP
+    failover_seconds = time.monotonic() - started
+    print(f"failover took {failover_seconds:.3f} s")
+    assert topo.primary == EU
+    assert topo.role(PRIMARY) == "fenced"
+    assert streaming(topo) == {GCP}  # GCP now follows the new primary
+
+    rows = topo.query(EU, "INSERT INTO t VALUES ('after-failover') RETURNING marker")
+    assert rows == [("after-failover",)]
+    topo.wait_replayed()
+    assert topo.query(GCP, "SELECT marker FROM t ORDER BY marker") == [
+        ("after-failover",),
+        ("before-failover",),
+    ]
+
+    topo.rejoin(PRIMARY)
+    assert topo.role(PRIMARY) == "standby"
+    assert streaming(topo) == {GCP, PRIMARY}
+    topo.query(EU, "INSERT INTO t VALUES ('after-rejoin')")
+    topo.wait_replayed()
+    for standby in (PRIMARY, GCP):
+        assert topo.query(standby, "SELECT count(*) FROM t") == [(3,)]
+        assert topo.query(standby, "SELECT pg_is_in_recovery()") == [(True,)]
+
+
+@pytest.mark.fault
+async def test_one_standby_down_lets_commits_through_both_down_makes_them_wait(
+    fresh_topology: LocalTopology,
+) -> None:
+    topo = fresh_topology
+    conn = await asyncpg.connect(topo.region(PRIMARY).dsn)
+    try:
+        await conn.execute("CREATE TABLE t (n int)")
+        await asyncio.to_thread(topo.kill, GCP)
+        await conn.execute("INSERT INTO t VALUES (1)", timeout=5.0)
+
+        await asyncio.to_thread(topo.kill, EU)
+        with pytest.raises(TimeoutError):  # synchronous commit waits for a standby
+            await conn.execute("INSERT INTO t VALUES (2)", timeout=0.5)
+
+        await asyncio.to_thread(topo.restart, EU)
+        await conn.execute("INSERT INTO t VALUES (3)", timeout=5.0)
+        await asyncio.to_thread(topo.restart, GCP)
+        await asyncio.to_thread(topo.wait_replayed)
+    finally:
+        await conn.close()
+    # Row 2 committed locally when its wait was cancelled; standbys got it after restarting.
+    for name in topo.region_names:
+        assert topo.query(name, "SELECT n FROM t ORDER BY n") == [(1,), (2,), (3,)]
+
+
+@pytest.mark.fault
+def test_promote_a_chosen_standby_and_restart_a_killed_primary_as_split_brain(
+    fresh_topology: LocalTopology,
+) -> None:
+    topo = fresh_topology
+    topo.promote(GCP)
+    assert topo.primary == GCP
+    assert not topo.region(PRIMARY).is_running  # fenced
+    assert streaming(topo) == {EU}
+    with pytest.raises(TopologyError):
+        topo.promote(GCP)
+    with pytest.raises(TopologyError):
+        topo.rejoin(GCP)
+
+    # The fenced old primary, started again as it was, is a primary nobody follows: its
+    # synchronous commits can never complete (what a router must not mistake for healthy).
+    topo.restart(PRIMARY)
+    assert topo.role(PRIMARY) == "fenced"
+    assert topo.query(PRIMARY, "SELECT pg_is_in_recovery()") == [(False,)]
+    with pytest.raises(TimeoutError):
+        topo.query(PRIMARY, "CREATE TABLE split_brain (x int)", timeout=0.5)
+
+    topo.rejoin(PRIMARY)
+    assert streaming(topo) == {EU, PRIMARY}
+    assert topo.query(PRIMARY, "SELECT pg_is_in_recovery()") == [(True,)]
+
+
+@pytest.mark.fault
+def test_stop_leaves_no_process_and_no_directory_behind() -> None:
+    topo = LocalTopology()
+    topo.start()
+    base = topo.base_dir
+    assert base is not None and base.is_dir()
+    pids = [pid for region in topo.regions for pid in region.server.process_ids()]
+    assert len(pids) >= 3 * 4
+    proxy_ports = [region.proxy.port for region in topo.regions]
+    topo.stop()
+    topo.stop()  # idempotent
+    assert not base.exists()
+    assert pids_alive(pids) == []
+    assert processes_mentioning(str(base)) == []
+    assert not any(port_is_open(port) for port in proxy_ports)
+    with pytest.raises(TopologyError):
+        topo.start()
+
+
+@pytest.mark.fault
+def test_a_start_that_fails_half_way_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fail(self: LocalTopology, names: list[str], timeout: float = 10.0) -> None:
+        seen["base"] = self.base_dir
+        seen["pids"] = [pid for s in self._servers.values() for pid in s.process_ids()]
+        raise TopologyError("injected failure")
+
+    monkeypatch.setattr(LocalTopology, "_wait_streaming", fail)
+    with pytest.raises(TopologyError, match="injected"), LocalTopology():
+        pass
+    assert len(seen["pids"]) >= 3 * 4  # servers were running when it failed
+    assert not seen["base"].exists()
+    assert pids_alive(seen["pids"]) == []
+
+
+@pytest.mark.fault
+def test_the_shared_topology_guard_can_heal_a_failed_over_topology(
+    fresh_topology: LocalTopology,
+) -> None:
+    from tests.conftest import _heal
+
+    topo = fresh_topology
+    topo.kill(PRIMARY)
+    topo.failover()
+    topo.kill(EU if topo.primary == GCP else GCP)
+    _heal(topo, PRIMARY)
+    assert topo.primary == PRIMARY
+    assert all(region.is_running for region in topo.regions)
+    assert [topo.role(name) for name in topo.region_names] == ["primary", "standby", "standby"]
+    assert streaming(topo) == {GCP, EU}
+    topo.query(PRIMARY, "CREATE TABLE healed (x int)")  # synchronous commits work again
