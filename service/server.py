@@ -10,20 +10,20 @@ import asyncio
 import contextlib
 import ssl
 from types import TracebackType
-from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.verify import TokenVerifier
+from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.locality.router import LocalityRouter
 from service.settings import Settings
-from service.store.single import SingleRegionDatabase
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +36,11 @@ class Server:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.database: Any = SingleRegionDatabase(
-            settings.local.dsn, timeout=settings.router.request_deadline
+        self.database = LocalityRouter(
+            settings.regions,
+            local_region=settings.local_region,
+            settings=settings.router,
+            registry=self.registry,
         )
         self.authenticator = Authenticator(self.database, cache_ttl=settings.credential_cache_ttl)
         self.key_cache = KeyCache(
@@ -68,13 +71,51 @@ class Server:
             regions=self.database,
             registry=self.registry,
         )
+        self._register_gauges()
+        self.grpc: GrpcServer | None = None
+        if settings.grpc_enabled:
+            self.grpc = GrpcServer(
+                settings,
+                key_service=self.keys,
+                authenticator=self.authenticator,
+                verifier=self.verifier,
+                changes=self.changes,
+                regions=self.database,
+                registry=self.registry,
+            )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._closed = asyncio.Event()
         self.http_port: int | None = None
+        self.grpc_port: int | None = None
+
+    def is_degraded(self) -> bool:
+        """No region can serve reads, but verification goes on from last known good keys."""
+        return not self.database.can_read() and self.verifier.can_serve()
+
+    def _register_gauges(self) -> None:
+        degraded = Gauge(
+            "signing_keys_degraded",
+            "1 while no region can serve reads and verification runs on last known good keys.",
+            registry=self.registry,
+        )
+        degraded.set_function(lambda: float(self.is_degraded()))
+        staleness = Gauge(
+            "signing_keys_key_staleness_seconds",
+            "Seconds since the change feed last read the database.",
+            registry=self.registry,
+        )
+        staleness.set_function(lambda: min(self.changes.staleness(), 1e9))
+        cached = Gauge(
+            "signing_keys_cached_keys", "Parsed keys held in the cache.", registry=self.registry
+        )
+        cached.set_function(lambda: len(self.key_cache))
 
     def __repr__(self) -> str:
-        return f"<Server http_port={self.http_port} local_region={self.settings.local_region!r}>"
+        return (
+            f"<Server http_port={self.http_port} grpc_port={self.grpc_port} "
+            f"database={self.database!r}>"
+        )
 
     async def start(self) -> None:
         await self.database.start()
@@ -91,7 +132,15 @@ class Server:
         )
         await self._site.start()
         self.http_port = self._runner.addresses[0][1]
-        log.info("http serving", port=self.http_port, local_region=self.settings.local_region)
+        if self.grpc is not None:
+            await self.grpc.start(self.settings.grpc_host, self.settings.grpc_port)
+            self.grpc_port = self.grpc.port
+        log.info(
+            "serving",
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            local_region=self.settings.local_region,
+        )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
@@ -102,6 +151,9 @@ class Server:
 
     async def aclose(self) -> None:
         try:
+            if self.grpc is not None:
+                self.grpc.close()
+                await self.grpc.wait_closed()
             if self._runner is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_TIMEOUT * 2)

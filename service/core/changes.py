@@ -26,7 +26,7 @@ from typing import Final, Literal
 import structlog
 
 from service.core.keycache import KeyCache
-from service.core.models import SigningKey
+from service.core.models import Principal, Scope, SigningKey
 from service.errors import InvalidRequestError, SlowConsumerError
 from service.store import keys as store
 from service.store.database import Database
@@ -178,7 +178,10 @@ class ChangeFeed:
                 raise
             except Exception as exc:
                 if not self._failing:
-                    log.warning("change poll failing", error=type(exc).__name__)
+                    log.warning(
+                        "change poll failing: verifying from last known good keys",
+                        error=type(exc).__name__,
+                    )
                 self._failing = True
             else:
                 if self._failing:
@@ -186,19 +189,20 @@ class ChangeFeed:
                 self._failing = False
 
     async def watch(
-        self, environment_id: str, *, after: str | None = None
+        self, principal: Principal, environment_id: str, *, after: str | None = None
     ) -> AsyncIterator[WatchEvent]:
         """Stream an environment's keys: a snapshot (or a replay from ``after``), then changes."""
+        principal.require(Scope.READ, environment_id)
         since = None if after is None else parse_position(after) - self._overlap
         watcher = _Watcher(environment_id)
         self._watchers.add(watcher)  # subscribe first, so nothing falls between query and live
         try:
-            keys = await store.environment_keys(self._db, environment_id, since=since)
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
             last = after or position_of(self._since or _EPOCH)
-            for key in keys:
-                last = position_of(key.updated_at, key.id)
-                yield WatchEvent(kind, key, last)
+            async for page in store.environment_keys(self._db, environment_id, since=since):
+                for key in page:
+                    last = position_of(key.updated_at, key.id)
+                    yield WatchEvent(kind, key, last)
             yield WatchEvent("synced", None, last)
             while True:
                 if watcher.overflowed:

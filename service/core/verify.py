@@ -230,7 +230,11 @@ class TokenVerifier:
             raise PermissionDeniedError("this access token lacks the 'read' or 'verify' scope")
         if environment_id not in principal.environments:
             raise PermissionDeniedError("this access token is not valid for that environment")
-        keys = await store.environment_keys(self._db, environment_id, active_only=True)
+        keys = [
+            key
+            async for page in store.environment_keys(self._db, environment_id, active_only=True)
+            for key in page
+        ]
         now = self._clock()
         document = {
             "keys": [

@@ -32,7 +32,7 @@ from service.core import crypto
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed, WatchEvent
 from service.core.keys import DEFAULT_PAGE_LIMIT, KeyService, KeySpec
-from service.core.models import Principal, Scope
+from service.core.models import Principal
 from service.core.verify import TokenVerifier, check_expectation
 from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
 from service.grpc import messages
@@ -310,8 +310,9 @@ class SigningKeysServicer(pb.SigningKeysBase):
             caller = await call.principal()
             environment_id = caller.default_environment(messages.optional(request.environment_id))
             # The change feed takes no principal, so the read scope is checked here.
-            caller.require(Scope.READ, environment_id)
-            events = self._changes.watch(environment_id, after=messages.optional(request.after))
+            events = self._changes.watch(
+                caller, environment_id, after=messages.optional(request.after)
+            )
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))

@@ -7,6 +7,7 @@ ambiguous commit and it still lands exactly once.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -230,22 +231,46 @@ async def environment_keys(
     *,
     since: datetime | None = None,
     active_only: bool = False,
-    limit: int = 10_000,
+    page_size: int = 1000,
     timeout: float | None = None,
-) -> list[SigningKey]:
-    """An environment's keys (updated at or after ``since``, if given), oldest change first."""
+) -> AsyncIterator[list[SigningKey]]:
+    """An environment's keys (updated at or after ``since``, if given), oldest change first,
+    in pages: keyset pagination on (updated_at, id), so no environment is ever cut short."""
+    cursor: tuple[datetime, str] | None = None
+    while True:
+        page = await _environment_page(
+            db, environment_id, since, active_only, page_size, cursor, timeout
+        )
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        cursor = (page[-1].updated_at, page[-1].id)
 
+
+async def _environment_page(
+    db: Database,
+    environment_id: str,
+    since: datetime | None,
+    active_only: bool,
+    page_size: int,
+    after: tuple[datetime, str] | None,
+    timeout: float | None,
+) -> list[SigningKey]:
     async def op(conn: Any) -> list[SigningKey]:
         rows = await conn.fetch(
             f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
             " WHERE environment_id = $1"
             " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
             " AND (NOT $3 OR status = 'active')"
+            " AND ($5::timestamptz IS NULL OR (updated_at, id) > ($5::timestamptz, $6::text))"
             " ORDER BY updated_at, id LIMIT $4",
             environment_id,
             since,
             active_only,
-            limit,
+            page_size,
+            after[0] if after else None,
+            after[1] if after else None,
         )
         return [_key(row) for row in rows]
 

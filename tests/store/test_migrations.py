@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from service.locality.router import LocalityRouter
+from service.settings import RegionSettings, RouterSettings
 from service.store.migrations import load_migrations, migrate
-from service.store.single import SingleRegionDatabase
 from service.topology import LocalTopology
 
 
@@ -31,9 +32,10 @@ async def test_migrations_run_twice_at_the_same_time_apply_each_once(
     empty_database_dsn: str,
 ) -> None:
     versions = [migration.version for migration in load_migrations()]
+    region = RegionSettings(name="aws-us-east-1", cloud="aws", dsn=empty_database_dsn)
     first, second = (
-        SingleRegionDatabase(empty_database_dsn),
-        SingleRegionDatabase(empty_database_dsn),
+        LocalityRouter([region], local_region=region.name, settings=RouterSettings())
+        for _ in range(2)
     )
     await first.start()
     await second.start()

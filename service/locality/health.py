@@ -1,0 +1,234 @@
+"""Health of the regions: a fall/rise state machine per region and the replica-lag estimate.
+
+Nothing here does I/O or reads a clock: every method takes ``now`` (seconds on the router's
+monotonic clock), so the hysteresis can be tested with plain numbers.
+
+A region starts *down* and unprobed. Its first successful probe brings it up at once (there
+is no flapping to guard against yet); after that it goes down after ``fall`` consecutive
+failures — probe failures and connection-class request failures alike, at least one of them
+a probe's — and comes back after ``rise`` consecutive successful probes.
+
+A region that is up but keeps losing hedged races (another region answered first) is *slow*
+after ``fall`` lost races in a row, until it answers within the hedge delay again.
+
+A region that comes back from down or from slow records ``recovered_at``, so that the choice
+holds traffic off it for the hold-down period; any failure or lost race in that period starts
+it over (flap damping).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Literal
+
+RegionState = Literal["up", "down"]
+Engine = Literal["postgresql", "cockroachdb"]
+
+RTT_SMOOTHING = 0.3  # weight of a new RTT sample in the exponentially weighted average
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What one probe of one region saw.
+
+    ``lsn`` is the primary's current WAL position, or a standby's replay position; ``None``
+    on CockroachDB. Positions are byte offsets, comparable across regions of one cluster.
+    """
+
+    started_at: float
+    error: str | None = None
+    rtt: float | None = None
+    engine: Engine | None = None
+    writable: bool = False
+    lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_age: float | None = None  # seconds since the standby replayed its last transaction
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class RegionHealth:
+    """The health record of one region, fed by its prober and by failed requests."""
+
+    def __init__(self, *, fall: int, rise: int, hold_down: float = 0.0, now: float) -> None:
+        if fall < 1 or rise < 1:
+            raise ValueError("fall and rise must be at least 1")
+        self._fall = fall
+        self._rise = rise
+        self._hold_down = hold_down
+        self.state: RegionState = "down"
+        self.since = now
+        self.probed = False
+        self.successes = 0
+        self.failures = 0
+        self.probe_failures = 0
+        self.rtt: float | None = None
+        self.writable = False
+        self.engine: Engine | None = None
+        self.lag: float | None = None
+        self.last_error: str | None = None
+        self.recovered_at: float | None = None
+        self.lost_races = 0
+        self.slow = False
+
+    @property
+    def is_up(self) -> bool:
+        return self.state == "up"
+
+    def record_success(
+        self,
+        now: float,
+        *,
+        rtt: float | None,
+        writable: bool,
+        engine: Engine | None,
+        lag: float | None,
+    ) -> bool:
+        """Record a successful probe; return whether the up/down state changed."""
+        self.failures = 0
+        self.probe_failures = 0
+        self.successes += 1
+        self.writable = writable
+        if engine is not None:
+            self.engine = engine
+        self.lag = None if writable else lag
+        if rtt is not None:
+            self.rtt = rtt if self.rtt is None else self.rtt + RTT_SMOOTHING * (rtt - self.rtt)
+        first = not self.probed
+        self.probed = True
+        if self.state == "up":
+            return False
+        if first:
+            self._enter("up", now)
+            return True
+        if self.successes >= self._rise:
+            self._enter("up", now)
+            self.recovered_at = now
+            return True
+        return False
+
+    def record_failure(self, now: float, error: str, *, passive: bool = False) -> bool:
+        """Record a failed probe, or (``passive``) a connection-class request failure.
+
+        Returns whether the up/down state changed. Request failures count towards ``fall``
+        but cannot take a region down alone: at least one of the consecutive failures must be
+        a probe's (the router probes at once after a request failure), so a few connections
+        cut in a row on a healthy server do not take it out of service.
+        """
+        self.successes = 0
+        self.failures += 1
+        if not passive:
+            self.probe_failures += 1
+        self.last_error = error
+        self.probed = True
+        self._restart_hold_down(now)
+        if self.state == "up" and self.failures >= self._fall and self.probe_failures > 0:
+            self._enter("down", now)
+            return True
+        return False
+
+    def record_lost_race(self, now: float) -> bool:
+        """A hedged read answered elsewhere first while this region was still silent.
+
+        After ``fall`` lost races in a row the region counts as slow, and the choice puts it
+        behind the others until it answers fast again. Returns whether it just became slow.
+        """
+        self.lost_races += 1
+        self._restart_hold_down(now)
+        if not self.slow and self.lost_races >= self._fall:
+            self.slow = True
+            return True
+        return False
+
+    def record_answer(self, now: float, *, fast: bool) -> bool:
+        """The region answered a probe or a read; ``fast``: within the hedge delay.
+
+        Any answer ends a run of lost races. A fast one also ends slowness: the region is
+        then held down for the hold-down period, like a region back from down. Returns
+        whether it stopped being slow.
+        """
+        self.lost_races = 0
+        if not (fast and self.slow):
+            return False
+        self.slow = False
+        self.recovered_at = now
+        return True
+
+    def mark_read_only(self) -> bool:
+        """A write found this region read-only: stop sending writes until a probe says so.
+
+        Returns whether the role changed.
+        """
+        changed = self.writable
+        self.writable = False
+        return changed
+
+    def _restart_hold_down(self, now: float) -> None:
+        if self.recovered_at is not None and now - self.recovered_at < self._hold_down:
+            # Failing again while held down: a flapping link. The hold-down starts over, so
+            # traffic comes back only after a whole quiet period.
+            self.recovered_at = now
+
+    def _enter(self, state: RegionState, now: float) -> None:
+        self.state = state
+        self.since = now
+        if state == "down":
+            # RTT measured before the outage says nothing about the region once it returns.
+            self.rtt = None
+            self.recovered_at = None
+
+
+class ReplicationTracker:
+    """Estimates how stale each standby's data is, from WAL positions the probes saw.
+
+    Every probe of the primary records ``(time, current LSN)``. A standby that has replayed
+    up to ``L`` holds everything the primary had written at the latest recorded time ``t``
+    whose LSN is at most ``L``, so its data is at most ``now - t`` old. Unlike
+    ``now() - pg_last_xact_replay_timestamp()`` this stays at zero on an idle primary and
+    grows only while the primary has data the standby lacks.
+    """
+
+    def __init__(self, *, window: float, max_samples: int = 4096) -> None:
+        self._window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=max_samples)
+
+    def observe_primary(self, at: float, lsn: int) -> None:
+        """Record the primary's WAL position as of ``at``."""
+        self._samples.append((at, lsn))
+        while self._samples and self._samples[0][0] < at - self._window:
+            self._samples.popleft()
+
+    def forget(self) -> None:
+        """Drop the history, e.g. when the primary changed (a new timeline)."""
+        self._samples.clear()
+
+    def standby_lag(
+        self,
+        at: float,
+        *,
+        replay_lsn: int | None,
+        receive_lsn: int | None,
+        replay_age: float | None,
+        primary_known: bool,
+    ) -> float | None:
+        """The standby's staleness in seconds as of ``at`` (``None``: cannot tell).
+
+        ``primary_known`` says whether a writable region is up and probed now; without one
+        nothing fresher exists, and the standby counts as current once it has replayed
+        everything it received.
+        """
+        if replay_lsn is None:
+            return replay_age
+        if primary_known and self._samples:
+            for sample_at, lsn in reversed(self._samples):
+                if lsn <= replay_lsn:
+                    return max(0.0, at - sample_at)
+            # Behind everything remembered: at least this old, possibly older.
+            oldest_at = self._samples[0][0]
+            return max(at - oldest_at, replay_age or 0.0)
+        if receive_lsn is None or receive_lsn <= replay_lsn:
+            return 0.0
+        return replay_age

@@ -1,0 +1,926 @@
+"""The locality router: every database read and write of the service goes through it.
+
+It owns one asyncpg pool and one prober per region, keeps each region's health, picks for
+every operation an ordered list of regions (:mod:`service.locality.choice`) and runs the
+operation there within the caller's deadline: a read moves on (or hedges) when a region is
+unreachable or slow; a write moves on only when it provably did not commit, or when the
+caller says it is idempotent.
+
+Connections are returned to their pool without asyncpg's reset query (a round trip per
+operation): operations must not leave session state behind — no plain ``SET`` (use
+``SET LOCAL``), advisory locks, ``LISTEN`` or cursors outside a transaction. An open
+transaction is still rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, NoReturn, TypeVar
+
+import asyncpg
+import structlog
+from prometheus_client import CollectorRegistry
+
+from service.errors import (
+    AmbiguousCommitError,
+    DeadlineExceededError,
+    DependencyError,
+    NoWritableRegionError,
+    RegionUnavailableError,
+)
+from service.locality.choice import (
+    ChoicePolicy,
+    RegionView,
+    is_held_down,
+    read_order,
+    write_order,
+)
+from service.locality.failures import Failure, classify_failure, describe_error
+from service.locality.health import ProbeResult, RegionHealth, ReplicationTracker
+from service.locality.metrics import RegionMetrics, RouterMetrics
+from service.locality.probe import ConnectFactory, RegionProber
+from service.locality.status import RegionStatus, RouterStatus
+from service.settings import RegionSettings, RouterSettings
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[Any], Awaitable[T]]
+Listener = Callable[[RouterStatus], None]
+Kind = Literal["read", "write"]
+
+APPLICATION_NAME = "signing-keys"
+DEFAULT_SLOW_MARGIN = 0.1  # seconds of extra RTT that demote a region when hedging is off
+DEFAULT_CLOSE_TIMEOUT = 1.0
+MAX_INACTIVE_CONNECTION_LIFETIME = 60.0
+BACKOFF_BASE = 0.005
+BACKOFF_CAP = 0.2
+LAG_WINDOW_MIN = 30.0
+_Lifecycle = Literal["new", "starting", "running", "closing", "closed"]
+
+
+class _AttemptFailed(Exception):
+    """One attempt on one region failed in a way the router can act on."""
+
+    def __init__(
+        self, region: str, failure: Failure, cause: BaseException, *, maybe_committed: bool
+    ) -> None:
+        super().__init__(f"{region}: {failure.value}: {describe_error(cause)}")
+        self.region = region
+        self.failure = failure
+        self.cause = cause
+        self.maybe_committed = maybe_committed
+
+
+class _InFlight:
+    """One running attempt, so that it can be cut short when its region goes down."""
+
+    __slots__ = ("aborted", "kind", "phase", "timeout")
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.timeout: asyncio.Timeout | None = None
+        self.phase: Literal["acquire", "run", "commit"] = "acquire"
+        self.aborted = False
+
+    def abort(self) -> None:
+        """End the attempt now with a timeout, unless its COMMIT is already on the wire."""
+        if self.timeout is None or self.phase == "commit" or self.timeout.expired():
+            return
+        try:
+            self.timeout.reschedule(asyncio.get_running_loop().time())
+        except RuntimeError:
+            return  # the attempt has just left its timeout block: nothing left to cut
+        self.aborted = True
+
+
+class _Region:
+    """One region's live parts: its settings, health, pool and prober."""
+
+    def __init__(self, settings: RegionSettings, health: RegionHealth) -> None:
+        self.settings = settings
+        self.health = health
+        self.pool: Any = None
+        self.prober: RegionProber | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.warming: asyncio.Task[None] | None = None
+        self.attempts: set[_InFlight] = set()
+        self.metrics: RegionMetrics | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.attempts)
+
+    def facts(self) -> tuple[str, bool]:
+        return (self.health.state, self.health.writable)
+
+
+async def _keep_session(_conn: Any) -> None:
+    """Pool reset that costs no round trip (asyncpg still rolls back an open transaction)."""
+
+
+class LocalityRouter:
+    """Runs database operations in the best region that can serve them.
+
+    >>> async with LocalityRouter(settings.regions, local_region=settings.local_region,
+    ...                           settings=settings.router) as router:
+    ...     row = await router.read(lambda conn: conn.fetchrow("SELECT …"))
+    ...     await router.write(insert_key, idempotent=True)
+    """
+
+    def __init__(
+        self,
+        regions: Sequence[RegionSettings],
+        *,
+        local_region: str,
+        settings: RouterSettings,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        connect: ConnectFactory | None = None,
+    ) -> None:
+        if not regions:
+            raise ValueError("the locality router needs at least one region")
+        names = [region.name for region in regions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"regions are listed twice: {names}")
+        if local_region not in names:
+            raise ValueError(f"local region {local_region!r} is not one of {names}")
+        self._settings = settings
+        self._local_region = local_region
+        self._clock = clock
+        self._connect = connect
+        self._metrics = RouterMetrics(registry)
+        now = clock()
+        self._regions = {
+            region.name: _Region(
+                region,
+                RegionHealth(
+                    fall=settings.fall, rise=settings.rise, hold_down=settings.hold_down, now=now
+                ),
+            )
+            for region in regions
+        }
+        self._policy = ChoicePolicy(
+            local_region=local_region,
+            hold_down=settings.hold_down,
+            max_replica_lag=settings.max_replica_lag,
+            slow_margin=(
+                settings.hedge_delay if settings.hedge_delay is not None else DEFAULT_SLOW_MARGIN
+            ),
+        )
+        self._replication = ReplicationTracker(
+            window=max(LAG_WINDOW_MIN, 4 * settings.max_replica_lag)
+        )
+        self._listeners: list[Listener] = []
+        self._serving: tuple[str | None, str | None] | None = None
+        self._lifecycle: _Lifecycle = "new"
+        for region in self._regions.values():
+            self._metrics.region_up.labels(region.name).set(0)
+            self._metrics.region_writable.labels(region.name).set(0)
+            self._metrics.in_flight.labels(region.name).set(0)
+            region.metrics = self._metrics.region(region.name)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the pools (connecting lazily) and the probers; wait for a first probe round.
+
+        A region that is down now does not fail the start: it is probed until it returns.
+        """
+        if self._lifecycle != "new":
+            raise RuntimeError(f"locality router cannot start: it is {self._lifecycle}")
+        self._lifecycle = "starting"
+        try:
+            for region in self._regions.values():
+                region.pool = await self._create_pool(region.settings)
+                region.prober = RegionProber(
+                    name=region.name,
+                    dsn=region.settings.dsn,
+                    interval=self._settings.probe_interval,
+                    timeout=self._settings.probe_timeout,
+                    connect=self._connect or asyncpg.connect,
+                    clock=self._clock,
+                    on_result=self._probe_handler(region),
+                    server_settings={"application_name": APPLICATION_NAME},
+                )
+                region.task = asyncio.create_task(region.prober.run(), name=f"probe-{region.name}")
+            await self._first_probe_round()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._lifecycle = "running"
+        self._serving = None
+        self._reevaluate()
+        for region in self._regions.values():
+            self._maybe_warm(region)
+        log.info("router_started", router=repr(self))
+
+    async def _first_probe_round(self) -> None:
+        waiters = [
+            asyncio.create_task(region.prober.first_round.wait())
+            for region in self._regions.values()
+            if region.prober is not None
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=self._settings.probe_timeout + 0.1)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def aclose(self) -> None:
+        """Stop the probers and close the pools, bounded in time; idempotent."""
+        if self._lifecycle in ("closing", "closed"):
+            return
+        self._lifecycle = "closing"
+        try:
+            await asyncio.shield(self._shutdown())
+        except asyncio.CancelledError:
+            self._terminate_all()
+            raise
+        finally:
+            self._lifecycle = "closed"
+
+    async def __aenter__(self) -> LocalityRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _create_pool(self, region: RegionSettings) -> Any:
+        kwargs: dict[str, Any] = {
+            # No connection at creation (a region down at start must not fail it); the
+            # configured minimum is kept warm by _warm() once the region is up.
+            "min_size": 0,
+            "max_size": self._settings.pool_max_size,
+            "max_inactive_connection_lifetime": MAX_INACTIVE_CONNECTION_LIFETIME,
+            "reset": _keep_session,
+            "timeout": self._settings.connect_timeout,
+            "command_timeout": self._settings.statement_timeout,
+            "server_settings": {"application_name": APPLICATION_NAME},
+        }
+        if self._connect is not None:
+            kwargs["connect"] = self._connect
+        return await asyncpg.create_pool(region.dsn, **kwargs)
+
+    async def _shutdown(self) -> None:
+        tasks = [
+            task
+            for region in self._regions.values()
+            for task in (region.task, region.warming)
+            if task is not None
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(self._close_pool(region) for region in self._regions.values() if region.pool)
+        )
+        log.info("router_closed")
+
+    async def _close_pool(self, region: _Region) -> None:
+        if not region.health.is_up:
+            region.pool.terminate()  # a graceful close would wait on an unreachable host
+            return
+        try:
+            async with asyncio.timeout(DEFAULT_CLOSE_TIMEOUT):
+                await region.pool.close()
+        except Exception as exc:
+            log.warning("pool_close_forced", region=region.name, error=describe_error(exc))
+            region.pool.terminate()
+
+    def _terminate_all(self) -> None:
+        for region in self._regions.values():
+            for task in (region.task, region.warming):
+                if task is not None:
+                    task.cancel()
+            if region.prober is not None:
+                region.prober.close()
+            if region.pool is not None:
+                region.pool.terminate()
+
+    def _check_running(self) -> None:
+        if self._lifecycle != "running":
+            state = "closed" if self._lifecycle in ("closing", "closed") else "not started"
+            raise RuntimeError(f"locality router is {state}")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def read(self, op: Operation[T], *, timeout: float | None = None) -> T:
+        """Run the read-only ``op`` where it is best served, within ``timeout`` seconds.
+
+        Raises :class:`RegionUnavailableError` when no region can serve reads and
+        :class:`DeadlineExceededError` when time runs out; errors of ``op`` itself (bad SQL,
+        domain errors) propagate unchanged.
+        """
+        self._check_running()
+        budget = self._settings.request_deadline if timeout is None else timeout
+        try:
+            return await self._read(op, budget)
+        except DependencyError as exc:
+            self._metrics.failures.labels("read", exc.type).inc()
+            raise
+
+    async def _read(self, op: Operation[T], budget: float) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        last: _AttemptFailed | None = None
+        round_number = 0
+        while True:
+            order = self._read_order()
+            if not order:
+                raise RegionUnavailableError(
+                    f"no region can serve reads ({self._regions_summary()})"
+                ) from (last.cause if last else None)
+            try:
+                return await self._race(order, op, deadline, budget)
+            except _AttemptFailed as failed:
+                last = failed
+            self._metrics.retries.labels("read", last.failure.value).inc()
+            delay = _backoff(round_number)
+            round_number += 1
+            if loop.time() + delay >= deadline:
+                raise DeadlineExceededError(
+                    f"read did not finish within {budget:.2f} s: {last}"
+                ) from last.cause
+            await asyncio.sleep(delay)
+
+    async def _race(
+        self, order: tuple[str, ...], op: Operation[T], deadline: float, budget: float
+    ) -> T:
+        """Try ``order`` in turn; raise the last failure if all fail.
+
+        A candidate that fails moves the read to the next one at once. A candidate that has
+        not answered within the hedge delay gets company: the next candidate starts too, and
+        so on down the list, and the first answer wins. (A read slower than the hedge delay
+        everywhere thus costs one attempt per region; point reads are far faster than that.)
+        """
+        loop = asyncio.get_running_loop()
+        hedge_delay = self._settings.hedge_delay
+        pending = list(order)
+        running: dict[asyncio.Task[T], str] = {}  # in launch order
+        last: _AttemptFailed | None = None
+        hedge_at = loop.time()
+
+        def launch() -> str:
+            nonlocal hedge_at
+            name = pending.pop(0)
+            remaining = deadline - loop.time()
+            share = remaining if hedge_delay is not None or not pending else remaining / 2
+            task = asyncio.create_task(
+                self._attempt(self._regions[name], op, kind="read", budget=share)
+            )
+            running[task] = name
+            hedge_at = loop.time() + (hedge_delay or 0.0)
+            return name
+
+        launch()
+        try:
+            while running:
+                now = loop.time()
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise DeadlineExceededError(f"read did not finish within {budget:.2f} s")
+                may_hedge = hedge_delay is not None and bool(pending)
+                wait = min(remaining, max(0.0, hedge_at - now)) if may_hedge else remaining
+                done, _ = await asyncio.wait(
+                    running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    if may_hedge and loop.time() >= hedge_at:
+                        self._metrics.hedges.labels(launch()).inc()
+                    continue
+                winner = next((task for task in done if task.exception() is None), None)
+                if winner is not None:
+                    launched = list(running)
+                    for loser in launched[: launched.index(winner)]:
+                        if loser not in done:
+                            self._lost_race(self._regions[running[loser]])
+                    running.pop(winner)
+                    return winner.result()
+                for task in done:
+                    running.pop(task)
+                    exc = task.exception()
+                    if not isinstance(exc, _AttemptFailed):
+                        raise exc  # type: ignore[misc]
+                    last = exc
+                if not running and pending:
+                    launch()
+            assert last is not None
+            raise last
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def write(self, op: Operation[T], *, idempotent: bool, timeout: float | None = None) -> T:
+        """Run ``op`` in a SERIALIZABLE transaction on a writable region.
+
+        Retried elsewhere when it provably did not commit; after an ambiguous commit only
+        when ``idempotent`` (else :class:`AmbiguousCommitError`). Serialization failures are
+        retried with jittered backoff within the deadline. Raises
+        :class:`NoWritableRegionError` at once when no region takes writes.
+        """
+        self._check_running()
+        budget = self._settings.request_deadline if timeout is None else timeout
+        try:
+            return await self._write(op, idempotent=idempotent, budget=budget)
+        except DependencyError as exc:
+            self._metrics.failures.labels("write", exc.type).inc()
+            raise
+
+    async def _write(self, op: Operation[T], *, idempotent: bool, budget: float) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        maybe_committed = False
+        last: _AttemptFailed | None = None
+        failed_regions: set[str] = set()
+        attempt = 0
+        while True:
+            order = self._write_order()
+            if not order and maybe_committed:
+                raise AmbiguousCommitError(
+                    "the write may have committed before its region failed, and no writable "
+                    "region is reachable to finish it; repeat it with the same idempotency key"
+                ) from (last.cause if last else None)
+            if not order:
+                raise NoWritableRegionError(
+                    f"no writable region is reachable ({self._regions_summary()}); "
+                    "key writes are refused until one is"
+                ) from (last.cause if last else None)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._raise_write_deadline(budget, maybe_committed, last)
+            name = next((name for name in order if name not in failed_regions), order[0])
+            region = self._regions[name]
+            try:
+                return await self._attempt(region, op, kind="write", budget=remaining)
+            except _AttemptFailed as failed:
+                last = failed
+            if last.maybe_committed:
+                if not idempotent:
+                    raise AmbiguousCommitError(
+                        f"the write may or may not have committed in {name} "
+                        f"({describe_error(last.cause)}); repeat it with the same "
+                        "idempotency key"
+                    ) from last.cause
+                maybe_committed = True
+            if last.failure is Failure.READ_ONLY:
+                await self._found_read_only(region)
+            elif last.failure in (Failure.CONNECTION, Failure.TIMEOUT):
+                failed_regions.add(name)
+            self._metrics.retries.labels("write", last.failure.value).inc()
+            # Serialization failures are routine under contention: metrics count them.
+            (log.debug if last.failure is Failure.SERIALIZATION else log.info)(
+                "write_retry",
+                region=name,
+                reason=last.failure.value,
+                attempt=attempt + 1,
+                error=describe_error(last.cause),
+            )
+            delay = 0.0 if last.failure is Failure.READ_ONLY else _backoff(attempt)
+            attempt += 1
+            if loop.time() + delay >= deadline:
+                self._raise_write_deadline(budget, maybe_committed, last)
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _raise_write_deadline(
+        budget: float, maybe_committed: bool, last: _AttemptFailed | None
+    ) -> NoReturn:
+        cause = last.cause if last else None
+        if maybe_committed:
+            raise AmbiguousCommitError(
+                f"the write did not finish within {budget:.2f} s and may have committed; "
+                "repeat it with the same idempotency key"
+            ) from cause
+        detail = f": {describe_error(cause)}" if cause is not None else ""
+        raise DeadlineExceededError(
+            f"the write did not finish within {budget:.2f} s{detail}"
+        ) from cause
+
+    # -- one attempt on one region ---------------------------------------------------------
+
+    async def _attempt(self, region: _Region, op: Operation[T], *, kind: Kind, budget: float) -> T:
+        """Run ``op`` once in ``region`` within ``budget`` seconds.
+
+        Raises :class:`_AttemptFailed` for failures the router acts on, and the operation's
+        own errors unchanged. The connection goes back to the pool only when it is known to
+        be clean; otherwise it is terminated (never left hanging or half-used in the pool).
+        """
+        pool = region.pool
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempt = _InFlight(kind)
+        region.attempts.add(attempt)
+        metrics = region.metrics
+        assert metrics is not None
+        metrics.in_flight.inc()
+        conn: Any = None
+        tx: Any = None
+        tx_open = False
+        outcome = "error"
+        try:
+            try:
+                async with asyncio.timeout(budget) as attempt.timeout:
+                    conn = await pool.acquire(timeout=min(self._settings.acquire_timeout, budget))
+                    attempt.phase = "run"
+                    if kind == "read":
+                        result = await op(conn)
+                    else:
+                        tx = conn.transaction(isolation="serializable")
+                        await tx.start()
+                        tx_open = True
+                        result = await op(conn)
+                        _ensure_open_before_commit(conn)
+                        attempt.phase = "commit"
+                        tx_open = False
+                        await tx.commit()
+            except asyncio.CancelledError:
+                _terminate(conn)
+                outcome = "cancelled"
+                raise
+            except Exception as exc:
+                phase = attempt.phase
+                failure = classify_failure(exc)
+                if phase == "acquire" and failure is None:
+                    failure = Failure.CONNECTION  # no connection at all: e.g. auth refused
+                if failure in (Failure.CONNECTION, Failure.TIMEOUT):
+                    _terminate(conn)
+                elif conn is not None:
+                    begin_failed = phase == "run" and tx is not None and not tx_open
+                    await self._settle(region, conn, tx, tx_open=tx_open, clean=not begin_failed)
+                if failure is None:
+                    raise
+                if attempt.aborted:
+                    outcome = "aborted"
+                elif failure is Failure.CONNECTION or (
+                    failure is Failure.TIMEOUT and phase == "acquire" and not _saturated(pool)
+                ):
+                    await self._request_failed(region, exc)
+                elif failure is Failure.TIMEOUT and region.prober is not None:
+                    # A slow statement is not proof of an unreachable region (a lock wait, a
+                    # commit waiting for a standby); ask the prober rather than count it.
+                    region.prober.trigger()
+                maybe_committed = phase == "commit" and failure in (
+                    Failure.CONNECTION,
+                    Failure.TIMEOUT,
+                    Failure.AMBIGUOUS,
+                )
+                raise _AttemptFailed(
+                    region.name, failure, exc, maybe_committed=maybe_committed
+                ) from exc
+            await self._release(region, conn)
+            outcome = "ok"
+            if kind == "read":
+                self._answered(region, loop.time() - started)
+            return result
+        finally:
+            region.attempts.discard(attempt)
+            metrics.in_flight.dec()
+            metrics.observe(kind, outcome, loop.time() - started)
+
+    async def _settle(
+        self, region: _Region, conn: Any, tx: Any, *, tx_open: bool, clean: bool
+    ) -> None:
+        """After a server-side error: roll back what is open, then return the connection.
+
+        A connection whose state is not known to be clean is terminated instead.
+        """
+        try:
+            if tx_open:
+                async with asyncio.timeout(self._settings.acquire_timeout):
+                    await tx.rollback()
+            elif not clean:
+                _terminate(conn)  # BEGIN itself failed: do not guess what is left open
+                return
+            elif conn.is_in_transaction():
+                async with asyncio.timeout(self._settings.acquire_timeout):
+                    await conn.execute("ROLLBACK")
+        except asyncio.CancelledError:
+            _terminate(conn)
+            raise
+        except Exception:
+            _terminate(conn)
+            return
+        await self._release(region, conn)
+
+    async def _release(self, region: _Region, conn: Any) -> None:
+        try:
+            await region.pool.release(conn)
+        except asyncio.CancelledError:
+            _terminate(conn)
+            raise
+        except Exception:
+            _terminate(conn)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def _probe_handler(self, region: _Region) -> Callable[[ProbeResult], Awaitable[None]]:
+        async def handle(result: ProbeResult) -> None:
+            await self._probed(region, result)
+
+        return handle
+
+    async def _probed(self, region: _Region, result: ProbeResult) -> None:
+        before = region.facts()
+        now = self._clock()
+        if result.ok:
+            lag: float | None = None
+            if result.writable and result.lsn is not None:
+                self._replication.observe_primary(result.started_at, result.lsn)
+            elif not result.writable:
+                lag = self._replication.standby_lag(
+                    result.started_at,
+                    replay_lsn=result.lsn,
+                    receive_lsn=result.receive_lsn,
+                    replay_age=result.replay_age,
+                    primary_known=self._has_writable(other_than=region.name),
+                )
+            region.health.record_success(
+                now, rtt=result.rtt, writable=result.writable, engine=result.engine, lag=lag
+            )
+            if result.rtt is not None:
+                self._answered(region, result.rtt)
+            self._maybe_warm(region)
+        else:
+            region.health.record_failure(now, result.error or "probe failed")
+        self._update_gauges(region)
+        await self._health_changed(region, before, cause=result.error)
+
+    def _lost_race(self, region: _Region) -> None:
+        if region.health.record_lost_race(self._clock()):
+            log.warning("region_slow", region=region.name, lost_races=region.health.lost_races)
+            # Reads still waiting on it move on now instead of each waiting out its hedge
+            # delay (a read is never ambiguous: the worst case is one more attempt).
+            for attempt in list(region.attempts):
+                if attempt.kind == "read":
+                    attempt.abort()
+            self._reevaluate(force_notify=True)
+
+    def _answered(self, region: _Region, seconds: float) -> None:
+        hedge_delay = self._settings.hedge_delay
+        fast = hedge_delay is not None and seconds < hedge_delay
+        if region.health.record_answer(self._clock(), fast=fast):
+            log.info("region_fast_again", region=region.name, seconds=round(seconds, 4))
+            self._reevaluate(force_notify=True)
+
+    def _maybe_warm(self, region: _Region) -> None:
+        """Keep ``pool_min_size`` connections open in a region that is up."""
+        wanted = self._settings.pool_min_size
+        if (
+            wanted == 0
+            or region.warming is not None
+            or self._lifecycle != "running"
+            or not region.health.is_up
+            or region.pool.get_size() >= wanted
+        ):
+            return
+        region.warming = asyncio.create_task(self._warm(region, wanted))
+
+    async def _warm(self, region: _Region, wanted: int) -> None:
+        conns: list[Any] = []
+        try:
+            for _ in range(wanted):
+                conns.append(await region.pool.acquire(timeout=self._settings.connect_timeout))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("pool_warm_failed", region=region.name, error=describe_error(exc))
+        finally:
+            region.warming = None
+            for conn in conns:
+                await self._release(region, conn)
+
+    async def _request_failed(self, region: _Region, exc: BaseException) -> None:
+        before = region.facts()
+        region.health.record_failure(self._clock(), describe_error(exc), passive=True)
+        if region.prober is not None:
+            region.prober.trigger()
+        self._update_gauges(region)
+        await self._health_changed(region, before, cause=describe_error(exc))
+
+    async def _found_read_only(self, region: _Region) -> None:
+        before = region.facts()
+        region.health.mark_read_only()
+        if region.prober is not None:
+            region.prober.trigger()
+        self._update_gauges(region)
+        await self._health_changed(region, before, cause="write refused: read-only")
+
+    async def _health_changed(
+        self, region: _Region, before: tuple[str, bool], *, cause: str | None
+    ) -> None:
+        state, writable = region.facts()
+        if (state, writable) != before:
+            if state != before[0]:
+                log.warning(
+                    "region_state_changed",
+                    region=region.name,
+                    cloud=region.settings.cloud,
+                    state=state,
+                    previous=before[0],
+                    **({"error": cause} if state == "down" else {}),
+                )
+            if writable != before[1]:
+                log.warning(
+                    "region_role_changed",
+                    region=region.name,
+                    writable=writable,
+                    engine=region.health.engine,
+                )
+            if state == "up" and (before[0] == "down" or writable != before[1]):
+                # Connections made before an outage or a promotion may be broken or stale.
+                await region.pool.expire_connections()
+            if state == "down" or (before[1] and not writable):
+                # Attempts stuck on a region that just failed move on now rather than at their
+                # deadline; none whose COMMIT has been sent is touched.
+                for attempt in list(region.attempts):
+                    if state == "down" or attempt.kind == "write":
+                        attempt.abort()
+        self._reevaluate(force_notify=(state, writable) != before)
+
+    def _reevaluate(self, *, force_notify: bool = False) -> None:
+        """Recompute which regions serve reads and writes; log and count any change."""
+        views, now = self._views()
+        reads = read_order(views, self._policy, now)
+        writes = write_order(views, self._policy, now)
+        serving = (reads[0] if reads else None, writes[0] if writes else None)
+        previous = self._serving
+        self._serving = serving
+        changed = previous is not None and serving != previous
+        if changed and previous is not None and self._lifecycle == "running":
+            for kind, old, new in (
+                ("read", previous[0], serving[0]),
+                ("write", previous[1], serving[1]),
+            ):
+                if old != new:
+                    self._metrics.failovers.labels(kind).inc()
+                    log.warning(
+                        "router_failover",
+                        kind=kind,
+                        from_region=old,
+                        to_region=new,
+                        back_home=new == self._local_region,
+                    )
+        if (changed or force_notify) and self._lifecycle == "running":
+            self._notify()
+
+    def _notify(self) -> None:
+        if not self._listeners:
+            return
+        status = self.status()
+        for listener in list(self._listeners):
+            try:
+                listener(status)
+            except Exception:
+                log.exception("router_listener_failed", listener=repr(listener))
+
+    def _update_gauges(self, region: _Region) -> None:
+        health = region.health
+        self._metrics.region_up.labels(region.name).set(1 if health.is_up else 0)
+        self._metrics.region_writable.labels(region.name).set(1 if health.writable else 0)
+        if health.rtt is not None:
+            self._metrics.region_rtt.labels(region.name).set(health.rtt)
+        if health.lag is not None:
+            self._metrics.region_lag.labels(region.name).set(health.lag)
+
+    def _has_writable(self, *, other_than: str) -> bool:
+        return any(
+            region.health.is_up and region.health.writable
+            for region in self._regions.values()
+            if region.name != other_than
+        )
+
+    # -- choice and status -----------------------------------------------------------------
+
+    def _views(self) -> tuple[list[RegionView], float]:
+        views = [
+            RegionView(
+                name=region.name,
+                cloud=region.settings.cloud,
+                priority=region.settings.priority,
+                up=region.health.is_up,
+                writable=region.health.writable,
+                rtt=region.health.rtt,
+                lag=region.health.lag,
+                recovered_at=region.health.recovered_at,
+                slow=region.health.slow,
+            )
+            for region in self._regions.values()
+        ]
+        return views, self._clock()
+
+    def _read_order(self) -> tuple[str, ...]:
+        views, now = self._views()
+        return read_order(views, self._policy, now)
+
+    def _write_order(self) -> tuple[str, ...]:
+        views, now = self._views()
+        return write_order(views, self._policy, now)
+
+    def can_read(self) -> bool:
+        """Whether some region can serve reads now."""
+        return bool(self._read_order())
+
+    def can_write(self) -> bool:
+        """Whether some region takes writes now."""
+        return bool(self._write_order())
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(status)`` on every change of a region's state or role, and of the
+        region serving reads or writes. Callbacks run on the event loop and must not block."""
+        self._listeners.append(callback)
+
+    def status(self) -> RouterStatus:
+        """A frozen snapshot of every region and of the regions serving reads and writes."""
+        views, now = self._views()
+        reads = read_order(views, self._policy, now)
+        writes = write_order(views, self._policy, now)
+        wall = time.time()
+        regions = tuple(
+            RegionStatus(
+                name=region.name,
+                cloud=region.settings.cloud,
+                state=region.health.state,
+                writable=region.health.writable,
+                engine=region.health.engine,
+                rtt_ms=None if region.health.rtt is None else region.health.rtt * 1000.0,
+                lag_seconds=region.health.lag,
+                in_flight=region.in_flight,
+                last_error=region.health.last_error,
+                since=wall - (now - region.health.since),
+                slow=view.slow,
+                held_down=is_held_down(view, self._policy, now),
+            )
+            for region, view in zip(self._regions.values(), views, strict=True)
+        )
+        return RouterStatus(
+            regions=regions,
+            read_region=reads[0] if reads else None,
+            write_region=writes[0] if writes else None,
+            local_region=self._local_region,
+        )
+
+    def _regions_summary(self) -> str:
+        parts = []
+        for region in self._regions.values():
+            health = region.health
+            role = "writable" if health.writable else "read-only"
+            parts.append(f"{region.name}: {health.state}, {role}")
+        return "; ".join(parts)
+
+    def __repr__(self) -> str:
+        status = self.status()
+        regions = ", ".join(
+            f"{region.name}={region.state}/{'rw' if region.writable else 'ro'}"
+            + (f"/{region.rtt_ms:.1f}ms" if region.rtt_ms is not None else "")
+            for region in status.regions
+        )
+        return (
+            f"<LocalityRouter {self._lifecycle} local={self._local_region} "
+            f"reads={status.read_region} writes={status.write_region} [{regions}]>"
+        )
+
+
+def _terminate(conn: Any) -> None:
+    """Drop a connection without waiting; the pool replaces it on the next acquire."""
+    if conn is None:
+        return
+    with contextlib.suppress(Exception):  # already released or closed: nothing to drop
+        conn.terminate()
+
+
+def _ensure_open_before_commit(conn: Any) -> None:
+    # Called with no await before COMMIT is sent: a closed connection here proves the COMMIT
+    # never left, so the write did not commit and may go elsewhere.
+    if conn.is_closed():
+        raise asyncpg.ConnectionDoesNotExistError("connection closed before COMMIT")
+
+
+def _saturated(pool: Any) -> bool:
+    """Every connection of ``pool`` is in use: waiting for one says nothing of the region."""
+    return bool(pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0)
+
+
+def _backoff(attempt: int) -> float:
+    """Jittered exponential backoff: about 5 ms, 10 ms, 20 ms, … capped at 200 ms."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
+    return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,209 @@
+"""The pure choice function: which regions an operation tries, in which order."""
+
+from __future__ import annotations
+
+from service.locality.choice import ChoicePolicy, RegionView, read_order, write_order
+
+POLICY = ChoicePolicy(
+    local_region="aws-us-east-1", hold_down=3.0, max_replica_lag=5.0, slow_margin=0.1
+)
+NOW = 1000.0
+
+
+def view(
+    name: str,
+    cloud: str,
+    *,
+    up: bool = True,
+    writable: bool = False,
+    rtt: float | None = 0.001,
+    lag: float | None = 0.0,
+    priority: int = 0,
+    recovered_at: float | None = None,
+    slow: bool = False,
+) -> RegionView:
+    return RegionView(
+        name=name,
+        cloud=cloud,
+        up=up,
+        writable=writable,
+        rtt=rtt,
+        lag=lag,
+        priority=priority,
+        recovered_at=recovered_at,
+        slow=slow,
+    )
+
+
+def topology(**overrides: dict[str, object]) -> list[RegionView]:
+    """The three-region shape of the local topology, with per-region overrides."""
+    base: dict[str, dict[str, object]] = {
+        "aws-us-east-1": {"cloud": "aws", "writable": True, "rtt": 0.001},
+        "gcp-us-central1": {"cloud": "gcp", "rtt": 0.020},
+        "aws-eu-west-1": {"cloud": "aws", "rtt": 0.070},
+    }
+    regions = []
+    for name, fields in base.items():
+        merged = {**fields, **overrides.get(name.replace("-", "_"), {})}
+        cloud = str(merged.pop("cloud"))
+        regions.append(view(name, cloud, **merged))  # type: ignore[arg-type]
+    return regions
+
+
+def test_reads_prefer_local_then_same_cloud_then_other_clouds_even_when_those_are_faster() -> None:
+    assert read_order(topology(), POLICY, NOW) == (
+        "aws-us-east-1",
+        "aws-eu-west-1",
+        "gcp-us-central1",
+    )
+
+
+def test_within_a_tier_regions_are_ordered_by_round_trip_time() -> None:
+    regions = [
+        view("local", "aws", writable=True),
+        view("gcp-b", "gcp", rtt=0.030),
+        view("gcp-a", "gcp", rtt=0.050),
+        view("gcp-c", "gcp", rtt=None),
+    ]
+    policy = ChoicePolicy(local_region="local", hold_down=3.0, max_replica_lag=5.0, slow_margin=1)
+    assert read_order(regions, policy, NOW) == ("local", "gcp-b", "gcp-a", "gcp-c")
+
+
+def test_priority_overrides_round_trip_time_within_a_tier() -> None:
+    regions = topology(
+        aws_eu_west_1={"priority": -1, "rtt": 0.080},
+        aws_us_east_1={"up": False},
+    )
+    regions.append(view("aws-ap-south-1", "aws", rtt=0.010))
+    assert read_order(regions, POLICY, NOW) == (
+        "aws-eu-west-1",
+        "aws-ap-south-1",
+        "gcp-us-central1",
+    )
+
+
+def test_down_regions_are_never_candidates() -> None:
+    regions = topology(aws_us_east_1={"up": False}, aws_eu_west_1={"up": False})
+    assert read_order(regions, POLICY, NOW) == ("gcp-us-central1",)
+    assert write_order(regions, POLICY, NOW) == ()
+
+
+def test_no_region_up_gives_no_candidate() -> None:
+    regions = [
+        view(name, "aws", up=False, writable=True) for name in ("aws-us-east-1", "aws-eu-west-1")
+    ]
+    assert read_order(regions, POLICY, NOW) == ()
+    assert write_order(regions, POLICY, NOW) == ()
+
+
+def test_writes_go_only_to_writable_regions() -> None:
+    assert write_order(topology(), POLICY, NOW) == ("aws-us-east-1",)
+    promoted = topology(
+        aws_us_east_1={"up": False, "writable": False},
+        gcp_us_central1={"writable": True},
+    )
+    assert write_order(promoted, POLICY, NOW) == ("gcp-us-central1",)
+
+
+def test_writes_with_several_writable_regions_follow_locality_as_on_cockroachdb() -> None:
+    regions = topology(
+        gcp_us_central1={"writable": True, "lag": None},
+        aws_eu_west_1={"writable": True, "lag": None},
+    )
+    assert write_order(regions, POLICY, NOW) == (
+        "aws-us-east-1",
+        "aws-eu-west-1",
+        "gcp-us-central1",
+    )
+
+
+def test_a_lagging_standby_is_skipped_while_a_fresher_region_is_up() -> None:
+    regions = topology(aws_eu_west_1={"lag": 6.0})
+    assert read_order(regions, POLICY, NOW) == ("aws-us-east-1", "gcp-us-central1")
+
+
+def test_a_standby_at_the_lag_bound_is_still_fresh() -> None:
+    regions = topology(aws_eu_west_1={"lag": 5.0})
+    assert "aws-eu-west-1" in read_order(regions, POLICY, NOW)
+
+
+def test_lagging_standbys_still_serve_reads_when_nothing_fresher_is_up() -> None:
+    regions = topology(
+        aws_us_east_1={"up": False},
+        aws_eu_west_1={"lag": 30.0},
+        gcp_us_central1={"lag": 9.0},
+    )
+    assert read_order(regions, POLICY, NOW) == ("aws-eu-west-1", "gcp-us-central1")
+
+
+def test_a_writable_region_is_never_considered_lagging() -> None:
+    regions = topology(aws_us_east_1={"lag": 60.0})
+    assert read_order(regions, POLICY, NOW)[0] == "aws-us-east-1"
+
+
+def test_a_recovered_local_region_is_held_down_until_the_period_passes() -> None:
+    regions = topology(aws_us_east_1={"recovered_at": NOW - 1.0})
+    assert read_order(regions, POLICY, NOW) == (
+        "aws-eu-west-1",
+        "gcp-us-central1",
+        "aws-us-east-1",
+    )
+    assert read_order(regions, POLICY, NOW - 1.0 + 2.999)[0] == "aws-eu-west-1"
+    assert read_order(regions, POLICY, NOW - 1.0 + 3.0)[0] == "aws-us-east-1"
+
+
+def test_a_held_down_region_still_serves_when_it_is_the_only_candidate() -> None:
+    regions = topology(
+        aws_us_east_1={"recovered_at": NOW},
+        gcp_us_central1={"up": False},
+        aws_eu_west_1={"up": False},
+    )
+    assert read_order(regions, POLICY, NOW) == ("aws-us-east-1",)
+    assert write_order(regions, POLICY, NOW) == ("aws-us-east-1",)
+
+
+def test_a_region_up_since_start_is_not_held_down() -> None:
+    regions = topology(aws_us_east_1={"recovered_at": None})
+    assert read_order(regions, POLICY, NOW)[0] == "aws-us-east-1"
+
+
+def test_a_region_much_slower_than_the_best_is_demoted_behind_faster_ones() -> None:
+    regions = topology(aws_us_east_1={"rtt": 0.300})
+    assert read_order(regions, POLICY, NOW) == (
+        "aws-eu-west-1",
+        "gcp-us-central1",
+        "aws-us-east-1",
+    )
+
+
+def test_a_region_that_keeps_losing_hedged_races_is_demoted() -> None:
+    regions = topology(aws_us_east_1={"slow": True})
+    assert read_order(regions, POLICY, NOW) == (
+        "aws-eu-west-1",
+        "gcp-us-central1",
+        "aws-us-east-1",
+    )
+    assert write_order(regions, POLICY, NOW) == ("aws-us-east-1",)
+
+
+def test_a_held_down_region_ranks_behind_slow_ones_so_traffic_cannot_flap_back() -> None:
+    regions = topology(
+        aws_us_east_1={"recovered_at": NOW - 0.5},
+        aws_eu_west_1={"slow": True},
+        gcp_us_central1={"rtt": 0.5},
+    )
+    assert read_order(regions, POLICY, NOW) == (
+        "aws-eu-west-1",
+        "gcp-us-central1",
+        "aws-us-east-1",
+    )
+
+
+def test_a_region_a_little_slower_than_the_best_keeps_its_place() -> None:
+    regions = topology(aws_us_east_1={"rtt": 0.090}, gcp_us_central1={"rtt": 0.001})
+    assert read_order(regions, POLICY, NOW)[0] == "aws-us-east-1"
+
+
+def test_a_missing_local_region_in_the_snapshot_orders_by_rtt() -> None:
+    regions = [view("gcp-a", "gcp", rtt=0.05), view("aws-b", "aws", rtt=0.01)]
+    assert read_order(regions, POLICY, NOW) == ("aws-b", "gcp-a")
