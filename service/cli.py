@@ -22,6 +22,10 @@ from service.core.models import Scope
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
+# How long a one-shot command waits for a writable region before it tries anyway (and
+# fails with a clear "no writable region" error).
+READY_TIMEOUT = 10.0
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -82,7 +86,8 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     server = Server(settings)
     await server.database.start()
     try:
-        applied = await migrate(server.database)
+        await server.database.wait_ready(writable=True, timeout=READY_TIMEOUT)
+        applied = await migrate(server.database, regions=settings.regions)
     finally:
         await server.database.aclose()
     print(json.dumps({"applied": applied}))
@@ -95,6 +100,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
     server = Server(settings)
     await server.database.start()
     try:
+        await server.database.wait_ready(timeout=settings.router.probe_timeout * 2)
         print(json.dumps(server.database.status().to_dict(), indent=2, default=str))
     finally:
         await server.database.aclose()
@@ -112,6 +118,7 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     server = Server(settings)
     await server.database.start()
     try:
+        await server.database.wait_ready(writable=True, timeout=READY_TIMEOUT)
         token, secret = await server.authenticator.issue(scopes, args.environments, name=args.name)
     finally:
         await server.database.aclose()

@@ -44,6 +44,7 @@ async def run_dev(*, environment: str) -> int:
                 env[f"SIGNING_KEYS_{name}"] = value
         settings = Settings.from_env(env)
         async with Server(settings) as server:
+            await server.database.wait_ready(writable=True, timeout=10.0)
             await migrate(server.database)
             token, secret = await server.authenticator.issue(
                 list(Scope), [environment], name="make run"

@@ -430,8 +430,19 @@ class LocalityRouter:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write(self, op: Operation[T], *, idempotent: bool, timeout: float | None = None) -> T:
+    async def write(
+        self,
+        op: Operation[T],
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+        autocommit: bool = False,
+    ) -> T:
         """Run ``op`` in a SERIALIZABLE transaction on a writable region.
+
+        With ``autocommit``, ``op`` runs outside an explicit transaction (each statement
+        commits on its own: schema changes CockroachDB refuses inside one), so any failure
+        while it runs may have committed part of it.
 
         Retried elsewhere when it provably did not commit; after an ambiguous commit only
         when ``idempotent`` (else :class:`AmbiguousCommitError`). Serialization failures are
@@ -441,12 +452,16 @@ class LocalityRouter:
         self._check_running()
         budget = self._settings.request_deadline if timeout is None else timeout
         try:
-            return await self._write(op, idempotent=idempotent, budget=budget)
+            return await self._write(
+                op, idempotent=idempotent, budget=budget, autocommit=autocommit
+            )
         except DependencyError as exc:
             self._metrics.failures.labels("write", exc.type).inc()
             raise
 
-    async def _write(self, op: Operation[T], *, idempotent: bool, budget: float) -> T:
+    async def _write(
+        self, op: Operation[T], *, idempotent: bool, budget: float, autocommit: bool
+    ) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         maybe_committed = False
@@ -471,7 +486,9 @@ class LocalityRouter:
             name = next((name for name in order if name not in failed_regions), order[0])
             region = self._regions[name]
             try:
-                return await self._attempt(region, op, kind="write", budget=remaining)
+                return await self._attempt(
+                    region, op, kind="write", budget=remaining, autocommit=autocommit
+                )
             except _AttemptFailed as failed:
                 last = failed
             if last.maybe_committed:
@@ -518,7 +535,15 @@ class LocalityRouter:
 
     # -- one attempt on one region ---------------------------------------------------------
 
-    async def _attempt(self, region: _Region, op: Operation[T], *, kind: Kind, budget: float) -> T:
+    async def _attempt(
+        self,
+        region: _Region,
+        op: Operation[T],
+        *,
+        kind: Kind,
+        budget: float,
+        autocommit: bool = False,
+    ) -> T:
         """Run ``op`` once in ``region`` within ``budget`` seconds.
 
         Raises :class:`_AttemptFailed` for failures the router acts on, and the operation's
@@ -543,6 +568,9 @@ class LocalityRouter:
                     conn = await pool.acquire(timeout=min(self._settings.acquire_timeout, budget))
                     attempt.phase = "run"
                     if kind == "read":
+                        result = await op(conn)
+                    elif autocommit:
+                        attempt.phase = "commit"  # every statement commits as it runs
                         result = await op(conn)
                     else:
                         tx = conn.transaction(isolation="serializable")
@@ -835,6 +863,21 @@ class LocalityRouter:
     def _write_order(self) -> tuple[str, ...]:
         views, now = self._views()
         return write_order(views, self._policy, now)
+
+    async def wait_ready(self, *, writable: bool = False, timeout: float) -> bool:
+        """Wait until a region serves reads (and writes, when asked); False at the timeout.
+
+        For one-shot commands (``migrate``, ``token create``) that start the router and
+        write at once, before the first probe round may have found the primary.
+        """
+        check = self.can_write if writable else self.can_read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(0.02, self._settings.probe_interval))
+        return True
 
     def can_read(self) -> bool:
         """Whether some region can serve reads now."""

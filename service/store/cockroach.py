@@ -112,3 +112,16 @@ def multiregion_statements(database: str, regions: Sequence[str], primary_region
         for table in PRIMARY_REGION_TABLES
     ]
     return statements
+
+
+def primary_region(regions: Sequence[tuple[str, int]]) -> str:
+    """The database's primary region: the lowest priority, ties going to the first listed.
+
+    ``regions`` are (name, priority) pairs in configuration order.
+
+    >>> primary_region([("gcp-us-central1", 1), ("aws-us-east-1", 0)])
+    'aws-us-east-1'
+    """
+    if not regions:
+        raise ValueError("a multi-region database needs at least one region")
+    return min(enumerate(regions), key=lambda item: (item[1][1], item[0]))[1][0]

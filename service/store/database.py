@@ -27,6 +27,13 @@ class Database(Protocol):
         """Run a read-only ``op`` on a region that can serve reads."""
         ...
 
-    async def write(self, op: Operation[T], *, idempotent: bool, timeout: float | None = None) -> T:
-        """Run ``op`` in a transaction on a writable region."""
+    async def write(
+        self,
+        op: Operation[T],
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+        autocommit: bool = False,
+    ) -> T:
+        """Run ``op`` in a transaction on a writable region (``autocommit``: without one)."""
         ...

@@ -19,6 +19,8 @@ from typing import Any
 
 import structlog
 
+from service.settings import RegionSettings
+from service.store import cockroach
 from service.store.database import Database
 
 log = structlog.get_logger(__name__)
@@ -63,14 +65,20 @@ async def migrate(
     db: Database,
     migrations: Sequence[Migration] | None = None,
     *,
+    regions: Sequence[RegionSettings] = (),
     timeout: float = DEFAULT_MIGRATION_TIMEOUT,
 ) -> list[str]:
-    """Apply what is not applied yet; return the versions applied by this run."""
+    """Apply what is not applied yet; return the versions applied by this run.
+
+    On CockroachDB every statement commits on its own (CockroachDB advises against schema
+    changes inside explicit transactions), and the multi-region statements for ``regions``
+    follow, each on its own as well.
+    """
     pending = list(migrations if migrations is not None else load_migrations())
+    is_cockroach = cockroach.is_cockroach(await db.read(_server_version, timeout=timeout))
 
     async def op(conn: Any) -> list[str]:
-        version = await conn.fetchval("SELECT version()")
-        if not _is_cockroach(version):
+        if not is_cockroach:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -98,10 +106,29 @@ async def migrate(
             applied.append(migration.version)
         return applied
 
-    applied = await db.write(op, idempotent=True, timeout=timeout)
+    applied = await db.write(op, idempotent=True, timeout=timeout, autocommit=is_cockroach)
     log.info("migrations applied", applied=applied, pending=len(pending))
+    if is_cockroach and regions:
+        await _make_multiregion(db, regions, timeout)
     return applied
 
 
-def _is_cockroach(version: str) -> bool:
-    return version.startswith("CockroachDB")
+async def _server_version(conn: Any) -> str:
+    return str(await conn.fetchval("SELECT version()"))
+
+
+async def _make_multiregion(
+    db: Database, regions: Sequence[RegionSettings], timeout: float
+) -> None:
+    database = await db.read(lambda conn: conn.fetchval("SELECT current_database()"))
+    primary = cockroach.primary_region([(region.name, region.priority) for region in regions])
+    statements = cockroach.multiregion_statements(
+        database, [region.name for region in regions], primary
+    )
+    for statement in statements:  # each idempotent, each in its own implicit transaction
+
+        async def run(conn: Any, statement: str = statement) -> None:
+            await conn.execute(statement)
+
+        await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
+    log.info("multi-region schema applied", primary_region=primary, regions=len(regions))

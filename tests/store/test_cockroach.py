@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.store import cockroach
 from service.store.cockroach import (
     is_cockroach,
     multiregion_statements,
@@ -131,3 +132,10 @@ def test_the_operator_reference_script_says_what_the_service_does() -> None:
     code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
     written = [" ".join(s.split()) for s in code.split(";") if s.strip()]
     assert written == multiregion_statements("signing_keys", THREE, "aws-us-east-1")
+
+
+def test_the_primary_region_is_the_lowest_priority_then_the_first_listed() -> None:
+    assert cockroach.primary_region([("a-1", 0), ("b-1", 0)]) == "a-1"
+    assert cockroach.primary_region([("a-1", 2), ("b-1", 1), ("c-1", 1)]) == "b-1"
+    with pytest.raises(ValueError, match="at least one region"):
+        cockroach.primary_region([])
