@@ -43,6 +43,7 @@ async def _migrate(settings: Settings) -> None:
     server = Server(settings)
     await server.database.start()
     try:
+        await server.database.wait_ready(writable=True, timeout=10.0)
         await migrate(server.database)
     finally:
         await server.database.aclose()
