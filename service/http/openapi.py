@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from service.core.verify import REASONS
+
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
 _ENV_PARAMS = [
@@ -44,18 +46,7 @@ _VERDICT = {
         "valid": {"type": "boolean"},
         "reason": {
             "type": ["string", "null"],
-            "enum": [
-                None,
-                "malformed",
-                "unknown_key",
-                "revoked_key",
-                "expired",
-                "not_yet_valid",
-                "bad_signature",
-                "wrong_audience",
-                "wrong_subject",
-                "algorithm_mismatch",
-            ],
+            "enum": [None, *REASONS],
         },
         "key_id": {"type": ["string", "null"]},
         "environment_id": {"type": ["string", "null"]},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import http.server
 import importlib.util
 import os
@@ -17,13 +16,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from service.settings import Settings
 from tests.deploy.support import REPO
+from tests.support.tls import write_self_signed
 
 SCRIPT = REPO / "deploy" / "healthcheck.py"
 BASE_ENV = {
@@ -106,34 +102,8 @@ def test_unhealthy_when_the_settings_do_not_load() -> None:
     assert "SIGNING_KEYS_REGIONS" in done.stderr
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signing-keys.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def test_speaks_https_when_the_service_has_tls(tmp_path: Path) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = write_self_signed(tmp_path, "signing-keys.example")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     env = {

@@ -7,15 +7,10 @@ import asyncio
 import dataclasses
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
@@ -32,6 +27,7 @@ from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.server import SERVICE_NAME, GrpcServer
 from service.server import Server
 from tests.grpc.conftest import build_grpc_server
+from tests.support.tls import write_self_signed
 
 GET = "/signingkeys.v1.SigningKeys/GetSigningKey"
 SERVING = HealthCheckResponse.SERVING
@@ -308,35 +304,8 @@ async def test_shutdown_lets_unary_calls_in_flight_finish(
         channel.close()
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = write_self_signed(tmp_path)
     settings = dataclasses.replace(
         server.settings, tls_cert_file=str(cert_file), tls_key_file=str(key_file)
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -29,22 +28,6 @@ def prober(dsn: str, *, timeout: float = 1.0) -> RegionProber:
         clock=time.monotonic,
         on_result=_ignore,
     )
-
-
-@pytest.fixture
-async def silent_port() -> AsyncIterator[int]:
-    """A port that accepts connections and never answers."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    for writer in held:
-        writer.transport.abort()
-    server.close()
-    await server.wait_closed()
 
 
 def test_engine_is_told_by_the_version_string() -> None:

@@ -28,22 +28,6 @@ async def router(healthy_topology: LocalTopology) -> AsyncIterator[LocalityRoute
         yield router
 
 
-@pytest.fixture
-async def silent_server() -> AsyncIterator[int]:
-    """A port that accepts connections and never answers: a blackholed host."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    for writer in held:
-        writer.transport.abort()
-    server.close()
-    await server.wait_closed()
-
-
 async def test_status_shows_every_region_its_role_and_who_serves(router: LocalityRouter) -> None:
     status = router.status()
     assert status.local_region == LOCAL
@@ -174,7 +158,7 @@ async def test_a_region_refusing_writes_as_read_only_is_taken_off_writes_until_p
 
 
 async def test_an_unreachable_region_fails_neither_start_nor_close(
-    healthy_topology: LocalTopology, silent_server: int
+    healthy_topology: LocalTopology, silent_port: int
 ) -> None:
     settings = Settings.from_env(healthy_topology.env(LOCAL))
     hidden_password = "s3cret-not-for-logs"
@@ -183,7 +167,7 @@ async def test_an_unreachable_region_fails_neither_start_nor_close(
         RegionSettings(
             "gcp-europe-west1",
             "gcp",
-            f"postgresql://someone:{hidden_password}@127.0.0.1:{silent_server}/db",
+            f"postgresql://someone:{hidden_password}@127.0.0.1:{silent_port}/db",
         ),
     ]
     router = LocalityRouter(regions, local_region=LOCAL, settings=FAST)

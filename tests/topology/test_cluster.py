@@ -7,7 +7,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +53,6 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline or text in cwd:
             found.append(int(entry.name))
     return found
-
-
-@pytest.fixture
-async def table(topology: LocalTopology) -> AsyncIterator[str]:
-    """A scratch table owned by the service's role (as the service's own tables are)."""
-    name = f"topology_test_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(topology.region(topology.primary).direct_dsn)
-    try:
-        await conn.execute(f"CREATE TABLE {name} (marker text PRIMARY KEY)")
-        yield name
-        await conn.execute(f"DROP TABLE {name}")
-    finally:
-        await conn.close()
 
 
 # -- the shared topology (non-destructive) ----------------------------------------------------

@@ -309,18 +309,6 @@ def dsn(topology: LocalTopology, pg_proxy: FaultProxy) -> str:
     )
 
 
-@pytest.fixture
-async def table(topology: LocalTopology) -> AsyncIterator[str]:
-    name = f"proxy_test_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(topology.region(topology.primary).direct_dsn)
-    try:
-        await conn.execute(f"CREATE TABLE {name} (marker text PRIMARY KEY)")
-        yield name
-        await conn.execute(f"DROP TABLE {name}")
-    finally:
-        await conn.close()
-
-
 async def rows_on_primary(topology: LocalTopology, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     return await asyncio.to_thread(topology.query, topology.primary, sql, *args)
 
