@@ -16,11 +16,14 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.core.models import Scope
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from service.server import Server
 
 # How long a one-shot command waits for a writable region before it tries anyway (and
 # fails with a clear "no writable region" error).
@@ -133,11 +136,11 @@ async def _dev(args: argparse.Namespace, _: None) -> int:
     return await run_dev(environment=args.environment)
 
 
-def _stop_on_signals(server: Any) -> None:
+def _stop_on_signals(server: Server) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.aclose()))
+            loop.add_signal_handler(signum, server.request_close)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,11 @@ class Server:
             settings=settings.router,
             registry=self.registry,
         )
-        self.authenticator = Authenticator(self.database, cache_ttl=settings.credential_cache_ttl)
+        self.authenticator = Authenticator(
+            self.database,
+            cache_ttl=settings.credential_cache_ttl,
+            max_staleness=settings.max_staleness,
+        )
         self.key_cache = KeyCache(
             size=settings.key_cache_size,
             negative_size=settings.negative_cache_size,
@@ -86,6 +90,7 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._closed = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
 
@@ -149,7 +154,17 @@ class Server:
         context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
         return context
 
+    def request_close(self) -> None:
+        """Start closing (once: a second signal joins the first shutdown); for signal handlers."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
     async def aclose(self) -> None:
+        self.request_close()
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         try:
             if self.grpc is not None:
                 self.grpc.close()

@@ -17,6 +17,7 @@ A bad value raises :class:`SettingsError` naming the variable.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -109,6 +110,14 @@ class Settings:
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+        # The change feed re-reads `overlap` seconds behind its watermark, which must cover
+        # the longest write (its deadline) plus a poll, or a slow commit could be skipped.
+        needed = self.router.request_deadline + self.change_poll_interval
+        if self.change_overlap <= needed:
+            raise SettingsError(
+                f"{PREFIX}CHANGE_OVERLAP={self.change_overlap} must exceed "
+                f"{PREFIX}REQUEST_DEADLINE + {PREFIX}CHANGE_POLL_INTERVAL ({needed:g})"
+            )
 
     @property
     def local(self) -> RegionSettings:
@@ -288,6 +297,8 @@ class _Values:
 
 
 def _check_range(key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if not math.isfinite(value):
+        raise SettingsError(f"{PREFIX}{key}={value} must be a finite number")
     if minimum is not None and value < minimum:
         raise SettingsError(f"{PREFIX}{key}={value} must be at least {minimum}")
     if maximum is not None and value > maximum:

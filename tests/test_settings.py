@@ -78,3 +78,22 @@ def test_an_unreadable_config_file_is_named() -> None:
 
 def test_region_dsn_variable_names() -> None:
     assert region_dsn_variable("gcp-us-central1") == "SIGNING_KEYS_DSN_GCP_US_CENTRAL1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"SIGNING_KEYS_CLOCK_SKEW": "inf"}, "SIGNING_KEYS_CLOCK_SKEW"),
+        ({"SIGNING_KEYS_MAX_STALENESS": "nan"}, "SIGNING_KEYS_MAX_STALENESS"),
+        ({"SIGNING_KEYS_CHANGE_OVERLAP": "2"}, "SIGNING_KEYS_CHANGE_OVERLAP"),
+        (
+            {"SIGNING_KEYS_REQUEST_DEADLINE": "10", "SIGNING_KEYS_CHANGE_OVERLAP": "8"},
+            "SIGNING_KEYS_CHANGE_OVERLAP",
+        ),
+    ],
+)
+def test_numbers_must_be_finite_and_the_change_overlap_must_cover_a_write(
+    overrides: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env({**BASE, **overrides})

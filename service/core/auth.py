@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -20,14 +21,17 @@ from typing import Final
 import cachetools
 import structlog
 
-from service.core.models import AccessToken, Api, Principal, Scope
-from service.errors import InvalidRequestError, UnauthenticatedError
+from service.core.models import AccessToken, Api, Principal, Scope, check_id
+from service.errors import DependencyError, InvalidRequestError, UnauthenticatedError
 from service.store import tokens as store
 from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
 TOKEN_ID_PREFIX: Final = "skt_"
+_TOKEN_ID: Final = re.compile(r"skt_[A-Za-z0-9]{16}")
+# Short: a token just issued in another region may not have replicated here yet.
+DEFAULT_UNKNOWN_TTL: Final = 0.5
 DEFAULT_CREDENTIAL_CACHE_SIZE: Final = 10_000
 MAX_CREDENTIAL_LENGTH: Final = 512
 
@@ -43,8 +47,10 @@ def new_access_token(
     scopes, environments = frozenset(scopes), frozenset(environments)
     if not scopes:
         raise InvalidRequestError("an access token needs at least one scope")
-    if not environments or not all(environments):
+    if not environments:
         raise InvalidRequestError("an access token needs at least one environment")
+    for environment in environments:
+        check_id(environment, "environment id")
     secret = secrets.token_urlsafe(32)
     token = AccessToken(
         id=TOKEN_ID_PREFIX + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y"),
@@ -80,9 +86,13 @@ def parse_authorization(header: str | None) -> tuple[str, str]:
 
 
 class Authenticator:
-    """Turns an (id, secret) pair into a :class:`Principal`, caching token records briefly.
+    """Turns an (id, secret) pair into a :class:`Principal`, caching token records.
 
-    A revoked or deleted token stops working within ``cache_ttl`` seconds.
+    A record is re-read after ``cache_ttl`` seconds, so a revoked token stops working within
+    that time. When no region can answer, the last record read is used for up to
+    ``max_staleness`` seconds (last known good, like the keys), so verification outlives a
+    database outage. Ids that do not look like ours never reach the database; unknown ones
+    are remembered briefly apart, so a flood of them cannot evict real credentials.
     """
 
     def __init__(
@@ -91,22 +101,25 @@ class Authenticator:
         *,
         cache_ttl: float = 30.0,
         cache_size: int = DEFAULT_CREDENTIAL_CACHE_SIZE,
+        unknown_ttl: float = DEFAULT_UNKNOWN_TTL,
+        max_staleness: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = database
-        # Unknown ids are cached too (as None) so that guessing cannot hammer the database.
-        self._cache: cachetools.TTLCache[str, AccessToken | None] = cachetools.TTLCache(
-            maxsize=cache_size, ttl=cache_ttl, timer=clock
+        self._ttl = cache_ttl
+        self._max_staleness = max_staleness
+        self._clock = clock
+        self._known: cachetools.LRUCache[str, tuple[AccessToken, float]] = cachetools.LRUCache(
+            maxsize=cache_size
+        )
+        self._unknown: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
+            maxsize=cache_size, ttl=unknown_ttl, timer=clock
         )
 
     async def authenticate(
         self, token_id: str, secret: str, *, api: Api, request_id: str | None = None
     ) -> Principal:
-        try:
-            token = self._cache[token_id]
-        except KeyError:
-            token = await store.get_token(self._db, token_id)
-            self._cache[token_id] = token
+        token = await self._lookup(token_id) if _TOKEN_ID.fullmatch(token_id) else None
         # Compare even when the token is unknown, so timing does not tell which ids exist.
         expected = token.secret_hash if token is not None else b"\0" * 32
         matches = hmac.compare_digest(expected, hash_secret(secret))
@@ -119,6 +132,26 @@ class Authenticator:
             api=api,
             request_id=request_id,
         )
+
+    async def _lookup(self, token_id: str) -> AccessToken | None:
+        if token_id in self._unknown:
+            return None
+        now = self._clock()
+        known = self._known.get(token_id)
+        if known is not None and now - known[1] < self._ttl:
+            return known[0]
+        try:
+            token = await store.get_token(self._db, token_id)
+        except DependencyError:
+            if known is not None and now - known[1] <= self._max_staleness:
+                return known[0]  # last known good
+            raise
+        if token is None:
+            self._known.pop(token_id, None)
+            self._unknown[token_id] = True
+        else:
+            self._known[token_id] = (token, now)
+        return token
 
     async def authenticate_header(
         self, header: str | None, *, api: Api, request_id: str | None = None

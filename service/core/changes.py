@@ -1,11 +1,14 @@
 """The change feed: a portable poller over ``updated_at`` that keeps every instance current.
 
 LISTEN/NOTIFY does not exist on CockroachDB and is not delivered on standbys, so each
-instance polls its nearest readable region every ``poll_interval`` for keys updated since the
-previous poll's database time minus an ``overlap`` window. The overlap catches a transaction
-that started (and took its ``now()``) before the previous poll but committed after it; writes
-have a deadline of a few seconds, well inside the default 5 s window. Changes are applied to
-the :class:`~service.core.keycache.KeyCache` and fanned out to ``WatchSigningKeys`` streams.
+instance polls its nearest readable region every ``poll_interval`` for keys updated since its
+*watermark* minus an ``overlap`` window. The watermark is the newest ``updated_at`` the feed
+has read — data written by the primary's clock, not the answering region's clock — so a
+lagging standby cannot make it skip anything: what a standby has not replayed yet committed
+after everything it has, and its ``updated_at`` (a transaction's start) is at most one write
+duration earlier. The overlap must therefore exceed the longest write (its deadline); the
+settings insist on it. Changes are applied to the :class:`~service.core.keycache.KeyCache`
+(which never goes backwards) and fanned out to ``WatchSigningKeys`` streams.
 
 Positions handed to watchers are ``"<updated_at µs>.<key id>"``; resuming from one replays
 every change of the environment from ``overlap`` before it, so delivery is at-least-once
@@ -56,7 +59,10 @@ def parse_position(position: str) -> datetime:
     micros, dot, _ = position.partition(".")
     if not dot or not micros.isdigit() or len(micros) > 20:
         raise InvalidRequestError("position is not one this service handed out")
-    return _EPOCH + timedelta(microseconds=int(micros))
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        raise InvalidRequestError("position is not one this service handed out") from None
 
 
 @dataclass(eq=False)
@@ -90,9 +96,11 @@ class ChangeFeed:
         self._interval = poll_interval
         self._overlap = timedelta(seconds=overlap)
         self._clock = clock
-        self._since: datetime | None = None  # database time of the last successful poll
+        self._watermark: datetime | None = None  # the newest updated_at read so far
         self._last_success: float | None = None
-        self._seen: dict[str, datetime] = {}
+        # The latest record of every key changed within two overlaps of the watermark: for
+        # de-duplicating the overlap's re-reads, and for watchers to merge after a snapshot.
+        self._recent: dict[str, SigningKey] = {}
         self._watchers: set[_Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -100,7 +108,7 @@ class ChangeFeed:
 
     def __repr__(self) -> str:
         return (
-            f"<ChangeFeed since={self._since} staleness={self.staleness():.3f}s "
+            f"<ChangeFeed watermark={self._watermark} staleness={self.staleness():.3f}s "
             f"watchers={len(self._watchers)} {self._cache!r}>"
         )
 
@@ -130,32 +138,33 @@ class ChangeFeed:
 
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""
-        first = self._since is None
-        since = None if self._since is None else self._since - self._overlap
-        limit = self._cache.capacity + 1 if first else 100_000
-        keys, now = await store.changed_since(self._db, since, limit=limit)
+        first = self._watermark is None
+        since = None if self._watermark is None else self._watermark - self._overlap
+        fresh = 0
+        async for page in store.key_pages(self._db, since=since):
+            fresh += self._apply(page, notify=not first)
+            self._watermark = max(self._watermark or page[-1].updated_at, page[-1].updated_at)
         if first:
-            self._cache.put_all(keys)
-            self._cache.complete = len(keys) <= self._cache.capacity
-            self._seen = {key.id: key.updated_at for key in keys}
-            fresh = len(keys)
-        else:
-            fresh = self._apply(keys)
-        self._since = now
+            # Everything fitted (no eviction marked it otherwise): a miss now proves "unknown".
+            self._cache.complete = len(self._cache) < self._cache.capacity
         self._last_success = self._clock()
         self.polls += 1
-        horizon = now - 2 * self._overlap
-        self._seen = {k: at for k, at in self._seen.items() if at >= horizon}
+        if self._watermark is not None:
+            horizon = self._watermark - 2 * self._overlap
+            self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
         return fresh
 
-    def _apply(self, keys: list[SigningKey]) -> int:
+    def _apply(self, keys: list[SigningKey], *, notify: bool) -> int:
         fresh = 0
         for key in keys:
-            if self._seen.get(key.id) == key.updated_at:
-                continue
+            known = self._recent.get(key.id)
+            if known is not None and key.updated_at <= known.updated_at:
+                continue  # the overlap's re-read, or an older version from a lagging region
             fresh += 1
-            self._seen[key.id] = key.updated_at
+            self._recent[key.id] = key
             self._cache.put(key)  # also clears a negative entry: a new key verifies at once
+            if not notify:
+                continue
             event = WatchEvent("changed", key, position_of(key.updated_at, key.id))
             for watcher in list(self._watchers):
                 if watcher.environment_id == key.environment_id:
@@ -198,9 +207,19 @@ class ChangeFeed:
         self._watchers.add(watcher)  # subscribe first, so nothing falls between query and live
         try:
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
-            last = after or position_of(self._since or _EPOCH)
-            async for page in store.environment_keys(self._db, environment_id, since=since):
+            last = after or position_of(self._watermark or _EPOCH)
+            sent: dict[str, datetime] = {}
+            async for page in store.key_pages(self._db, environment_id=environment_id, since=since):
                 for key in page:
+                    sent[key.id] = key.updated_at
+                    last = position_of(key.updated_at, key.id)
+                    yield WatchEvent(kind, key, last)
+            # The snapshot may come from a region behind the feed: add what the feed already
+            # knows to be newer, so no change applied before this watcher subscribed is lost.
+            for key in sorted(self._recent.values(), key=lambda k: (k.updated_at, k.id)):
+                if key.environment_id == environment_id and key.updated_at > sent.get(
+                    key.id, _EPOCH
+                ):
                     last = position_of(key.updated_at, key.id)
                     yield WatchEvent(kind, key, last)
             yield WatchEvent("synced", None, last)

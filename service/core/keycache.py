@@ -68,8 +68,15 @@ class KeyCache:
         return key_id in self._unknown
 
     def put(self, key: SigningKey) -> CachedKey:
-        """Add or refresh a key; an unchanged key keeps its parsed object."""
+        """Add or refresh a key; an unchanged key keeps its parsed object.
+
+        Never backwards: a record older than the cached one (a read answered by a lagging
+        standby, racing the change feed) is ignored, and a revoked key never becomes active
+        again — revocation is final.
+        """
         current = self._keys.get(key.id)
+        if current is not None and _is_older(key, current.record):
+            return current
         if current is None and len(self._keys) >= self._keys.maxsize:
             self.complete = False  # an eviction follows: a miss no longer proves "unknown"
         if current is not None and current.record.public_key == key.public_key:
@@ -87,3 +94,9 @@ class KeyCache:
     def mark_unknown(self, key_id: str) -> None:
         if self._negative_enabled:
             self._unknown[key_id] = True
+
+
+def _is_older(candidate: SigningKey, cached: SigningKey) -> bool:
+    if cached.status == "revoked" and candidate.status != "revoked":
+        return True
+    return candidate.updated_at < cached.updated_at

@@ -20,7 +20,14 @@ import structlog
 
 from service.core import crypto
 from service.core.crypto import Algorithm
-from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
+from service.core.models import (
+    AuditEvent,
+    CreatedKey,
+    Principal,
+    Scope,
+    SigningKey,
+    check_id,
+)
 from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
 from service.store import keys as store
 from service.store.database import Database
@@ -37,7 +44,6 @@ MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 DEFAULT_KEYGEN_CONCURRENCY: Final = 4
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def new_key_id() -> str:
@@ -47,13 +53,6 @@ def new_key_id() -> str:
 
 def new_event_id() -> str:
     return secrets.token_urlsafe(16)
-
-
-def check_id(value: str, what: str = "signing key id") -> str:
-    """Validate an id taken from a path or message before it reaches SQL or a log."""
-    if not _ID.match(value):
-        raise InvalidRequestError(f"{what} must be 1-128 characters of A-Z, a-z, 0-9, '-', '_'")
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +66,8 @@ class KeySpec:
     def __post_init__(self) -> None:
         if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
             raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
+        if self.name is not None and not self.name.isprintable():
+            raise InvalidRequestError("name must be printable text (no control characters)")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise InvalidRequestError("expires_at must carry a time zone")
 

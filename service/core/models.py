@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from service.core.crypto import Algorithm
-from service.errors import PermissionDeniedError
+from service.errors import InvalidRequestError, PermissionDeniedError
 
 KeyStatus = Literal["active", "revoked"]
 KeySource = Literal["generated", "imported"]
 Api = Literal["http", "grpc", "cli"]
+
+
+_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` has the shape of our ids (and environment ids)."""
+    return _ID.fullmatch(value) is not None
+
+
+def check_id(value: str, what: str = "signing key id") -> str:
+    """Validate an id taken from a path or message before it reaches SQL or a log."""
+    if not is_valid_id(value):
+        raise InvalidRequestError(
+            f"{what} must be 1-128 characters of A-Z, a-z, 0-9, '.', '-', '_'"
+        )
+    return value
 
 
 class Scope(enum.StrEnum):

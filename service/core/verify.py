@@ -32,8 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from service.core import crypto
 from service.core.changes import ChangeFeed
+from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
-from service.core.models import Principal, Scope
+from service.core.models import Principal, Scope, is_valid_id
+from service.core.ratelimit import KeyedBuckets
 from service.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -59,7 +61,7 @@ Reason = Literal[
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # RFC 9864 names Ed25519 explicitly; older libraries say EdDSA. Both mean our EdDSA keys.
 _ALGORITHM_ALIASES: Final = {"Ed25519": "EdDSA"}
-DEFAULT_MISS_BUDGET: Final = 50  # database look-ups of unknown kids per second, at most
+DEFAULT_MISS_BUDGET: Final = 50  # database look-ups of uncached kids per second per caller
 _MAX_KID_LENGTH: Final = 128
 
 
@@ -113,9 +115,8 @@ class TokenVerifier:
         self._max_staleness = max_staleness
         self._clock = clock
         self._monotonic = monotonic
-        self._miss_budget = miss_budget
-        self._miss_tokens = miss_budget
-        self._miss_refilled = monotonic()
+        # Per caller: one tenant flooding random kids cannot starve another's look-ups.
+        self._misses = KeyedBuckets(miss_budget, clock=monotonic)
         self.database_lookups = 0
 
     def can_serve(self) -> bool:
@@ -164,7 +165,9 @@ class TokenVerifier:
         kid = header.get("kid", payload.get("kid"))
         if not isinstance(kid, str) or not 0 < len(kid) <= _MAX_KID_LENGTH:
             raise _Invalid("malformed")
-        key = await self._resolve(kid)
+        if not is_valid_id(kid):
+            raise _Invalid("unknown_key")  # no key has such an id: no need to look
+        key = await self._resolve(principal, kid)
         if key is None or not _may_see(principal, key, environment_id):
             raise _Invalid("unknown_key")
         record = key.record
@@ -174,7 +177,9 @@ class TokenVerifier:
         ):
             raise _Invalid("revoked_key", key)
         alg = header.get("alg")
-        if _ALGORITHM_ALIASES.get(alg, alg) != record.algorithm:  # type: ignore[arg-type]
+        if not isinstance(alg, str):
+            raise _Invalid("malformed", key)
+        if _ALGORITHM_ALIASES.get(alg, alg) != record.algorithm:
             raise _Invalid("algorithm_mismatch", key)
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
         if not _signature_ok(key.public_key, signing_input, signature):
@@ -187,11 +192,15 @@ class TokenVerifier:
             claims=payload,
         )
 
-    async def _resolve(self, kid: str) -> CachedKey | None:
+    async def _resolve(self, principal: Principal, kid: str) -> CachedKey | None:
         cached = self._cache.get(kid)
         if cached is not None:
             return cached
-        if self._cache.complete or self._cache.is_known_unknown(kid) or not self._spend_miss():
+        if (
+            self._cache.complete
+            or self._cache.is_known_unknown(kid)
+            or not self._misses.take(principal.token_id)
+        ):
             return None
         self.database_lookups += 1
         try:
@@ -203,17 +212,6 @@ class TokenVerifier:
             return None
         return self._cache.put(record)
 
-    def _spend_miss(self) -> bool:
-        """A token bucket: random kids cannot turn into unbounded database traffic."""
-        now = self._monotonic()
-        elapsed = now - self._miss_refilled
-        self._miss_refilled = now
-        self._miss_tokens = min(self._miss_budget, self._miss_tokens + elapsed * self._miss_budget)
-        if self._miss_tokens < 1:
-            return False
-        self._miss_tokens -= 1
-        return True
-
     async def jwks(self, principal: Principal, environment_id: str) -> tuple[dict[str, Any], str]:
         """The environment's active keys as a JWK Set, and its ETag."""
         if not principal.scopes & {Scope.READ, Scope.VERIFY}:
@@ -222,7 +220,9 @@ class TokenVerifier:
             raise PermissionDeniedError("this access token is not valid for that environment")
         keys = [
             key
-            async for page in store.environment_keys(self._db, environment_id, active_only=True)
+            async for page in store.key_pages(
+                self._db, environment_id=environment_id, active_only=True
+            )
             for key in page
         ]
         now = self._clock()
@@ -250,8 +250,8 @@ def _split(token: str) -> tuple[str, str, dict[str, Any], dict[str, Any], bytes]
         raise _Invalid("malformed")
     header_b64, payload_b64, signature_b64 = parts
     try:
-        header = json.loads(crypto.b64url_decode(header_b64))
-        payload = json.loads(crypto.b64url_decode(payload_b64))
+        header = loads(crypto.b64url_decode(header_b64))
+        payload = loads(crypto.b64url_decode(payload_b64))
         # An empty signature (``alg: none``) parses, and is refused by the algorithm check.
         signature = crypto.b64url_decode(signature_b64) if signature_b64 else b""
     except (ValueError, UnicodeDecodeError):
@@ -285,9 +285,15 @@ def _number(payload: dict[str, Any], name: str, key: CachedKey) -> float | None:
     value = payload.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("malformed", key)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise _Invalid("malformed", key) from None
+    if not math.isfinite(number):
+        raise _Invalid("malformed", key)
+    return number
 
 
 def _check_claims(

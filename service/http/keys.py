@@ -10,7 +10,6 @@ with or without a JSON content type; ``created_at`` is a string of Unix seconds;
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -18,11 +17,13 @@ import structlog
 from aiohttp import web
 
 from service.core import crypto
+from service.core.json import loads
 from service.core.keys import DEFAULT_PAGE_LIMIT, KeySpec
-from service.core.models import Principal, SigningKey
+from service.core.models import Principal, SigningKey, check_id
 from service.errors import InvalidRequestError
 from service.http import appkeys
 from service.http.json import json_response
+from service.http.middleware import REQUEST_ID
 
 log = structlog.get_logger(__name__)
 
@@ -57,14 +58,15 @@ def key_json(key: SigningKey) -> dict[str, Any]:
 
 async def principal(request: web.Request) -> Principal:
     """Authenticate the request's credentials (HTTP Basic id:secret, or Bearer id:secret)."""
-    request_id = request.headers.get("X-Request-Id")
     return await request.app[appkeys.AUTHENTICATOR].authenticate_header(
-        request.headers.get("Authorization"), api="http", request_id=request_id
+        request.headers.get("Authorization"), api="http", request_id=request.get(REQUEST_ID)
     )
 
 
 def environment(request: web.Request, caller: Principal) -> str:
     requested = request.headers.get(ENVIRONMENT_HEADER) or request.query.get("environment_id")
+    if requested:
+        check_id(requested, "environment id")
     return caller.default_environment(requested)
 
 
@@ -74,14 +76,15 @@ async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise InvalidRequestError(f"unknown fields: {', '.join(unknown)[:200]}")
+        names = ", ".join(ascii(name) for name in unknown)
+        raise InvalidRequestError(f"unknown fields: {names[:200]}")
     return body
 
 

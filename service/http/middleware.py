@@ -26,6 +26,8 @@ from service.settings import Settings
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
+# The validated id, stored on the request for handlers (the audit trail records it).
+REQUEST_ID: Final = web.RequestKey("request_id", str)
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -58,6 +60,7 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
         started = time.perf_counter()
         offered = request.headers.get(REQUEST_ID_HEADER, "")
         request_id = offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
+        request[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             response = await _handle(request, handler)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.core.keys import check_id
+from service.core.models import check_id
 from service.core.verify import check_expectation
 from service.errors import InvalidRequestError
 from service.http import appkeys
@@ -13,7 +13,9 @@ from service.http.keys import principal, read_object
 
 routes = web.RouteTableDef()
 
-JWKS_CACHE_CONTROL = "public, max-age=10, must-revalidate"
+# Private: the document is served to authenticated callers only, so no shared cache may
+# keep it for others.
+JWKS_CACHE_CONTROL = "private, max-age=10, must-revalidate"
 
 
 @routes.post("/v1/tokens/verify")

@@ -66,9 +66,13 @@ def classify_failure(exc: BaseException) -> Failure | None:
         if sqlstate in _CONNECTION_SQLSTATES:
             return Failure.CONNECTION
         return None
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        # Arguments asyncpg could not encode: the caller's fault, and their text may carry
+        # caller data, so it must never be matched against below.
+        return None
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "pool is closing": the connection cannot be used. Other
-        # interface errors (bad arguments, DataError) are the caller's.
+        # interface errors (bad arguments) are the caller's.
         return Failure.CONNECTION if "clos" in str(exc).lower() else None
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return Failure.CONNECTION  # protocol state is unknown: the connection is unusable

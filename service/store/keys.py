@@ -205,42 +205,20 @@ async def revoke_key(
     return await db.write(op, idempotent=True, timeout=timeout)
 
 
-async def changed_since(
-    db: Database, since: datetime | None, *, limit: int = 10_000, timeout: float | None = None
-) -> tuple[list[SigningKey], datetime]:
-    """Keys updated at or after ``since`` (all keys when ``None``), oldest change first,
-    and the database's clock now — the next poll's reference point."""
-
-    async def op(conn: Any) -> tuple[list[SigningKey], datetime]:
-        now = await conn.fetchval("SELECT now()")
-        rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
-            " WHERE $1::timestamptz IS NULL OR updated_at >= $1::timestamptz"
-            " ORDER BY updated_at, id LIMIT $2",
-            since,
-            limit,
-        )
-        return [_key(row) for row in rows], now
-
-    return await db.read(op, timeout=timeout)
-
-
-async def environment_keys(
+async def key_pages(
     db: Database,
-    environment_id: str,
     *,
+    environment_id: str | None = None,
     since: datetime | None = None,
     active_only: bool = False,
     page_size: int = 1000,
     timeout: float | None = None,
 ) -> AsyncIterator[list[SigningKey]]:
-    """An environment's keys (updated at or after ``since``, if given), oldest change first,
-    in pages: keyset pagination on (updated_at, id), so no environment is ever cut short."""
+    """Keys (of one environment, if given; updated at or after ``since``, if given), oldest
+    change first, in pages: keyset pagination on (updated_at, id), so nothing is cut short."""
     cursor: tuple[datetime, str] | None = None
     while True:
-        page = await _environment_page(
-            db, environment_id, since, active_only, page_size, cursor, timeout
-        )
+        page = await _key_page(db, environment_id, since, active_only, page_size, cursor, timeout)
         if page:
             yield page
         if len(page) < page_size:
@@ -248,9 +226,9 @@ async def environment_keys(
         cursor = (page[-1].updated_at, page[-1].id)
 
 
-async def _environment_page(
+async def _key_page(
     db: Database,
-    environment_id: str,
+    environment_id: str | None,
     since: datetime | None,
     active_only: bool,
     page_size: int,
@@ -260,7 +238,7 @@ async def _environment_page(
     async def op(conn: Any) -> list[SigningKey]:
         rows = await conn.fetch(
             f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
-            " WHERE environment_id = $1"
+            " WHERE ($1::text IS NULL OR environment_id = $1::text)"
             " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
             " AND (NOT $3 OR status = 'active')"
             " AND ($5::timestamptz IS NULL OR (updated_at, id) > ($5::timestamptz, $6::text))"

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from service.core import crypto
 from service.core.models import Scope
+from service.server import Server
 from service.topology import LocalTopology
 from tests.support.service import Credentials, TokenFactory, rows
 
@@ -316,6 +317,18 @@ async def test_a_token_for_several_environments_must_name_one(
             "invalid_parameters",
             "unsupported JWK",
         ),
+        ("POST", KEYS, {"data": b"[" * 1000}, 400, "invalid_parameters", "not valid JSON"),
+        ("POST", KEYS, {"data": b'{"a": NaN}'}, 400, "invalid_parameters", "not valid JSON"),
+        ("POST", KEYS, {"data": b'{"\\ud800": 1}'}, 400, "invalid_parameters", "unknown"),
+        ("POST", KEYS, {"json": {"name": "a\u0000b"}}, 400, "invalid_parameters", "printable"),
+        (
+            "GET",
+            KEYS,
+            {"headers": {"X-Environment-Id": "bad env"}},
+            400,
+            "invalid_parameters",
+            "environment id",
+        ),
         ("GET", "/system/v1/nothing-here", {}, 404, "not_found", "GET"),
         ("PUT", KEYS, {}, 405, "method_not_allowed", "PUT"),
     ],
@@ -388,3 +401,37 @@ async def test_key_generation_runs_off_the_event_loop_thread(
     await asyncio.gather(*(create(http, auth) for _ in range(3)))
     assert len(threads) == 3
     assert threading.get_ident() not in threads
+
+
+async def test_hostile_credentials_never_reach_the_database_or_region_health(
+    http: aiohttp.ClientSession, server: Server
+) -> None:
+    """Bytes asyncpg cannot encode once made a token id look like a dead connection."""
+    hostile = [
+        "Bearer clos\xff:x",  # decoded by aiohttp as a lone surrogate
+        "Basic " + base64.b64encode(b"\x00:x").decode(),
+        "Bearer skt_" + "A" * 200 + ":x",
+    ]
+    for _ in range(5):
+        for header in hostile:
+            async with http.get(KEYS, headers={"Authorization": header}) as response:
+                assert response.status == 401, header
+    regions = server.database.status().to_dict()["regions"]
+    assert all(region["state"] == "up" for region in regions)
+    assert all(region["last_error"] is None for region in regions), regions
+
+
+async def test_the_audit_trail_records_the_request_id_the_response_carries(
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+    migrated_topology: LocalTopology,
+) -> None:
+    async with http.post(KEYS, headers=auth.headers) as response:
+        served_id = response.headers["X-Request-Id"]
+    events = await rows(
+        migrated_topology,
+        "SELECT request_id FROM audit_events WHERE environment_id = $1",
+        environment,
+    )
+    assert events == [(served_id,)]

@@ -127,6 +127,10 @@ async def test_every_reason_code(
         ("wrong_audience", sign(private, {}, kid=kid), {"audience": "v"}),
         ("wrong_subject", sign(private, {"sub": "a"}, kid=kid), {"subject": "b"}),
         ("algorithm_mismatch", forge({"alg": "none", "kid": kid}, {"exp": now + 60}), {}),
+        ("malformed", forge({"alg": [], "kid": kid}, {"exp": now + 60}), {}),
+        ("malformed", f"{b64(b'[' * 1000)}.e30.AAAA", {}),
+        ("malformed", sign(private, {"exp": 10**400}, kid=kid), {}),
+        ("unknown_key", sign(private, {}, kid="no such kid!"), {}),
         ("algorithm_mismatch", forge({"alg": "ES256", "kid": kid}, {"exp": now + 60}), {}),
     ]
     for reason, token, expectations in cases:
@@ -203,6 +207,7 @@ async def test_jwks_lists_active_keys_with_etag_and_304(
         assert response.status == 200
         etag = response.headers["ETag"]
         assert "max-age" in response.headers["Cache-Control"]
+        assert "private" in response.headers["Cache-Control"], "authenticated: no shared cache"
         document = await response.json()
     assert sorted(key["kid"] for key in document["keys"]) == sorted([first, second])
     assert all(key["use"] == "sig" and key["alg"] for key in document["keys"])

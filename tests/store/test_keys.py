@@ -9,7 +9,7 @@ from service.store import keys as store
 from tests.support.service import Credentials
 
 
-async def test_environment_keys_pages_through_every_key_in_change_order(
+async def test_key_pages_pages_through_every_key_in_change_order(
     server: Server, http: aiohttp.ClientSession, auth: Credentials, environment: str
 ) -> None:
     created = []
@@ -20,7 +20,7 @@ async def test_environment_keys_pages_through_every_key_in_change_order(
             created.append((await response.json())["data"]["id"])
     pages = [
         [key.id for key in page]
-        async for page in store.environment_keys(server.database, environment, page_size=2)
+        async for page in store.key_pages(server.database, environment_id=environment, page_size=2)
     ]
     assert [len(page) for page in pages] == [2, 2, 1]
     assert [key_id for page in pages for key_id in page] == created

@@ -1,0 +1,66 @@
+"""The key cache is bounded and never goes backwards (pure, no database)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from service.core import crypto
+from service.core.keycache import KeyCache
+from service.core.models import SigningKey
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def key(key_id: str = "k1", *, status: str = "active", at: datetime = T0) -> SigningKey:
+    pair = crypto.generate_key_pair("EdDSA")
+    return SigningKey(
+        id=key_id,
+        environment_id="env",
+        algorithm="EdDSA",
+        public_key=pair.public_der,
+        fingerprint=crypto.fingerprint(pair.public_der),
+        status=status,  # type: ignore[arg-type]
+        source="generated",
+        name=None,
+        created_at=T0,
+        updated_at=at,
+    )
+
+
+def test_a_revoked_key_never_becomes_active_again() -> None:
+    cache = KeyCache(size=10, negative_size=10, negative_ttl=1)
+    active = key()
+    revoked = replace(active, status="revoked", updated_at=T0 + timedelta(seconds=1))
+    cache.put(revoked)
+    cache.put(active)  # e.g. a read answered by a lagging standby, racing the change feed
+    cached = cache.get("k1")
+    assert cached is not None and cached.record.status == "revoked"
+    later_but_active = replace(active, updated_at=T0 + timedelta(seconds=9))
+    cache.put(later_but_active)
+    assert cache.get("k1").record.status == "revoked"  # type: ignore[union-attr]
+
+
+def test_an_older_record_is_ignored_and_a_newer_one_applied() -> None:
+    cache = KeyCache(size=10, negative_size=10, negative_ttl=1)
+    current = key(at=T0 + timedelta(seconds=5))
+    cache.put(current)
+    cache.put(replace(current, name="older", updated_at=T0))
+    assert cache.get("k1").record.name is None  # type: ignore[union-attr]
+    cache.put(replace(current, name="newer", updated_at=T0 + timedelta(seconds=6)))
+    assert cache.get("k1").record.name == "newer"  # type: ignore[union-attr]
+
+
+def test_the_cache_stays_within_its_bounds_and_knows_when_it_stops_being_complete() -> None:
+    cache = KeyCache(size=3, negative_size=2, negative_ttl=60)
+    cache.complete = True
+    for i in range(3):
+        cache.put(key(f"k{i}"))
+    assert cache.complete
+    cache.put(key("k3"))
+    assert len(cache) == 3 and not cache.complete, "an eviction ends completeness"
+    for i in range(10):
+        cache.mark_unknown(f"nope{i}")
+    assert cache.unknown_count == 2
+    cache.put(key("nope9"))
+    assert not cache.is_known_unknown("nope9"), "a key that appears clears its negative entry"
