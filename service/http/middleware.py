@@ -12,7 +12,7 @@ import random
 import re
 import secrets
 import time
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -48,6 +48,21 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        # Label children resolved once per (route, method, status): .labels() takes a lock
+        # and builds tuples on every call. Bounded: routes are the app's, and aiohttp refuses
+        # unknown methods before they reach us.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
@@ -70,8 +85,7 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
         elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status)).inc()
-        metrics.latency.labels(route).observe(elapsed)
+        metrics.observe(route, request.method, response.status, elapsed)
         if (
             response.status >= 500
             or elapsed >= slow
