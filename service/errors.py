@@ -108,3 +108,9 @@ class SlowConsumerError(DependencyError):
     """A watcher fell too far behind the change stream; resume from its last position."""
 
     type = "slow_consumer"
+
+
+class TooManyWatchersError(DependencyError):
+    """This instance already serves as many watch streams as it allows; try another or later."""
+
+    type = "too_many_watchers"

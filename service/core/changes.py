@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
@@ -30,13 +30,15 @@ import structlog
 
 from service.core.keycache import KeyCache
 from service.core.models import Principal, Scope, SigningKey
-from service.errors import InvalidRequestError, SlowConsumerError
+from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
 from service.store import keys as store
 from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_WATCH_QUEUE: Final = 1024
+# Each watcher may hold a full queue: the bound keeps their memory bounded too.
+DEFAULT_MAX_WATCHERS: Final = 1000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -89,9 +91,11 @@ class ChangeFeed:
         *,
         poll_interval: float,
         overlap: float,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = database
+        self._max_watchers = max_watchers
         self._cache = cache
         self._interval = poll_interval
         self._overlap = timedelta(seconds=overlap)
@@ -199,10 +203,14 @@ class ChangeFeed:
 
     async def watch(
         self, principal: Principal, environment_id: str, *, after: str | None = None
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Stream an environment's keys: a snapshot (or a replay from ``after``), then changes."""
         principal.require(Scope.READ, environment_id)
         since = None if after is None else parse_position(after) - self._overlap
+        if len(self._watchers) >= self._max_watchers:
+            raise TooManyWatchersError(
+                f"this instance serves {self._max_watchers} watch streams already; retry later"
+            )
         watcher = _Watcher(environment_id)
         self._watchers.add(watcher)  # subscribe first, so nothing falls between query and live
         try:
