@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import betterproto
-from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtobufMessage
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
@@ -91,6 +90,9 @@ def check_types(message: betterproto.Message) -> None:
             if field_meta.proto_type == betterproto.TYPE_MESSAGE:
                 continue  # an unset message field
             raise MalformedMessageError(f"field {field.name} is missing its value")
+        if isinstance(value, list) and not isinstance(meta.default_gen[field.name](), list):
+            # betterproto turns a length-delimited value on a scalar field into a list.
+            raise MalformedMessageError(f"field {field.name} has the wrong wire type")
         expected = _PYTHON_TYPE.get(field_meta.proto_type)
         if expected is None:
             continue
@@ -133,7 +135,9 @@ class StrictCodec(ProtoCodec):
             message = message_type.FromString(data)
             if isinstance(message, betterproto.Message):
                 check_types(message)
-        except (DecodeError, MalformedMessageError, ValueError, EOFError, IndexError):
-            # UnicodeDecodeError is a ValueError; betterproto raises EOFError mid-varint.
+        except Exception:
+            # Whatever a parser raises on bytes a caller chose (DecodeError, EOFError
+            # mid-varint, KeyError on a wire type betterproto does not expect, …) is the
+            # caller's malformed message, never an internal error.
             raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
         return message

@@ -146,6 +146,7 @@ class GrpcServer:
         if self._state != "serving":
             return
         self._state = "closing"
+        self.servicer.stop_accepting()
         listener: Any = self._server._server
         listener.close()
         self._shutdown = asyncio.ensure_future(self._drain())

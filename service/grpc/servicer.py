@@ -24,7 +24,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import betterproto
 import structlog
-from grpclib.const import Handler
+from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
@@ -110,10 +110,16 @@ class SigningKeysServicer(pb.SigningKeysBase):
         self._in_flight = 0  # unary calls; watch streams run until cancelled
         self._idle = asyncio.Event()
         self._idle.set()
+        self._accepting = True
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def stop_accepting(self) -> None:
+        """From now on every new call answers UNAVAILABLE, so the calls in flight can drain
+        even while clients keep their connections open and send more."""
+        self._accepting = False
 
     async def drained(self) -> None:
         """Return once no unary call is in flight."""
@@ -140,6 +146,8 @@ class SigningKeysServicer(pb.SigningKeysBase):
     async def _rpc(
         self, stream: Stream[RequestT, ReplyT], method: str, *, unary: bool = True
     ) -> AsyncIterator[Call[RequestT, ReplyT]]:
+        if not self._accepting:
+            raise GRPCError(Status.UNAVAILABLE, "the server is shutting down; retry elsewhere")
         started = time.perf_counter()
         metadata = stream.metadata
         offered = metadata.get(REQUEST_ID_METADATA, "") if metadata is not None else ""

@@ -99,6 +99,13 @@ class _InFlight:
         self.aborted = True
 
 
+def _raise_if_aborted(attempt: _InFlight) -> None:
+    """An abort reschedules the attempt's timeout to fire on the next loop turn; until it
+    fires, the attempt could still send its COMMIT. Stop here instead: nothing committed."""
+    if attempt.aborted:
+        raise TimeoutError("the attempt was cut short before its commit")
+
+
 class _Region:
     """One region's live parts: its settings, health, pool and prober."""
 
@@ -343,9 +350,9 @@ class LocalityRouter:
         while True:
             order = self._read_order()
             if not order:
-                raise RegionUnavailableError(
-                    f"no region can serve reads ({self._regions_summary()})"
-                ) from (last.cause if last else None)
+                raise RegionUnavailableError("no region can serve reads now; retry shortly") from (
+                    last.cause if last else None
+                )
             try:
                 return await self._race(order, op, deadline, budget)
             except _AttemptFailed as failed:
@@ -355,7 +362,7 @@ class LocalityRouter:
             round_number += 1
             if loop.time() + delay >= deadline:
                 raise DeadlineExceededError(
-                    f"read did not finish within {budget:.2f} s: {last}"
+                    f"the read did not finish within {budget:.2f} s"
                 ) from last.cause
             await asyncio.sleep(delay)
 
@@ -450,6 +457,8 @@ class LocalityRouter:
         :class:`NoWritableRegionError` at once when no region takes writes.
         """
         self._check_running()
+        if autocommit and not idempotent:
+            raise ValueError("an autocommit write may commit in part: it must be idempotent")
         budget = self._settings.request_deadline if timeout is None else timeout
         try:
             return await self._write(
@@ -477,8 +486,7 @@ class LocalityRouter:
                 ) from (last.cause if last else None)
             if not order:
                 raise NoWritableRegionError(
-                    f"no writable region is reachable ({self._regions_summary()}); "
-                    "key writes are refused until one is"
+                    "no writable region is reachable; key writes are refused until one is"
                 ) from (last.cause if last else None)
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -493,9 +501,9 @@ class LocalityRouter:
                 last = failed
             if last.maybe_committed:
                 if not idempotent:
+                    log.warning("write_ambiguous", region=name, error=describe_error(last.cause))
                     raise AmbiguousCommitError(
-                        f"the write may or may not have committed in {name} "
-                        f"({describe_error(last.cause)}); repeat it with the same "
+                        "the write may or may not have committed; repeat it with the same "
                         "idempotency key"
                     ) from last.cause
                 maybe_committed = True
@@ -528,10 +536,7 @@ class LocalityRouter:
                 f"the write did not finish within {budget:.2f} s and may have committed; "
                 "repeat it with the same idempotency key"
             ) from cause
-        detail = f": {describe_error(cause)}" if cause is not None else ""
-        raise DeadlineExceededError(
-            f"the write did not finish within {budget:.2f} s{detail}"
-        ) from cause
+        raise DeadlineExceededError(f"the write did not finish within {budget:.2f} s") from cause
 
     # -- one attempt on one region ---------------------------------------------------------
 
@@ -570,6 +575,7 @@ class LocalityRouter:
                     if kind == "read":
                         result = await op(conn)
                     elif autocommit:
+                        _raise_if_aborted(attempt)
                         attempt.phase = "commit"  # every statement commits as it runs
                         result = await op(conn)
                     else:
@@ -578,6 +584,7 @@ class LocalityRouter:
                         tx_open = True
                         result = await op(conn)
                         _ensure_open_before_commit(conn)
+                        _raise_if_aborted(attempt)
                         attempt.phase = "commit"
                         tx_open = False
                         await tx.commit()
@@ -607,10 +614,11 @@ class LocalityRouter:
                     # A slow statement is not proof of an unreachable region (a lock wait, a
                     # commit waiting for a standby); ask the prober rather than count it.
                     region.prober.trigger()
-                maybe_committed = phase == "commit" and failure in (
-                    Failure.CONNECTION,
-                    Failure.TIMEOUT,
-                    Failure.AMBIGUOUS,
+                # In autocommit mode every statement commits as it runs, so any failure may
+                # follow a partial commit; in a transaction, only a lost COMMIT may.
+                maybe_committed = phase == "commit" and (
+                    autocommit
+                    or failure in (Failure.CONNECTION, Failure.TIMEOUT, Failure.AMBIGUOUS)
                 )
                 raise _AttemptFailed(
                     region.name, failure, exc, maybe_committed=maybe_committed
@@ -921,14 +929,6 @@ class LocalityRouter:
             write_region=writes[0] if writes else None,
             local_region=self._local_region,
         )
-
-    def _regions_summary(self) -> str:
-        parts = []
-        for region in self._regions.values():
-            health = region.health
-            role = "writable" if health.writable else "read-only"
-            parts.append(f"{region.name}: {health.state}, {role}")
-        return "; ".join(parts)
 
     def __repr__(self) -> str:
         status = self.status()

@@ -95,7 +95,7 @@ async def migrate(
                 if done[migration.version] != migration.checksum:
                     log.warning("migration changed after it was applied", version=migration.version)
                 continue
-            await conn.execute(migration.sql)
+            await conn.execute(migration.sql, timeout=timeout)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
                 " ON CONFLICT (version) DO NOTHING",
@@ -128,7 +128,7 @@ async def _make_multiregion(
     for statement in statements:  # each idempotent, each in its own implicit transaction
 
         async def run(conn: Any, statement: str = statement) -> None:
-            await conn.execute(statement)
+            await conn.execute(statement, timeout=timeout)  # schema jobs outlast a request
 
         await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
     log.info("multi-region schema applied", primary_region=primary, regions=len(regions))

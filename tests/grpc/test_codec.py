@@ -65,3 +65,18 @@ def test_protobuf_messages_of_health_and_reflection_are_checked_too() -> None:
     with pytest.raises(GRPCError) as raised:
         CODEC.decode(b"\x0a\x05x", HealthCheckRequest)
     assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes.fromhex("0d01020304"),  # fixed32 on a string field: betterproto raises KeyError
+        bytes.fromhex("120141"),  # length-delimited on int32 limit: betterproto makes a list
+    ],
+)
+def test_wire_types_betterproto_mishandles_are_invalid_argument_not_internal(
+    payload: bytes,
+) -> None:
+    with pytest.raises(GRPCError) as raised:
+        CODEC.decode(payload, pb.ListSigningKeysRequest)
+    assert raised.value.status is Status.INVALID_ARGUMENT

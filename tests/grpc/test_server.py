@@ -296,6 +296,10 @@ async def test_shutdown_lets_unary_calls_in_flight_finish(
         grpc_server.close()
         with pytest.raises(OSError):  # no new connections once closing
             await asyncio.open_connection("127.0.0.1", grpc_server.port)
+        # A new call on the connection already open is refused, so draining can finish.
+        with pytest.raises(GRPCError) as refused:
+            await stub.list_signing_keys(pb.ListSigningKeysRequest(), metadata=md)
+        assert refused.value.status is Status.UNAVAILABLE
         keys.gate.set()
         reply = await asyncio.wait_for(call, 5)
         assert reply.key.id == created.key.id

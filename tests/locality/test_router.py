@@ -300,3 +300,14 @@ async def test_a_cancelled_read_cancels_its_attempts_and_frees_their_connections
             await task
         assert all(region.in_flight == 0 for region in router.status().regions)
         assert await router.read(lambda conn: conn.fetchval("SELECT 1")) == 1
+
+
+async def test_an_autocommit_write_must_be_idempotent(router: LocalityRouter) -> None:
+    """Its statements commit one by one, so a retry after a failure may repeat some."""
+
+    async def op(conn: Any) -> None:
+        await conn.execute("SELECT 1")
+
+    with pytest.raises(ValueError, match="idempotent"):
+        await router.write(op, idempotent=False, autocommit=True)
+    await router.write(op, idempotent=True, autocommit=True)
