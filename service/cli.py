@@ -15,7 +15,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from service.core.models import Scope
@@ -23,6 +23,7 @@ from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from service.locality.router import LocalityRouter
     from service.server import Server
 
 # How long a one-shot command waits for a writable region before it tries anyway (and
@@ -82,49 +83,51 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def open_database(
+    settings: Settings, *, writable: bool, timeout: float = READY_TIMEOUT
+) -> AsyncIterator[LocalityRouter]:
+    """The locality router alone, started and given ``timeout`` to find a region that
+    serves reads (and writes, when asked): what a one-shot command needs, without the
+    servers, caches and change feed of a whole :class:`~service.server.Server`."""
+    from service.locality.router import LocalityRouter
+
+    router = LocalityRouter(
+        settings.regions, local_region=settings.local_region, settings=settings.router
+    )
+    async with router:
+        await router.wait_ready(writable=writable, timeout=timeout)
+        yield router
+
+
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.server import Server
     from service.store.migrations import migrate
 
-    server = Server(settings)
-    await server.database.start()
-    try:
-        await server.database.wait_ready(writable=True, timeout=READY_TIMEOUT)
-        applied = await migrate(server.database, regions=settings.regions)
-    finally:
-        await server.database.aclose()
+    async with open_database(settings, writable=True) as database:
+        applied = await migrate(database, regions=settings.regions)
     print(json.dumps({"applied": applied}))
     return 0
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from service.server import Server
-
-    server = Server(settings)
-    await server.database.start()
-    try:
-        await server.database.wait_ready(timeout=settings.router.probe_timeout * 2)
-        print(json.dumps(server.database.status().to_dict(), indent=2, default=str))
-    finally:
-        await server.database.aclose()
+    wait = settings.router.probe_timeout * 2
+    async with open_database(settings, writable=False, timeout=wait) as database:
+        print(json.dumps(database.status().to_dict(), indent=2, default=str))
     return 0
 
 
 async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
-    from service.server import Server
+    from service.core.auth import Authenticator
 
     try:
         scopes = [Scope(scope.strip()) for scope in args.scopes.split(",") if scope.strip()]
     except ValueError:
         print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
         return 2
-    server = Server(settings)
-    await server.database.start()
-    try:
-        await server.database.wait_ready(writable=True, timeout=READY_TIMEOUT)
-        token, secret = await server.authenticator.issue(scopes, args.environments, name=args.name)
-    finally:
-        await server.database.aclose()
+    async with open_database(settings, writable=True) as database:
+        token, secret = await Authenticator(database).issue(
+            scopes, args.environments, name=args.name
+        )
     # The secret is printed to the operator's terminal once, never logged.
     print(json.dumps({"id": token.id, "secret": secret, "scopes": sorted(token.scopes)}))
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from service.cli import open_database
 from service.core.models import Scope
 from service.server import Server
 from service.settings import Settings
@@ -40,13 +41,8 @@ def service_env(
 
 
 async def _migrate(settings: Settings) -> None:
-    server = Server(settings)
-    await server.database.start()
-    try:
-        await server.database.wait_ready(writable=True, timeout=10.0)
-        await migrate(server.database)
-    finally:
-        await server.database.aclose()
+    async with open_database(settings, writable=True) as database:
+        await migrate(database)
 
 
 @pytest.fixture(scope="session")
