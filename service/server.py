@@ -19,7 +19,7 @@ from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
-from service.core.verify import TokenVerifier
+from service.core.verify import TokenVerifier, readiness
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
 from service.locality.router import LocalityRouter
@@ -96,7 +96,8 @@ class Server:
 
     def is_degraded(self) -> bool:
         """No region can serve reads, but verification goes on from last known good keys."""
-        return not self.database.can_read() and self.verifier.can_serve()
+        state = readiness(can_read=self.database.can_read(), can_verify=self.verifier.can_serve())
+        return state == "degraded"
 
     def _register_gauges(self) -> None:
         degraded = Gauge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.core.verify import readiness
 from service.http import appkeys
 from service.http.json import json_response
 from service.http.openapi import openapi_document
@@ -24,13 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
     last known good keys are within the allowed staleness, so verification goes on."""
     regions = request.app[appkeys.REGIONS]
     can_read = regions.can_read()
-    can_verify = request.app[appkeys.VERIFIER].can_serve()
-    if can_read:
-        status = "ready"
-    elif can_verify:
-        status = "degraded"  # verifying from the last known good keys; writes fail fast
-    else:
-        status = "unavailable"
+    status = readiness(can_read=can_read, can_verify=request.app[appkeys.VERIFIER].can_serve())
     body = {"status": status, "can_read": can_read, "can_write": regions.can_write()}
     return json_response(body, status=503 if status == "unavailable" else 200)
 
