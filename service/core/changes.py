@@ -30,6 +30,7 @@ import structlog
 
 from service.core.keycache import KeyCache
 from service.core.models import Principal, Scope, SigningKey
+from service.core.requests import WatchRequest
 from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
 from service.store import keys as store
 from service.store.database import Database
@@ -80,7 +81,7 @@ class ChangeFeed:
     """Polls for key changes, applies them to the cache and streams them to watchers.
 
     >>> async with ChangeFeed(database, cache, poll_interval=0.2, overlap=5.0) as feed:
-    ...     async for event in feed.watch("env-1"):
+    ...     async for event in feed.watch(principal, WatchRequest(environment_id="env-1")):
     ...         ...
     """
 
@@ -202,10 +203,12 @@ class ChangeFeed:
                 self._failing = False
 
     async def watch(
-        self, principal: Principal, environment_id: str, *, after: str | None = None
+        self, principal: Principal, request: WatchRequest
     ) -> AsyncGenerator[WatchEvent, None]:
         """Stream an environment's keys: a snapshot (or a replay from ``after``), then changes."""
+        environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
+        after = request.after
         since = None if after is None else parse_position(after) - self._overlap
         if len(self._watchers) >= self._max_watchers:
             raise TooManyWatchersError(

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -20,13 +18,13 @@ import structlog
 
 from service.core import crypto
 from service.core.crypto import Algorithm
-from service.core.models import (
-    AuditEvent,
-    CreatedKey,
-    Principal,
-    Scope,
-    SigningKey,
-    check_id,
+from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
+from service.core.requests import (
+    CreateKeyRequest,
+    ImportKeyRequest,
+    KeyRef,
+    KeySpec,
+    ListKeysRequest,
 )
 from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
 from service.store import keys as store
@@ -35,15 +33,8 @@ from service.store.keys import IdempotencyClaim
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PAGE_LIMIT: Final = 25
-MAX_PAGE_LIMIT: Final = 100
-MAX_PAGE: Final = 10_000
-MAX_NAME_LENGTH: Final = 200
-MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 # At most this many key generations run at once; more wait rather than crowd the executor.
 DEFAULT_KEYGEN_CONCURRENCY: Final = 4
-
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def new_key_id() -> str:
@@ -55,28 +46,11 @@ def new_event_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeySpec:
-    """What a caller asks for when creating a key."""
-
-    algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
-    name: str | None = None
-    expires_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
-            raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
-        if self.name is not None and not self.name.isprintable():
-            raise InvalidRequestError("name must be printable text (no control characters)")
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise InvalidRequestError("expires_at must carry a time zone")
-
-
 class KeyService:
     """Manages signing keys in one :class:`Database`; every method checks the principal.
 
     >>> service = KeyService(database)
-    >>> created = await service.create(principal, "env-1", KeySpec(algorithm="ES256"))
+    >>> created = await service.create(principal, CreateKeyRequest.parse(algorithm="ES256"))
     """
 
     def __init__(
@@ -94,75 +68,58 @@ class KeyService:
         self._keygen = asyncio.Semaphore(keygen_concurrency)
         self._write_timeout = write_timeout
 
-    async def create(
-        self,
-        principal: Principal,
-        environment_id: str,
-        spec: KeySpec,
-        *,
-        idempotency_key: str | None = None,
-    ) -> CreatedKey:
+    async def create(self, principal: Principal, request: CreateKeyRequest) -> CreatedKey:
         """Generate a key pair off the event loop, store the public half, return both once."""
+        environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.WRITE, environment_id)
-        claim = _claim(idempotency_key, spec)
+        spec = request.spec
+        claim = _claim(request.idempotency_key, spec)
         async with self._keygen:
             pair = await asyncio.to_thread(crypto.generate_key_pair, spec.algorithm)
         key = self._new_key(environment_id, spec, pair.algorithm, pair.public_der, "generated")
         stored = await self._insert(principal, key, "create", claim)
         return CreatedKey(key=stored, private_key_pem=pair.private_pem)
 
-    async def import_key(
-        self,
-        principal: Principal,
-        environment_id: str,
-        public_key: object,
-        *,
-        algorithm: str | None = None,
-        name: str | None = None,
-        expires_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> SigningKey:
+    async def import_key(self, principal: Principal, request: ImportKeyRequest) -> SigningKey:
         """Store a customer-supplied public key (PEM or JWK)."""
+        environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.WRITE, environment_id)
-        found, der = crypto.parse_customer_public_key(public_key)
-        if algorithm is not None and crypto.parse_algorithm(algorithm) != found:
-            raise InvalidRequestError(f"algorithm {algorithm!r} does not match the key ({found})")
-        spec = KeySpec(algorithm=found, name=name, expires_at=expires_at)
-        claim = _claim(idempotency_key, spec, der)
+        found, der = crypto.parse_customer_public_key(request.public_key)
+        if request.algorithm is not None and request.algorithm != found:
+            raise InvalidRequestError(
+                f"algorithm {request.algorithm!r} does not match the key ({found})"
+            )
+        spec = KeySpec(algorithm=found, name=request.name, expires_at=request.expires_at)
+        claim = _claim(request.idempotency_key, spec, der)
         key = self._new_key(environment_id, spec, found, der, "imported")
         return await self._insert(principal, key, "import", claim)
 
-    async def get(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+    async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
+        environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.READ, environment_id)
-        key = await store.get_key(self._db, check_id(key_id), environment_id=environment_id)
+        key = await store.get_key(self._db, ref.key_id, environment_id=environment_id)
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
         return key
 
-    async def list(
-        self,
-        principal: Principal,
-        environment_id: str,
-        *,
-        limit: int = DEFAULT_PAGE_LIMIT,
-        page: int = 1,
-    ) -> list[SigningKey]:
+    async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
         """One page (1-based) of keys, newest first; past the last page, an empty list."""
+        environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
-        if not 1 <= limit <= MAX_PAGE_LIMIT:
-            raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
-        if not 1 <= page <= MAX_PAGE:
-            raise InvalidRequestError(f"page must be between 1 and {MAX_PAGE}")
         return await store.list_keys(
-            self._db, environment_id, limit=limit, offset=(page - 1) * limit
+            self._db,
+            environment_id,
+            limit=request.limit,
+            offset=(request.page - 1) * request.limit,
         )
 
-    async def revoke(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+    async def revoke(self, principal: Principal, ref: KeyRef) -> SigningKey:
         """Revoke a key; revoking it again is harmless and writes no second audit event."""
+        environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.WRITE, environment_id)
-        audit = _audit(principal, environment_id, check_id(key_id), "revoke")
+        audit = _audit(principal, environment_id, ref.key_id, "revoke")
         key = await store.revoke_key(
-            self._db, environment_id, key_id, audit=audit, timeout=self._write_timeout
+            self._db, environment_id, ref.key_id, audit=audit, timeout=self._write_timeout
         )
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
@@ -250,10 +207,6 @@ def _claim(
 ) -> IdempotencyClaim | None:
     if idempotency_key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(idempotency_key):
-        raise InvalidRequestError(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
-        )
     request = json.dumps(
         {
             "algorithm": spec.algorithm,

@@ -36,8 +36,8 @@ from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
 from service.core.models import Principal, Scope, is_valid_id
 from service.core.ratelimit import KeyedBuckets
+from service.core.requests import JwksRequest, VerifyRequest
 from service.errors import (
-    InvalidRequestError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RegionUnavailableError,
@@ -133,15 +133,8 @@ class TokenVerifier:
         """False once the last known good keys are older than the allowed staleness."""
         return self._feed.staleness() <= self._max_staleness
 
-    async def verify(
-        self,
-        principal: Principal,
-        token: str,
-        *,
-        environment_id: str | None = None,
-        audience: str | None = None,
-        subject: str | None = None,
-    ) -> Verification:
+    async def verify(self, principal: Principal, request: VerifyRequest) -> Verification:
+        token, environment_id = request.token, request.environment_id
         if Scope.VERIFY not in principal.scopes:
             raise PermissionDeniedError("this access token lacks the 'verify' scope")
         if environment_id is not None and environment_id not in principal.environments:
@@ -153,7 +146,9 @@ class TokenVerifier:
                 "no region has been reachable for longer than the allowed key staleness"
             )
         try:
-            return await self._verify(principal, token, environment_id, audience, subject)
+            return await self._verify(
+                principal, token, environment_id, request.audience, request.subject
+            )
         except _Invalid as invalid:
             key = invalid.key
             return Verification(
@@ -222,8 +217,9 @@ class TokenVerifier:
             return None
         return self._cache.put(record)
 
-    async def jwks(self, principal: Principal, environment_id: str) -> tuple[dict[str, Any], str]:
+    async def jwks(self, principal: Principal, request: JwksRequest) -> tuple[dict[str, Any], str]:
         """The environment's active keys as a JWK Set, and its ETag."""
+        environment_id = request.environment_id
         if not principal.scopes & {Scope.READ, Scope.VERIFY}:
             raise PermissionDeniedError("this access token lacks the 'read' or 'verify' scope")
         if environment_id not in principal.environments:
@@ -329,12 +325,3 @@ def _check_claims(
             raise _Invalid("wrong_audience", key)
     if subject is not None and payload.get("sub") != subject:
         raise _Invalid("wrong_subject", key)
-
-
-def check_expectation(value: object, name: str) -> str | None:
-    """Validate an optional expected ``aud``/``sub`` from a request."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= 512:
-        raise InvalidRequestError(f"{name} must be a non-empty string of at most 512 characters")
-    return value

@@ -8,18 +8,21 @@ its PEM, and an empty string means "not given".
 from __future__ import annotations
 
 import base64
-import json
-from datetime import UTC, datetime
-from typing import Any, Final, get_args
+from datetime import datetime
+from typing import Any, Final, TypeVar, get_args
 
 import betterproto
 
 from service.core import crypto
+from service.core.json import dumps, loads
 from service.core.models import KeySource, KeyStatus
 from service.core.models import SigningKey as Key
+from service.core.times import unix_seconds
 from service.core.verify import REASONS
 from service.errors import InvalidRequestError
 from service.grpc.generated.signingkeys import v1 as pb
+
+T = TypeVar("T")
 
 _STATUS: Final[dict[KeyStatus, pb.KeyStatus]] = {
     status: pb.KeyStatus.from_string(status.upper()) for status in get_args(KeyStatus)
@@ -38,20 +41,11 @@ _WATCH_KIND: Final[dict[str, pb.WatchEventKind]] = {
 
 
 def unix(moment: datetime | None) -> str:
-    return "" if moment is None else str(int(moment.timestamp()))
+    return unix_seconds(moment) or ""
 
 
-def parse_unix(value: str, name: str) -> datetime | None:
-    """A time sent as a decimal string of Unix seconds; empty means none."""
-    if not value:
-        return None
-    try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (ValueError, OverflowError, OSError):
-        raise InvalidRequestError(f"{name} must be Unix seconds") from None
-
-
-def optional(value: str) -> str | None:
+def absent(value: T) -> T | None:
+    """proto3 cannot tell "not given" from its default (``""``, ``0``): both mean not given."""
     return value or None
 
 
@@ -77,19 +71,14 @@ def private_key(pem: bytes) -> str:
 
 
 def public_key(request: pb.ImportSigningKeyRequest) -> object:
-    """The imported key as the core takes it: PEM text, or a JWK as a dict."""
+    """The imported key as the core takes it: PEM text, a decoded JWK, or ``None``."""
     form, value = betterproto.which_one_of(request, "public_key")
     if form == "jwk_json":
         try:
-            jwk: Any = json.loads(str(value))
+            return loads(str(value))
         except ValueError:
             raise InvalidRequestError("jwk_json is not valid JSON") from None
-        if not isinstance(jwk, dict):
-            raise InvalidRequestError("jwk_json must be a JSON object")
-        return jwk
-    if form == "pem" and value:
-        return value
-    raise InvalidRequestError("public_key is required: set pem or jwk_json")
+    return value or None
 
 
 def invalid_reason(reason: str | None) -> pb.InvalidReason:
@@ -105,4 +94,4 @@ def watch_kind(kind: str) -> pb.WatchEventKind:
 def claims_json(claims: dict[str, Any] | None) -> str:
     if claims is None:
         return ""
-    return json.dumps(claims, separators=(",", ":"), ensure_ascii=False)
+    return dumps(claims)

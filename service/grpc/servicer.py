@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,26 +22,36 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import betterproto
 import structlog
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from service.core import crypto
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed, WatchEvent
-from service.core.keys import DEFAULT_PAGE_LIMIT, KeyService, KeySpec
+from service.core.keys import KeyService
 from service.core.models import Principal
-from service.core.verify import TokenVerifier, check_expectation
+from service.core.requests import (
+    CreateKeyRequest,
+    ImportKeyRequest,
+    KeyRef,
+    ListKeysRequest,
+    VerifyRequest,
+    WatchRequest,
+    request_id,
+)
+from service.core.verify import TokenVerifier
 from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
 from service.grpc import messages
 from service.grpc.errors import ERROR_TYPE_METADATA, error_status
 from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.messages import absent
 
 log = structlog.get_logger(__name__)
 
 AUTHORIZATION_METADATA: Final = "authorization"
 REQUEST_ID_METADATA: Final = "x-request-id"
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SERVICE_NAME: Final = "signingkeys.v1.SigningKeys"
+_SERVER_STREAMS: Final = frozenset({"WatchSigningKeys"})
 
 RequestT = TypeVar("RequestT", bound=betterproto.Message)
 ReplyT = TypeVar("ReplyT", bound=betterproto.Message)
@@ -85,7 +93,7 @@ class Call(Generic[RequestT, ReplyT]):
         )
 
 
-class SigningKeysServicer(pb.SigningKeysBase):
+class SigningKeysServicer:
     """Serves ``signingkeys.v1.SigningKeys`` from the same core as the HTTP API.
 
     >>> servicer = SigningKeysServicer(
@@ -126,6 +134,9 @@ class SigningKeysServicer(pb.SigningKeysBase):
         await self._idle.wait()
 
     def __mapping__(self) -> dict[str, Handler]:
+        """The service's methods, as grpclib serves any service (the generated base declares
+        the same table); each handler takes the stream, where credentials and deadline are.
+        Messages follow the proto's naming: ``<Method>Request`` in, ``<Method>Response`` out."""
         handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "CreateSigningKey": self._create,
             "ImportSigningKey": self._import,
@@ -135,11 +146,14 @@ class SigningKeysServicer(pb.SigningKeysBase):
             "VerifyToken": self._verify,
             "WatchSigningKeys": self._watch,
         }
-        # Paths, cardinalities and message types come from the generated base; a method
-        # added to the .proto but not here keeps the base's UNIMPLEMENTED handler.
         return {
-            path: handler._replace(func=handlers.get(path.rsplit("/", 1)[1], handler.func))
-            for path, handler in super().__mapping__().items()
+            f"/{SERVICE_NAME}/{name}": Handler(
+                func,
+                Cardinality.UNARY_STREAM if name in _SERVER_STREAMS else Cardinality.UNARY_UNARY,
+                getattr(pb, f"{name}Request"),
+                getattr(pb, f"{name}Response"),
+            )
+            for name, func in handlers.items()
         }
 
     @contextlib.asynccontextmanager
@@ -150,16 +164,13 @@ class SigningKeysServicer(pb.SigningKeysBase):
             raise GRPCError(Status.UNAVAILABLE, "the server is shutting down; retry elsewhere")
         started = time.perf_counter()
         metadata = stream.metadata
-        offered = metadata.get(REQUEST_ID_METADATA, "") if metadata is not None else ""
-        request_id = (
-            offered if isinstance(offered, str) and _REQUEST_ID.match(offered) else None
-        ) or secrets.token_hex(8)
-        call = Call(stream, request_id, self._authenticator)
+        call_id = request_id(metadata.get(REQUEST_ID_METADATA) if metadata is not None else None)
+        call = Call(stream, call_id, self._authenticator)
         outcome = "OK"
         if unary:
             self._in_flight += 1
             self._idle.clear()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        with structlog.contextvars.bound_contextvars(request_id=call_id):
             try:
                 try:
                     async with asyncio.timeout(call.remaining()):
@@ -196,24 +207,22 @@ class SigningKeysServicer(pb.SigningKeysBase):
                     self._in_flight -= 1
                     if not self._in_flight:
                         self._idle.set()
-                self._observer.finished(method, outcome, time.perf_counter() - started, request_id)
+                self._observer.finished(method, outcome, time.perf_counter() - started, call_id)
 
     async def _create(
         self, stream: Stream[pb.CreateSigningKeyRequest, pb.CreateSigningKeyResponse]
     ) -> None:
         async with self._rpc(stream, "CreateSigningKey") as call:
             request = await call.receive()
-            caller = await call.principal()
-            spec = KeySpec(
-                algorithm=crypto.parse_algorithm(request.algorithm or crypto.DEFAULT_ALGORITHM),
-                name=messages.optional(request.name),
-                expires_at=messages.parse_unix(request.expires_at, "expires_at"),
-            )
             created = await self._keys.create(
-                caller,
-                caller.default_environment(messages.optional(request.environment_id)),
-                spec,
-                idempotency_key=messages.optional(request.idempotency_key),
+                await call.principal(),
+                CreateKeyRequest.parse(
+                    environment_id=absent(request.environment_id),
+                    algorithm=absent(request.algorithm),
+                    name=absent(request.name),
+                    expires_at=absent(request.expires_at),
+                    idempotency_key=absent(request.idempotency_key),
+                ),
             )
             await stream.send_message(
                 pb.CreateSigningKeyResponse(
@@ -230,23 +239,23 @@ class SigningKeysServicer(pb.SigningKeysBase):
             caller = await call.principal()
             key = await self._keys.import_key(
                 caller,
-                caller.default_environment(messages.optional(request.environment_id)),
-                messages.public_key(request),
-                algorithm=messages.optional(request.algorithm),
-                name=messages.optional(request.name),
-                expires_at=messages.parse_unix(request.expires_at, "expires_at"),
-                idempotency_key=messages.optional(request.idempotency_key),
+                ImportKeyRequest.parse(
+                    public_key=messages.public_key(request),
+                    environment_id=absent(request.environment_id),
+                    algorithm=absent(request.algorithm),
+                    name=absent(request.name),
+                    expires_at=absent(request.expires_at),
+                    idempotency_key=absent(request.idempotency_key),
+                ),
             )
             await stream.send_message(pb.ImportSigningKeyResponse(key=messages.signing_key(key)))
 
     async def _get(self, stream: Stream[pb.GetSigningKeyRequest, pb.GetSigningKeyResponse]) -> None:
         async with self._rpc(stream, "GetSigningKey") as call:
             request = await call.receive()
-            caller = await call.principal()
             key = await self._keys.get(
-                caller,
-                caller.default_environment(messages.optional(request.environment_id)),
-                request.id,
+                await call.principal(),
+                KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id)),
             )
             await stream.send_message(pb.GetSigningKeyResponse(key=messages.signing_key(key)))
 
@@ -255,19 +264,16 @@ class SigningKeysServicer(pb.SigningKeysBase):
     ) -> None:
         async with self._rpc(stream, "ListSigningKeys") as call:
             request = await call.receive()
-            caller = await call.principal()
-            limit = request.limit or DEFAULT_PAGE_LIMIT
-            page = request.page or 1
-            keys = await self._keys.list(
-                caller,
-                caller.default_environment(messages.optional(request.environment_id)),
-                limit=limit,
-                page=page,
+            page = ListKeysRequest.parse(
+                environment_id=absent(request.environment_id),
+                limit=absent(request.limit),
+                page=absent(request.page),
             )
+            keys = await self._keys.list(await call.principal(), page)
             await stream.send_message(
                 pb.ListSigningKeysResponse(
                     keys=[messages.signing_key(key) for key in keys],
-                    next_page=page + 1 if len(keys) == limit else 0,
+                    next_page=page.page + 1 if len(keys) == page.limit else 0,
                 )
             )
 
@@ -276,28 +282,23 @@ class SigningKeysServicer(pb.SigningKeysBase):
     ) -> None:
         async with self._rpc(stream, "RevokeSigningKey") as call:
             request = await call.receive()
-            caller = await call.principal()
             key = await self._keys.revoke(
-                caller,
-                caller.default_environment(messages.optional(request.environment_id)),
-                request.id,
+                await call.principal(),
+                KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id)),
             )
             await stream.send_message(pb.RevokeSigningKeyResponse(key=messages.signing_key(key)))
 
     async def _verify(self, stream: Stream[pb.VerifyTokenRequest, pb.VerifyTokenResponse]) -> None:
         async with self._rpc(stream, "VerifyToken") as call:
             request = await call.receive()
-            caller = await call.principal()
-            if not request.token:
-                raise InvalidRequestError("token is required: a compact JWT string")
             verdict = await self._verifier.verify(
-                caller,
-                request.token,
-                environment_id=check_expectation(
-                    messages.optional(request.environment_id), "environment_id"
+                await call.principal(),
+                VerifyRequest.parse(
+                    token=request.token,
+                    environment_id=absent(request.environment_id),
+                    audience=absent(request.audience),
+                    subject=absent(request.subject),
                 ),
-                audience=check_expectation(messages.optional(request.audience), "audience"),
-                subject=check_expectation(messages.optional(request.subject), "subject"),
             )
             await stream.send_message(
                 pb.VerifyTokenResponse(
@@ -315,11 +316,11 @@ class SigningKeysServicer(pb.SigningKeysBase):
     ) -> None:
         async with self._rpc(stream, "WatchSigningKeys", unary=False) as call:
             request = await call.receive()
-            caller = await call.principal()
-            environment_id = caller.default_environment(messages.optional(request.environment_id))
-            # The change feed takes no principal, so the read scope is checked here.
             events = self._changes.watch(
-                caller, environment_id, after=messages.optional(request.after)
+                await call.principal(),
+                WatchRequest.parse(
+                    environment_id=absent(request.environment_id), after=absent(request.after)
+                ),
             )
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.core.models import check_id
-from service.core.verify import check_expectation
-from service.errors import InvalidRequestError
+from service.core.requests import JwksRequest, VerifyRequest
 from service.http import appkeys
+from service.http.context import principal, read_object
 from service.http.json import json_response
-from service.http.keys import principal, read_object
 
 routes = web.RouteTableDef()
 
@@ -23,16 +21,8 @@ async def verify_token(request: web.Request) -> web.Response:
     """Valid or not, the answer is 200: the verdict is in the body, with a reason."""
     caller = await principal(request)
     body = await read_object(request, frozenset({"token", "audience", "subject", "environment_id"}))
-    token = body.get("token")
-    if not isinstance(token, str) or not token:
-        raise InvalidRequestError("token is required: a compact JWT string")
-    environment_id = check_expectation(body.get("environment_id"), "environment_id")
     verdict = await request.app[appkeys.VERIFIER].verify(
-        caller,
-        token,
-        environment_id=environment_id,
-        audience=check_expectation(body.get("audience"), "audience"),
-        subject=check_expectation(body.get("subject"), "subject"),
+        caller, VerifyRequest.parse(token=body.pop("token", None), **body)
     )
     return json_response({"data": verdict.to_dict()})
 
@@ -40,8 +30,9 @@ async def verify_token(request: web.Request) -> web.Response:
 @routes.get("/v1/environments/{environment_id}/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
     caller = await principal(request)
-    environment_id = check_id(request.match_info["environment_id"], "environment id")
-    document, etag = await request.app[appkeys.VERIFIER].jwks(caller, environment_id)
+    document, etag = await request.app[appkeys.VERIFIER].jwks(
+        caller, JwksRequest.parse(environment_id=request.match_info["environment_id"])
+    )
     headers = {"ETag": etag, "Cache-Control": JWKS_CACHE_CONTROL}
     if etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
         return web.Response(status=304, headers=headers)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.core import crypto
+from service.core import crypto, times
 from service.core.models import SigningKey
 from service.core.verify import REASONS
 from service.errors import InvalidRequestError
@@ -66,11 +66,11 @@ def test_the_private_key_is_base64_of_its_pem() -> None:
 
 
 def test_times_in_requests() -> None:
-    assert messages.parse_unix("", "expires_at") is None
-    assert messages.parse_unix("1735689600", "expires_at") == datetime(2025, 1, 1, tzinfo=UTC)
+    assert times.parse_unix(messages.absent(""), "expires_at") is None
+    assert times.parse_unix("1735689600", "expires_at") == datetime(2025, 1, 1, tzinfo=UTC)
     for bad in ("soon", "1.5", "9" * 30):
         with pytest.raises(InvalidRequestError, match="expires_at"):
-            messages.parse_unix(bad, "expires_at")
+            times.parse_unix(bad, "expires_at")
 
 
 def test_every_reason_of_the_core_has_its_enum_value() -> None:
@@ -92,11 +92,10 @@ def test_the_imported_key_form() -> None:
     assert messages.public_key(pb.ImportSigningKeyRequest(jwk_json='{"kty":"OKP"}')) == {
         "kty": "OKP"
     }
-    for request in (
-        pb.ImportSigningKeyRequest(),
-        pb.ImportSigningKeyRequest(pem=""),
-        pb.ImportSigningKeyRequest(jwk_json="[]"),
-        pb.ImportSigningKeyRequest(jwk_json="{"),
-    ):
-        with pytest.raises(InvalidRequestError):
-            messages.public_key(request)
+    # Neither form set: absent, for the core to refuse as it does for HTTP.
+    assert messages.public_key(pb.ImportSigningKeyRequest()) is None
+    assert messages.public_key(pb.ImportSigningKeyRequest(pem="")) is None
+    assert messages.public_key(pb.ImportSigningKeyRequest(jwk_json="[]")) == []
+    for broken in ("{", "[" * 50_000, '{"x": NaN}'):
+        with pytest.raises(InvalidRequestError, match="jwk_json is not valid JSON"):
+            messages.public_key(pb.ImportSigningKeyRequest(jwk_json=broken))

@@ -23,6 +23,7 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from service.core.keys import KeyService
 from service.core.models import Principal, SigningKey
+from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.server import SERVICE_NAME, GrpcServer
 from service.server import Server
@@ -271,9 +272,9 @@ class _GatedKeys(KeyService):
         super().__init__(database)
         self.gate = asyncio.Event()
 
-    async def get(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+    async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
         await self.gate.wait()
-        return await super().get(principal, environment_id, key_id)
+        return await super().get(principal, ref)
 
 
 async def test_shutdown_lets_unary_calls_in_flight_finish(

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from service.core import crypto
 from service.core.keys import KeyService
 from service.core.models import Principal, Scope, SigningKey
+from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
 from service.topology import LocalTopology
@@ -515,7 +516,7 @@ async def test_the_clients_deadline_bounds_the_servers_work(
 
 
 class _BrokenKeys(KeyService):
-    async def get(self, principal: Principal, environment_id: str, key_id: str) -> SigningKey:
+    async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
         raise RuntimeError("connection string postgresql://user:hunter2@db")
 
 

@@ -48,8 +48,8 @@ from grpclib.server import Server as GrpclibServer
 from grpclib.server import Stream
 
 from service.core import crypto
-from service.core.keys import KeySpec
 from service.core.models import Scope
+from service.core.requests import CreateKeyRequest, KeyRef
 from service.grpc import messages
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
@@ -119,7 +119,9 @@ class _SameWorkOnProtobuf:
             metadata.get("authorization"), api="grpc"
         )
         environment = caller.default_environment(request.environment_id or None)
-        key = await self._server.keys.get(caller, environment, request.id)
+        key = await self._server.keys.get(
+            caller, KeyRef(environment_id=environment, key_id=request.id)
+        )
         await stream.send_message(
             signing_keys_pb2.GetSigningKeyResponse(
                 key=signing_keys_pb2.SigningKey(
@@ -240,7 +242,9 @@ async def run(args: argparse.Namespace) -> None:
         async with Server(settings) as server:
             token, secret = await server.authenticator.issue(list(Scope), [ENVIRONMENT])
             principal = await server.authenticator.authenticate(token.id, secret, api="grpc")
-            created = await server.keys.create(principal, ENVIRONMENT, KeySpec())
+            created = await server.keys.create(
+                principal, CreateKeyRequest(environment_id=ENVIRONMENT)
+            )
             request = pb.GetSigningKeyRequest(id=created.key.id)
             body = bytes(request)
             authorization = f"Bearer {token.id}:{secret}"

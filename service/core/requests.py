@@ -1,0 +1,264 @@
+"""What callers ask of the core, as values that validate themselves.
+
+Each transport decodes its own encoding (a JSON body and headers, a protobuf message) into
+plain Python values and hands them to one ``parse`` here; every rule about those values
+(types, ranges, id shapes, the environment's format) lives here once, so the same mistake
+gets the same :class:`~service.errors.InvalidRequestError` — the same words — over HTTP and
+gRPC. ``None`` means "not given"; a transport whose encoding has no "absent" (proto3's empty
+string, zero) maps its default to ``None`` before calling ``parse``.
+
+>>> request = CreateKeyRequest.parse(algorithm="ES256", expires_at="1893456000")
+>>> request.spec.algorithm
+'ES256'
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from service.core import crypto, times
+from service.core.crypto import Algorithm
+from service.core.models import check_id
+from service.errors import InvalidRequestError
+
+DEFAULT_PAGE_LIMIT: Final = 25
+MAX_PAGE_LIMIT: Final = 100
+MAX_PAGE: Final = 10_000
+MAX_NAME_LENGTH: Final = 200
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+MAX_EXPECTATION_LENGTH: Final = 512
+
+_IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Strict decimal: int() also takes " 5", "1_0", "+5" and non-ASCII digits such as "٣".
+_DECIMAL: Final = re.compile(r"[0-9]{1,9}")
+
+
+def request_id(offered: object) -> str:
+    """The id a request is logged and audited under: the caller's, when it is well formed
+    (it is echoed into logs and headers), else a new random one."""
+    if isinstance(offered, str) and _REQUEST_ID.fullmatch(offered):
+        return offered
+    return secrets.token_hex(8)
+
+
+def optional_text(value: object, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be a string")
+    return value
+
+
+def environment(value: object) -> str | None:
+    """A requested environment id, checked for shape before it reaches SQL or a log."""
+    text = optional_text(value, "environment id")
+    return None if text is None else check_id(text, "environment id")
+
+
+def expectation(value: object, name: str) -> str | None:
+    """An optional expected ``aud``/``sub`` of a token."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_EXPECTATION_LENGTH:
+        raise InvalidRequestError(
+            f"{name} must be a non-empty string of at most {MAX_EXPECTATION_LENGTH} characters"
+        )
+    return value
+
+
+def count(value: object, name: str, *, default: int, low: int, high: int) -> int:
+    """A whole number from a query string or a message, within ``low``..``high``."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            raise InvalidRequestError(f"{name} must be a decimal integer")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be between {low} and {high}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """What a caller asks for when creating (or importing) a key."""
+
+    algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
+    name: str | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
+            raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
+        if self.name is not None and not self.name.isprintable():
+            raise InvalidRequestError("name must be printable text (no control characters)")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise InvalidRequestError("expires_at must carry a time zone")
+
+
+def _idempotency_key(value: object) -> str | None:
+    text = optional_text(value, "Idempotency-Key")
+    if text is not None and not _IDEMPOTENCY_KEY.fullmatch(text):
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateKeyRequest:
+    """Create a key pair in an environment (``None``: the token's only environment)."""
+
+    environment_id: str | None = None
+    spec: KeySpec = KeySpec()
+    idempotency_key: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        environment_id: object = None,
+        algorithm: object = None,
+        name: object = None,
+        expires_at: object = None,
+        idempotency_key: object = None,
+    ) -> CreateKeyRequest:
+        return cls(
+            environment_id=environment(environment_id),
+            spec=KeySpec(
+                algorithm=crypto.DEFAULT_ALGORITHM
+                if algorithm is None
+                else crypto.parse_algorithm(algorithm),
+                name=optional_text(name, "name"),
+                expires_at=times.parse_unix(expires_at, "expires_at"),
+            ),
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportKeyRequest:
+    """Store a customer's public key: PEM text, or a JWK as a JSON object."""
+
+    environment_id: str | None = None
+    public_key: str | dict[str, Any]
+    algorithm: Algorithm | None = None
+    name: str | None = None
+    expires_at: datetime | None = None
+    idempotency_key: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        public_key: object,
+        environment_id: object = None,
+        algorithm: object = None,
+        name: object = None,
+        expires_at: object = None,
+        idempotency_key: object = None,
+    ) -> ImportKeyRequest:
+        if public_key is None or public_key == "":
+            raise InvalidRequestError("public_key is required (a PEM string or a JWK object)")
+        if not isinstance(public_key, str | dict):
+            raise InvalidRequestError("public_key must be a PEM string or a JWK object")
+        name_text = optional_text(name, "name")
+        expiry = times.parse_unix(expires_at, "expires_at")
+        KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
+        return cls(
+            environment_id=environment(environment_id),
+            public_key=public_key,
+            algorithm=None if algorithm is None else crypto.parse_algorithm(algorithm),
+            name=name_text,
+            expires_at=expiry,
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRef:
+    """One key of an environment: for get, public key and revoke."""
+
+    environment_id: str | None = None
+    key_id: str
+
+    @classmethod
+    def parse(cls, *, key_id: object, environment_id: object = None) -> KeyRef:
+        text = optional_text(key_id, "signing key id") or ""
+        return cls(environment_id=environment(environment_id), key_id=check_id(text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListKeysRequest:
+    """One 1-based page of an environment's keys, newest first."""
+
+    environment_id: str | None = None
+    limit: int = DEFAULT_PAGE_LIMIT
+    page: int = 1
+
+    @classmethod
+    def parse(
+        cls, *, environment_id: object = None, limit: object = None, page: object = None
+    ) -> ListKeysRequest:
+        return cls(
+            environment_id=environment(environment_id),
+            limit=count(limit, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
+            page=count(page, "page", default=1, low=1, high=MAX_PAGE),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyRequest:
+    """Verify a compact JWS; ``environment_id`` narrows which keys may sign it."""
+
+    token: str
+    environment_id: str | None = None
+    audience: str | None = None
+    subject: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        token: object,
+        environment_id: object = None,
+        audience: object = None,
+        subject: object = None,
+    ) -> VerifyRequest:
+        if not isinstance(token, str) or not token:
+            raise InvalidRequestError("token is required: a compact JWT string")
+        return cls(
+            token=token,
+            environment_id=environment(environment_id),
+            audience=expectation(audience, "audience"),
+            subject=expectation(subject, "subject"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchRequest:
+    """Follow an environment's keys: a snapshot (or a replay from ``after``), then changes."""
+
+    environment_id: str | None = None
+    after: str | None = None
+
+    @classmethod
+    def parse(cls, *, environment_id: object = None, after: object = None) -> WatchRequest:
+        return cls(environment_id=environment(environment_id), after=optional_text(after, "after"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwksRequest:
+    """An environment's active public keys as a JWK Set."""
+
+    environment_id: str
+
+    @classmethod
+    def parse(cls, *, environment_id: object) -> JwksRequest:
+        text = optional_text(environment_id, "environment id") or ""
+        return cls(environment_id=check_id(text, "environment id"))

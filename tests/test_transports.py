@@ -1,0 +1,365 @@
+"""Same mistake, same answer: every bad request below is sent over HTTP and over gRPC to one
+running service, and both must name the failure the same way (error type and message) with
+corresponding statuses. The table doubles as the list of the rules the core's request types
+enforce for both transports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import betterproto
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+
+from service.core.models import Scope
+from service.grpc.generated.signingkeys import v1 as pb
+from service.server import Server
+from tests.support.service import Credentials, TokenFactory
+
+KEYS = "/system/v1/signing-keys"
+GRPC_STATUS_OF_HTTP = {
+    400: Status.INVALID_ARGUMENT,
+    401: Status.UNAUTHENTICATED,
+    403: Status.PERMISSION_DENIED,
+    404: Status.NOT_FOUND,
+    409: Status.ALREADY_EXISTS,
+}
+
+_EC_PEM = (
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One bad request, in both encodings, and the answer both must give."""
+
+    name: str
+    http: tuple[str, str, dict[str, str], dict[str, Any] | None]  # method, path, headers, body
+    grpc: tuple[str, betterproto.Message]  # method, request
+    status: int
+    error_type: str
+    caller: str = "owner"  # owner | anonymous | wrong_secret | verify_only | two_environments
+    message_contains: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+MISTAKES = (
+    Mistake(
+        "unknown algorithm",
+        ("POST", KEYS, {}, {"algorithm": "HS256"}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(algorithm="HS256")),
+        400,
+        "invalid_parameters",
+        message_contains="algorithm must be one of",
+    ),
+    Mistake(
+        "name too long",
+        ("POST", KEYS, {}, {"name": "n" * 201}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(name="n" * 201)),
+        400,
+        "invalid_parameters",
+        message_contains="name must be at most 200",
+    ),
+    Mistake(
+        "control characters in a name",
+        ("POST", KEYS, {}, {"name": "a\nb"}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(name="a\nb")),
+        400,
+        "invalid_parameters",
+        message_contains="printable",
+    ),
+    Mistake(
+        "expiry that is not Unix seconds",
+        ("POST", KEYS, {}, {"expires_at": "soon"}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(expires_at="soon")),
+        400,
+        "invalid_parameters",
+        message_contains="expires_at must be Unix seconds",
+    ),
+    Mistake(
+        "idempotency key with a space",
+        ("POST", KEYS, {"Idempotency-Key": "has space"}, {}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(idempotency_key="has space")),
+        400,
+        "invalid_parameters",
+        message_contains="Idempotency-Key",
+    ),
+    Mistake(
+        "malformed environment id on create",
+        ("POST", KEYS, {"X-Environment-Id": "bad env!"}, {}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(environment_id="bad env!")),
+        400,
+        "invalid_parameters",
+        message_contains="environment id must be",
+    ),
+    Mistake(
+        "malformed environment id on verify",
+        ("POST", "/v1/tokens/verify", {}, {"token": "a.b.c", "environment_id": "bad env!"}),
+        ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", environment_id="bad env!")),
+        400,
+        "invalid_parameters",
+        message_contains="environment id must be",
+    ),
+    Mistake(
+        "an environment the token does not cover",
+        ("GET", KEYS, {"X-Environment-Id": "someone-else"}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest(environment_id="someone-else")),
+        403,
+        "forbidden",
+        message_contains="not valid for that environment",
+    ),
+    Mistake(
+        "malformed key id",
+        ("GET", KEYS + "/bad%20id!", {}, None),
+        ("GetSigningKey", pb.GetSigningKeyRequest(id="bad id!")),
+        400,
+        "invalid_parameters",
+        message_contains="signing key id must be",
+    ),
+    Mistake(
+        "unknown key",
+        ("GET", KEYS + "/no-such-key", {}, None),
+        ("GetSigningKey", pb.GetSigningKeyRequest(id="no-such-key")),
+        404,
+        "not_found",
+    ),
+    Mistake(
+        "revoke of an unknown key",
+        ("DELETE", KEYS + "/no-such-key", {}, None),
+        ("RevokeSigningKey", pb.RevokeSigningKeyRequest(id="no-such-key")),
+        404,
+        "not_found",
+    ),
+    Mistake(
+        "page size above the limit",
+        ("GET", KEYS + "?limit=101", {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest(limit=101)),
+        400,
+        "invalid_parameters",
+        message_contains="limit must be between 1 and 100",
+    ),
+    Mistake(
+        "page number above the limit",
+        ("GET", KEYS + "?page=10001", {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest(page=10001)),
+        400,
+        "invalid_parameters",
+        message_contains="page must be between 1 and 10000",
+    ),
+    Mistake(
+        "import without a key",
+        ("POST", KEYS + "/import", {}, {}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest()),
+        400,
+        "invalid_parameters",
+        message_contains="public_key is required",
+    ),
+    Mistake(
+        "import of text that is no key",
+        ("POST", KEYS + "/import", {}, {"public_key": "not a key"}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem="not a key")),
+        400,
+        "invalid_parameters",
+    ),
+    Mistake(
+        "import of a JWK carrying a private part",
+        (
+            "POST",
+            KEYS + "/import",
+            {},
+            {"public_key": {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43, "d": "A" * 43}},
+        ),
+        (
+            "ImportSigningKey",
+            pb.ImportSigningKeyRequest(
+                jwk_json=json.dumps({"kty": "OKP", "crv": "Ed25519", "x": "A" * 43, "d": "A" * 43})
+            ),
+        ),
+        400,
+        "invalid_parameters",
+        message_contains="private",
+    ),
+    Mistake(
+        "import with an algorithm the key does not have",
+        ("POST", KEYS + "/import", {}, {"public_key": _EC_PEM, "algorithm": "RS256"}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_EC_PEM, algorithm="RS256")),
+        400,
+        "invalid_parameters",
+        message_contains="does not match the key",
+    ),
+    Mistake(
+        "verify without a token",
+        ("POST", "/v1/tokens/verify", {}, {"token": ""}),
+        ("VerifyToken", pb.VerifyTokenRequest(token="")),
+        400,
+        "invalid_parameters",
+        message_contains="token is required",
+    ),
+    Mistake(
+        "an audience too long",
+        ("POST", "/v1/tokens/verify", {}, {"token": "a.b.c", "audience": "a" * 513}),
+        ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", audience="a" * 513)),
+        400,
+        "invalid_parameters",
+        message_contains="audience must be",
+    ),
+    Mistake(
+        "no credentials",
+        ("GET", KEYS, {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest()),
+        401,
+        "unauthorized",
+        caller="anonymous",
+    ),
+    Mistake(
+        "a wrong secret",
+        ("GET", KEYS, {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest()),
+        401,
+        "unauthorized",
+        caller="wrong_secret",
+    ),
+    Mistake(
+        "a missing scope",
+        ("POST", KEYS, {}, {}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest()),
+        403,
+        "forbidden",
+        caller="verify_only",
+        message_contains="'write' scope",
+    ),
+    Mistake(
+        "several environments and no choice",
+        ("GET", KEYS, {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest()),
+        403,
+        "forbidden",
+        caller="two_environments",
+        message_contains="several environments",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int | Status
+    error_type: str
+    messages: tuple[str, ...]
+
+
+@pytest.fixture
+async def callers(
+    issue_token: TokenFactory, auth: Credentials, environment: str
+) -> dict[str, Credentials | None]:
+    return {
+        "owner": auth,
+        "anonymous": None,
+        "wrong_secret": Credentials(auth.login, "x" * len(auth.password)),
+        "verify_only": await issue_token([environment], [Scope.VERIFY]),
+        "two_environments": await issue_token([environment, environment + "-b"]),
+    }
+
+
+@pytest.fixture
+async def channel(server: Server) -> AsyncIterator[Channel]:
+    assert server.grpc_port is not None
+    channel = Channel("127.0.0.1", server.grpc_port)
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+async def over_http(
+    http: aiohttp.ClientSession, mistake: Mistake, caller: Credentials | None
+) -> Answer:
+    method, path, headers, body = mistake.http
+    headers = {**headers, **(caller.headers if caller else {})}
+    data = None if body is None else json.dumps(body)
+    async with http.request(method, path, headers=headers, data=data) as response:
+        error = (await response.json())["error"]
+        return Answer(response.status, error["type"], tuple(error["messages"]))
+
+
+async def over_grpc(channel: Channel, mistake: Mistake, caller: Credentials | None) -> Answer:
+    method, message = mistake.grpc
+    metadata = {"authorization": caller.headers["Authorization"]} if caller else {}
+    async with channel.request(
+        f"/signingkeys.v1.SigningKeys/{method}",
+        Cardinality.UNARY_STREAM if method == "WatchSigningKeys" else Cardinality.UNARY_UNARY,
+        type(message),
+        getattr(pb, f"{method}Response"),
+        metadata=metadata,
+    ) as stream:
+        await stream.send_message(message, end=True)
+        with pytest.raises(GRPCError) as raised:
+            await stream.recv_message()
+    assert stream.trailing_metadata is not None
+    error_type = stream.trailing_metadata.get("error-type")
+    assert isinstance(error_type, str)
+    return Answer(raised.value.status, error_type, (raised.value.message or "",))
+
+
+async def test_the_same_mistake_gets_the_same_answer_over_http_and_grpc(
+    http: aiohttp.ClientSession, channel: Channel, callers: dict[str, Credentials | None]
+) -> None:
+    table = []
+    for mistake in MISTAKES:
+        caller = callers[mistake.caller]
+        by_http = await over_http(http, mistake, caller)
+        by_grpc = await over_grpc(channel, mistake, caller)
+        table.append((mistake.name, by_http, by_grpc))
+        assert by_http.status == mistake.status, (mistake.name, by_http)
+        assert by_grpc.status is GRPC_STATUS_OF_HTTP[mistake.status], (mistake.name, by_grpc)
+        assert by_http.error_type == by_grpc.error_type == mistake.error_type, mistake.name
+        assert "; ".join(by_http.messages) == by_grpc.messages[0], mistake.name
+        assert mistake.message_contains in by_grpc.messages[0], (mistake.name, by_grpc)
+    assert len(table) == len(MISTAKES)
+
+
+async def test_nothing_was_created_by_any_of_the_mistakes(
+    http: aiohttp.ClientSession, channel: Channel, callers: dict[str, Credentials | None]
+) -> None:
+    for mistake in MISTAKES:
+        caller = callers[mistake.caller]
+        await over_http(http, mistake, caller)
+        await over_grpc(channel, mistake, caller)
+    owner = callers["owner"]
+    assert owner is not None
+    async with http.get(KEYS, headers=owner.headers) as response:
+        assert response.status == 200
+        assert (await response.json())["data"] == []
+
+
+async def test_a_deeply_nested_jwk_is_a_bad_argument_not_an_internal_error(
+    http: aiohttp.ClientSession, channel: Channel, callers: dict[str, Credentials | None]
+) -> None:
+    nested = "[" * 50_000
+    mistake = Mistake(
+        "deep JWK",
+        ("POST", KEYS + "/import", {}, None),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=nested)),
+        400,
+        "invalid_parameters",
+    )
+    answer = await over_grpc(channel, mistake, callers["owner"])
+    assert answer.status is Status.INVALID_ARGUMENT
+    assert answer.messages == ("jwk_json is not valid JSON",)
+    owner = callers["owner"]
+    assert owner is not None
+    body = '{"public_key": ' + nested + "}"
+    async with http.post(KEYS + "/import", headers=owner.headers, data=body) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["type"] == "invalid_parameters"
