@@ -21,15 +21,16 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 PREFIX = "SIGNING_KEYS_"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 50051
 
 AccessLogMode = Literal["off", "sampled", "all"]
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _T = TypeVar("_T")
@@ -66,6 +67,10 @@ class RouterSettings:
     hedge_delay: float | None = 0.1
     pool_min_size: int = 1
     pool_max_size: int = 10
+
+    def __post_init__(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must not exceed {PREFIX}POOL_MAX_SIZE")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,51 +133,62 @@ class Settings:
         """Build settings from ``environ`` (default: ``os.environ``) and the optional file."""
         values = _Values(os.environ if environ is None else environ)
         regions = tuple(_parse_regions(values))
+        # Defaults are the dataclasses' own: declared once, there.
+        default = RouterSettings()
         router = RouterSettings(
-            connect_timeout=values.number("CONNECT_TIMEOUT", 1.0),
-            acquire_timeout=values.number("ACQUIRE_TIMEOUT", 1.0),
-            statement_timeout=values.number("STATEMENT_TIMEOUT", 2.0),
-            request_deadline=values.number("REQUEST_DEADLINE", 2.0),
-            probe_interval=values.number("PROBE_INTERVAL", 0.2),
-            probe_timeout=values.number("PROBE_TIMEOUT", 0.5),
-            fall=values.integer("FALL", 2, minimum=1),
-            rise=values.integer("RISE", 2, minimum=1),
-            hold_down=values.number("HOLD_DOWN", 3.0, minimum=0.0),
-            max_replica_lag=values.number("MAX_REPLICA_LAG", 5.0),
-            hedge_delay=values.optional_number("HEDGE_DELAY", 0.1),
-            pool_min_size=values.integer("POOL_MIN_SIZE", 1, minimum=0),
-            pool_max_size=values.integer("POOL_MAX_SIZE", 10, minimum=1),
+            connect_timeout=values.number("CONNECT_TIMEOUT", default.connect_timeout),
+            acquire_timeout=values.number("ACQUIRE_TIMEOUT", default.acquire_timeout),
+            statement_timeout=values.number("STATEMENT_TIMEOUT", default.statement_timeout),
+            request_deadline=values.number("REQUEST_DEADLINE", default.request_deadline),
+            probe_interval=values.number("PROBE_INTERVAL", default.probe_interval),
+            probe_timeout=values.number("PROBE_TIMEOUT", default.probe_timeout),
+            fall=values.integer("FALL", default.fall, minimum=1),
+            rise=values.integer("RISE", default.rise, minimum=1),
+            hold_down=values.number("HOLD_DOWN", default.hold_down, minimum=0.0),
+            max_replica_lag=values.number("MAX_REPLICA_LAG", default.max_replica_lag),
+            hedge_delay=values.optional_number("HEDGE_DELAY", default.hedge_delay),
+            pool_min_size=values.integer("POOL_MIN_SIZE", default.pool_min_size, minimum=0),
+            pool_max_size=values.integer("POOL_MAX_SIZE", default.pool_max_size, minimum=1),
         )
-        if router.pool_min_size > router.pool_max_size:
-            raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must not exceed {PREFIX}POOL_MAX_SIZE")
+        d = _defaults(cls)
         return cls(
             regions=regions,
             local_region=values.required("LOCAL_REGION"),
-            http_host=values.text("HTTP_HOST", "0.0.0.0"),  # noqa: S104
-            http_port=values.integer("HTTP_PORT", DEFAULT_HTTP_PORT, minimum=0, maximum=65535),
-            grpc_host=values.text("GRPC_HOST", "0.0.0.0"),  # noqa: S104
-            grpc_port=values.integer("GRPC_PORT", DEFAULT_GRPC_PORT, minimum=0, maximum=65535),
-            grpc_enabled=values.boolean("GRPC_ENABLED", True),
+            http_host=values.text("HTTP_HOST", d["http_host"]),
+            http_port=values.integer("HTTP_PORT", d["http_port"], minimum=0, maximum=65535),
+            grpc_host=values.text("GRPC_HOST", d["grpc_host"]),
+            grpc_port=values.integer("GRPC_PORT", d["grpc_port"], minimum=0, maximum=65535),
+            grpc_enabled=values.boolean("GRPC_ENABLED", d["grpc_enabled"]),
             router=router,
-            log_level=values.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            access_log=values.choice("ACCESS_LOG", "sampled", ("off", "sampled", "all")),  # type: ignore[arg-type]
+            log_level=values.choice("LOG_LEVEL", d["log_level"], LOG_LEVELS),
+            access_log=values.choice("ACCESS_LOG", d["access_log"], get_args(AccessLogMode)),  # type: ignore[arg-type]
             access_log_sample_rate=values.number(
-                "ACCESS_LOG_SAMPLE_RATE", 0.01, minimum=0.0, maximum=1.0
+                "ACCESS_LOG_SAMPLE_RATE", d["access_log_sample_rate"], minimum=0.0, maximum=1.0
             ),
-            slow_request_seconds=values.number("SLOW_REQUEST_SECONDS", 0.5),
-            max_body_bytes=values.integer("MAX_BODY_BYTES", 64 * 1024, minimum=1024),
-            max_token_bytes=values.integer("MAX_TOKEN_BYTES", 8 * 1024, minimum=256),
-            credential_cache_ttl=values.number("CREDENTIAL_CACHE_TTL", 30.0, minimum=0.0),
-            key_cache_size=values.integer("KEY_CACHE_SIZE", 100_000, minimum=1),
-            negative_cache_ttl=values.number("NEGATIVE_CACHE_TTL", 0.5, minimum=0.0),
-            negative_cache_size=values.integer("NEGATIVE_CACHE_SIZE", 10_000, minimum=1),
-            change_poll_interval=values.number("CHANGE_POLL_INTERVAL", 0.2),
-            change_overlap=values.number("CHANGE_OVERLAP", 5.0),
-            max_staleness=values.number("MAX_STALENESS", 300.0),
-            clock_skew=values.number("CLOCK_SKEW", 30.0, minimum=0.0),
+            slow_request_seconds=values.number("SLOW_REQUEST_SECONDS", d["slow_request_seconds"]),
+            max_body_bytes=values.integer("MAX_BODY_BYTES", d["max_body_bytes"], minimum=1024),
+            max_token_bytes=values.integer("MAX_TOKEN_BYTES", d["max_token_bytes"], minimum=256),
+            credential_cache_ttl=values.number(
+                "CREDENTIAL_CACHE_TTL", d["credential_cache_ttl"], minimum=0.0
+            ),
+            key_cache_size=values.integer("KEY_CACHE_SIZE", d["key_cache_size"], minimum=1),
+            negative_cache_ttl=values.number(
+                "NEGATIVE_CACHE_TTL", d["negative_cache_ttl"], minimum=0.0
+            ),
+            negative_cache_size=values.integer(
+                "NEGATIVE_CACHE_SIZE", d["negative_cache_size"], minimum=1
+            ),
+            change_poll_interval=values.number("CHANGE_POLL_INTERVAL", d["change_poll_interval"]),
+            change_overlap=values.number("CHANGE_OVERLAP", d["change_overlap"]),
+            max_staleness=values.number("MAX_STALENESS", d["max_staleness"]),
+            clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),
             tls_key_file=values.optional_text("TLS_KEY_FILE"),
         )
+
+
+def _defaults(cls: type[Settings]) -> dict[str, Any]:
+    return {item.name: item.default for item in fields(cls) if item.default is not MISSING}
 
 
 def region_dsn_variable(region_name: str) -> str:

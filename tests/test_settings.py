@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, region_dsn_variable
+from service.settings import RouterSettings, Settings, SettingsError, region_dsn_variable
 
 BASE = {
     "SIGNING_KEYS_REGIONS": "aws-us-east-1:aws,gcp-us-central1:gcp:5",
@@ -97,3 +97,21 @@ def test_numbers_must_be_finite_and_the_change_overlap_must_cover_a_write(
 ) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env({**BASE, **overrides})
+
+
+def test_unset_variables_take_the_dataclasses_own_defaults() -> None:
+    """Defaults are declared once: built from an environment that sets nothing optional,
+    the settings equal the ones built in code from the same regions."""
+    from_env = Settings.from_env(BASE)
+    in_code = Settings(regions=from_env.regions, local_region=from_env.local_region)
+    assert from_env == in_code
+    assert from_env.router == RouterSettings()
+
+
+def test_a_pool_smaller_than_its_minimum_is_refused_however_it_is_built() -> None:
+    with pytest.raises(SettingsError, match="POOL_MIN_SIZE"):
+        RouterSettings(pool_min_size=5, pool_max_size=2)
+    with pytest.raises(SettingsError, match="POOL_MIN_SIZE"):
+        Settings.from_env(
+            {**BASE, "SIGNING_KEYS_POOL_MIN_SIZE": "5", "SIGNING_KEYS_POOL_MAX_SIZE": "2"}
+        )

@@ -38,7 +38,7 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DECIMAL: Final = re.compile(r"[0-9]{1,9}")
 
 
-def request_id(offered: object) -> str:
+def choose_request_id(offered: object) -> str:
     """The id a request is logged and audited under: the caller's, when it is well formed
     (it is echoed into logs and headers), else a new random one."""
     if isinstance(offered, str) and _REQUEST_ID.fullmatch(offered):

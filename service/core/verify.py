@@ -1,6 +1,6 @@
 """Token verification: a compact JWS/JWT in, a verdict with a reason out.
 
-The rules (DESIGN.md §2): ``kid`` from the JOSE header, else from the payload (the reference
+The rules: ``kid`` from the JOSE header, else from the payload (the reference
 platform's current SDK puts it there); the algorithm is the key's own — ``none``, HS256 over
 the public key and every other confusion is refused before any signature check; ``exp`` is
 required, ``nbf`` honoured, both with a clock-skew leeway; an expected ``aud`` and ``sub`` are
@@ -8,7 +8,7 @@ checked when given; a key of one environment never verifies a token for another.
 
 The signature is checked with ``cryptography`` directly — one call, no parsing, no
 re-validation — because this is the hot path and the JOSE libraries cost 1.6-2.4x the raw
-verify (TOOLCHAIN.md). Independent JOSE libraries make the test tokens.
+verify. Independent JOSE libraries make the test tokens.
 
 Reasons say *why* without helping an attacker: a key of an environment the caller cannot see
 is ``unknown_key``, exactly like a key that does not exist.

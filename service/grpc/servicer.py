@@ -37,7 +37,7 @@ from service.core.requests import (
     ListKeysRequest,
     VerifyRequest,
     WatchRequest,
-    request_id,
+    choose_request_id,
 )
 from service.core.verify import TokenVerifier
 from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
@@ -164,7 +164,9 @@ class SigningKeysServicer:
             raise GRPCError(Status.UNAVAILABLE, "the server is shutting down; retry elsewhere")
         started = time.perf_counter()
         metadata = stream.metadata
-        call_id = request_id(metadata.get(REQUEST_ID_METADATA) if metadata is not None else None)
+        call_id = choose_request_id(
+            metadata.get(REQUEST_ID_METADATA) if metadata is not None else None
+        )
         call = Call(stream, call_id, self._authenticator)
         outcome = "OK"
         if unary:

@@ -1,7 +1,7 @@
 """The HTTP middleware: request context, error mapping and the access log, in one pass.
 
 One middleware rather than three keeps the per-request cost down (each aiohttp middleware
-adds a few microseconds; see TOOLCHAIN.md). Domain errors become HTTP statuses here and
+adds a few microseconds of its own). Domain errors become HTTP statuses here and
 nowhere else.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import secrets
 import time
 from typing import Any, Final
 
@@ -19,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from service.core.requests import choose_request_id
 from service.errors import ServiceError
 from service.http.errors import error_response, service_error_response
 from service.settings import Settings
@@ -28,7 +27,6 @@ log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 # The validated id, stored on the request for handlers (the audit trail records it).
 REQUEST_ID: Final = web.RequestKey("request_id", str)
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class HttpMetrics:
@@ -73,8 +71,7 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
+        request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         request[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
