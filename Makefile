@@ -64,16 +64,16 @@ test: $(STAMP) postgres $(JS_DEPS) $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service harness tests
+	$(BIN)/ruff format --check service harness tests
 	$(BIN)/mypy
 
 proto: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_proto.sh
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix service tests
-	$(BIN)/ruff format service tests
+	$(BIN)/ruff check --fix service harness tests
+	$(BIN)/ruff format service harness tests
 
 # Load generators: wrk (HTTP) and h2load from nghttp2-client (gRPC).
 bench-tools:

@@ -134,7 +134,7 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _dev(args: argparse.Namespace, _: None) -> int:
-    from service.dev import run_dev
+    from harness.dev import run_dev
 
     return await run_dev(environment=args.environment)
 

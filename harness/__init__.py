@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from service.topology.cluster import DEFAULT_REGIONS, LocalTopology, Region, RegionSpec
-from service.topology.postgres import TopologyError
-from service.topology.proxy import FaultProxy, ProxyError
+from harness.cluster import DEFAULT_REGIONS, LocalTopology, Region, RegionSpec
+from harness.postgres import TopologyError
+from harness.proxy import FaultProxy, ProxyError
 
 __all__ = [
     "DEFAULT_REGIONS",

@@ -22,8 +22,8 @@ DEV_LOCAL_REGION = "aws-us-east-1"
 
 
 async def run_dev(*, environment: str) -> int:
+    from harness import LocalTopology
     from service.server import Server
-    from service.topology import LocalTopology
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
