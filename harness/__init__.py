@@ -1,6 +1,14 @@
-"""The local multi-region topology: PostgreSQL servers and TCP fault proxies (dev/test only).
+"""The development harness: the local multi-region PostgreSQL topology, the TCP fault proxies
+in front of it, and the runner behind ``make run`` (``python -m harness run``).
 
-``make run`` and the test suite use it; the service runtime never imports it.
+``make run``, the test suite and the benchmarks use it. It is not shipped: the wheel and the
+image hold only ``service``, and ``service`` never imports ``harness`` (tests/test_packaging.py
+checks all three)::
+
+    from harness import LocalTopology
+
+    with LocalTopology() as topo:
+        topo.region("gcp-us-central1").proxy.blackhole()
 """
 
 from __future__ import annotations
