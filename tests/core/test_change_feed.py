@@ -9,11 +9,11 @@ import time
 import aiohttp
 import jwt
 
+from harness import LocalTopology
 from service.core.models import Scope
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
-from service.topology import LocalTopology
 from tests.support.service import service_env
 
 KEYS = "/system/v1/signing-keys"

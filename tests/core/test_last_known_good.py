@@ -12,9 +12,9 @@ import aiohttp
 import jwt
 import pytest
 
+from harness import LocalTopology
 from service.server import Server
 from service.settings import Settings
-from service.topology import LocalTopology
 from tests.support.service import TokenFactory, service_env
 
 KEYS = "/system/v1/signing-keys"

@@ -12,10 +12,10 @@ import aiohttp
 import jwt
 import pytest
 
+from harness import LocalTopology
 from service.core.models import Scope
 from service.server import Server
 from service.settings import Settings
-from service.topology import LocalTopology
 from tests.support.service import Credentials, TokenFactory, service_env
 
 KEYS = "/system/v1/signing-keys"

@@ -23,13 +23,13 @@ from grpclib.exceptions import GRPCError
 from h2.exceptions import StreamClosedError
 from prometheus_client import CollectorRegistry
 
+from harness import LocalTopology
 from service.core import crypto
 from service.core.keys import KeyService
 from service.core.models import Principal, Scope, SigningKey
 from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
-from service.topology import LocalTopology
 from tests.grpc.conftest import bearer, build_grpc_server, metadata
 from tests.support.service import Credentials, TokenFactory
 

@@ -13,10 +13,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from harness import LocalTopology
 from service.core import crypto
 from service.core.models import Scope
 from service.server import Server
-from service.topology import LocalTopology
 from tests.support.service import Credentials, TokenFactory, rows
 
 KEYS = "/system/v1/signing-keys"

@@ -13,9 +13,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from harness import LocalTopology
 from service.locality.router import LocalityRouter
 from service.settings import RouterSettings, Settings
-from service.topology import LocalTopology
 
 LOCAL = "aws-us-east-1"
 ROWS = 200

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from harness import LocalTopology
 from service.errors import (
     AmbiguousCommitError,
     DependencyError,
@@ -22,7 +23,6 @@ from service.errors import (
     RegionUnavailableError,
 )
 from service.locality.status import RouterStatus
-from service.topology import LocalTopology
 from tests.locality.rig import FAST, LOCAL, create_rows, new_table, reader, report, running
 from tests.locality.traffic import Outcome, Timeline, Traffic, eventually, summarize, until
 

@@ -9,9 +9,9 @@ import time
 import asyncpg
 import pytest
 
+from harness import LocalTopology
 from service.locality.health import ProbeResult
 from service.locality.probe import RegionProber, engine_of
-from service.topology import LocalTopology
 
 
 async def _ignore(_result: ProbeResult) -> None:

@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from harness import LocalTopology
 from service.errors import DeadlineExceededError, NotFoundError, NoWritableRegionError
 from service.locality.router import LocalityRouter
 from service.locality.status import RouterStatus
 from service.settings import RegionSettings, Settings
-from service.topology import LocalTopology
 from tests.locality.rig import FAST, LOCAL, create_rows, make_router, new_table, reader, running
 from tests.locality.traffic import Timeline, eventually
 

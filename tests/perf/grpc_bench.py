@@ -47,6 +47,7 @@ from grpclib.const import Cardinality, Handler
 from grpclib.server import Server as GrpclibServer
 from grpclib.server import Stream
 
+from harness import DEFAULT_REGIONS, LocalTopology
 from service.core import crypto
 from service.core.models import Scope
 from service.core.requests import CreateKeyRequest, KeyRef
@@ -57,7 +58,6 @@ from service.grpc.server import GrpcServer
 from service.server import Server
 from service.settings import Settings, region_dsn_variable
 from service.store.migrations import migrate
-from service.topology import DEFAULT_REGIONS, LocalTopology
 
 PATH = "/signingkeys.v1.SigningKeys/GetSigningKey"
 ENVIRONMENT = "env-bench"

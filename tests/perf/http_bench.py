@@ -32,7 +32,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from service.topology import LocalTopology
+from harness import LocalTopology
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness import LocalTopology
 from service.locality.router import LocalityRouter
 from service.settings import RegionSettings, RouterSettings
 from service.store.migrations import load_migrations, migrate
-from service.topology import LocalTopology
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from harness import LocalTopology
 from service.cli import open_database
 from service.core.models import Scope
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
-from service.topology import LocalTopology
 
 LOCAL_REGION = "aws-us-east-1"
 

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.topology import FaultProxy, LocalTopology, ProxyError
+from harness import FaultProxy, LocalTopology, ProxyError
 
 pytestmark = pytest.mark.fault
 

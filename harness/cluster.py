@@ -36,9 +36,8 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 import structlog
 
-from service.settings import PREFIX, region_dsn_variable
-from service.topology.loop_thread import LoopThread
-from service.topology.postgres import (
+from harness.loop_thread import LoopThread
+from harness.postgres import (
     SUPERUSER,
     PostgresBinaries,
     PostgresServer,
@@ -47,7 +46,8 @@ from service.topology.postgres import (
     quote_conf,
     run_parallel,
 )
-from service.topology.proxy import FaultProxy
+from harness.proxy import FaultProxy
+from service.settings import PREFIX, region_dsn_variable
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.topology import LocalTopology
+from harness import LocalTopology
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from typing import Literal
 
 import structlog
 
-from service.topology.loop_thread import LoopThread
+from harness.loop_thread import LoopThread
 
 log = structlog.get_logger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness import DEFAULT_REGIONS, LocalTopology, TopologyError
+from harness.postgres import port_is_open
 from service.settings import Settings
-from service.topology import DEFAULT_REGIONS, LocalTopology, TopologyError
-from service.topology.postgres import port_is_open
 
 PRIMARY, GCP, EU = (spec.name for spec in DEFAULT_REGIONS)
 

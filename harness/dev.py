@@ -1,9 +1,9 @@
-"""``signing-keys dev`` (what ``make run`` runs): the local topology plus the service.
+"""``python -m harness run`` (what ``make run`` runs): the local topology plus the service.
 
 Starts the three-region PostgreSQL topology behind its fault proxies, migrates, issues a
 development access token, serves HTTP and gRPC with ``aws-us-east-1`` as the local region,
 prints the endpoints and a ready-to-paste example, and cleans everything up on SIGINT/SIGTERM.
-This is development tooling: the service itself never imports the topology.
+This is development tooling: the service itself never imports the harness.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import shlex
 import signal
 import sys
 
+from harness.cluster import LocalTopology
 from service.core.models import Scope
+from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
 
@@ -22,9 +24,6 @@ DEV_LOCAL_REGION = "aws-us-east-1"
 
 
 async def run_dev(*, environment: str) -> int:
-    from service.server import Server
-    from service.topology import LocalTopology
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
