@@ -114,6 +114,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.auth import Authenticator
+    from service.store.tokens import PostgresTokenRecords
 
     try:
         scopes = [Scope(scope.strip()) for scope in args.scopes.split(",") if scope.strip()]
@@ -121,7 +122,7 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
         print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
         return 2
     async with open_database(settings, writable=True) as database:
-        token, secret = await Authenticator(database).issue(
+        token, secret = await Authenticator(PostgresTokenRecords(database)).issue(
             scopes, args.environments, name=args.name
         )
     # The secret is printed to the operator's terminal once, never logged.

@@ -24,6 +24,8 @@ from service.grpc.server import GrpcServer
 from service.http.app import make_app
 from service.locality.router import LocalityRouter
 from service.settings import Settings
+from service.store.keys import PostgresKeyRecords
+from service.store.tokens import PostgresTokenRecords
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +44,9 @@ class Server:
             settings=settings.router,
             registry=self.registry,
         )
+        self.key_records = PostgresKeyRecords(self.database)
         self.authenticator = Authenticator(
-            self.database,
+            PostgresTokenRecords(self.database),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
         )
@@ -52,15 +55,15 @@ class Server:
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(self.database, on_change=self.key_cache.put)
+        self.keys = KeyService(self.key_records, on_change=self.key_cache.put)
         self.changes = ChangeFeed(
-            self.database,
+            self.key_records,
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
         )
         self.verifier = TokenVerifier(
-            self.database,
+            self.key_records,
             self.key_cache,
             self.changes,
             max_token_bytes=settings.max_token_bytes,

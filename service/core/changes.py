@@ -30,10 +30,9 @@ import structlog
 
 from service.core.keycache import KeyCache
 from service.core.models import Principal, Scope, SigningKey
+from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
-from service.store import keys as store
-from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -80,14 +79,14 @@ class _Watcher:
 class ChangeFeed:
     """Polls for key changes, applies them to the cache and streams them to watchers.
 
-    >>> async with ChangeFeed(database, cache, poll_interval=0.2, overlap=5.0) as feed:
+    >>> async with ChangeFeed(records, cache, poll_interval=0.2, overlap=5.0) as feed:
     ...     async for event in feed.watch(principal, WatchRequest(environment_id="env-1")):
     ...         ...
     """
 
     def __init__(
         self,
-        database: Database,
+        source: ChangeSource,
         cache: KeyCache,
         *,
         poll_interval: float,
@@ -95,7 +94,7 @@ class ChangeFeed:
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = database
+        self._source = source
         self._max_watchers = max_watchers
         self._cache = cache
         self._interval = poll_interval
@@ -146,7 +145,7 @@ class ChangeFeed:
         first = self._watermark is None
         since = None if self._watermark is None else self._watermark - self._overlap
         fresh = 0
-        async for page in store.key_pages(self._db, since=since):
+        async for page in self._source.pages(since=since):
             fresh += self._apply(page, notify=not first)
             self._watermark = max(self._watermark or page[-1].updated_at, page[-1].updated_at)
         if first:
@@ -220,7 +219,7 @@ class ChangeFeed:
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
             last = after or position_of(self._watermark or _EPOCH)
             sent: dict[str, datetime] = {}
-            async for page in store.key_pages(self._db, environment_id=environment_id, since=since):
+            async for page in self._source.pages(environment_id=environment_id, since=since):
                 for key in page:
                     sent[key.id] = key.updated_at
                     last = position_of(key.updated_at, key.id)

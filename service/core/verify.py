@@ -35,6 +35,7 @@ from service.core.changes import ChangeFeed
 from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
 from service.core.models import Principal, Scope, is_valid_id
+from service.core.ports import KeyRecords
 from service.core.ratelimit import KeyedBuckets
 from service.core.requests import JwksRequest, VerifyRequest
 from service.errors import (
@@ -42,8 +43,6 @@ from service.errors import (
     PermissionDeniedError,
     RegionUnavailableError,
 )
-from service.store import keys as store
-from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +106,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        database: Database,
+        records: KeyRecords,
         cache: KeyCache,
         feed: ChangeFeed,
         *,
@@ -118,7 +117,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = database
+        self._records = records
         self._cache = cache
         self._feed = feed
         self._max_token_bytes = max_token_bytes
@@ -209,7 +208,7 @@ class TokenVerifier:
             return None
         self.database_lookups += 1
         try:
-            record = await store.get_key(self._db, kid)
+            record = await self._records.get(kid)
         except RegionUnavailableError:
             return None
         if record is None:
@@ -226,9 +225,7 @@ class TokenVerifier:
             raise PermissionDeniedError("this access token is not valid for that environment")
         keys = [
             key
-            async for page in store.key_pages(
-                self._db, environment_id=environment_id, active_only=True
-            )
+            async for page in self._records.pages(environment_id=environment_id, active_only=True)
             for key in page
         ]
         now = self._clock()

@@ -280,7 +280,7 @@ class _GatedKeys(KeyService):
 async def test_shutdown_lets_unary_calls_in_flight_finish(
     server: Server, md: dict[str, str]
 ) -> None:
-    keys = _GatedKeys(server.database)
+    keys = _GatedKeys(server.key_records)
     grpc_server = build_grpc_server(server, key_service=keys)
     await grpc_server.start("127.0.0.1", 0)
     assert grpc_server.port is not None

@@ -523,7 +523,7 @@ class _BrokenKeys(KeyService):
 async def test_an_unexpected_failure_is_internal_and_leaks_nothing(
     server: Server, auth: Credentials
 ) -> None:
-    broken = _BrokenKeys(server.database)
+    broken = _BrokenKeys(server.key_records)
     async with build_grpc_server(server, key_service=broken) as grpc_server:
         assert grpc_server.port is not None
         channel = Channel("127.0.0.1", grpc_server.port)
