@@ -38,11 +38,12 @@ DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 class ManualClock:
-    """Wall-clock time that moves only when told, plus ``tick`` on every reading (so that
-    two writes get distinct stamps, as two transactions do, unless a test sets ``tick=0``).
+    """Wall-clock time that moves only when told, plus ``tick`` each time it is called for a
+    timestamp (so that two writes get distinct stamps, as two transactions do, unless a test
+    sets ``tick=0``).
 
-    ``seconds()`` is the same time as a float, for the core's ``clock=`` / ``monotonic=``
-    options.
+    ``seconds()`` reads the same time as a float without moving it, for the core's
+    ``clock=`` / ``monotonic=`` options.
     """
 
     def __init__(self, start: datetime = DEFAULT_START, *, tick: float = 0.001) -> None:
