@@ -142,7 +142,9 @@ class ChangeFeed:
 
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""
-        first = self._watermark is None
+        # The first successful poll loads what exists and tells no watcher; every later one
+        # notifies, even when the first found nothing (an empty store: a new deployment).
+        first = self._last_success is None
         since = None if self._watermark is None else self._watermark - self._overlap
         fresh = 0
         async for page in self._source.pages(since=since):

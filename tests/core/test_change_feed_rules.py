@@ -335,13 +335,6 @@ async def test_a_watcher_that_falls_behind_is_told_to_resume(
         await next_event(stream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="ChangeFeed.poll_once treats every poll as the first (no notifications) until "
-    "it has read a row: a watcher subscribed while the store holds no key at all is never "
-    "told of the first keys created. Left for the change feed's owner.",
-)
 async def test_a_watcher_hears_of_the_first_key_ever_created() -> None:
     node = instance()
     await node.feed.poll_once()  # an empty store: a new deployment
