@@ -122,9 +122,12 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
         print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
         return 2
     async with open_database(settings, writable=True) as database:
-        token, secret = await Authenticator(PostgresTokenRecords(database)).issue(
-            scopes, args.environments, name=args.name
+        authenticator = Authenticator(
+            PostgresTokenRecords(database),
+            cache_ttl=settings.credential_cache_ttl,
+            max_staleness=settings.max_staleness,
         )
+        token, secret = await authenticator.issue(scopes, args.environments, name=args.name)
     # The secret is printed to the operator's terminal once, never logged.
     print(json.dumps({"id": token.id, "secret": secret, "scopes": sorted(token.scopes)}))
     return 0

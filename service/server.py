@@ -19,6 +19,7 @@ from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
+from service.core.metrics import CoreMetrics
 from service.core.verify import TokenVerifier, readiness
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
@@ -45,6 +46,7 @@ class Server:
             registry=self.registry,
         )
         self.key_records = PostgresKeyRecords(self.database)
+        self.metrics = CoreMetrics(self.registry)
         self.authenticator = Authenticator(
             PostgresTokenRecords(self.database),
             cache_ttl=settings.credential_cache_ttl,
@@ -61,6 +63,7 @@ class Server:
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
+            metrics=self.metrics,
         )
         self.verifier = TokenVerifier(
             self.key_records,
@@ -69,6 +72,7 @@ class Server:
             max_token_bytes=settings.max_token_bytes,
             clock_skew=settings.clock_skew,
             max_staleness=settings.max_staleness,
+            metrics=self.metrics,
         )
         self.app = make_app(
             settings,

@@ -98,10 +98,10 @@ class Authenticator:
         self,
         tokens: TokenRecords,
         *,
-        cache_ttl: float = 30.0,
+        cache_ttl: float,
+        max_staleness: float,
         cache_size: int = DEFAULT_CREDENTIAL_CACHE_SIZE,
         unknown_ttl: float = DEFAULT_UNKNOWN_TTL,
-        max_staleness: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tokens = tokens

@@ -29,6 +29,7 @@ from typing import Final, Literal
 import structlog
 
 from service.core.keycache import KeyCache
+from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
@@ -92,9 +93,11 @@ class ChangeFeed:
         poll_interval: float,
         overlap: float,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
+        metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
+        self._metrics = metrics if metrics is not None else CoreMetrics()
         self._max_watchers = max_watchers
         self._cache = cache
         self._interval = poll_interval
@@ -108,7 +111,6 @@ class ChangeFeed:
         self._watchers: set[_Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self.polls = 0
 
     def __repr__(self) -> str:
         return (
@@ -154,7 +156,7 @@ class ChangeFeed:
             # Everything fitted (no eviction marked it otherwise): a miss now proves "unknown".
             self._cache.complete = len(self._cache) < self._cache.capacity
         self._last_success = self._clock()
-        self.polls += 1
+        self._metrics.polls_ok.inc()
         if self._watermark is not None:
             horizon = self._watermark - 2 * self._overlap
             self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
@@ -192,6 +194,7 @@ class ChangeFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._metrics.polls_failed.inc()
                 if not self._failing:
                     log.warning(
                         "change poll failing: verifying from last known good keys",

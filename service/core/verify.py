@@ -34,6 +34,7 @@ from service.core import crypto
 from service.core.changes import ChangeFeed
 from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
+from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, is_valid_id
 from service.core.ports import KeyRecords
 from service.core.ratelimit import KeyedBuckets
@@ -110,10 +111,11 @@ class TokenVerifier:
         cache: KeyCache,
         feed: ChangeFeed,
         *,
-        max_token_bytes: int = 8192,
-        clock_skew: float = 30.0,
-        max_staleness: float = 300.0,
+        max_token_bytes: int,
+        clock_skew: float,
+        max_staleness: float,
         miss_budget: float = DEFAULT_MISS_BUDGET,
+        metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -126,7 +128,7 @@ class TokenVerifier:
         self._clock = clock
         # Per caller: one tenant flooding random kids cannot starve another's look-ups.
         self._misses = KeyedBuckets(miss_budget, clock=monotonic)
-        self.database_lookups = 0
+        self._metrics = metrics if metrics is not None else CoreMetrics()
 
     def can_serve(self) -> bool:
         """False once the last known good keys are older than the allowed staleness."""
@@ -206,7 +208,7 @@ class TokenVerifier:
             or not self._misses.take(principal.token_id)
         ):
             return None
-        self.database_lookups += 1
+        self._metrics.key_lookups.inc()
         try:
             record = await self._records.get(kid)
         except RegionUnavailableError:
