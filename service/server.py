@@ -19,7 +19,8 @@ from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
-from service.core.verify import TokenVerifier, readiness
+from service.core.readiness import Readiness
+from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
 from service.locality.router import LocalityRouter
@@ -70,12 +71,16 @@ class Server:
             clock_skew=settings.clock_skew,
             max_staleness=settings.max_staleness,
         )
+        self.readiness = Readiness(
+            can_read=self.database.can_read, can_verify=self.verifier.can_serve
+        )
         self.app = make_app(
             settings,
             key_service=self.keys,
             authenticator=self.authenticator,
             verifier=self.verifier,
             regions=self.database,
+            readiness=self.readiness,
             registry=self.registry,
         )
         self._register_gauges()
@@ -87,6 +92,7 @@ class Server:
                 authenticator=self.authenticator,
                 verifier=self.verifier,
                 changes=self.changes,
+                readiness=self.readiness,
                 regions=self.database,
                 registry=self.registry,
             )
@@ -97,18 +103,13 @@ class Server:
         self.http_port: int | None = None
         self.grpc_port: int | None = None
 
-    def is_degraded(self) -> bool:
-        """No region can serve reads, but verification goes on from last known good keys."""
-        state = readiness(can_read=self.database.can_read(), can_verify=self.verifier.can_serve())
-        return state == "degraded"
-
     def _register_gauges(self) -> None:
         degraded = Gauge(
             "signing_keys_degraded",
             "1 while no region can serve reads and verification runs on last known good keys.",
             registry=self.registry,
         )
-        degraded.set_function(lambda: float(self.is_degraded()))
+        degraded.set_function(lambda: float(self.readiness.is_degraded()))
         staleness = Gauge(
             "signing_keys_key_staleness_seconds",
             "Seconds since the change feed last read the database.",

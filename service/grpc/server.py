@@ -1,7 +1,8 @@
 """The gRPC server: the SigningKeys servicer, health and reflection on one grpclib server.
 
 >>> grpc_server = GrpcServer(settings, key_service=keys, authenticator=auth,
-...                          verifier=verifier, changes=feed, regions=router)
+...                          verifier=verifier, changes=feed, readiness=readiness,
+...                          regions=router)
 >>> await grpc_server.start("127.0.0.1", 0)  # port 0: any free port, then see .port
 >>> grpc_server.close(); await grpc_server.wait_closed()
 
@@ -9,7 +10,8 @@ or ``async with GrpcServer(...) as grpc_server:``, which listens on the settings
 host and port. It runs in the service's event loop beside HTTP. Requests are limited to
 ``settings.max_body_bytes`` (the HTTP body limit), refused from their length prefix
 (:mod:`service.grpc.limits`); malformed ones get ``INVALID_ARGUMENT``
-(:mod:`service.grpc.codec`).
+(:mod:`service.grpc.codec`); health follows the service's readiness
+(:mod:`service.grpc.health`).
 
 grpclib 0.4 offers no public way to the listening socket or the open connections, so two
 of its internals are used, here only: ``Server._server`` (the asyncio server: its port,
@@ -35,11 +37,12 @@ from prometheus_client import CollectorRegistry
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keys import KeyService
+from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.codec import StrictCodec, protobuf_twins
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
-from service.grpc.health import Regions, region_health
+from service.grpc.health import RegionEvents, readiness_health
 from service.grpc.limits import size_limited
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
@@ -74,9 +77,8 @@ class _Server(Server):
 class GrpcServer:
     """``signingkeys.v1.SigningKeys`` + ``grpc.health.v1.Health`` + server reflection.
 
-    Health answers SERVING for ``""`` and ``signingkeys.v1.SigningKeys`` while
-    ``regions.can_read()``, and wakes ``Watch`` streams when the router calls the listener
-    it registered with ``regions.add_listener``.
+    Health answers for ``""`` and ``signingkeys.v1.SigningKeys`` from ``readiness``, and
+    wakes ``Watch`` streams when ``regions`` (the router) reports a change.
     """
 
     def __init__(
@@ -87,7 +89,8 @@ class GrpcServer:
         authenticator: Authenticator,
         verifier: TokenVerifier,
         changes: ChangeFeed,
-        regions: Regions,
+        readiness: Readiness,
+        regions: RegionEvents,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
@@ -99,7 +102,9 @@ class GrpcServer:
             changes=changes,
             observer=GrpcMetrics(settings, registry),
         )
-        self.health, self.health_check = region_health(regions, [self.servicer])
+        self.health, self.health_check = readiness_health(
+            readiness, [self.servicer], regions=regions
+        )
         services = ServerReflection.extend([self.servicer, self.health])
         window = max(MIN_STREAM_WINDOW, self.max_message_bytes + 5)
         self._server = _Server(

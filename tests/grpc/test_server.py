@@ -23,6 +23,7 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from service.core.keys import KeyService
 from service.core.models import Principal, SigningKey
+from service.core.readiness import Readiness
 from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.server import SERVICE_NAME, GrpcServer
@@ -92,25 +93,40 @@ async def test_health_is_serving_for_the_server_and_the_service(channel: Channel
     assert raised.value.status is Status.NOT_FOUND
 
 
-async def test_health_follows_the_routers_read_health(server: Server) -> None:
+async def test_health_follows_readiness_and_stays_serving_while_degraded(server: Server) -> None:
     regions = FakeRegions()
-    async with build_grpc_server(server, regions=regions) as grpc_server:
+    verifying = [True]
+    readiness = Readiness(can_read=regions.can_read, can_verify=lambda: verifying[0])
+    grpc_server = build_grpc_server(server, readiness=readiness, regions=regions)
+    async with grpc_server:
         assert grpc_server.port is not None
         channel = Channel("127.0.0.1", grpc_server.port)
         try:
             health = HealthStub(channel)
+
+            async def statuses() -> list[object]:
+                return [
+                    (await health.Check(HealthCheckRequest(service=service))).status
+                    for service in ("", SERVICE_NAME)
+                ]
+
             async with health.Watch.open() as watch:
                 await watch.send_message(HealthCheckRequest(service=SERVICE_NAME), end=True)
                 first = await asyncio.wait_for(watch.recv_message(), 5)
                 assert first is not None and first.status == SERVING
 
+                regions.flip(False)  # degraded: verification goes on from cached keys
+                assert await statuses() == [SERVING, SERVING]
+
+                verifying[0] = False  # unavailable
                 regions.flip(False)
                 changed = await asyncio.wait_for(watch.recv_message(), 5)
-                assert changed is not None and changed.status == NOT_SERVING
-                for service in ("", SERVICE_NAME):
-                    reply = await health.Check(HealthCheckRequest(service=service))
-                    assert reply.status == NOT_SERVING
+                assert changed is not None and changed.status == NOT_SERVING, (
+                    "nothing was sent while degraded"
+                )
+                assert await statuses() == [NOT_SERVING, NOT_SERVING]
 
+                verifying[0] = True
                 regions.flip(True)
                 back = await asyncio.wait_for(watch.recv_message(), 5)
                 assert back is not None and back.status == SERVING
@@ -320,6 +336,7 @@ async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
         authenticator=server.authenticator,
         verifier=server.verifier,
         changes=server.changes,
+        readiness=server.readiness,
         regions=FakeRegions(),
     )
     async with tls_server:
