@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from types import TracebackType
 
 import structlog
@@ -27,6 +26,7 @@ from service.locality.router import LocalityRouter
 from service.settings import Settings
 from service.store.keys import PostgresKeyRecords
 from service.store.tokens import PostgresTokenRecords
+from service.tls import server_context
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +138,7 @@ class Server:
             self._runner,
             self.settings.http_host,
             self.settings.http_port,
-            ssl_context=self._ssl_context(),
+            ssl_context=server_context(self.settings),
         )
         await self._site.start()
         self.http_port = self._runner.addresses[0][1]
@@ -151,13 +151,6 @@ class Server:
             grpc_port=self.grpc_port,
             local_region=self.settings.local_region,
         )
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
-        return context
 
     def request_close(self) -> None:
         """Start closing (once: a second signal joins the first shutdown); for signal handlers."""

@@ -22,7 +22,6 @@ remember connections so that shutdown can close them).
 from __future__ import annotations
 
 import asyncio
-import ssl
 import weakref
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -47,6 +46,7 @@ from service.grpc.limits import size_limited
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
 from service.settings import Settings
+from service.tls import server_context
 
 log = structlog.get_logger(__name__)
 
@@ -129,19 +129,11 @@ class GrpcServer:
             raise RuntimeError(f"the gRPC server is {self._state}; start it once")
         host = self.settings.grpc_host if host is None else host
         port = self.settings.grpc_port if port is None else port
-        await self._server.start(host, port, ssl=self._ssl_context())
+        await self._server.start(host, port, ssl=server_context(self.settings, alpn=["h2"]))
         self._state = "serving"
         listener: Any = self._server._server  # grpclib exposes no public way to the port
         self.port = listener.sockets[0].getsockname()[1]
         log.info("grpc serving", port=self.port, max_message_bytes=self.max_message_bytes)
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
-        context.set_alpn_protocols(["h2"])
-        return context
 
     def close(self) -> None:
         """Stop accepting connections and begin the shutdown (see :meth:`wait_closed`)."""
