@@ -1,9 +1,10 @@
-"""The composition root: one readiness for every surface — against the real service on the
-local topology."""
+"""The composition root: one readiness for every surface, and startup and shutdown as one
+ordered stack — against the real service on the local topology."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,6 +22,12 @@ from tests.support.service import service_env
 
 SERVING = HealthCheckResponse.SERVING
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
+STARTED = [
+    ("started", "database"),
+    ("started", "change feed"),
+    ("started", "http"),
+    ("started", "grpc"),
+]
 
 
 async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
@@ -118,3 +125,98 @@ async def test_readyz_the_gauge_and_grpc_health_agree_in_every_state(
             await watch.cancel()
     finally:
         channel.close()
+
+
+# --- one ordered lifecycle ----------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(migrated_topology: LocalTopology) -> Settings:
+    return Settings.from_env(service_env(migrated_topology))
+
+
+async def _refuses(port: int | None) -> bool:
+    assert port is not None
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def test_shutdown_is_startup_in_reverse(settings: Settings) -> None:
+    server = Server(settings)
+    assert "new" in repr(server)
+    await server.start()
+    assert server.history == STARTED
+    assert server.running == ["database", "change feed", "http", "grpc"]
+    assert "serving" in repr(server)
+    with pytest.raises(RuntimeError, match="start it once"):
+        await server.start()
+
+    await server.aclose()
+    assert server.history == [*STARTED, *[("stopped", name) for _, name in reversed(STARTED)]]
+    assert server.running == []
+    assert "closed" in repr(server)
+    assert await _refuses(server.http_port) and await _refuses(server.grpc_port)
+    with pytest.raises(RuntimeError, match="closed"):
+        await server.database.read(lambda conn: conn.fetchval("SELECT 1"))
+
+
+async def test_a_second_close_waits_for_the_first_and_cancelling_does_not_stop_it(
+    settings: Settings,
+) -> None:
+    server = Server(settings)
+    await server.start()
+    first = asyncio.create_task(server.aclose())
+    second = asyncio.create_task(server.aclose())
+    await asyncio.sleep(0)
+    first.cancel()  # the caller gives up; the shutdown goes on
+    await asyncio.wait_for(second, 30)
+    assert server.running == [], "the second close returned only once all had stopped"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(server.wait_closed(), 1)
+    await server.aclose()  # and once closed, closing again is a no-op
+    assert len(server.history) == 2 * len(STARTED)
+
+
+async def test_a_startup_failure_half_way_undoes_only_what_started(
+    migrated_topology: LocalTopology,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = service_env(migrated_topology, grpc_port=str(port))
+        server = Server(Settings.from_env(env))
+        with pytest.raises(OSError) as raised:
+            await server.start()
+        assert raised.value.errno is not None
+    assert server.history == [
+        ("started", "database"),
+        ("started", "change feed"),
+        ("started", "http"),
+        ("stopped", "http"),
+        ("stopped", "change feed"),
+        ("stopped", "database"),
+    ]
+    assert await _refuses(server.http_port), "the HTTP listener is closed"
+    with pytest.raises(RuntimeError, match="closed"):
+        await server.database.read(lambda conn: conn.fetchval("SELECT 1"))
+    assert server.grpc is not None and server.grpc.connections == 0
+    await asyncio.wait_for(server.wait_closed(), 1)
+    await server.aclose()
+
+
+async def test_without_grpc_the_stack_holds_three_parts(migrated_topology: LocalTopology) -> None:
+    env = service_env(migrated_topology, grpc_enabled="false")
+    async with Server(Settings.from_env(env)) as server:
+        assert server.running == ["database", "change feed", "http"]
+    assert [name for event, name in server.history if event == "stopped"] == [
+        "http",
+        "change feed",
+        "database",
+    ]
