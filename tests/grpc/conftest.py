@@ -20,6 +20,7 @@ def build_grpc_server(server: Server, **overrides: Any) -> GrpcServer:
         "authenticator": server.authenticator,
         "verifier": server.verifier,
         "changes": server.changes,
+        "readiness": server.readiness,
         "regions": server.database,
         **overrides,
     }

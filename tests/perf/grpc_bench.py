@@ -256,6 +256,7 @@ async def run(args: argparse.Namespace) -> None:
                 authenticator=server.authenticator,
                 verifier=server.verifier,
                 changes=server.changes,
+                readiness=server.readiness,
                 regions=_Regions(server.database),
             )
             await service.start("127.0.0.1", 0)
