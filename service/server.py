@@ -244,12 +244,12 @@ class Server:
             async with asyncio.timeout(PART_CLOSE_TIMEOUT):
                 await stop()
         except TimeoutError:
-            log.warning("stop timed out", part=part, timeout=PART_CLOSE_TIMEOUT)
+            log.warning("server_part_stop_timed_out", part=part, timeout=PART_CLOSE_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Shutdown goes on: the parts below this one still need their stop.
-            log.exception("stop failed", part=part)
+            log.exception("server_part_stop_failed", part=part)
         finally:
             self.history.append(("stopped", part))
             log.debug("stopped", part=part)

@@ -197,13 +197,14 @@ class ChangeFeed:
                 self._metrics.polls_failed.inc()
                 if not self._failing:
                     log.warning(
-                        "change poll failing: verifying from last known good keys",
+                        "change_poll_failing",
                         error=type(exc).__name__,
+                        serving_from="last_known_good_keys",
                     )
                 self._failing = True
             else:
                 if self._failing:
-                    log.info("change poll recovered")
+                    log.info("change_poll_recovered")
                 self._failing = False
 
     async def watch(

@@ -81,7 +81,7 @@ class ReadinessCheck(CheckBase):
         if status == self._last:
             return
         if self._last is not None:
-            log.info("grpc health changed", serving=status, readiness=repr(self._readiness))
+            log.info("grpc_health_changed", serving=status, readiness=repr(self._readiness))
         self._last = status
         for event in self._events:
             event.set()

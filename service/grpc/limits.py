@@ -64,8 +64,9 @@ class SizeLimit:
             return
         self._reported = True
         log.error(
-            "grpclib's server stream has no _stream.recv_data: request sizes are checked only "
-            "after the whole message is read",
+            "grpc_size_limit_unenforceable",
+            reason="grpclib's server stream has no _stream.recv_data: request sizes are checked "
+            "only after the whole message is read",
             grpclib_version=grpclib.__version__,
             checked_against=CHECKED_GRPCLIB_VERSION,
         )

@@ -54,7 +54,7 @@ class GrpcMetrics(CallObserver):
             or (self._access_log == "sampled" and random.random() < self._sample_rate)
         ):
             log.info(
-                "grpc call",
+                "grpc_call",
                 request_id=request_id,
                 method=method,
                 status=status,

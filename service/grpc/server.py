@@ -129,7 +129,7 @@ async def _end_unavailable(stream: Stream[Any, Any]) -> None:
         await stream.send_trailing_metadata(status=Status.UNAVAILABLE, status_message=SHUTTING_DOWN)
     except Exception as exc:
         # The call had ended already: trailers sent, stream reset or connection gone.
-        log.debug("grpc call ended before shutdown could end it", error=repr(exc))
+        log.debug("grpc_call_ended_during_shutdown", error=repr(exc))
 
 
 class GrpcServer:
@@ -210,7 +210,7 @@ class GrpcServer:
         self._listener = listener
         self.port = listener.port
         self._state = "serving"
-        log.info("grpc serving", port=self.port, max_message_bytes=self.max_message_bytes)
+        log.info("grpc_serving", port=self.port, max_message_bytes=self.max_message_bytes)
 
     def close(self) -> None:
         """Refuse new calls and begin the shutdown (see :meth:`wait_closed`)."""
@@ -235,7 +235,7 @@ class GrpcServer:
         finally:
             self._state = "closed"
             self._closed.set()
-        log.info("grpc closed", port=self.port, connections_ended=ended)
+        log.info("grpc_closed", port=self.port, connections_ended=ended)
 
     async def wait_closed(self) -> None:
         """Wait for the shutdown: unary calls in flight finish (at most ``SHUTDOWN_TIMEOUT``

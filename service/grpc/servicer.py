@@ -194,10 +194,10 @@ class SigningKeysServicer:
                 failure = error_status(exc)
                 outcome = failure.status.name
                 if failure.is_internal:
-                    log.exception("grpc call failed", method=method)
+                    log.exception("grpc_call_failed", method=method)
                 elif isinstance(exc, DependencyError):
                     log.warning(
-                        "grpc call unavailable", method=method, error_type=failure.error_type
+                        "grpc_call_unavailable", method=method, error_type=failure.error_type
                     )
                 await stream.send_trailing_metadata(
                     status=failure.status,

@@ -90,7 +90,7 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
             or (access_log == "sampled" and random.random() < sample_rate)
         ):
             log.info(
-                "http request",
+                "http_request",
                 request_id=request_id,
                 method=request.method,
                 route=route,
@@ -120,5 +120,5 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error", method=request.method, path=request.path)
+        log.exception("http_unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", ["internal error"])

@@ -93,7 +93,7 @@ async def migrate(
         for migration in pending:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
-                    log.warning("migration changed after it was applied", version=migration.version)
+                    log.warning("migration_changed_after_applied", version=migration.version)
                 continue
             await conn.execute(migration.sql, timeout=timeout)
             await conn.execute(
@@ -107,7 +107,7 @@ async def migrate(
         return applied
 
     applied = await db.write(op, idempotent=True, timeout=timeout, autocommit=is_cockroach)
-    log.info("migrations applied", applied=applied, pending=len(pending))
+    log.info("migrations_applied", applied=applied, pending=len(pending))
     if is_cockroach and regions:
         await _make_multiregion(db, regions, timeout)
     return applied
@@ -131,4 +131,4 @@ async def _make_multiregion(
             await conn.execute(statement, timeout=timeout)  # schema jobs outlast a request
 
         await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
-    log.info("multi-region schema applied", primary_region=primary, regions=len(regions))
+    log.info("multi_region_schema_applied", primary_region=primary, regions=len(regions))
