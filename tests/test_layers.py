@@ -2,9 +2,10 @@
 
 Ranks, lowest first: the shared foundation (errors, settings, logging); the core and the TLS
 helper; what plugs into the core from below (store, the locality router); the transports
-(HTTP, gRPC); the composition root; the command line. A package may import only packages of a lower rank,
-so the core cannot reach storage or a transport, and the two transports cannot lean on each
-other. The core's own narrower rule (only itself and the errors) is in tests/core.
+(HTTP, gRPC); the composition root; the command line. A package may import only packages of
+a lower rank, so the core cannot reach storage or a transport, and the two transports cannot
+lean on each other. The core's own narrower rule (only itself and the errors) is in
+tests/core.
 """
 
 from __future__ import annotations

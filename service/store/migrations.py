@@ -10,7 +10,6 @@ script follows (see :mod:`service.store.cockroach`).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """``SIGNING_KEYS_SQL_DIR`` if set, else the repository's ``sql/`` beside ``service/``."""
-    configured = os.environ.get("SIGNING_KEYS_SQL_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "sql"
+# In a checkout (and an editable install) ``sql/`` sits beside ``service/``; an installed
+# package is told where it is (``Settings.sql_dir``, as the image does).
+DEFAULT_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
-    folder = (directory or sql_dir()) / "migrations"
+def load_migrations(directory: Path = DEFAULT_SQL_DIR) -> list[Migration]:
+    folder = directory / "migrations"
     migrations = []
     for path in sorted(folder.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
