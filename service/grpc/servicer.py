@@ -1,14 +1,16 @@
 """The ``signingkeys.v1.SigningKeys`` servicer: translate, delegate to the core, translate back.
 
-No rules live here: scopes, environments, validation and idempotency are the core's, exactly
-as for HTTP (:mod:`service.http.keys`). Each RPC runs inside :meth:`SigningKeysServicer._rpc`,
+No rules live here: each handler decodes its message into one of the core's request types
+(:mod:`service.core.requests`, which validate themselves exactly as for HTTP) and makes one
+call; scopes, environments and idempotency are the core's. Each RPC runs inside :meth:`SigningKeysServicer._rpc`,
 which binds the request id to the log context, bounds the call by the client's deadline and
 turns a domain error into a status (:mod:`service.grpc.errors`) with the error's ``type`` in
 the trailing metadata.
 
 The handlers take grpclib's stream rather than the decoded request that the generated base
 class passes, because credentials (``authorization`` metadata) and the deadline live on the
-stream; :meth:`SigningKeysServicer.__mapping__` keeps the generated paths and message types.
+stream; :meth:`SigningKeysServicer.__mapping__` declares the paths and message types itself,
+as any grpclib service does.
 """
 
 from __future__ import annotations
