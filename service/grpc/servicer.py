@@ -2,10 +2,10 @@
 
 No rules live here: each handler decodes its message into one of the core's request types
 (:mod:`service.core.requests`, which validate themselves exactly as for HTTP) and makes one
-call; scopes, environments and idempotency are the core's. Each RPC runs inside :meth:`SigningKeysServicer._rpc`,
-which binds the request id to the log context, bounds the call by the client's deadline and
-turns a domain error into a status (:mod:`service.grpc.errors`) with the error's ``type`` in
-the trailing metadata.
+call; scopes, environments and idempotency are the core's. Each RPC runs inside
+:meth:`SigningKeysServicer._rpc`, which binds the request id to the log context, bounds the
+call by the client's deadline and turns a domain error into a status
+(:mod:`service.grpc.errors`) with the error's ``type`` in the trailing metadata.
 
 The handlers take grpclib's stream rather than the decoded request that the generated base
 class passes, because credentials (``authorization`` metadata) and the deadline live on the
