@@ -1,0 +1,46 @@
+"""What every object that owns a resource shares: ``async with`` starts it and closes it.
+
+It lives in the core because the core may import nothing outside itself (and the errors),
+while every layer above may import the core: so one base serves whatever starts and stops,
+from the change feed up to the composition root.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import Self
+
+
+class AsyncResource(abc.ABC):
+    """An object that owns a resource from :meth:`start` to :meth:`aclose`.
+
+    ``async with`` starts it and, however the block ends, closes it. Each subclass keeps
+    its own guards: whether it may start twice, and how its close is shielded and bounded.
+
+    >>> class Feed(AsyncResource):
+    ...     async def start(self) -> None: ...
+    ...     async def aclose(self) -> None: ...
+    >>> async with Feed() as feed:
+    ...     ...
+    """
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Acquire the resource (open pools, start tasks, listen)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the resource."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
