@@ -12,6 +12,7 @@ import random
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from service.core.metrics import request_latency
 from service.grpc.servicer import CallObserver
 from service.settings import Settings
 
@@ -34,12 +35,11 @@ class GrpcMetrics(CallObserver):
                 ["method", "status"],
                 registry=registry,
             )
-            self._latency = Histogram(
+            self._latency = request_latency(
                 "signing_keys_grpc_request_seconds",
                 "gRPC call latency, by method (streams: until they end).",
                 ["method"],
-                registry=registry,
-                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry,
             )
 
     def finished(self, method: str, status: str, elapsed: float, request_id: str) -> None:

@@ -15,8 +15,9 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
+from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
 from service.errors import ServiceError
 from service.http.errors import error_response, service_error_response
@@ -39,12 +40,11 @@ class HttpMetrics:
             ["route", "method", "status"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = request_latency(
             "signing_keys_http_request_seconds",
             "HTTP request latency, by route.",
             ["route"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry,
         )
         # Label children resolved once per (route, method, status): .labels() takes a lock
         # and builds tuples on every call. Bounded: routes are the app's, and aiohttp refuses
