@@ -6,11 +6,12 @@ which binds the request id to the log context, bounds the call by the client's d
 turns a domain error into a status (:mod:`service.grpc.errors`) with the error's ``type`` in
 the trailing metadata.
 
-The handlers take grpclib's stream rather than the decoded request that the generated base
-class passes, because credentials (``authorization`` metadata) and the deadline live on the
-stream; :meth:`SigningKeysServicer.__mapping__` keeps the generated paths and message types.
-A unary method is written as its *answer*: the decoded request and the :class:`Call` (for the
-credentials) in, the reply out; :meth:`SigningKeysServicer._unary` turns it into a handler.
+The handlers grpclib calls take its stream rather than the decoded request that the generated
+base class passes, because credentials (``authorization`` metadata) and the deadline live on
+the stream; :meth:`SigningKeysServicer.__mapping__` keeps the generated paths and message
+types. A unary method is written as its *answer* — the decoded request and the :class:`Call`
+(which holds the credentials) in, the reply out — and :meth:`SigningKeysServicer._unary` makes
+the handler around it.
 """
 
 from __future__ import annotations
