@@ -7,13 +7,12 @@ all) — a line per call would cost as much as serving it.
 
 from __future__ import annotations
 
-import random
-
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.core.metrics import request_latency
 from service.grpc.servicer import CallObserver
+from service.logs import is_access_logged
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,12 +46,8 @@ class GrpcMetrics(CallObserver):
             self._requests.labels(method, status).inc()
             self._latency.labels(method).observe(elapsed)
         unary = method != "WatchSigningKeys"
-        if (
-            status in ("INTERNAL", "UNKNOWN")
-            or (unary and elapsed >= self._slow)
-            or self._access_log == "all"
-            or (self._access_log == "sampled" and random.random() < self._sample_rate)
-        ):
+        notable = status in ("INTERNAL", "UNKNOWN") or (unary and elapsed >= self._slow)
+        if is_access_logged(self._access_log, self._sample_rate, notable=notable):
             log.info(
                 "grpc_call",
                 request_id=request_id,

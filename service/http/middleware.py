@@ -8,7 +8,6 @@ nowhere else.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
 from service.errors import ServiceError
 from service.http.errors import error_response, service_error_response
+from service.logs import is_access_logged
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -83,12 +83,8 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         metrics.observe(route, request.method, response.status, elapsed)
-        if (
-            response.status >= 500
-            or elapsed >= slow
-            or access_log == "all"
-            or (access_log == "sampled" and random.random() < sample_rate)
-        ):
+        notable = response.status >= 500 or elapsed >= slow
+        if is_access_logged(access_log, sample_rate, notable=notable):
             log.info(
                 "http_request",
                 request_id=request_id,
