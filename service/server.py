@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Final, Literal
 
 import structlog
@@ -33,6 +32,7 @@ from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
 from service.store.keys import PostgresKeyRecords
@@ -48,7 +48,7 @@ PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
 Lifecycle = Literal["new", "starting", "serving", "closing", "closed"]
 
 
-class Server:
+class Server(AsyncResource):
     """HTTP (and gRPC) serving one :class:`Settings`; an async context manager."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -256,15 +256,3 @@ class Server:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
-
-    async def __aenter__(self) -> Server:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -1,11 +1,11 @@
 """The packages of ``service`` import downwards only, and never in a circle.
 
-Ranks, lowest first: the shared foundation (errors, settings, logging); the core and the TLS
-helper; what plugs into the core from below (store, the locality router); the transports
-(HTTP, gRPC); the composition root; the command line. A package may import only packages of
-a lower rank, so the core cannot reach storage or a transport, and the two transports cannot
-lean on each other. The core's own narrower rule (only itself and the errors) is in
-tests/core.
+Ranks, lowest first: the shared foundation (errors, settings, logging, the lifecycle base);
+the core and the TLS helper; what plugs into the core from below (store, the locality
+router); the transports (HTTP, gRPC); the composition root; the command line. A package may
+import only packages of a lower rank, so the core cannot reach storage or a transport, and
+the two transports cannot lean on each other. The core's own narrower rule (only itself, the
+errors and the lifecycle base) is in tests/core.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import service
 ROOT = Path(service.__file__).parent
 RANK = {
     "errors": 0,
+    "lifecycle": 0,
     "settings": 0,
     "logs": 0,
     "tls": 1,

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 import structlog
 from grpclib.config import Configuration
@@ -58,6 +57,7 @@ from service.grpc.limits import PREFIX_BYTES, SizeLimit
 from service.grpc.listener import Listener, bind_listener
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
+from service.lifecycle import AsyncResource
 from service.settings import Settings
 from service.tls import server_context
 
@@ -132,7 +132,7 @@ async def _end_unavailable(stream: Stream[Any, Any]) -> None:
         log.debug("grpc_call_ended_during_shutdown", error=repr(exc))
 
 
-class GrpcServer:
+class GrpcServer(AsyncResource):
     """``signingkeys.v1.SigningKeys`` + ``grpc.health.v1.Health`` + server reflection.
 
     Health answers for ``""`` and ``signingkeys.v1.SigningKeys`` from ``readiness``, and
@@ -245,21 +245,15 @@ class GrpcServer:
         await self._closed.wait()
 
     async def aclose(self) -> None:
+        """Close and wait; cancelling the caller ends its wait, not the shutdown, which runs
+        in a task of its own."""
         self.close()
         await self.wait_closed()
 
-    async def __aenter__(self) -> GrpcServer:
-        if self._state == "new":
+    async def __aenter__(self) -> Self:
+        if self._state == "new":  # else started already, on an address the caller chose
             await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.shield(self.aclose())
 
 
 async def _within(step: Awaitable[None], warning: str) -> None:

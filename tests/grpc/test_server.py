@@ -29,7 +29,7 @@ from service.grpc import server as grpc_server_module
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.server import SERVICE_NAME, GrpcServer
 from service.server import Server
-from tests.grpc.conftest import build_grpc_server
+from tests.support.service import build_grpc_server
 from tests.support.tls import write_self_signed
 
 GET = "/signingkeys.v1.SigningKeys/GetSigningKey"
@@ -407,15 +407,7 @@ async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
     settings = dataclasses.replace(
         server.settings, tls_cert_file=str(cert_file), tls_key_file=str(key_file)
     )
-    tls_server = GrpcServer(
-        settings,
-        key_service=server.keys,
-        authenticator=server.authenticator,
-        verifier=server.verifier,
-        changes=server.changes,
-        readiness=server.readiness,
-        regions=FakeRegions(),
-    )
+    tls_server = build_grpc_server(server, settings=settings, regions=FakeRegions())
     async with tls_server:
         assert tls_server.port is not None
         context = ssl.create_default_context(cafile=str(cert_file))
