@@ -91,6 +91,21 @@ MISTAKES = (
         "expires_at must be Unix seconds",
     ),
     invalid(
+        "expiry in year 1, which the database would keep as -infinity",
+        ("POST", KEYS, {}, {"algorithm": "EdDSA", "expires_at": "-62135596800"}),
+        (
+            "CreateSigningKey",
+            pb.CreateSigningKeyRequest(algorithm="EdDSA", expires_at="-62135596800"),
+        ),
+        "from 0 to 253402300799",
+    ),
+    invalid(
+        "imported key's expiry after year 9999",
+        ("POST", KEYS + "/import", {}, {"public_key": _EC_PEM, "expires_at": "253402300800"}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_EC_PEM, expires_at="253402300800")),
+        "from 0 to 253402300799",
+    ),
+    invalid(
         "idempotency key with a space",
         ("POST", KEYS, {"Idempotency-Key": "has space"}, {}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(idempotency_key="has space")),

@@ -99,6 +99,10 @@ class KeySpec:
             raise InvalidRequestError("name must be printable text (no control characters)")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise InvalidRequestError("expires_at must carry a time zone")
+        if self.expires_at is not None and not times.is_in_range(self.expires_at):
+            raise InvalidRequestError(
+                f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}"
+            )
 
 
 def _idempotency_key(value: object) -> str | None:

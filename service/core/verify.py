@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from service.core import crypto
+from service.core import crypto, times
 from service.core.changes import ChangeFeed
 from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
@@ -168,7 +168,7 @@ class TokenVerifier:
         record = key.record
         now = self._clock()
         if not record.is_active or (
-            record.expires_at is not None and record.expires_at.timestamp() <= now
+            record.expires_at is not None and times.seconds(record.expires_at) <= now
         ):
             raise _Invalid("revoked_key", key)
         alg = header.get("alg")
@@ -224,7 +224,7 @@ class TokenVerifier:
             "keys": [
                 crypto.public_jwk(key.public_key, kid=key.id, algorithm=key.algorithm)
                 for key in sorted(keys, key=lambda key: key.id)
-                if key.expires_at is None or key.expires_at.timestamp() > now
+                if key.expires_at is None or times.seconds(key.expires_at) > now
             ]
         }
         body = json.dumps(document, sort_keys=True).encode()

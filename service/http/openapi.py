@@ -12,6 +12,7 @@ from service.core.requests import (
     MAX_NAME_LENGTH,
     MAX_PAGE_LIMIT,
 )
+from service.core.times import EARLIEST, LATEST
 from service.core.verify import REASONS
 
 
@@ -44,7 +45,13 @@ _ALGORITHM = {"type": "string", "enum": list(ALGORITHMS)}
 _KEY_SPEC = {
     "algorithm": _ALGORITHM,
     "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
-    "expires_at": {"type": ["integer", "string"], "description": "Unix seconds."},
+    "expires_at": {
+        "type": ["integer", "string"],
+        "minimum": EARLIEST,
+        "maximum": LATEST,
+        "pattern": "^[0-9]{1,12}$",
+        "description": f"Unix seconds, {EARLIEST} to {LATEST} (years 1970-9999).",
+    },
 }
 
 _KEY = {

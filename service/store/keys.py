@@ -9,9 +9,10 @@ ambiguous commit and it still lands exactly once.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from service.core import times
 from service.core.models import AuditEvent, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
@@ -21,11 +22,27 @@ _COLUMNS = (
     "created_at, updated_at, revoked_at, expires_at"
 )
 
+
+def _bound(seconds: int) -> str:
+    return f"TIMESTAMPTZ '{times.EPOCH + timedelta(seconds=seconds):%Y-%m-%d %H:%M:%S+00}'"
+
+
+# What reads select: the columns, with an expiry outside the range callers may give clamped
+# into it. Such a row (written before the range was checked: year 1 is kept as -infinity) must
+# never fail to decode or render; an expiry before 1970 has passed either way. A CASE, not
+# GREATEST/LEAST, so that NULL (no expiry) stays NULL on PostgreSQL and CockroachDB alike.
+_SELECTED = _COLUMNS.replace(
+    "expires_at",
+    f"CASE WHEN expires_at < {_bound(times.EARLIEST)} THEN {_bound(times.EARLIEST)}"
+    f" WHEN expires_at > {_bound(times.LATEST)} THEN {_bound(times.LATEST)}"
+    " ELSE expires_at END AS expires_at",
+)
+
 # A constant column list; every value is a parameter.
 _REVOKE = (
     "UPDATE signing_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"  # noqa: S608
     " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
-    " RETURNING " + _COLUMNS
+    " RETURNING " + _SELECTED
 )
 
 
@@ -121,7 +138,7 @@ class PostgresKeyRecords:
             )
             await _insert_audit(conn, audit)
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
+                f"SELECT {_SELECTED} FROM signing_keys WHERE id = $1",  # noqa: S608
                 key.id,
             )
             return InsertOutcome(key=_key(row))
@@ -135,7 +152,7 @@ class PostgresKeyRecords:
 
         async def op(conn: Any) -> SigningKey | None:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
+                f"SELECT {_SELECTED} FROM signing_keys WHERE id = $1",  # noqa: S608
                 key_id,
             )
             if row is None or (
@@ -159,7 +176,7 @@ class PostgresKeyRecords:
 
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
                 " WHERE environment_id = $1 AND (NOT $4 OR status = 'active')"
                 " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                 environment_id,
@@ -191,7 +208,7 @@ class PostgresKeyRecords:
                 await _insert_audit(conn, audit)
                 return _key(row)
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
                 " WHERE id = $1 AND environment_id = $2",
                 key_id,
                 environment_id,
@@ -232,7 +249,7 @@ class PostgresKeyRecords:
     ) -> list[SigningKey]:
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
                 " WHERE ($1::text IS NULL OR environment_id = $1::text)"
                 " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
                 " AND (NOT $3 OR status = 'active')"

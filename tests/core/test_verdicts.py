@@ -12,8 +12,8 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -26,7 +26,7 @@ from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.metrics import CoreMetrics
-from service.core.models import CreatedKey, Principal, Scope
+from service.core.models import AuditEvent, CreatedKey, Principal, Scope
 from service.core.requests import CreateKeyRequest, JwksRequest, KeyRef, KeySpec, VerifyRequest
 from service.core.verify import REASONS, Reason, TokenVerifier, Verification
 from service.errors import PayloadTooLargeError, PermissionDeniedError, RegionUnavailableError
@@ -275,6 +275,30 @@ async def test_a_key_past_its_expiry_verifies_nothing(world: World) -> None:
     assert (await world.verify(token)).valid
     world.clock.advance(11)
     assert (await world.verify(token)).reason == "revoked_key"
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "reason"), [(datetime.min, "revoked_key"), (datetime.max, None)]
+)
+async def test_a_stored_expiry_beyond_any_renderable_year_still_gets_a_verdict(
+    world: World, expires_at: datetime, reason: Reason | None
+) -> None:
+    """A row written before expiries were range-checked (year 1, which the database keeps as
+    ``-infinity`` and asyncpg returns as the naive ``datetime.min``; or ``+infinity``): the
+    verdict and the JWK Set come out as for any past or far-future expiry."""
+    pair = crypto.generate_key_pair("EdDSA")
+    key = replace((await world.key()).key, id="stored-by-hand", public_key=pair.public_der)
+    event = AuditEvent(
+        id="e1", environment_id=A, key_id=key.id, action="import", actor="a", api="cli",
+        request_id=None,
+    )  # fmt: skip
+    await world.records.insert(replace(key, expires_at=expires_at), audit=event)
+    await world.feed.poll_once()
+    created = CreatedKey(key=key, private_key_pem=pair.private_pem)
+    verdict = await world.verify(world.sign(created))
+    assert (verdict.reason, verdict.key_id) == (reason, key.id)
+    document, _ = await world.verifier.jwks(CALLER, OURS)
+    assert (key.id in {jwk["kid"] for jwk in document["keys"]}) is (reason is None)
 
 
 # Malformed tokens and algorithm confusion.

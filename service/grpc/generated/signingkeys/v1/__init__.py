@@ -149,7 +149,8 @@ class CreateSigningKeyRequest(betterproto.Message):
 
     expires_at: str = betterproto.string_field(4)
     """
-    When the key stops verifying tokens, Unix seconds as a decimal string; empty for never.
+    When the key stops verifying tokens, Unix seconds as a decimal string from 0 to
+     253402300799 (years 1970 to 9999); empty for never.
     """
 
     idempotency_key: str = betterproto.string_field(5)
@@ -201,7 +202,8 @@ class ImportSigningKeyRequest(betterproto.Message):
 
     expires_at: str = betterproto.string_field(6)
     """
-    When the key stops verifying tokens, Unix seconds as a decimal string; empty for never.
+    When the key stops verifying tokens, Unix seconds as a decimal string from 0 to
+     253402300799 (years 1970 to 9999); empty for never.
     """
 
     idempotency_key: str = betterproto.string_field(7)
