@@ -6,6 +6,7 @@ enforce for both transports."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,12 @@ import aiohttp
 import betterproto
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from service.core import crypto
 from service.core.models import Scope
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
@@ -33,6 +35,15 @@ GRPC_STATUS_OF_HTTP = {
     409: Status.ALREADY_EXISTS,
 }
 
+
+def _rsa_public(bits: int, e: int) -> rsa.RSAPublicKey:
+    """An RSA public key of ``bits`` bits: a random odd modulus serves, as import cannot tell."""
+    return rsa.RSAPublicNumbers(e, (1 << (bits - 1)) | secrets.randbits(bits - 1) | 1).public_key()
+
+
+_COSTLY_RSA_PEM = crypto.public_key_pem(crypto.public_key_der(_rsa_public(2048, (1 << 2040) + 1)))
+_HUGE_RSA_N = _rsa_public(16384, 65537).public_numbers().n
+_HUGE_RSA_JWK = {"kty": "RSA", "n": crypto.b64url(_HUGE_RSA_N.to_bytes(2048, "big")), "e": "AQAB"}
 _EC_PEM = (
     ec.generate_private_key(ec.SECP256R1())
     .public_key()
@@ -189,6 +200,18 @@ MISTAKES = (
             ),
         ),
         "private",
+    ),
+    invalid(
+        "import of an RSA key with a 2^2040 exponent",
+        ("POST", KEYS + "/import", {}, {"public_key": _COSTLY_RSA_PEM}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_COSTLY_RSA_PEM)),
+        "public exponent 65537",
+    ),
+    invalid(
+        "import of a 16384-bit RSA key",
+        ("POST", KEYS + "/import", {}, {"public_key": _HUGE_RSA_JWK}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=json.dumps(_HUGE_RSA_JWK))),
+        "2048 to 4096 bits",
     ),
     invalid(
         "import with an algorithm the key does not have",

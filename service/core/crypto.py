@@ -23,7 +23,14 @@ Algorithm = Literal["RS256", "ES256", "EdDSA"]
 ALGORITHMS: Final[tuple[Algorithm, ...]] = get_args(Algorithm)
 DEFAULT_ALGORITHM: Final[Algorithm] = "RS256"
 RSA_KEY_BITS: Final = 2048
+# What an imported RSA key may be. Verification costs grow with the modulus (cubically for
+# the private half, quadratically here) and with the exponent's length: a 2^2040 exponent
+# cost ten times a normal check. 65537 alone, because it is what every library generates,
+# FIPS 186-5 requires an exponent above 2^16 (3 is out), and small exponents are where
+# signature-forgery attacks on lax verifiers lived.
 MIN_IMPORTED_RSA_BITS: Final = 2048
+MAX_IMPORTED_RSA_BITS: Final = 4096
+RSA_PUBLIC_EXPONENT: Final = 65537
 
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -86,19 +93,39 @@ def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def usable_key(der: bytes, algorithm: Algorithm) -> PublicKey | None:
+    """A stored key, loaded, if today's rules (:func:`algorithm_of`) accept it for
+    ``algorithm``; ``None`` otherwise, so that a key stored before a rule existed (an RSA key
+    with a huge exponent, say) is never used. Never raises."""
+    try:
+        key = load_public_key(der)
+        return key if algorithm_of(key) == algorithm else None
+    except (ValueError, UnsupportedAlgorithm):  # InvalidRequestError is a ValueError
+        return None
+
+
 def public_key_pem(der: bytes) -> str:
-    return (
-        load_public_key(der)
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
+    """The SubjectPublicKeyInfo DER as PEM: base64 in 64-character lines between the
+    markers, as ``cryptography`` writes it, without loading the key (no cost, no failure)."""
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join(["-----BEGIN PUBLIC KEY-----", *lines, "-----END PUBLIC KEY-----", ""])
 
 
 def algorithm_of(key: PublicKey) -> Algorithm:
-    """The one JWS algorithm a key is used with; anything else is refused."""
+    """The one JWS algorithm a key is used with; a key outside the rules is refused."""
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_IMPORTED_RSA_BITS:
-            raise InvalidRequestError(f"RSA keys must have at least {MIN_IMPORTED_RSA_BITS} bits")
+        numbers = key.public_numbers()
+        if not MIN_IMPORTED_RSA_BITS <= key.key_size <= MAX_IMPORTED_RSA_BITS:
+            raise InvalidRequestError(
+                f"RSA keys must have {MIN_IMPORTED_RSA_BITS} to {MAX_IMPORTED_RSA_BITS} bits"
+            )
+        if numbers.e != RSA_PUBLIC_EXPONENT:
+            raise InvalidRequestError(
+                f"RSA keys must use the public exponent {RSA_PUBLIC_EXPONENT}"
+            )
+        if numbers.n % 2 == 0:
+            raise InvalidRequestError("an RSA modulus must be odd")
         return "RS256"
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
@@ -133,7 +160,11 @@ def parse_customer_public_key(value: object) -> tuple[Algorithm, bytes]:
 
 def public_jwk(der: bytes, *, kid: str, algorithm: Algorithm) -> dict[str, str]:
     """The public key as a JWK (RFC 7517) with ``kid``, ``alg`` and ``use``."""
-    key = load_public_key(der)
+    return jwk_of(load_public_key(der), kid=kid, algorithm=algorithm)
+
+
+def jwk_of(key: PublicKey, *, kid: str, algorithm: Algorithm) -> dict[str, str]:
+    """A loaded public key as a JWK, as :func:`public_jwk`."""
     jwk: dict[str, str]
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()

@@ -22,8 +22,12 @@ from service.core.models import SigningKey
 
 @dataclass(frozen=True, slots=True)
 class CachedKey:
+    """A stored key and its loaded public key; ``public_key`` is ``None`` when today's key
+    rules refuse the stored one (:func:`~service.core.crypto.usable_key`): it verifies
+    nothing, and costs nothing."""
+
     record: SigningKey
-    public_key: crypto.PublicKey
+    public_key: crypto.PublicKey | None
 
 
 class KeyCache:
@@ -79,10 +83,14 @@ class KeyCache:
             return current
         if current is None and len(self._keys) >= self._keys.maxsize:
             self.complete = False  # an eviction follows: a miss no longer proves "unknown"
-        if current is not None and current.record.public_key == key.public_key:
+        if (
+            current is not None
+            and current.record.public_key == key.public_key
+            and current.record.algorithm == key.algorithm
+        ):
             cached = CachedKey(key, current.public_key)
         else:
-            cached = CachedKey(key, crypto.load_public_key(key.public_key))
+            cached = CachedKey(key, crypto.usable_key(key.public_key, key.algorithm))
         self._keys[key.id] = cached
         self._unknown.pop(key.id, None)
         return cached

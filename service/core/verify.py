@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, get_args
 import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from service.core import crypto, times
@@ -57,6 +57,7 @@ Reason = Literal[
     "wrong_audience",
     "wrong_subject",
     "algorithm_mismatch",
+    "unsupported_key",
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # RFC 9864 names Ed25519 explicitly; older libraries say EdDSA. Both mean our EdDSA keys.
@@ -171,6 +172,8 @@ class TokenVerifier:
             record.expires_at is not None and times.seconds(record.expires_at) <= now
         ):
             raise _Invalid("revoked_key", key)
+        if key.public_key is None:  # stored before today's key rules: never used
+            raise _Invalid("unsupported_key", key)
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise _Invalid("malformed", key)
@@ -222,9 +225,11 @@ class TokenVerifier:
         now = self._clock()
         document = {
             "keys": [
-                crypto.public_jwk(key.public_key, kid=key.id, algorithm=key.algorithm)
+                crypto.jwk_of(public, kid=key.id, algorithm=key.algorithm)
                 for key in sorted(keys, key=lambda key: key.id)
                 if key.expires_at is None or times.seconds(key.expires_at) > now
+                # Only what verifies here: no relying party is handed a key the rules refuse.
+                if (public := crypto.usable_key(key.public_key, key.algorithm)) is not None
             ]
         }
         body = json.dumps(document, sort_keys=True).encode()
@@ -266,10 +271,8 @@ def _signature_ok(key: crypto.PublicKey, signing_input: bytes, signature: bytes)
                 return False
             r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
             key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, ed25519.Ed25519PublicKey):
+        else:
             key.verify(signature, signing_input)
-        else:  # pragma: no cover - keys are validated when stored
-            return False
     except InvalidSignature:
         return False
     return True

@@ -1,5 +1,5 @@
 """Every verdict of the token verifier, over the in-memory ports (no database): each of the
-nine reasons, the leeway at their edges, environment isolation, what a verdict reveals,
+ten reasons, the leeway at their edges, environment isolation, what a verdict reveals,
 cache misses, JWKS, and the last-known-good / fail-closed rules.
 
 Tokens are signed by PyJWT with keys the key service generated, as customers sign them.
@@ -19,7 +19,8 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_private_key
 
 from service.core import crypto
 from service.core.changes import ChangeFeed
@@ -179,6 +180,38 @@ async def _algorithm_mismatch(world: World, created: CreatedKey) -> tuple[str, d
     return world.sign(created, private_pem=es256, algorithm="ES256"), {}
 
 
+async def store_by_hand(world: World, der: bytes, *, algorithm: crypto.Algorithm) -> str:
+    """Store a key through the port, past every rule of the key service (as a key stored
+    before a rule existed), and let the change feed bring it into the cache."""
+    record = replace(
+        (await world.key()).key, id="by-hand", algorithm=algorithm, public_key=der,
+        fingerprint=crypto.fingerprint(der),
+    )  # fmt: skip
+    event = AuditEvent(
+        id="e-by-hand", environment_id=A, key_id=record.id, action="import", actor="a",
+        api="cli", request_id=None,
+    )  # fmt: skip
+    await world.records.insert(record, audit=event)
+    await world.feed.poll_once()
+    return record.id
+
+
+def costly_rsa_key() -> tuple[bytes, bytes]:
+    """A real RSA key's private PEM, and its public half stored with a 2^2040 exponent: an
+    RSA key the import rules now refuse, which made each verification ten times dearer."""
+    pair = crypto.generate_key_pair("RS256")
+    n = load_der_public_key(pair.public_der).public_numbers().n  # type: ignore[union-attr]
+    costly = RSAPublicNumbers((1 << 2040) + 1, n).public_key()
+    return pair.private_pem, crypto.public_key_der(costly)
+
+
+async def _unsupported_key(world: World, created: CreatedKey) -> tuple[str, dict[str, Any]]:
+    private_pem, der = costly_rsa_key()
+    key_id = await store_by_hand(world, der, algorithm="RS256")
+    stored = CreatedKey(key=replace(created.key, id=key_id), private_key_pem=private_pem)
+    return world.sign(stored, algorithm="RS256"), {}
+
+
 CASES: dict[Reason, Case] = {
     "malformed": _malformed,
     "unknown_key": _unknown_key,
@@ -189,11 +222,12 @@ CASES: dict[Reason, Case] = {
     "wrong_audience": _wrong_audience,
     "wrong_subject": _wrong_subject,
     "algorithm_mismatch": _algorithm_mismatch,
+    "unsupported_key": _unsupported_key,
 }
 
 
 def test_every_reason_the_verifier_can_give_has_a_case() -> None:
-    assert set(CASES) == set(REASONS) and len(REASONS) == 9
+    assert set(CASES) == set(REASONS) and len(REASONS) == 10
 
 
 @pytest.mark.parametrize("reason", REASONS)
@@ -275,6 +309,33 @@ async def test_a_key_past_its_expiry_verifies_nothing(world: World) -> None:
     assert (await world.verify(token)).valid
     world.clock.advance(11)
     assert (await world.verify(token)).reason == "revoked_key"
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "der"),
+    [
+        ("RS256", costly_rsa_key()[1]),
+        ("RS256", crypto.generate_key_pair("EdDSA").public_der),  # not the row's algorithm
+        ("EdDSA", b"not a key"),
+    ],
+    ids=["huge-exponent", "algorithm-of-another-key", "not-a-key"],
+)
+async def test_a_stored_key_outside_the_rules_is_never_used_nor_published(
+    world: World, algorithm: crypto.Algorithm, der: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict is ``unsupported_key`` (the key exists and the caller may see it, so
+    ``unknown_key`` would mislead) and comes before any signature check."""
+    key_id = await store_by_hand(world, der, algorithm=algorithm)
+
+    def no_signature_check(*args: object) -> bool:
+        raise AssertionError("a key outside the rules reached the signature check")
+
+    monkeypatch.setattr("service.core.verify._signature_ok", no_signature_check)
+    token = handmade({"alg": algorithm, "kid": key_id}, {"exp": world.now() + 60}, b"x" * 256)
+    verdict = await world.verify(token)
+    assert (verdict.valid, verdict.reason, verdict.key_id) == (False, "unsupported_key", key_id)
+    document, _ = await world.verifier.jwks(CALLER, OURS)
+    assert key_id not in {jwk["kid"] for jwk in document["keys"]}
 
 
 @pytest.mark.parametrize(

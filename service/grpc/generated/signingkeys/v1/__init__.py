@@ -57,6 +57,11 @@ class InvalidReason(betterproto.Enum):
     WRONG_AUDIENCE = 7
     WRONG_SUBJECT = 8
     ALGORITHM_MISMATCH = 9
+    UNSUPPORTED_KEY = 10
+    """
+    The key was stored before today's key rules and is outside them (an RSA key with an
+     exponent other than 65537, or over 4096 bits): it verifies nothing. Import a new key.
+    """
 
 
 class WatchEventKind(betterproto.Enum):

@@ -31,6 +31,7 @@ class InvalidReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_REASON_WRONG_AUDIENCE: _ClassVar[InvalidReason]
     INVALID_REASON_WRONG_SUBJECT: _ClassVar[InvalidReason]
     INVALID_REASON_ALGORITHM_MISMATCH: _ClassVar[InvalidReason]
+    INVALID_REASON_UNSUPPORTED_KEY: _ClassVar[InvalidReason]
 
 class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ INVALID_REASON_BAD_SIGNATURE: InvalidReason
 INVALID_REASON_WRONG_AUDIENCE: InvalidReason
 INVALID_REASON_WRONG_SUBJECT: InvalidReason
 INVALID_REASON_ALGORITHM_MISMATCH: InvalidReason
+INVALID_REASON_UNSUPPORTED_KEY: InvalidReason
 WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
 WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
 WATCH_EVENT_KIND_SYNCED: WatchEventKind
