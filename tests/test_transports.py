@@ -44,6 +44,19 @@ def _rsa_public(bits: int, e: int) -> rsa.RSAPublicKey:
 _COSTLY_RSA_PEM = crypto.public_key_pem(crypto.public_key_der(_rsa_public(2048, (1 << 2040) + 1)))
 _HUGE_RSA_N = _rsa_public(16384, 65537).public_numbers().n
 _HUGE_RSA_JWK = {"kty": "RSA", "n": crypto.b64url(_HUGE_RSA_N.to_bytes(2048, "big")), "e": "AQAB"}
+
+
+def _respelled_ec_jwk() -> dict[str, str]:
+    """A P-256 JWK whose ``x`` ends in a character with its two unused bits set: the same
+    bytes as the canonical spelling, which a lax decoder would accept."""
+    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    x, y = (crypto.b64url(value.to_bytes(32, "big")) for value in (numbers.x, numbers.y))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    x = x[:-1] + alphabet[alphabet.index(x[-1]) | 0b11]
+    return {"kty": "EC", "crv": "P-256", "x": x, "y": y}
+
+
+_RESPELLED_EC_JWK = _respelled_ec_jwk()
 _EC_PEM = (
     ec.generate_private_key(ec.SECP256R1())
     .public_key()
@@ -212,6 +225,12 @@ MISTAKES = (
         ("POST", KEYS + "/import", {}, {"public_key": _HUGE_RSA_JWK}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=json.dumps(_HUGE_RSA_JWK))),
         "2048 to 4096 bits",
+    ),
+    invalid(
+        "import of a JWK member spelled in non-canonical base64url",
+        ("POST", KEYS + "/import", {}, {"public_key": _RESPELLED_EC_JWK}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=json.dumps(_RESPELLED_EC_JWK))),
+        "JWK member 'x' is not base64url",
     ),
     invalid(
         "import with an algorithm the key does not have",

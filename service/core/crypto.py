@@ -188,15 +188,26 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url strictly; raise ``ValueError`` on anything else."""
-    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+    """Decode canonical unpadded base64url; raise ``ValueError`` on anything else.
+
+    Canonical: the alphabet only (no ``=``, no whitespace), and the bits of the last
+    character that fall beyond the data are zero. Otherwise four encodings of one signature
+    (sixteen, for some lengths) would all verify: the token would be malleable.
+    """
+    if _B64URL.fullmatch(text) is None:
         raise ValueError("not base64url")
+    remainder = len(text) % 4
+    if remainder and (remainder == 1 or text[-1] not in _LAST_CHARACTERS[remainder]):
+        raise ValueError("not canonical base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 # Checked in C: on the verification hot path a per-character loop cost more than the
 # RSA signature check itself.
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
+# The characters that may end an encoding of 2 or 3 (modulo 4) characters: those whose 4 or
+# 2 unused low bits are zero. One set look-up, so canonical decoding costs nothing more.
+_LAST_CHARACTERS: Final = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
 
 
 def _b64_uint(value: int, length: int | None = None) -> str:

@@ -244,7 +244,8 @@ def _may_see(principal: Principal, key: CachedKey, environment_id: str | None) -
 
 
 def _split(token: str) -> tuple[str, str, dict[str, Any], dict[str, Any], bytes]:
-    parts = token.strip().split(".")
+    # Not stripped: a compact JWS has no whitespace, and one token must have one spelling.
+    parts = token.split(".")
     if len(parts) != 3:
         raise _Invalid("malformed")
     header_b64, payload_b64, signature_b64 = parts

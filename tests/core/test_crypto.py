@@ -136,3 +136,34 @@ def test_fingerprint_is_sha256_of_the_spki_der() -> None:
     import hashlib
 
     assert crypto.fingerprint(pair.public_der) == hashlib.sha256(pair.public_der).hexdigest()
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@pytest.mark.parametrize("length", range(1, 9))
+def test_only_the_canonical_base64url_spelling_decodes(length: int) -> None:
+    """Every last character is tried: of the spellings that decode to the same bytes, only
+    the one ``b64url`` writes is accepted, so a signature (or header, or JWK member) has one
+    spelling; and the last character's unused bits must be zero, so the other spellings that
+    decode at all carry other bytes."""
+    data = secrets.token_bytes(length)
+    canonical = crypto.b64url(data)
+    accepted = []
+    for last in ALPHABET:
+        spelling = canonical[:-1] + last
+        try:
+            accepted.append((spelling, crypto.b64url_decode(spelling)))
+        except ValueError:
+            continue
+    assert [spelling for spelling, decoded in accepted if decoded == data] == [canonical]
+    unused_bits = {0: 0, 1: 4, 2: 2}[length % 3]
+    assert len(accepted) == 64 >> unused_bits
+
+
+@pytest.mark.parametrize(
+    "text", ["", "QQ==", "QQ=", "QUJD=", " QUJD", "QUJD\n", "QU JD", "QU+D", "QU/D", "QUJDR", "Q"]
+)
+def test_padding_whitespace_and_foreign_characters_are_not_base64url(text: str) -> None:
+    with pytest.raises(ValueError, match="base64url"):
+        crypto.b64url_decode(text)

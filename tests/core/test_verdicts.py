@@ -398,6 +398,50 @@ async def test_malformed_tokens_say_so(
     assert verdict.reason == "malformed"
 
 
+def respell(segment: str) -> str:
+    """The same bytes with the last character's unused low bits set: a non-canonical
+    spelling that a lax decoder reads as the same value."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 0b1111, 3: 0b11}[len(segment) % 4]
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) | unused]
+
+
+@pytest.mark.parametrize("algorithm", crypto.ALGORITHMS)
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda h, p, s: (h, p, respell(s)),
+        lambda h, p, s: (respell(h) if len(h) % 4 else h + "=", p, s),
+        lambda h, p, s: (h, respell(p) if len(p) % 4 else p + "=", s),
+        lambda h, p, s: (h, p, s + "=" * (-len(s) % 4)),
+        lambda h, p, s: (h, p, s.replace("-", "+").replace("_", "/") + "+"),
+        lambda h, p, s: (" " + h, p, s),
+        lambda h, p, s: (h, p, s + "\n"),
+    ],
+    ids=[
+        "signature-bits",
+        "header-bits",
+        "payload-bits",
+        "padding",
+        "standard-alphabet",
+        "leading-space",
+        "trailing-newline",
+    ],
+)
+async def test_a_token_has_one_spelling_and_any_other_is_malformed(
+    world: World,
+    algorithm: crypto.Algorithm,
+    tamper: Callable[[str, str, str], tuple[str, str, str]],
+) -> None:
+    created = await world.key(algorithm)
+    token = world.sign(created)
+    assert (await world.verify(token)).valid
+    header, payload, signature = token.split(".")
+    tampered = ".".join(tamper(header, payload, signature))
+    assert tampered != token
+    assert (await world.verify(tampered)).reason == "malformed"
+
+
 @pytest.mark.parametrize(
     "claims",
     [{"exp": None}, {"exp": "tomorrow"}, {"exp": True}, {"exp": 10**400}, {"nbf": "now"}],

@@ -146,6 +146,23 @@ async def test_every_reason_code(
     assert revoked["reason"] == "revoked_key" and revoked["key_id"] == other_kid
 
 
+async def test_a_signature_respelled_in_its_unused_bits_is_malformed(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    """A 256-byte RS256 signature ends in a character with four unused bits: fifteen other
+    spellings decode to the same bytes, and none of them may verify."""
+    kid, private, _ = await new_key(http, auth)
+    token = sign(private, {}, kid=kid)
+    assert (await verify(http, auth, token))["valid"] is True
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    for flipped in (last | 0b0001, last | 0b1000, last | 0b1111):
+        respelled = token[:-1] + alphabet[flipped]
+        assert respelled != token
+        verdict = await verify(http, auth, respelled)
+        assert (verdict["valid"], verdict["reason"]) == (False, "malformed")
+
+
 async def test_hs256_signed_with_the_public_key_is_refused(
     http: aiohttp.ClientSession, auth: Credentials
 ) -> None:
