@@ -57,6 +57,33 @@ def _respelled_ec_jwk() -> dict[str, str]:
 
 
 _RESPELLED_EC_JWK = _respelled_ec_jwk()
+
+
+def _private_material() -> tuple[str, str, dict[str, str]]:
+    """A private key on one line (as it fits a name), a public PEM with that private key's
+    body pasted after it, and an RSA private JWK with its CRT members but no ``d``."""
+    private_pem = crypto.generate_key_pair("EdDSA").private_pem.decode()
+    body = "".join(private_pem.splitlines()[1:-1])
+    public_pem = crypto.public_key_pem(crypto.generate_key_pair("EdDSA").public_der)
+    rsa_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = rsa_private.private_numbers()
+    members = {
+        "n": numbers.public_numbers.n,
+        "e": numbers.public_numbers.e,
+        "p": numbers.p,
+        "q": numbers.q,
+        "dp": numbers.dmp1,
+        "dq": numbers.dmq1,
+        "qi": numbers.iqmp,
+    }
+    jwk = {"kty": "RSA"} | {
+        name: crypto.b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+        for name, value in members.items()
+    }
+    return " ".join(private_pem.split()), public_pem + body + "\n", jwk
+
+
+_PRIVATE_ONE_LINE, _PUBLIC_THEN_PRIVATE_BODY, _RSA_JWK_WITHOUT_D = _private_material()
 _EC_PEM = (
     ec.generate_private_key(ec.SECP256R1())
     .public_key()
@@ -231,6 +258,30 @@ MISTAKES = (
         ("POST", KEYS + "/import", {}, {"public_key": _RESPELLED_EC_JWK}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=json.dumps(_RESPELLED_EC_JWK))),
         "JWK member 'x' is not base64url",
+    ),
+    invalid(
+        "a private key in a name",
+        ("POST", KEYS, {}, {"algorithm": "EdDSA", "name": _PRIVATE_ONE_LINE}),
+        ("CreateSigningKey", pb.CreateSigningKeyRequest(algorithm="EdDSA", name=_PRIVATE_ONE_LINE)),
+        "name carries a private key",
+    ),
+    invalid(
+        "a private key in an imported key's name",
+        ("POST", KEYS + "/import", {}, {"public_key": _EC_PEM, "name": _PRIVATE_ONE_LINE}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_EC_PEM, name=_PRIVATE_ONE_LINE)),
+        "name carries a private key",
+    ),
+    invalid(
+        "import of an RSA JWK with p, q, dp, dq, qi and no d",
+        ("POST", KEYS + "/import", {}, {"public_key": _RSA_JWK_WITHOUT_D}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=json.dumps(_RSA_JWK_WITHOUT_D))),
+        "public_key is a private key (it has the members dp, dq, p, q, qi)",
+    ),
+    invalid(
+        "import of a public PEM with a private key's body after it",
+        ("POST", KEYS + "/import", {}, {"public_key": _PUBLIC_THEN_PRIVATE_BODY}),
+        ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_PUBLIC_THEN_PRIVATE_BODY)),
+        "exactly one PEM block",
     ),
     invalid(
         "import with an algorithm the key does not have",

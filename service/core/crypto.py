@@ -32,6 +32,20 @@ MIN_IMPORTED_RSA_BITS: Final = 2048
 MAX_IMPORTED_RSA_BITS: Final = 4096
 RSA_PUBLIC_EXPONENT: Final = 65537
 
+# What gives a private key away: the marker every PEM private key block carries (PKCS#8,
+# PKCS#1, SEC 1, OpenSSH, PGP), and the JWK members only a private or secret key has
+# (RFC 7518: d, p, q, dp, dq, qi, oth for RSA and EC; k for a symmetric key).
+PRIVATE_KEY_MARKER: Final = "PRIVATE KEY"
+PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# One public key block and nothing else: whitespace around it, base64 lines within it. PEM
+# readers skip whatever surrounds a block, which would let a private key's body travel
+# (and be taken for accepted) beside a public one.
+_PUBLIC_PEM: Final = re.compile(
+    r"\s*-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY)-----[ \t]*\r?\n"
+    r"(?:[A-Za-z0-9+/=]+[ \t]*\r?\n)+"
+    r"-----END \1-----\s*"
+)
+
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -136,14 +150,55 @@ def algorithm_of(key: PublicKey) -> Algorithm:
     raise InvalidRequestError("unsupported key type: use RSA (RS256), P-256 (ES256) or Ed25519")
 
 
+def refuse_private_material(value: object, name: str) -> None:
+    """Raise :class:`InvalidRequestError` if ``value`` (text, or JSON such as a JWK) carries
+    private key material: the ``PRIVATE KEY`` marker in any string or member name within
+    it, or, for an object, a member only a private key has. The message names the field and
+    the members, never the value, so the value reaches neither the answer nor a log.
+
+    >>> refuse_private_material({"kty": "RSA", "n": "…", "e": "AQAB", "p": "…"}, "public_key")
+    Traceback (most recent call last):
+    InvalidRequestError: public_key is a private key (it has the member p): ...
+    """
+    if isinstance(value, dict):
+        found = PRIVATE_JWK_MEMBERS & value.keys()
+        if found:
+            members = ", ".join(sorted(found))
+            raise InvalidRequestError(
+                f"{name} is a private key (it has the member{'s' if len(found) > 1 else ''} "
+                f"{members}): send only the public key, never a private one"
+            )
+    pending = [value]
+    while pending:  # a loop, not recursion: the JSON may nest as deep as its parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            if PRIVATE_KEY_MARKER in item:
+                # Not the marker itself: log scanners alert on it, and gRPC's status message
+                # can reach a debug log (hpack's).
+                raise InvalidRequestError(
+                    f"{name} carries a private key (a PEM private key marker): "
+                    "send only the public key, never a private one"
+                )
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def parse_customer_public_key(value: object) -> tuple[Algorithm, bytes]:
     """Parse an imported public key (PEM text or a JWK object) → (algorithm, SPKI DER).
 
-    Private keys are refused: a customer must never send us one.
+    Private keys are refused, and so is anything carrying one: a customer must never send
+    us one. PEM text must be one public key block and nothing else.
     """
+    refuse_private_material(value, "public_key")
     if isinstance(value, str):
-        if "PRIVATE KEY" in value:
-            raise InvalidRequestError("public_key must be a public key; never send a private key")
+        if _PUBLIC_PEM.fullmatch(value) is None:
+            raise InvalidRequestError(
+                "public_key must be exactly one PEM block '-----BEGIN PUBLIC KEY-----', "
+                "with nothing before or after it"
+            )
         try:
             key = serialization.load_pem_public_key(value.encode("utf-8"))
         except (ValueError, UnsupportedAlgorithm):
@@ -226,8 +281,6 @@ def _jwk_int(jwk: dict[str, Any], name: str) -> int:
 
 
 def _public_key_from_jwk(jwk: dict[str, Any]) -> PublicKey:
-    if "d" in jwk:
-        raise InvalidRequestError("public_key must be a public JWK; never send a private key")
     kty = jwk.get("kty")
     try:
         if kty == "RSA":

@@ -31,6 +31,7 @@ MAX_PAGE: Final = 10_000
 MAX_NAME_LENGTH: Final = 200
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 MAX_EXPECTATION_LENGTH: Final = 512
+IDEMPOTENCY_KEY: Final = "Idempotency-Key"  # its name in messages, as HTTP's header says it
 
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -97,6 +98,7 @@ class KeySpec:
             raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
         if self.name is not None and not self.name.isprintable():
             raise InvalidRequestError("name must be printable text (no control characters)")
+        crypto.refuse_private_material(self.name, "name")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise InvalidRequestError("expires_at must carry a time zone")
         if self.expires_at is not None and not times.is_in_range(self.expires_at):
@@ -105,11 +107,19 @@ class KeySpec:
             )
 
 
+def no_private_material(**fields: object) -> None:
+    """Refuse a request any of whose fields carries a private key (see
+    :func:`~service.core.crypto.refuse_private_material`). Checked before any other rule, so
+    that no other message can echo part of the value."""
+    for name, value in fields.items():
+        crypto.refuse_private_material(value, name)
+
+
 def _idempotency_key(value: object) -> str | None:
-    text = optional_text(value, "Idempotency-Key")
+    text = optional_text(value, IDEMPOTENCY_KEY)
     if text is not None and not _IDEMPOTENCY_KEY.fullmatch(text):
         raise InvalidRequestError(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+            f"{IDEMPOTENCY_KEY} must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
         )
     return text
 
@@ -132,6 +142,12 @@ class CreateKeyRequest:
         expires_at: object = None,
         idempotency_key: object = None,
     ) -> CreateKeyRequest:
+        no_private_material(
+            algorithm=algorithm,
+            name=name,
+            expires_at=expires_at,
+            **{IDEMPOTENCY_KEY: idempotency_key},
+        )
         return cls(
             environment_id=environment(environment_id),
             spec=KeySpec(
@@ -167,6 +183,13 @@ class ImportKeyRequest:
         expires_at: object = None,
         idempotency_key: object = None,
     ) -> ImportKeyRequest:
+        no_private_material(
+            public_key=public_key,
+            algorithm=algorithm,
+            name=name,
+            expires_at=expires_at,
+            **{IDEMPOTENCY_KEY: idempotency_key},
+        )
         if public_key is None or public_key == "":
             raise InvalidRequestError("public_key is required (a PEM string or a JWK object)")
         if not isinstance(public_key, str | dict):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from service.core import crypto
 from service.core.keys import KeyService
@@ -309,3 +310,121 @@ async def test_an_expiry_is_part_of_the_request_an_idempotency_key_stands_for(
     later_still = KeySpec(algorithm="EdDSA", expires_at=later + timedelta(seconds=1))
     with pytest.raises(ConflictError, match="another request"):
         await service.create(ADMIN, create(A, later_still, idempotency_key="e"))
+
+
+# Private key material, wherever it hides.
+
+
+def _private_pem(algorithm: crypto.Algorithm = "EdDSA") -> str:
+    return crypto.generate_key_pair(algorithm).private_pem.decode()
+
+
+def _body(pem: str) -> str:
+    """The base64 body of a PEM block, without its markers."""
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+
+
+def _rsa_private_jwk_without_d() -> dict[str, str]:
+    """An RSA private key as a JWK with its CRT members (p, q, dp, dq, qi) but no ``d``: the
+    private key all the same, since p and q give d."""
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    public = numbers.public_numbers
+
+    def b64(value: int) -> str:
+        return crypto.b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    members = {"n": public.n, "e": public.e, "p": numbers.p, "q": numbers.q}
+    members |= {"dp": numbers.dmp1, "dq": numbers.dmq1, "qi": numbers.iqmp}
+    return {"kty": "RSA", **{name: b64(value) for name, value in members.items()}}
+
+
+PRIVATE_PEM = _private_pem()
+PUBLIC_PEM = public_pem()
+HIDING_PLACES: dict[str, dict[str, object]] = {
+    "name: a private key on one line": {"name": " ".join(PRIVATE_PEM.split())},
+    "name: an RSA private key marker": {"name": "copy of -----BEGIN RSA PRIVATE KEY-----"},
+    "algorithm: a private key": {"algorithm": " ".join(PRIVATE_PEM.split())},
+    "expires_at: a private key": {"expires_at": PRIVATE_PEM},
+    "public_key: a private PEM": {"public_key": PRIVATE_PEM},
+    "public_key: a public PEM, then a private one": {"public_key": PUBLIC_PEM + PRIVATE_PEM},
+    "public_key: a private PEM, then a public one": {"public_key": PRIVATE_PEM + PUBLIC_PEM},
+    "public_key: a private key's body after a public PEM": {
+        "public_key": PUBLIC_PEM + _body(PRIVATE_PEM) + "\n"
+    },
+    "public_key: a private key's body before a public PEM": {
+        "public_key": _body(PRIVATE_PEM) + "\n" + PUBLIC_PEM
+    },
+    "public_key: an RSA JWK with p, q, dp, dq, qi and no d": {
+        "public_key": _rsa_private_jwk_without_d()
+    },
+    "public_key: an EC JWK with d": {
+        "public_key": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"}
+    },
+    "public_key: a symmetric JWK": {"public_key": {"kty": "oct", "k": "c2VjcmV0"}},
+    "public_key: a JWK with other primes": {"public_key": {"kty": "RSA", "oth": []}},
+    "public_key: a JWK carrying a private PEM in a member": {
+        "public_key": {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43, "x5c": [PRIVATE_PEM]}
+    },
+}
+
+
+@pytest.mark.parametrize("fields", HIDING_PLACES.values(), ids=HIDING_PLACES.keys())
+async def test_private_key_material_is_refused_wherever_it_hides_and_never_echoed(
+    service: KeyService, records: MemoryKeyRecords, fields: dict[str, object]
+) -> None:
+    fragments = {_body(PRIVATE_PEM)[i : i + 16] for i in range(0, 48, 16)}
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: service.import_key(
+            ADMIN, ImportKeyRequest.parse(environment_id=A, **{"public_key": PUBLIC_PEM, **fields})
+        )
+    ]
+    if "public_key" not in fields:
+        attempts.append(
+            lambda: service.create(ADMIN, CreateKeyRequest.parse(environment_id=A, **fields))
+        )
+    for attempt in attempts:
+        # A bare body cannot be told from any other text: it is refused for being there.
+        with pytest.raises(InvalidRequestError, match=r"private|exactly one PEM block") as refused:
+            await attempt()
+        message = str(refused.value)
+        assert not any(fragment in message for fragment in fragments), message
+        assert "BEGIN PRIVATE" not in message
+    assert len(records) == 0
+
+
+def test_a_key_spec_built_in_code_refuses_a_private_key_in_its_name() -> None:
+    with pytest.raises(InvalidRequestError, match="name carries a private key"):
+        KeySpec(algorithm="EdDSA", name="-----BEGIN PRIVATE KEY----- MC4CAQAw")
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        PUBLIC_PEM,
+        "\n  " + PUBLIC_PEM.replace("\n", "\r\n") + "\r\n\n",
+        PUBLIC_PEM.rstrip("\n"),
+    ],
+    ids=["plain", "crlf-and-blank-lines-around", "no-final-newline"],
+)
+async def test_one_public_pem_block_with_whitespace_around_it_is_still_a_key(
+    service: KeyService, pem: str
+) -> None:
+    key = await service.import_key(ADMIN, ImportKeyRequest.parse(environment_id=A, public_key=pem))
+    assert crypto.public_key_pem(key.public_key) == PUBLIC_PEM
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        PUBLIC_PEM + PUBLIC_PEM,
+        "my key:\n" + PUBLIC_PEM,
+        PUBLIC_PEM + "thanks",
+        PUBLIC_PEM.replace(
+            "-----BEGIN PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----\nProc-Type: 4"
+        ),
+    ],
+    ids=["two-blocks", "text-before", "text-after", "pem-headers"],
+)
+def test_anything_beside_one_public_pem_block_is_refused(pem: str) -> None:
+    with pytest.raises(InvalidRequestError, match="exactly one PEM block"):
+        crypto.parse_customer_public_key(pem)

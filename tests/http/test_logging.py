@@ -6,14 +6,26 @@ import base64
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import aiohttp
+import betterproto
 import pytest
 import structlog
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
+from harness import LocalTopology
+from service.core import crypto
+from service.grpc.generated.signingkeys import v1 as pb
 from service.logs import configure_logging
-from tests.support.service import Credentials, TokenFactory
+from service.server import Server
+from service.settings import Settings
+from tests.support.service import Credentials, TokenFactory, service_env
+
+KEYS = "/system/v1/signing-keys"
 
 
 @pytest.fixture
@@ -23,6 +35,17 @@ def log_stream() -> Iterator[io.StringIO]:
     yield stream
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+    _forget_cached_loggers()
+
+
+def _forget_cached_loggers() -> None:
+    """``configure_logging`` has each module's logger cache its configuration on first use:
+    forget those caches, so that the later tests' ``structlog.testing.capture_logs`` sees the
+    modules first used here."""
+    for name, module in list(sys.modules.items()):
+        proxy = getattr(module, "log", None) if name.startswith("service.") else None
+        if type(proxy).__name__ == "BoundLoggerLazyProxy":
+            vars(proxy).pop("bind", None)
 
 
 async def test_no_private_key_or_secret_reaches_a_log_line(
@@ -48,6 +71,57 @@ async def test_no_private_key_or_secret_reaches_a_log_line(
     body = private_pem.split("-----")[2].strip().splitlines()[1]
     for secret in (auth.password, private_key_b64, body, "PRIVATE KEY", "wrong"):
         assert secret not in output
+
+
+async def test_refused_private_key_material_reaches_no_log_line_and_no_row(
+    migrated_topology: LocalTopology, environment: str, log_stream: io.StringIO
+) -> None:
+    """Private material sent in a name or beside a public key, over HTTP and gRPC, on a
+    server that logs every request: refused, stored nowhere, logged nowhere."""
+    private_pem = crypto.generate_key_pair("EdDSA").private_pem.decode()
+    body = "".join(private_pem.splitlines()[1:-1])
+    one_line = " ".join(private_pem.split())
+    public_pem = crypto.public_key_pem(crypto.generate_key_pair("EdDSA").public_der)
+    refused_over_http = [
+        (KEYS, {"name": one_line}),
+        (KEYS, {"algorithm": one_line}),
+        (KEYS + "/import", {"public_key": public_pem, "name": one_line}),
+        (KEYS + "/import", {"public_key": public_pem + body + "\n"}),
+        (KEYS + "/import", {"public_key": private_pem}),
+    ]
+    refused_over_grpc: list[tuple[str, betterproto.Message]] = [
+        ("create_signing_key", pb.CreateSigningKeyRequest(name=one_line)),
+        ("import_signing_key", pb.ImportSigningKeyRequest(pem=public_pem, name=one_line)),
+        ("import_signing_key", pb.ImportSigningKeyRequest(pem=public_pem + body + "\n")),
+    ]
+    settings = Settings.from_env(service_env(migrated_topology, access_log="all"))
+    async with Server(settings) as server:
+        auth = await TokenFactory(server)([environment])
+        base_url = f"http://127.0.0.1:{server.http_port}"
+        async with aiohttp.ClientSession(base_url=base_url) as http:
+            for path, payload in refused_over_http:
+                async with http.post(path, headers=auth.headers, json=payload) as response:
+                    assert response.status == 400, payload
+                    answer = await response.text()
+                assert "invalid_parameters" in answer and body[:24] not in answer
+            assert server.grpc_port is not None
+            channel = Channel("127.0.0.1", server.grpc_port)
+            stub = pb.SigningKeysStub(channel)
+            md = {"authorization": auth.headers["Authorization"]}
+            try:
+                for method, message in refused_over_grpc:
+                    with pytest.raises(GRPCError) as refused:
+                        await getattr(stub, method)(message, metadata=md)
+                    assert refused.value.status is Status.INVALID_ARGUMENT
+                    assert body[:24] not in (refused.value.message or "")
+            finally:
+                channel.close()
+            async with http.get(KEYS, headers=auth.headers) as response:
+                assert (await response.json())["data"] == [], "nothing was stored"
+    output = log_stream.getvalue()
+    assert '"route":"/system/v1/signing-keys/import"' in output.replace(" ", ""), "logged"
+    for fragment in (body[:24], body[24:48], body[-24:], "PRIVATE KEY"):
+        assert fragment not in output
 
 
 async def test_a_request_id_is_bound_to_every_line_logged_while_serving(

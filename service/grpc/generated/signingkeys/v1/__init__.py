@@ -187,12 +187,14 @@ class ImportSigningKeyRequest(betterproto.Message):
 
     pem: str = betterproto.string_field(2, group="public_key")
     """
-    A PEM SubjectPublicKeyInfo ("-----BEGIN PUBLIC KEY-----..."). Never a private key.
+    A PEM SubjectPublicKeyInfo ("-----BEGIN PUBLIC KEY-----..."): exactly one block,
+     with nothing before or after it. Never a private key.
     """
 
     jwk_json: str = betterproto.string_field(3, group="public_key")
     """
-    A public JWK (RFC 7517) as a JSON object text, e.g. {"kty":"OKP","crv":"Ed25519",...}.
+    A public JWK (RFC 7517) as a JSON object text, e.g. {"kty":"OKP","crv":"Ed25519",...};
+     one with a private member (d, p, q, dp, dq, qi, oth, k) is INVALID_ARGUMENT.
     """
 
     algorithm: str = betterproto.string_field(4)
