@@ -215,6 +215,26 @@ MISTAKES = (
         "page must be between 1 and 10000",
     ),
     invalid(
+        "list of keys of an unknown status",
+        ("GET", KEYS + "?status=deleted", {}, None),
+        ("ListSigningKeys", pb.ListSigningKeysRequest(status="deleted")),
+        "status must be one of active, revoked, all",
+    ),
+    invalid(
+        "get of a key of an unknown status",
+        ("GET", KEYS + "/no-such-key?status=any", {}, None),
+        ("GetSigningKey", pb.GetSigningKeyRequest(id="no-such-key", status="any")),
+        "status must be one of active, revoked, all",
+    ),
+    Mistake(
+        "unknown key, asked for whatever its status",
+        ("GET", KEYS + "/no-such-key?status=all", {}, None),
+        ("GetSigningKey", pb.GetSigningKeyRequest(id="no-such-key", status="all")),
+        404,
+        "not_found",
+        message_contains="no signing key with that id in this environment",
+    ),
+    invalid(
         "import without a key",
         ("POST", KEYS + "/import", {}, {}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest()),

@@ -25,7 +25,9 @@ from service.core.requests import (
     ImportKeyRequest,
     KeyRef,
     KeySpec,
+    KeyStatusFilter,
     ListKeysRequest,
+    statuses,
 )
 from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
 
@@ -33,6 +35,14 @@ log = structlog.get_logger(__name__)
 
 # At most this many key generations run at once; more wait rather than crowd the executor.
 DEFAULT_KEYGEN_CONCURRENCY: Final = 4
+# The same words for a key that does not exist and for one in another environment, so that a
+# caller learns nothing of other environments; a revoked key is named only to its own.
+_NOT_FOUND: Final[dict[KeyStatusFilter, str]] = {
+    "all": "no signing key with that id in this environment",
+    "active": "no signing key with that id in this environment"
+    " (a revoked key is read with status=all or status=revoked)",
+    "revoked": "no revoked signing key with that id in this environment",
+}
 
 
 def new_key_id() -> str:
@@ -94,21 +104,25 @@ class KeyService:
         return await self._insert(principal, key, "import", claim)
 
     async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
+        """The key, if it has the status ``ref`` asks for (by default: active)."""
         environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.READ, environment_id)
         key = await self._records.get(ref.key_id, environment_id=environment_id)
-        if key is None:
-            raise NotFoundError("no signing key with that id in this environment")
+        wanted = statuses(ref.status)
+        if key is None or (wanted is not None and key.status != wanted):
+            raise NotFoundError(_NOT_FOUND[ref.status])
         return key
 
     async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
-        """One page (1-based) of keys, newest first; past the last page, an empty list."""
+        """One page (1-based) of the keys of the status asked for, newest first; past the
+        last page, an empty list."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
         return await self._records.list_page(
             environment_id,
             limit=request.limit,
             offset=(request.page - 1) * request.limit,
+            status=statuses(request.status),
         )
 
     async def revoke(self, principal: Principal, ref: KeyRef) -> SigningKey:
@@ -120,7 +134,7 @@ class KeyService:
             environment_id, ref.key_id, audit=audit, timeout=self._write_timeout
         )
         if key is None:
-            raise NotFoundError("no signing key with that id in this environment")
+            raise NotFoundError(_NOT_FOUND["all"])
         self._changed(key)
         log.info("signing_key_revoked", key_id=key.id, environment_id=environment_id)
         return key

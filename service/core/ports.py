@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
-from service.core.models import AccessToken, AuditEvent, SigningKey
+from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 
 # Large enough that a full scan takes few round trips, small enough that one page of keys
 # (a few hundred bytes each) stays well below a megabyte.
@@ -111,11 +111,11 @@ class KeyRecords(ChangeSource, Protocol):
         *,
         limit: int,
         offset: int,
-        active_only: bool = False,
+        status: KeyStatus | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys, newest first: by ``(created_at, id)``
-        descending; past the last key, an empty list."""
+        """One page of an environment's keys (of one ``status``, if given), newest first: by
+        ``(created_at, id)`` descending; past the last key, an empty list."""
         ...
 
     async def revoke(

@@ -18,11 +18,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
-from service.core.models import check_id
+from service.core.models import KeyStatus, check_id
 from service.errors import InvalidRequestError
 
 DEFAULT_PAGE_LIMIT: Final = 25
@@ -68,6 +68,27 @@ def expectation(value: object, name: str) -> str | None:
             f"{name} must be a non-empty string of at most {MAX_EXPECTATION_LENGTH} characters"
         )
     return value
+
+
+# Which keys a read finds: the reference platform's reads show only active keys (a deleted
+# key is 404 there), so "active" is the default; revoked keys stay, for audit and for the
+# revoked_key verdict, and are read by asking for them.
+KeyStatusFilter = Literal["active", "revoked", "all"]
+STATUS_FILTERS: Final[tuple[KeyStatusFilter, ...]] = get_args(KeyStatusFilter)
+
+
+def status_filter(value: object) -> KeyStatusFilter:
+    """The ``status`` a read asks for; ``None`` (not given) is ``"active"``."""
+    if value is None:
+        return "active"
+    if value not in STATUS_FILTERS:
+        raise InvalidRequestError(f"status must be one of {', '.join(STATUS_FILTERS)}")
+    return value
+
+
+def statuses(status: KeyStatusFilter) -> KeyStatus | None:
+    """The one key status a filter lets through; ``None`` for every status."""
+    return None if status == "all" else status
 
 
 def count(value: object, name: str, *, default: int, low: int, high: int) -> int:
@@ -209,33 +230,53 @@ class ImportKeyRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyRef:
-    """One key of an environment: for get, public key and revoke."""
+    """One key of an environment: for get, public key and revoke.
+
+    ``status`` says which keys a read finds (by default only an active one, as the reference
+    platform answers); revoke finds the key whatever its status, revoking twice being
+    harmless.
+    """
 
     environment_id: str | None = None
     key_id: str
+    status: KeyStatusFilter = "active"
 
     @classmethod
-    def parse(cls, *, key_id: object, environment_id: object = None) -> KeyRef:
+    def parse(
+        cls, *, key_id: object, environment_id: object = None, status: object = None
+    ) -> KeyRef:
         text = optional_text(key_id, "signing key id") or ""
-        return cls(environment_id=environment(environment_id), key_id=check_id(text))
+        return cls(
+            environment_id=environment(environment_id),
+            key_id=check_id(text),
+            status=status_filter(status),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListKeysRequest:
-    """One 1-based page of an environment's keys, newest first."""
+    """One 1-based page of an environment's keys of one ``status`` (by default the active
+    ones), newest first."""
 
     environment_id: str | None = None
     limit: int = DEFAULT_PAGE_LIMIT
     page: int = 1
+    status: KeyStatusFilter = "active"
 
     @classmethod
     def parse(
-        cls, *, environment_id: object = None, limit: object = None, page: object = None
+        cls,
+        *,
+        environment_id: object = None,
+        limit: object = None,
+        page: object = None,
+        status: object = None,
     ) -> ListKeysRequest:
         return cls(
             environment_id=environment(environment_id),
             limit=count(limit, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
             page=count(page, "page", default=1, low=1, high=MAX_PAGE),
+            status=status_filter(status),
         )
 
 

@@ -269,7 +269,12 @@ class SigningKeysServicer:
     async def _get(
         self, request: pb.GetSigningKeyRequest, call: Call[Any, Any]
     ) -> pb.GetSigningKeyResponse:
-        key = await self._keys.get(await call.principal(), _key_ref(request))
+        ref = KeyRef.parse(
+            key_id=request.id,
+            environment_id=absent(request.environment_id),
+            status=absent(request.status),
+        )
+        key = await self._keys.get(await call.principal(), ref)
         return pb.GetSigningKeyResponse(key=messages.signing_key(key))
 
     async def _list(
@@ -279,6 +284,7 @@ class SigningKeysServicer:
             environment_id=absent(request.environment_id),
             limit=absent(request.limit),
             page=absent(request.page),
+            status=absent(request.status),
         )
         keys = await self._keys.list(await call.principal(), page)
         return pb.ListSigningKeysResponse(
@@ -289,7 +295,8 @@ class SigningKeysServicer:
     async def _revoke(
         self, request: pb.RevokeSigningKeyRequest, call: Call[Any, Any]
     ) -> pb.RevokeSigningKeyResponse:
-        key = await self._keys.revoke(await call.principal(), _key_ref(request))
+        ref = KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id))
+        key = await self._keys.revoke(await call.principal(), ref)
         return pb.RevokeSigningKeyResponse(key=messages.signing_key(key))
 
     async def _verify(
@@ -327,10 +334,6 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
-
-
-def _key_ref(request: pb.GetSigningKeyRequest | pb.RevokeSigningKeyRequest) -> KeyRef:
-    return KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id))
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

@@ -4,7 +4,8 @@ Handlers translate HTTP into calls on :class:`~service.core.keys.KeyService` and
 rules live in the core. Paths, statuses and body shapes follow what the reference platform's
 official SDKs depend on: create answers exactly 201 and accepts an empty body
 with or without a JSON content type; ``created_at`` is a string of Unix seconds; ``page`` is
-1-based and a page past the end answers ``"data": []``.
+1-based and a page past the end answers ``"data": []``; a deleted (revoked) key is ``404`` to
+a get and missing from the list, unless ``?status=revoked`` or ``?status=all`` asks for it.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def key_json(key: SigningKey) -> dict[str, Any]:
     }
 
 
-def key_ref(request: web.Request) -> KeyRef:
-    return KeyRef.parse(key_id=request.match_info["id"], environment_id=environment(request))
+def key_ref(request: web.Request, *, status: str | None = None) -> KeyRef:
+    return KeyRef.parse(
+        key_id=request.match_info["id"], environment_id=environment(request), status=status
+    )
 
 
 @routes.post(PREFIX)
@@ -78,6 +81,7 @@ async def list_keys(request: web.Request) -> web.Response:
             environment_id=environment(request),
             limit=request.query.get("limit"),
             page=request.query.get("page"),
+            status=request.query.get("status"),
         ),
     )
     return json_response({"data": [key_json(key) for key in keys]})
@@ -102,14 +106,18 @@ async def import_key(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/{id}")
 async def get_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    key = await request.app[appkeys.KEYS].get(caller, key_ref(request))
+    key = await request.app[appkeys.KEYS].get(
+        caller, key_ref(request, status=request.query.get("status"))
+    )
     return json_response({"data": key_json(key)})
 
 
 @routes.get(PREFIX + "/{id}/public-key")
 async def get_public_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    key = await request.app[appkeys.KEYS].get(caller, key_ref(request))
+    key = await request.app[appkeys.KEYS].get(
+        caller, key_ref(request, status=request.query.get("status"))
+    )
     return json_response(
         {
             "data": {

@@ -11,6 +11,7 @@ from service.core.requests import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PAGE_LIMIT,
+    STATUS_FILTERS,
 )
 from service.core.times import EARLIEST, LATEST
 from service.core.verify import REASONS
@@ -40,6 +41,14 @@ _ENV_PARAMS = [
     _param("environment_id", "query", required=False),
 ]
 _ID_PARAM = _param("id", "path", required=True)
+_STATUS_PARAM = _param(
+    "status",
+    "query",
+    {"type": "string", "enum": list(STATUS_FILTERS), "default": "active"},
+    required=False,
+    description="Which keys to find: active (the default, as the reference platform: a "
+    "deleted key is 404 and not listed), revoked, or all.",
+)
 _ALGORITHM = {"type": "string", "enum": list(ALGORITHMS)}
 # What a created key and an imported one are both given.
 _KEY_SPEC = {
@@ -168,6 +177,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         ),
                         _param("page", "query", {"type": "integer", "minimum": 1, "default": 1}),
+                        _STATUS_PARAM,
                     ],
                 ),
             },
@@ -187,21 +197,22 @@ def openapi_document() -> dict[str, Any]:
             },
             "/system/v1/signing-keys/{id}": {
                 "get": _key_op(
-                    "Get a signing key (never its private key).",
+                    "Get a signing key (never its private key); a revoked one only if asked.",
                     {"200": {"description": "The key.", **_data(key_ref)}},
-                    parameters=[_ID_PARAM],
+                    parameters=[_ID_PARAM, _STATUS_PARAM],
                 ),
                 "delete": _key_op(
-                    "Revoke a signing key; revoking twice is harmless.",
+                    "Revoke (delete) a signing key; revoking twice is harmless. The record "
+                    "stays, shown by get and list with status=revoked or status=all.",
                     {"204": {"description": "Revoked."}},
                     parameters=[_ID_PARAM],
                 ),
             },
             "/system/v1/signing-keys/{id}/public-key": {
                 "get": _key_op(
-                    "The public key as PEM and JWK.",
+                    "The public key as PEM and JWK; a revoked key's only if asked.",
                     {"200": {"description": "The public key.", **_data({"type": "object"})}},
-                    parameters=[_ID_PARAM],
+                    parameters=[_ID_PARAM, _STATUS_PARAM],
                 )
             },
             "/v1/tokens/verify": {

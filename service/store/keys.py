@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.core import times
-from service.core.models import AuditEvent, SigningKey
+from service.core.models import AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
 
@@ -169,20 +169,20 @@ class PostgresKeyRecords:
         *,
         limit: int,
         offset: int,
-        active_only: bool = False,
+        status: KeyStatus | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys, newest first."""
+        """One page of an environment's keys (of one status, if given), newest first."""
 
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
                 f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
-                " WHERE environment_id = $1 AND (NOT $4 OR status = 'active')"
+                " WHERE environment_id = $1 AND ($4::text IS NULL OR status = $4::text)"
                 " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                 environment_id,
                 limit,
                 offset,
-                active_only,
+                status,
             )
             return [_key(row) for row in rows]
 

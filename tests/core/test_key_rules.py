@@ -19,6 +19,7 @@ from service.core.requests import (
     ImportKeyRequest,
     KeyRef,
     KeySpec,
+    KeyStatusFilter,
     ListKeysRequest,
 )
 from service.errors import (
@@ -240,6 +241,41 @@ async def test_revoking_twice_is_harmless_and_audited_once(
     assert changed[1] == revoked
     with pytest.raises(NotFoundError):
         await service.revoke(ADMIN, ref(A, "no-such-key"))
+
+
+async def test_reads_find_a_revoked_key_only_when_they_ask_for_it(
+    service: KeyService, records: MemoryKeyRecords
+) -> None:
+    """As the reference platform answers after a delete: 404 and not listed. The record
+    stays (audit, the revoked_key verdict) and is read with status revoked or all."""
+    kept = (await service.create(ADMIN, create(A))).key
+    gone = (await service.create(ADMIN, create(A))).key
+    await service.revoke(ADMIN, ref(A, gone.id))
+
+    async def listed(status: KeyStatusFilter) -> list[str]:
+        request = ListKeysRequest(environment_id=A, status=status)
+        return [key.id for key in await service.list(ADMIN, request)]
+
+    assert ListKeysRequest.parse().status == KeyRef.parse(key_id="k").status == "active"
+    assert await listed("active") == [kept.id]
+    assert await listed("revoked") == [gone.id]
+    assert await listed("all") == [gone.id, kept.id]
+    with pytest.raises(NotFoundError, match="status=all"):
+        await service.get(ADMIN, ref(A, gone.id))
+    for status in ("revoked", "all"):
+        found = await service.get(ADMIN, KeyRef(environment_id=A, key_id=gone.id, status=status))
+        assert found.status == "revoked"
+    with pytest.raises(NotFoundError, match="no revoked signing key"):
+        await service.get(ADMIN, KeyRef(environment_id=A, key_id=kept.id, status="revoked"))
+    assert records.audit_trail(gone.id)[-1].action == "revoke", "the record stays"
+
+
+@pytest.mark.parametrize("status", ["", "deleted", "Active", 1, ["all"]])
+def test_a_status_is_one_of_three_words(status: object) -> None:
+    with pytest.raises(InvalidRequestError, match="status must be one of active, revoked, all"):
+        ListKeysRequest.parse(status=status)
+    with pytest.raises(InvalidRequestError, match="status must be one of active, revoked, all"):
+        KeyRef.parse(key_id="k", status=status)
 
 
 # Idempotency.

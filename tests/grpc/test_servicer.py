@@ -233,12 +233,60 @@ async def test_revoke_is_idempotent_and_visible(
     assert revoked.status == pb.KeyStatus.REVOKED and revoked.revoked_at != ""
     again = (await stub.revoke_signing_key(pb.RevokeSigningKeyRequest(id=key.id), metadata=md)).key
     assert again.revoked_at == revoked.revoked_at
-    got = (await stub.get_signing_key(pb.GetSigningKeyRequest(id=key.id), metadata=md)).key
-    assert got.status == pb.KeyStatus.REVOKED
+    for status in ("revoked", "all"):
+        request = pb.GetSigningKeyRequest(id=key.id, status=status)
+        got = (await stub.get_signing_key(request, metadata=md)).key
+        assert got.status == pb.KeyStatus.REVOKED and got.revoked_at == revoked.revoked_at
     missing = await status_of(
         stub.revoke_signing_key(pb.RevokeSigningKeyRequest(id="nope"), metadata=md)
     )
     assert missing.status is Status.NOT_FOUND
+
+
+async def test_a_revoked_key_is_read_only_when_asked_for_as_over_http(
+    stub: pb.SigningKeysStub, md: dict[str, str]
+) -> None:
+    """Get and List answer as the reference platform's HTTP API: a revoked key is NOT_FOUND
+    and not listed, unless ``status`` asks for revoked (or all) keys."""
+    kept, gone = [
+        (
+            await stub.create_signing_key(
+                pb.CreateSigningKeyRequest(algorithm="EdDSA"), metadata=md
+            )
+        ).key.id
+        for _ in range(2)
+    ]
+    await stub.revoke_signing_key(pb.RevokeSigningKeyRequest(id=gone), metadata=md)
+
+    async def listed(status: str = "") -> list[str]:
+        request = pb.ListSigningKeysRequest(status=status)
+        return [key.id for key in (await stub.list_signing_keys(request, metadata=md)).keys]
+
+    assert await listed() == await listed("active") == [kept]
+    assert await listed("revoked") == [gone]
+    assert await listed("all") == [gone, kept]
+    for status in ("", "active"):
+        error = await status_of(
+            stub.get_signing_key(pb.GetSigningKeyRequest(id=gone, status=status), metadata=md)
+        )
+        assert error.status is Status.NOT_FOUND
+        assert error.message is not None and "status=all" in error.message
+    error = await status_of(
+        stub.get_signing_key(pb.GetSigningKeyRequest(id=kept, status="revoked"), metadata=md)
+    )
+    assert error.status is Status.NOT_FOUND
+    for request in (
+        pb.GetSigningKeyRequest(id=kept, status="deleted"),
+        pb.ListSigningKeysRequest(status="ACTIVE"),
+    ):
+        call = (
+            stub.get_signing_key(request, metadata=md)
+            if isinstance(request, pb.GetSigningKeyRequest)
+            else stub.list_signing_keys(request, metadata=md)
+        )
+        error = await status_of(call)
+        assert error.status is Status.INVALID_ARGUMENT
+        assert error.message == "status must be one of active, revoked, all"
 
 
 # --- Credentials, scopes, environments ----------------------------------------------------

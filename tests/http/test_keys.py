@@ -62,8 +62,76 @@ async def test_create_get_list_revoke_round_trip(
     async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
         assert response.status == 204, "revoking twice is harmless"
     async with http.get(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
-        revoked = (await response.json())["data"]
-    assert revoked["status"] == "revoked" and revoked["revoked_at"] is not None
+        assert response.status == 404, "deleted, as the reference platform answers"
+    for status in ("revoked", "all"):
+        params = {"status": status}
+        async with http.get(f"{KEYS}/{created['id']}", headers=auth.headers, params=params) as r:
+            assert r.status == 200
+            revoked = (await r.json())["data"]
+        assert revoked["status"] == "revoked" and revoked["revoked_at"] is not None
+        async with http.get(KEYS, headers=auth.headers, params=params) as response:
+            assert [key["id"] for key in (await response.json())["data"]] == [created["id"]]
+    async with http.get(KEYS, headers=auth.headers) as response:
+        assert (await response.json())["data"] == [], "no longer listed"
+
+
+async def test_the_reference_sdks_round_trip_ends_with_a_404(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    """The reference platform's official Python SDK exercises its signing keys so: create,
+    list, get, delete, then get again, which must raise its NotFoundException (a 404). These
+    are its requests, headers included: a create is a POST with no body but a JSON content
+    type, every call asks for JSON, and list sends no query."""
+    sdk = {**auth.headers, "Accept": "application/json", "User-Agent": "OpenAPI-Generator/python"}
+    post = {**sdk, "Content-Type": "application/json"}
+    async with http.post(KEYS, headers=post) as response:
+        assert response.status == 201
+        created = (await response.json())["data"]
+    assert created["id"] and created["private_key"]
+    async with http.get(KEYS, headers=sdk) as response:
+        assert response.status == 200
+        listed = (await response.json())["data"]
+    assert listed[0]["id"] == listed[-1]["id"] == created["id"]
+    assert listed[0].get("private_key") is None
+    async with http.get(f"{KEYS}/{created['id']}", headers=sdk) as response:
+        assert response.status == 200
+        assert (await response.json())["data"].get("private_key") is None
+    async with http.delete(f"{KEYS}/{created['id']}", headers=sdk) as response:
+        assert response.status == 204
+        assert await response.read() == b""
+    async with http.get(f"{KEYS}/{created['id']}", headers=sdk) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["type"] == "not_found"
+
+
+async def test_a_revoked_key_is_kept_for_its_verdicts_and_its_public_key_on_request(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    created = await create(http, auth, algorithm="EdDSA")
+    private_pem = base64.b64decode(created["private_key"])
+    token = jwt.encode(
+        {"exp": int(time.time()) + 60},
+        private_pem,
+        algorithm="EdDSA",
+        headers={"kid": created["id"]},
+    )
+    async with http.delete(f"{KEYS}/{created['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    verify = {"token": token}
+    async with http.post("/v1/tokens/verify", headers=auth.headers, json=verify) as response:
+        verdict = (await response.json())["data"]
+    assert (verdict["reason"], verdict["key_id"]) == ("revoked_key", created["id"])
+    public_key = f"{KEYS}/{created['id']}/public-key"
+    async with http.get(public_key, headers=auth.headers) as response:
+        assert response.status == 404
+    async with http.get(public_key, headers=auth.headers, params={"status": "all"}) as response:
+        assert response.status == 200
+        data = (await response.json())["data"]
+    assert data["status"] == "revoked" and data["pem"] == created["public_key"]
+    async with http.get(KEYS, headers=auth.headers, params={"status": "gone"}) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["messages"] == ["status must be one of active, revoked, all"]
 
 
 @pytest.mark.parametrize(

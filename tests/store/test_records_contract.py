@@ -196,7 +196,8 @@ async def test_a_list_page_is_newest_first_within_one_environment(
     assert await ids(limit=2, offset=0) == newest_first[:2]
     assert await ids(limit=2, offset=2) == newest_first[2:]
     assert await ids(limit=2, offset=4) == []
-    assert await ids(limit=10, offset=0, active_only=True) == [keys[2].id, keys[0].id]
+    assert await ids(limit=10, offset=0, status="active") == [keys[2].id, keys[0].id]
+    assert await ids(limit=10, offset=0, status="revoked") == [keys[1].id]
 
 
 async def test_change_pages_follow_updated_at_then_id(backend: Backend, env: str) -> None:

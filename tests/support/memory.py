@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from service.core.models import AccessToken, AuditEvent, SigningKey
+from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
 from service.errors import RegionUnavailableError
 
@@ -182,14 +182,14 @@ class MemoryKeyRecords(_Outage):
         *,
         limit: int,
         offset: int,
-        active_only: bool = False,
+        status: KeyStatus | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
         self._check("list_page")
         keys = [
             key
             for key in self._rows.values()
-            if key.environment_id == environment_id and (not active_only or key.is_active)
+            if key.environment_id == environment_id and (status is None or key.status == status)
         ]
         keys.sort(key=lambda key: (key.created_at, key.id), reverse=True)
         return keys[offset : offset + limit]

@@ -235,11 +235,18 @@ class GetSigningKeyRequest(betterproto.Message):
     id: str = betterproto.string_field(2)
     """The key id (the JWT `kid`)."""
 
+    status: str = betterproto.string_field(3)
+    """
+    Which keys to find: "active" (the default when empty), "revoked" or "all".
+    """
+
 
 @dataclass(eq=False, repr=False)
 class GetSigningKeyResponse(betterproto.Message):
     key: "SigningKey" = betterproto.message_field(1)
-    """The key (NOT_FOUND when the environment has no key with that id)."""
+    """
+    The key (NOT_FOUND when the environment has no key with that id and that status).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -255,6 +262,11 @@ class ListSigningKeysRequest(betterproto.Message):
     page: int = betterproto.int32_field(3)
     """
     The 1-based page number; 0 means the first page. A page past the end is empty.
+    """
+
+    status: str = betterproto.string_field(4)
+    """
+    Which keys to list: "active" (the default when empty), "revoked" or "all".
     """
 
 

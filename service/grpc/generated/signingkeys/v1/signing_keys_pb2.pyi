@@ -136,12 +136,14 @@ class ImportSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
 
 class GetSigningKeyRequest(_message.Message):
-    __slots__ = ("environment_id", "id")
+    __slots__ = ("environment_id", "id", "status")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     id: str
-    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    status: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class GetSigningKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -150,14 +152,16 @@ class GetSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
 
 class ListSigningKeysRequest(_message.Message):
-    __slots__ = ("environment_id", "limit", "page")
+    __slots__ = ("environment_id", "limit", "page", "status")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     limit: int
     page: int
-    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ...) -> None: ...
+    status: str
+    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
 
 class ListSigningKeysResponse(_message.Message):
     __slots__ = ("keys", "next_page")
