@@ -246,7 +246,14 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/v1/regions": {
-                "get": _op("Per-region state of the locality router.", {"200": status_body})
+                "get": _op(
+                    "Per-region state of the locality router. Without credentials: each "
+                    "region's name, cloud, state and role, and which region serves reads and "
+                    "writes; with an access token holding the read scope, also RTT, lag, "
+                    "in-flight calls and the last error.",
+                    {"200": status_body},
+                    security=[{}, *_AUTH],  # credentials are optional; they show more
+                )
             },
             "/healthz": {"get": _op("Liveness: the process answers.", {"200": status_body})},
             "/readyz": {

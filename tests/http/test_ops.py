@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 
+from service.core.models import Scope
 from service.http.openapi import openapi_document
 from service.server import Server
+from tests.support.service import Credentials, TokenFactory
 
 
 async def test_healthz_and_readyz_answer_while_the_database_is_reachable(
@@ -56,3 +58,35 @@ async def test_every_response_carries_a_request_id(http: aiohttp.ClientSession) 
     async with http.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"}) as response:
         generated = response.headers["X-Request-Id"]
     assert generated != "bad id\twith spaces" and len(generated) == 16
+
+
+async def test_region_status_shows_its_details_only_to_a_reader(
+    http: aiohttp.ClientSession, issue_token: TokenFactory, auth: Credentials, environment: str
+) -> None:
+    """Anyone sees which regions exist, their state and role, and which serve reads and
+    writes; RTTs, lag, load and the last errors (hosts, faults) only a token with ``read``."""
+    public_fields = {"name", "cloud", "state", "role"}
+
+    async def regions(headers: dict[str, str]) -> dict[str, object]:
+        async with http.get("/v1/regions", headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"] == "no-store"
+            assert "Authorization" in response.headers["Vary"]
+            data: dict[str, object] = (await response.json())["data"]
+            return data
+
+    verify_only = await issue_token([environment], [Scope.VERIFY])
+    for headers in ({}, verify_only.headers):
+        shown = await regions(headers)
+        assert set(shown) == {"local_region", "read_region", "write_region", "regions"}
+        assert shown["read_region"] == shown["local_region"] == "aws-us-east-1"
+        assert isinstance(shown["regions"], list) and len(shown["regions"]) == 3
+        assert all(set(region) == public_fields for region in shown["regions"])
+    detailed = await regions(auth.headers)
+    assert isinstance(detailed["regions"], list)
+    for region in detailed["regions"]:
+        assert public_fields < set(region)
+        assert {"last_error", "rtt_ms", "lag_seconds", "in_flight"} <= set(region)
+    wrong = Credentials(auth.login, "x" * len(auth.password))
+    async with http.get("/v1/regions", headers=wrong.headers) as response:
+        assert response.status == 401
