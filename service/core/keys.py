@@ -35,8 +35,9 @@ log = structlog.get_logger(__name__)
 
 # At most this many key generations run at once; more wait rather than crowd the executor.
 DEFAULT_KEYGEN_CONCURRENCY: Final = 4
-# The same words for a key that does not exist and for one in another environment, so that a
-# caller learns nothing of other environments; a revoked key is named only to its own.
+# The words depend on what a read asked for, never on what exists: a key that does not
+# exist and one of another environment get the same answer, so that a caller learns
+# nothing of other environments (nor, asking for active keys, whether one was revoked).
 _NOT_FOUND: Final[dict[KeyStatusFilter, str]] = {
     "all": "no signing key with that id in this environment",
     "active": "no signing key with that id in this environment"
