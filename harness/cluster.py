@@ -234,6 +234,9 @@ class LocalTopology:
         self._password = secrets.token_hex(16)
         self.start_seconds: float | None = None
         self.last_failover_seconds: float | None = None
+        # When the last promotion began its new timeline, on the time.monotonic() clock: for
+        # tests that measure how soon clients noticed.
+        self.last_promoted_at: float | None = None
 
     def __repr__(self) -> str:
         parts = []
@@ -536,6 +539,7 @@ class LocalTopology:
                 self._follow(follower, chosen)
             self._sql_run(_wait_streaming(chosen.port, followers, 10.0), 15.0)
             self._sql_run(_promote(chosen.port, 10.0), 15.0)
+            self.last_promoted_at = _promotion_time(chosen)
             self._primary = name
             self._roles[name] = "primary"
             self._roles[old] = "rogue"
@@ -683,6 +687,7 @@ class LocalTopology:
         old = self._primary
         server = self._servers[name]
         self._sql_run(_promote(server.port, 10.0), 15.0)
+        self.last_promoted_at = _promotion_time(server)
         self._primary = name
         self._roles[name] = "primary"
         followers = [other for other in candidates if other != name]
@@ -729,6 +734,19 @@ class LocalTopology:
             timeout=5.0,
         )
         return bool(rows)
+
+
+def _promotion_time(server: PostgresServer) -> float:
+    """When ``server`` began its newest timeline, as a time.monotonic() reading: its timeline
+    history file is written as the promotion starts, before any WAL of the new timeline."""
+    wall, now = time.time(), time.monotonic()
+    try:
+        written = max(
+            path.stat().st_mtime for path in (server.data_dir / "pg_wal").glob("*.history")
+        )
+    except (OSError, ValueError):  # unreadable, or no history file: now is the best bound
+        return now
+    return now - max(0.0, wall - written)
 
 
 def default_parent_dir() -> Path:

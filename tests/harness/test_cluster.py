@@ -403,7 +403,11 @@ def test_a_rogue_promotion_leaves_two_primaries_until_the_old_one_rejoins(
     with pytest.raises(TopologyError, match="already the primary"):
         topo.rogue_promote(PRIMARY)
 
+    called = time.monotonic()
     topo.rogue_promote(GCP, old_primary_commits=old_primary_commits)
+    promoted_at = topo.last_promoted_at
+    assert promoted_at is not None
+    assert called <= promoted_at + 0.05 and promoted_at <= time.monotonic()
     assert topo.primary == GCP
     assert topo.role(PRIMARY) == "rogue"
     assert topo.region(PRIMARY).is_running  # not fenced: up, reachable, writable
