@@ -13,6 +13,7 @@ any event loop exists::
         topo.kill(topo.primary)
         new_primary = topo.failover()                # as an HA manager would
         topo.rogue_promote("gcp-us-central1")        # split brain: the old primary stays up
+        topo.fork("aws-eu-west-1")                   # split brain on one timeline
 
 Replication is synchronous (``remote_apply``, ``ANY 1`` of the standbys). Each region has two
 proxies: ``proxy``, the service's own network path to it, and ``replication_proxy``, its path
@@ -282,8 +283,9 @@ class LocalTopology:
 
     def role(self, name: str) -> Role:
         """``primary``, ``standby``, ``fenced`` (an old primary the harness stopped, until it
-        is rejoined) or ``rogue`` (an old primary left running by :meth:`rogue_promote`,
-        until it is rejoined)."""
+        is rejoined) or ``rogue`` (a server that takes writes without being the primary — the
+        old primary :meth:`rogue_promote` left running, or a :meth:`fork` — until it is
+        rejoined)."""
         try:
             return self._roles[name]
         except KeyError:
@@ -557,6 +559,24 @@ class LocalTopology:
                 old_primary_commits=old_primary_commits,
                 seconds=round(self.last_failover_seconds, 3),
             )
+
+    def fork(self, name: str) -> None:
+        """Restart the standby ``name`` as a primary without promoting it, as when its
+        ``standby.signal`` is removed by mistake: it replays what it has and takes writes on
+        the *same* timeline as the primary — a split brain that no timeline can settle. Its
+        role is ``rogue`` until :meth:`rejoin`."""
+        with self._lock:
+            self._check_running()
+            if self._roles[name] != "standby" or not self._server(name).is_running:
+                raise TopologyError(f"{name} is not a running standby")
+            server = self._server(name)
+            server.stop()
+            (server.data_dir / "standby.signal").unlink()
+            server.start()
+            self._roles[name] = "rogue"
+            if name in self._sync:
+                self._set_sync([other for other in self._sync if other != name])
+            log.info("topology_forked", region=name, primary=self._primary)
 
     def pause(self, name: str, part: PausedPart = "server") -> None:
         """Freeze the region's whole server (SIGSTOP), or only its ``walreceiver`` or its

@@ -438,3 +438,23 @@ def test_a_rogue_promotion_leaves_two_primaries_until_the_old_one_rejoins(
     assert has_marker(topo, PRIMARY, "t", "new-timeline")
     assert not has_marker(topo, PRIMARY, "t", "split-brain")
     assert topo.region(PRIMARY).replication_proxy.connection_count == 1
+
+
+@pytest.mark.fault
+def test_a_fork_is_a_second_primary_on_the_same_timeline(fresh_topology: LocalTopology) -> None:
+    topo = fresh_topology
+    topo.execute(PRIMARY, "CREATE TABLE t (marker text PRIMARY KEY)")
+    topo.wait_replayed()
+    topo.fork(EU)
+    assert topo.role(EU) == "rogue"
+    assert topo.primary == PRIMARY
+    assert timeline(topo, EU) == timeline(topo, PRIMARY) == 1
+    identity = "SELECT system_identifier FROM pg_control_system()"
+    assert topo.query(EU, identity) == topo.query(PRIMARY, identity)
+    topo.query(EU, "INSERT INTO t VALUES ('forked')")
+    topo.query(PRIMARY, "INSERT INTO t VALUES ('primary')", timeout=5.0)  # GCP acknowledges
+    assert not has_marker(topo, PRIMARY, "t", "forked")
+    topo.rejoin(EU)
+    assert streaming(topo) == {GCP, EU}
+    assert has_marker(topo, EU, "t", "primary")
+    assert not has_marker(topo, EU, "t", "forked")

@@ -11,7 +11,9 @@ region that took it — and checks that history afterwards:
    reads leave the standby as its data passes the bound, and no read returns data older
    than the bound;
 3. the local standby paused while it serves reads (its walreceiver frozen — the server still
-   answers — or the whole server): the same.
+   answers — or the whole server): the same;
+4. a standby restarted as a primary without a promotion (two primaries on one timeline): no
+   writes anywhere until one of them is a standby again.
 
 Another instance (a second router that reaches the servers directly) keeps writing the
 heartbeat where the instance under test cannot. Figures are printed (``pytest -s``).
@@ -33,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from harness import LocalTopology
 from harness.postgres import PausedPart
-from service.errors import DependencyError
+from service.errors import DependencyError, NoWritableRegionError
 from service.locality.router import LocalityRouter
 from service.locality.status import RouterStatus
 from tests.locality.rig import LOCAL, migrated, region_by_port, report, running
@@ -339,4 +341,73 @@ async def test_3_a_paused_standby_is_left_within_the_bound(
         fault=lambda: topo.pause(EU, part),
         heal=lambda: topo.resume(EU),
         primary_visible=primary_visible,
+    )
+
+
+async def test_4_two_primaries_on_one_timeline_take_no_writes_until_one_rejoins(
+    fresh_topology: LocalTopology,
+) -> None:
+    """EU is restarted as a primary without a promotion: two writable regions on timeline 1,
+    and nothing to tell which one is right. Once the router has seen it, writes are refused
+    (at once, saying why) and land on neither; reads go on; after EU rejoins as a standby,
+    writes go to the primary again."""
+    topo = fresh_topology
+    timeline = Timeline()
+    keys = itertools.count(1)
+    started_at: dict[int, float] = {}
+
+    async def write() -> str | None:
+        key = next(keys)
+        started_at[key] = time.monotonic()
+        await router.write(
+            lambda conn: conn.execute(
+                "INSERT INTO markers (id) VALUES ($1) ON CONFLICT DO NOTHING", key
+            ),
+            idempotent=True,
+        )
+        return None
+
+    async with another_instance(topo), running(topo) as router:
+        router.add_listener(timeline)
+        seen: list[Observation] = []
+        async with (
+            Traffic(marker_reader(router, topo, seen), rate=READ_RATE) as reads,
+            Traffic(write, rate=WRITE_RATE, name="writes") as writer,
+        ):
+            await writer.wait_count(20)
+            forked_at = time.monotonic()
+            await asyncio.to_thread(topo.fork, EU)
+            split_at = await eventually(lambda: router.status().write_region is None, timeout=5.0)
+            await until(split_at + 0.5)
+            during = router.status()
+            rows = {
+                name: {row[0] for row in await asyncio.to_thread(topo.query, name, q)}
+                for name, q in ((LOCAL, "SELECT id FROM markers"), (EU, "SELECT id FROM markers"))
+            }
+            healed_at = time.monotonic()
+            await asyncio.to_thread(topo.rejoin, EU)
+            await eventually(lambda: router.status().write_region == LOCAL, timeout=10.0)
+            resumed_at = time.monotonic()
+            await writer.wait_count(len(writer.outcomes) + 10)
+
+    seen_at = timeline.first(lambda status: status.write_region is None, after=forked_at)
+    assert seen_at is not None
+    written_after = {key for key, at in started_at.items() if seen_at <= at < healed_at}
+    assert written_after
+    assert not written_after & (rows[LOCAL] | rows[EU]), "a write landed during the split"
+    refused = [o for o in writer.between(seen_at, healed_at) if not o.ok]
+    assert refused
+    assert all(isinstance(o.error, NoWritableRegionError) for o in refused)
+    assert all("split brain" in str(o.error) for o in refused)
+    assert max(o.latency for o in refused) < 0.5  # at once, not at the deadline
+    assert reads.failures() == []
+    assert {o.region for o in seen if seen_at <= o.started < healed_at} <= {LOCAL, GCP, EU}
+    assert during.writes_refused is not None and "split brain" in during.writes_refused
+    assert {during.region(LOCAL).fence_reason, during.region(EU).fence_reason} == {"split_brain"}
+    assert any(o.ok for o in writer.between(resumed_at))
+    report(
+        "consistency 4 (two primaries on one timeline)",
+        writes_refused_after_the_fork_began=ms(seen_at - forked_at),  # restart included
+        refused_writes=summarize(refused),
+        reads=summarize(reads.outcomes),
     )
