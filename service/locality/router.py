@@ -1191,6 +1191,16 @@ class LocalityRouter:
                 f"{' and '.join(fenced)} writable on a timeline older than "
                 f"{self._lineage.timeline}: fenced until rejoined as a standby"
             )
+        foreign = [
+            region.name
+            for region in self._regions.values()
+            if region.fence == "foreign_system" and region.health.is_up and region.health.writable
+        ]
+        if foreign:
+            return (
+                f"{' and '.join(foreign)} writable but another database (system identifier "
+                f"not {self._lineage.system_identifier}): never used"
+            )
         return None
 
     def __repr__(self) -> str:

@@ -429,3 +429,30 @@ async def test_with_nothing_fresh_enough_a_bounded_read_is_refused_and_others_st
             with pytest.raises(RegionUnavailableError, match=r"younger than 0\.1 s"):
                 await router.read(served_by(topo), max_data_age=0.1)
             assert await router.read(served_by(topo)) == EU
+
+
+@pytest.mark.fault
+async def test_a_region_that_is_another_database_is_never_used(
+    healthy_topology: LocalTopology, fresh_topology: LocalTopology
+) -> None:
+    """A DSN that leads to another cluster (its own system identifier) — here made the local
+    region, writable, and of the highest priority — serves neither reads nor writes."""
+    stranger = fresh_topology.region(fresh_topology.primary)
+    settings = Settings.from_env(healthy_topology.env(LOCAL))
+    regions = [*settings.regions, RegionSettings("gcp-europe-west1", "gcp", stranger.dsn, -1)]
+    async with LocalityRouter(regions, local_region="gcp-europe-west1", settings=FAST) as router:
+        await eventually(
+            lambda: all(region.state == "up" for region in router.status().regions), timeout=5.0
+        )
+        for _ in range(20):
+            port = await router.read(lambda conn: conn.fetchval("SELECT inet_server_port()"))
+            assert port != stranger.server_port
+            port = await router.write(
+                lambda conn: conn.fetchval("SELECT inet_server_port()"), idempotent=True
+            )
+            assert port == healthy_topology.region(LOCAL).server_port
+        status = router.status()
+        assert status.region("gcp-europe-west1").writable  # in its own eyes
+        assert status.region("gcp-europe-west1").fence_reason == "foreign_system"
+        assert status.write_region == LOCAL
+        assert status.read_region != "gcp-europe-west1"
