@@ -110,6 +110,7 @@ class RegionHealth:
         self.timeline: int | None = None
         self.has_heartbeat = False
         self.receiver_status: str | None = None
+        self.receiver_silence: float | None = None
         self.last_error: str | None = None
         self.recovered_at: float | None = None
         self.lost_races = 0
@@ -145,6 +146,7 @@ class RegionHealth:
             self.timeline = probe.timeline
             self.has_heartbeat = probe.has_heartbeat
             self.receiver_status = probe.receiver_status
+            self.receiver_silence = probe.receiver_silence
         if rtt is not None:
             self.rtt = rtt if self.rtt is None else self.rtt + RTT_SMOOTHING * (rtt - self.rtt)
         first = not self.probed

@@ -1161,6 +1161,7 @@ class LocalityRouter:
                     else region.health.data_age.source
                 ),
                 receiver=region.health.receiver_status,
+                receiver_silence_seconds=region.health.receiver_silence,
             )
             for region, view in zip(self._regions.values(), views, strict=True)
         )

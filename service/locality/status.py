@@ -36,6 +36,7 @@ class RegionStatus:
     timeline: int | None = None  # PostgreSQL: the timeline it is on, or follows
     data_age_source: AgeSource | None = None  # how lag_seconds was measured (standbys)
     receiver: str | None = None  # a standby's walreceiver status, e.g. "streaming"
+    receiver_silence_seconds: float | None = None  # since it last heard upstream (at probe)
 
     @property
     def role(self) -> str:
@@ -59,6 +60,11 @@ class RegionStatus:
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
             "data_age_source": self.data_age_source,
             "receiver": self.receiver,
+            "receiver_silence_seconds": (
+                None
+                if self.receiver_silence_seconds is None
+                else round(self.receiver_silence_seconds, 3)
+            ),
             "in_flight": self.in_flight,
             "last_error": self.last_error,
             "since": round(self.since, 3),

@@ -363,6 +363,8 @@ async def test_a_read_tells_how_old_its_data_may_be_and_can_ask_for_fresher(
         status = router.status().region(EU)
         assert status.data_age_source == "heartbeat"
         assert status.receiver == "streaming"
+        assert status.receiver_silence_seconds is not None
+        assert 0 <= status.receiver_silence_seconds < 2.0
         assert (status.timeline, status.fenced) == (1, False)
         assert await router.read_with_age(served_by(topo), max_data_age=1.0) == (EU, ANY)
         # Nothing but the writer is known to be this fresh.
