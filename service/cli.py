@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.core.models import Scope
@@ -100,10 +101,11 @@ async def open_database(
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.store.migrations import migrate
+    from service.store.migrations import DEFAULT_SQL_DIR, load_migrations, migrate
 
+    migrations = load_migrations(Path(settings.sql_dir) if settings.sql_dir else DEFAULT_SQL_DIR)
     async with open_database(settings, writable=True) as database:
-        applied = await migrate(database, regions=settings.regions)
+        applied = await migrate(database, migrations, regions=settings.regions)
     print(json.dumps({"applied": applied}))
     return 0
 

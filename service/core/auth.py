@@ -164,5 +164,5 @@ class Authenticator:
         """Create and store a token; return it with its secret (shown once)."""
         token, secret = new_access_token(scopes, environments, name=name)
         await self._tokens.insert(token)
-        log.info("access token issued", token_id=token.id, scopes=sorted(token.scopes))
+        log.info("access_token_issued", token_id=token.id, scopes=sorted(token.scopes))
         return token, secret

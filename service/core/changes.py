@@ -34,6 +34,7 @@ from service.core.models import Principal, Scope, SigningKey
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
+from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ class _Watcher:
     overflowed: bool = False
 
 
-class ChangeFeed:
+class ChangeFeed(AsyncResource):
     """Polls for key changes, applies them to the cache and streams them to watchers.
 
     >>> async with ChangeFeed(records, cache, poll_interval=0.2, overlap=5.0) as feed:
@@ -130,13 +131,6 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def __aenter__(self) -> ChangeFeed:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def staleness(self) -> float:
         """Seconds since the last successful poll (infinite before the first)."""
@@ -197,13 +191,14 @@ class ChangeFeed:
                 self._metrics.polls_failed.inc()
                 if not self._failing:
                     log.warning(
-                        "change poll failing: verifying from last known good keys",
+                        "change_poll_failing",
                         error=type(exc).__name__,
+                        serving_from="last_known_good_keys",
                     )
                 self._failing = True
             else:
                 if self._failing:
-                    log.info("change poll recovered")
+                    log.info("change_poll_recovered")
                 self._failing = False
 
     async def watch(

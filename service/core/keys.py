@@ -122,7 +122,7 @@ class KeyService:
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
         self._changed(key)
-        log.info("signing key revoked", key_id=key.id, environment_id=environment_id)
+        log.info("signing_key_revoked", key_id=key.id, environment_id=environment_id)
         return key
 
     def _changed(self, key: SigningKey) -> None:
@@ -174,7 +174,7 @@ class KeyService:
             raise InternalError("the key was not stored")
         self._changed(outcome.key)
         log.info(
-            "signing key stored",
+            "signing_key_stored",
             key_id=key.id,
             environment_id=key.environment_id,
             algorithm=key.algorithm,

@@ -65,17 +65,6 @@ DEFAULT_MISS_BUDGET: Final = 50  # database look-ups of uncached kids per second
 _MAX_KID_LENGTH: Final = 128
 
 
-Readiness = Literal["ready", "degraded", "unavailable"]
-
-
-def readiness(*, can_read: bool, can_verify: bool) -> Readiness:
-    """Ready while a region serves reads; degraded while none does but verification goes on
-    from the last known good keys; unavailable past that."""
-    if can_read:
-        return "ready"
-    return "degraded" if can_verify else "unavailable"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verification:
     """The verdict: ``claims`` only when valid, ``reason`` only when not."""

@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from service.core.auth import Authenticator, hash_secret
-from service.core.models import Scope
+from service.core.models import AccessToken, Scope
 from service.errors import (
     DependencyError,
     InvalidRequestError,
@@ -23,16 +23,6 @@ MAX_STALENESS = 300.0
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def tokens(clock: ManualClock) -> MemoryTokenRecords:
-    return MemoryTokenRecords(clock=clock)
-
-
-@pytest.fixture
 def auth(tokens: MemoryTokenRecords, clock: ManualClock) -> Authenticator:
     return Authenticator(
         tokens,
@@ -42,6 +32,13 @@ def auth(tokens: MemoryTokenRecords, clock: ManualClock) -> Authenticator:
         max_staleness=MAX_STALENESS,
         clock=clock.seconds,
     )
+
+
+async def cached_credential(auth: Authenticator) -> tuple[AccessToken, str]:
+    """A reader's token and secret, authenticated once: its record is in the cache now."""
+    token, secret = await auth.issue([Scope.READ], ["env-a"])
+    await auth.authenticate(token.id, secret, api="http")
+    return token, secret
 
 
 async def test_an_issued_token_is_stored_as_a_hash_and_authenticates(
@@ -99,8 +96,7 @@ async def test_ids_not_shaped_like_ours_never_reach_the_records(
 async def test_a_credential_is_cached_for_its_ttl_so_a_revocation_takes_that_long(
     auth: Authenticator, tokens: MemoryTokenRecords, clock: ManualClock
 ) -> None:
-    token, secret = await auth.issue([Scope.READ], ["env-a"])
-    await auth.authenticate(token.id, secret, api="http")
+    token, secret = await cached_credential(auth)
     tokens.revoke(token.id)
     clock.advance(CACHE_TTL - 1)
     await auth.authenticate(token.id, secret, api="http")  # still the cached record
@@ -114,8 +110,7 @@ async def test_a_credential_is_cached_for_its_ttl_so_a_revocation_takes_that_lon
 async def test_unknown_ids_are_remembered_briefly_and_apart_from_real_credentials(
     auth: Authenticator, tokens: MemoryTokenRecords, clock: ManualClock
 ) -> None:
-    token, secret = await auth.issue([Scope.READ], ["env-a"])
-    await auth.authenticate(token.id, secret, api="http")
+    token, secret = await cached_credential(auth)
     unknown = [f"skt_{i:016d}" for i in range(10)]  # more than the cache holds
     for token_id in unknown + unknown[-1:]:
         with pytest.raises(UnauthenticatedError):

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,6 @@ from service.core.changes import ChangeFeed, WatchEvent, parse_position, positio
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.models import Principal, Scope, SigningKey
-from service.core.ports import DEFAULT_PAGE_SIZE
 from service.core.requests import ImportKeyRequest, KeyRef, WatchRequest
 from service.errors import (
     InvalidRequestError,
@@ -349,31 +349,18 @@ async def test_a_watcher_hears_of_the_first_key_ever_created() -> None:
     assert (event.kind, event.key) == ("changed", key)
 
 
-# A change source the test scripts: one answer per read, as a lagging region might give.
+# A change source the test scripts: each read reaches another region, which may lag.
 
 
 class ScriptedSource:
-    """A :class:`~service.core.ports.ChangeSource` answering each read with the next list."""
+    """A :class:`~service.core.ports.ChangeSource` whose every read goes to the next region,
+    each holding the keys scripted for it (and read as the store reads them)."""
 
-    def __init__(self, *answers: list[SigningKey]) -> None:
-        self._answers = list(answers)
+    def __init__(self, *regions: list[SigningKey]) -> None:
+        self._regions = [MemoryKeyRecords.holding(keys) for keys in regions]
 
-    async def pages(
-        self,
-        *,
-        environment_id: str | None = None,
-        since: datetime | None = None,
-        active_only: bool = False,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        timeout: float | None = None,
-    ) -> AsyncIterator[list[SigningKey]]:
-        answer = [
-            key
-            for key in self._answers.pop(0)
-            if environment_id is None or key.environment_id == environment_id
-        ]
-        if answer:
-            yield answer
+    def pages(self, **read: Any) -> AsyncIterator[list[SigningKey]]:
+        return self._regions.pop(0).pages(**read)
 
 
 def signing_key(environment_id: str, *, at: datetime) -> SigningKey:

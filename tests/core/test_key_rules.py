@@ -45,16 +45,6 @@ ADMIN = principal(environments=(A, B))
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def records(clock: ManualClock) -> MemoryKeyRecords:
-    return MemoryKeyRecords(clock=clock)
-
-
-@pytest.fixture
 def changed() -> list[SigningKey]:
     return []
 

@@ -1,5 +1,6 @@
-"""The core's imports point nowhere but at itself and the shared errors: it owns its ports,
-and storage, transports and the locality router plug into them from outside."""
+"""The core's imports point nowhere but at itself, the shared errors and the lifecycle base:
+it owns its ports, and storage, transports and the locality router plug into them from
+outside."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import service.core
 
 CORE = Path(service.core.__file__).parent
 # What the core may import from this project; everything else of ``service`` is outside it.
-ALLOWED = ("service.core", "service.errors")
+ALLOWED = ("service.core", "service.errors", "service.lifecycle")
 
 
 def project_imports(path: Path) -> set[str]:

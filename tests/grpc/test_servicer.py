@@ -30,8 +30,8 @@ from service.core.models import Principal, Scope, SigningKey
 from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
-from tests.grpc.conftest import bearer, build_grpc_server, metadata
-from tests.support.service import Credentials, TokenFactory
+from tests.grpc.conftest import bearer, metadata
+from tests.support.service import Credentials, TokenFactory, build_grpc_server
 
 KEYS = "/system/v1/signing-keys"
 WATCH = "/signingkeys.v1.SigningKeys/WatchSigningKeys"

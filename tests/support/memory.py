@@ -26,7 +26,7 @@ commits it — the slow writer whose row appears after rows stamped later than i
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -110,6 +110,14 @@ class MemoryKeyRecords(_Outage):
     def __repr__(self) -> str:
         pending = sum(not held.committed for held in self._held)
         return f"<MemoryKeyRecords keys={len(self._rows)} held={pending}>"
+
+    @classmethod
+    def holding(cls, keys: Iterable[SigningKey]) -> MemoryKeyRecords:
+        """Records holding ``keys`` as they are (stamps, status): a region's copy, however far
+        behind, for tests that script what a read finds."""
+        records = cls()
+        records._rows = {key.id: key for key in keys}
+        return records
 
     # What tests look at and control, beyond the port.
 
