@@ -67,7 +67,8 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class DataAge:
-    """How old a standby's data was when measured: ``seconds`` as of ``at`` (router clock).
+    """How old a standby's data was when measured: ``seconds`` as of ``at`` (router clock);
+    it grows from there until the next measurement (:func:`~service.locality.choice.data_age`).
 
     ``source`` says how it was measured: ``heartbeat``, an upper bound (everything the
     primary committed more than that long ago has been replayed); ``wal``, the estimate from
@@ -81,10 +82,6 @@ class DataAge:
     @property
     def is_bound(self) -> bool:
         return self.source == "heartbeat"
-
-    def as_of(self, now: float) -> float:
-        """The age at ``now``: nothing newer has been seen since the measurement."""
-        return self.seconds + max(0.0, now - self.at)
 
 
 class RegionHealth:
