@@ -1,5 +1,5 @@
 """The local multi-region PostgreSQL topology: one primary, streaming hot standbys, and a
-fault proxy in front of every region.
+fault proxy in front of every region and of every replication link.
 
 It is the dev/test harness (``make run`` and the test fixtures use it); the service never
 imports it. The API is synchronous so that sync pytest fixtures and a CLI can drive it before
@@ -8,11 +8,18 @@ any event loop exists::
     with LocalTopology() as topo:                   # aws-us-east-1 primary, two standbys
         env = topo.env("aws-us-east-1")              # SIGNING_KEYS_* for the service
         topo.region("gcp-us-central1").proxy.blackhole()
+        topo.region("aws-eu-west-1").replication_proxy.reset()  # cut it off its primary
+        topo.pause("aws-eu-west-1", "walreceiver")  # it answers, with ever older data
         topo.kill(topo.primary)
         new_primary = topo.failover()                # as an HA manager would
+        topo.rogue_promote("gcp-us-central1")        # split brain: the old primary stays up
+        topo.fork("aws-eu-west-1")                   # split brain on one timeline
 
-Replication is synchronous (``remote_apply``, ``ANY 1`` of the standbys) and runs directly
-between the servers; the proxies model only the service's own network path to each region.
+Replication is synchronous (``remote_apply``, ``ANY 1`` of the standbys). Each region has two
+proxies: ``proxy``, the service's own network path to it, and ``replication_proxy``, its path
+to its upstream while it is a standby (its ``primary_conninfo`` names that proxy, which the
+harness points at whichever server is the primary, as an HA manager moves a virtual IP). So a
+test can cut, delay or blackhole one standby's replication while the service still reaches it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import structlog
 from harness.loop_thread import LoopThread
 from harness.postgres import (
     SUPERUSER,
+    PausedPart,
     PostgresBinaries,
     PostgresServer,
     TopologyError,
@@ -56,7 +64,7 @@ ROLE = "signing_keys"
 HOST = "127.0.0.1"
 DIR_PREFIX = "sk-topo-"
 
-Role = Literal["primary", "standby", "fenced"]
+Role = Literal["primary", "standby", "fenced", "rogue"]
 _REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # as service.settings accepts them
 _CLOUD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 T = TypeVar("T")
@@ -117,11 +125,13 @@ DEFAULT_REGIONS: tuple[RegionSpec, ...] = (
 
 
 class Region:
-    """A handle on one region: its server, its proxy, and the DSNs that reach them.
+    """A handle on one region: its server, its proxies, and the DSNs that reach them.
 
     ``dsn`` goes through the region's :class:`FaultProxy` and is the only way the service
     reaches the region; ``direct_dsn`` goes straight to the server (for the harness and for
     tests' own checks); ``admin_dsn`` is the superuser's, straight to the server.
+    ``replication_proxy`` carries the region's WAL stream from its upstream while it is a
+    standby.
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class Region:
         spec: RegionSpec,
         server: PostgresServer,
         proxy: FaultProxy,
+        replication_proxy: FaultProxy,
         password: str,
     ) -> None:
         self._topology = topology
@@ -137,13 +148,17 @@ class Region:
         self.cloud = spec.cloud
         self.server = server
         self.proxy = proxy
+        self.replication_proxy = replication_proxy
         self._password = password
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "down"
+        if self.server.paused is not None:
+            state += f" ({self.server.paused} paused)"
         return (
             f"<Region {self.name} ({self.cloud}) {self.role} {state} "
-            f"server=127.0.0.1:{self.server_port} proxy={self.proxy.port} {self.proxy.mode}>"
+            f"server=127.0.0.1:{self.server_port} proxy={self.proxy.port} {self.proxy.mode} "
+            f"replication={self.replication_proxy.mode}>"
         )
 
     @property
@@ -153,6 +168,11 @@ class Region:
     @property
     def is_running(self) -> bool:
         return self.server.is_running
+
+    @property
+    def paused(self) -> PausedPart | None:
+        """What :meth:`LocalTopology.pause` froze in this region's server, if anything."""
+        return self.server.paused
 
     @property
     def role(self) -> Role:
@@ -207,6 +227,7 @@ class LocalTopology:
         self._sql: LoopThread | None = None
         self._servers: dict[str, PostgresServer] = {}
         self._proxies: dict[str, FaultProxy] = {}
+        self._replication_proxies: dict[str, FaultProxy] = {}
         self._regions: dict[str, Region] = {}
         self._roles: dict[str, Role] = {}
         self._sync: list[str] = []
@@ -214,6 +235,9 @@ class LocalTopology:
         self._password = secrets.token_hex(16)
         self.start_seconds: float | None = None
         self.last_failover_seconds: float | None = None
+        # When the last promotion began its new timeline, on the time.monotonic() clock: for
+        # tests that measure how soon clients noticed.
+        self.last_promoted_at: float | None = None
 
     def __repr__(self) -> str:
         parts = []
@@ -258,7 +282,10 @@ class LocalTopology:
         return self._base
 
     def role(self, name: str) -> Role:
-        """``primary``, ``standby``, or ``fenced`` (an old primary until it is rejoined)."""
+        """``primary``, ``standby``, ``fenced`` (an old primary the harness stopped, until it
+        is rejoined) or ``rogue`` (a server that takes writes without being the primary — the
+        old primary :meth:`rogue_promote` left running, or a :meth:`fork` — until it is
+        rejoined)."""
         try:
             return self._roles[name]
         except KeyError:
@@ -331,6 +358,10 @@ class LocalTopology:
         self._start_fresh([primary])
         self._roles[self._primary] = "primary"
         self._sql_run(self._bootstrap(primary.port))
+        for spec in self._specs:
+            replication = FaultProxy(HOST, primary.port, name=f"{spec.name} replication")
+            self._replication_proxies[spec.name] = replication
+            replication.start()
 
         standbys = [self._servers[name] for name in self.region_names if name != self._primary]
         if standbys:
@@ -351,7 +382,12 @@ class LocalTopology:
             self._proxies[spec.name] = proxy
             proxy.start()
             self._regions[spec.name] = Region(
-                self, spec, self._servers[spec.name], proxy, self._password
+                self,
+                spec,
+                self._servers[spec.name],
+                proxy,
+                self._replication_proxies[spec.name],
+                self._password,
             )
 
     def _start_fresh(self, servers: Sequence[PostgresServer], attempts: int = 3) -> None:
@@ -372,8 +408,13 @@ class LocalTopology:
                     server.launch()
 
     def _write_standby_conf(self, server: PostgresServer, primary: PostgresServer) -> None:
+        """``server`` follows ``primary`` through its own replication proxy."""
+        self._replication_proxies[server.name].retarget(primary.port)
         server.write_node_conf({"port": str(server.port), "cluster_name": server.name})
-        server.write_auto_conf({"primary_conninfo": self._conninfo(server.name, primary.port)})
+        server.write_auto_conf({"primary_conninfo": self._replication_conninfo(server.name)})
+
+    def _replication_conninfo(self, name: str) -> str:
+        return self._conninfo(name, self._replication_proxies[name].port)
 
     @staticmethod
     def _conninfo(application_name: str, port: int) -> str:
@@ -389,7 +430,7 @@ class LocalTopology:
                 return
             self._state = "stopped"
             atexit.unregister(self.stop)
-            for proxy in self._proxies.values():
+            for proxy in [*self._proxies.values(), *self._replication_proxies.values()]:
                 try:
                     proxy.stop()
                 except Exception as exc:  # keep cleaning up whatever failed
@@ -472,6 +513,87 @@ class LocalTopology:
             self._fence(self._primary)
             self._promote(name, self._running_standbys(), started)
 
+    def rogue_promote(self, name: str, *, old_primary_commits: bool = False) -> None:
+        """Promote the standby ``name`` without fencing the primary, which stays up, reachable
+        and writable on its old timeline: what an HA manager does across a partition it cannot
+        see through. The other running standbys follow ``name`` — first as its cascading
+        standbys, so that none of them receives WAL the old primary writes after the fork —
+        and the old primary's role is ``rogue`` until :meth:`rejoin` makes it a standby of
+        the new timeline.
+
+        The old primary's commits then wait for a synchronous standby that no longer follows
+        it. ``old_primary_commits`` also takes it off synchronous replication, so that it
+        acknowledges writes on its own: the worst split brain, two primaries that both commit.
+        """
+        with self._lock:
+            self._check_running()
+            old = self._primary
+            if name == old:
+                raise TopologyError(f"{name} is already the primary")
+            if self._roles[name] != "standby" or not self._server(name).is_running:
+                raise TopologyError(f"{name} is not a running standby")
+            if not self._servers[old].is_running:
+                raise TopologyError(f"the primary {old} is down: use promote() or failover()")
+            started = time.monotonic()
+            chosen = self._servers[name]
+            followers = [other for other in self._running_standbys() if other != name]
+            for follower in followers:
+                self._follow(follower, chosen)
+            self._sql_run(_wait_streaming(chosen.port, followers, 10.0), 15.0)
+            self._sql_run(_promote(chosen.port, 10.0), 15.0)
+            self.last_promoted_at = _promotion_time(chosen)
+            self._primary = name
+            self._roles[name] = "primary"
+            self._roles[old] = "rogue"
+            if old_primary_commits:
+                self._sql_run(
+                    _alter_system(self._servers[old].port, {"synchronous_standby_names": ""})
+                )
+            self._set_sync(followers)
+            self.last_failover_seconds = time.monotonic() - started
+            log.info(
+                "topology_rogue_promoted",
+                old_primary=old,
+                new_primary=name,
+                followers=followers,
+                old_primary_commits=old_primary_commits,
+                seconds=round(self.last_failover_seconds, 3),
+            )
+
+    def fork(self, name: str) -> None:
+        """Restart the standby ``name`` as a primary without promoting it, as when its
+        ``standby.signal`` is removed by mistake: it replays what it has and takes writes on
+        the *same* timeline as the primary — a split brain that no timeline can settle. Its
+        role is ``rogue`` until :meth:`rejoin`."""
+        with self._lock:
+            self._check_running()
+            if self._roles[name] != "standby" or not self._server(name).is_running:
+                raise TopologyError(f"{name} is not a running standby")
+            server = self._server(name)
+            server.stop()
+            (server.data_dir / "standby.signal").unlink()
+            server.start()
+            self._roles[name] = "rogue"
+            if name in self._sync:
+                self._set_sync([other for other in self._sync if other != name])
+            log.info("topology_forked", region=name, primary=self._primary)
+
+    def pause(self, name: str, part: PausedPart = "server") -> None:
+        """Freeze the region's whole server (SIGSTOP), or only its ``walreceiver`` or its
+        ``startup`` (replay) process, until :meth:`resume`. A frozen walreceiver leaves a
+        standby that answers every query from data that no longer moves."""
+        with self._lock:
+            self._check_running()
+            self._server(name).pause(part)
+            log.info("topology_paused", region=name, part=part)
+
+    def resume(self, name: str) -> None:
+        """Undo :meth:`pause` (no-op when nothing is paused)."""
+        with self._lock:
+            self._check_running()
+            self._server(name).resume()
+            log.info("topology_resumed", region=name)
+
     def rejoin(self, name: str) -> None:
         """Make ``name`` a fresh standby of the current primary (wipe + pg_basebackup),
         on the same server port so that its proxy stays valid; wait until it streams."""
@@ -494,14 +616,18 @@ class LocalTopology:
                 self._set_sync([*self._sync, name])
             log.info("topology_rejoined", region=name, primary=self._primary)
 
-    def wait_replayed(self, timeout: float = 10.0) -> None:
-        """Wait until every running standby has replayed the primary's current WAL position."""
+    def wait_replayed(
+        self, timeout: float = 10.0, *, standbys: Sequence[str] | None = None
+    ) -> None:
+        """Wait until every running standby (or those named) has replayed the primary's
+        current WAL position."""
         self._check_running()
         primary = self._servers[self._primary]
         if not primary.is_running:
             raise TopologyError(f"the primary {self._primary} is down")
-        standbys = {name: self._servers[name].port for name in self._running_standbys()}
-        self._sql_run(_wait_replayed(primary.port, standbys, timeout), timeout + 5.0)
+        names = self._running_standbys() if standbys is None else list(standbys)
+        standbys_ports = {name: self._server(name).port for name in names}
+        self._sql_run(_wait_replayed(primary.port, standbys_ports, timeout), timeout + 5.0)
 
     # -- SQL -------------------------------------------------------------------------------
 
@@ -581,16 +707,12 @@ class LocalTopology:
         old = self._primary
         server = self._servers[name]
         self._sql_run(_promote(server.port, 10.0), 15.0)
+        self.last_promoted_at = _promotion_time(server)
         self._primary = name
         self._roles[name] = "primary"
         followers = [other for other in candidates if other != name]
         for follower in followers:
-            self._sql_run(
-                _alter_system(
-                    self._servers[follower].port,
-                    {"primary_conninfo": self._conninfo(follower, server.port)},
-                )
-            )
+            self._follow(follower, server)
         for other in self.region_names:
             stopped = self._servers[other]
             if self._roles[other] == "standby" and other not in followers and other != name:
@@ -613,6 +735,17 @@ class LocalTopology:
             seconds=round(self.last_failover_seconds, 3),
         )
 
+    def _follow(self, name: str, upstream: PostgresServer) -> None:
+        """Point the running standby ``name`` at ``upstream``: its replication proxy moves
+        (cutting the old stream, so its walreceiver reconnects there) and its
+        ``primary_conninfo`` is reset to name that proxy, in case a test changed it."""
+        self._replication_proxies[name].retarget(upstream.port)
+        self._sql_run(
+            _alter_system(
+                self._servers[name].port, {"primary_conninfo": self._replication_conninfo(name)}
+            )
+        )
+
     def _is_streaming(self, name: str) -> bool:
         rows = self.query(
             self._primary,
@@ -621,6 +754,19 @@ class LocalTopology:
             timeout=5.0,
         )
         return bool(rows)
+
+
+def _promotion_time(server: PostgresServer) -> float:
+    """When ``server`` began its newest timeline, as a time.monotonic() reading: its timeline
+    history file is written as the promotion starts, before any WAL of the new timeline."""
+    wall, now = time.time(), time.monotonic()
+    try:
+        written = max(
+            path.stat().st_mtime for path in (server.data_dir / "pg_wal").glob("*.history")
+        )
+    except (OSError, ValueError):  # unreadable, or no history file: now is the best bound
+        return now
+    return now - max(0.0, wall - written)
 
 
 def default_parent_dir() -> Path:

@@ -21,12 +21,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 SERVICE_USER = "postgres"
+# What can be frozen: the whole server, or one of its processes (found by its title).
+PausedPart = Literal["server", "walreceiver", "startup"]
 SUPERUSER = "postgres"
 _INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql"
 
@@ -206,6 +209,17 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _process_title(pid: int) -> str:
+    """What ``ps`` shows for ``pid``: PostgreSQL writes each process's role into its argv
+    (``postgres: gcp-us-central1: walreceiver streaming 0/3000148``)."""
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
 def _is_alive(pid: int) -> bool:
     stat = _proc_stat(pid)
     return stat is not None and stat[0] != "Z"
@@ -244,9 +258,12 @@ class PostgresServer:
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._postmaster_pid: int | None = None
+        self._paused: tuple[PausedPart, list[int]] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
+        if self._paused is not None:
+            state += f" ({self._paused[0]} paused)"
         return f"<PostgresServer {self.name} 127.0.0.1:{self.port} {state}>"
 
     @property
@@ -263,6 +280,11 @@ class PostgresServer:
             return []
         pids = [self._process.pid, *_descendants(self._process.pid)]
         return [pid for pid in pids if _is_alive(pid)]
+
+    @property
+    def paused(self) -> PausedPart | None:
+        """What :meth:`pause` froze (``None``: nothing is frozen)."""
+        return self._paused[0] if self._paused is not None else None
 
     # -- creating a data directory ---------------------------------------------------------
 
@@ -359,9 +381,60 @@ class PostgresServer:
         self._postmaster_pid = int(lines[0])
         return lines[7].strip()
 
+    def pause(self, part: PausedPart = "server", *, timeout: float = 5.0) -> None:
+        """Freeze the server (SIGSTOP), or only one of its processes, until :meth:`resume`.
+
+        ``server``: the postmaster first (so that it forks nothing new), then every process
+        under it — the server holds its connections open and answers nothing, as a host
+        stuck in a long GC-like stall or a frozen VM would. ``walreceiver``: only the process
+        that receives WAL from upstream — the server keeps answering queries with ever older
+        data, which no connection-level check can notice. ``startup``: only the process that
+        replays WAL — WAL is still received (and acknowledged as written), not applied.
+        A process of that kind must exist (a standby's walreceiver may be between attempts:
+        it is waited for up to ``timeout``).
+        """
+        if not self.is_running or self._postmaster_pid is None:
+            raise TopologyError(f"{self.name} is not running")
+        if self._paused is not None:
+            raise TopologyError(f"{self.name} is already paused ({self._paused[0]})")
+        root = self._postmaster_pid
+        if part == "server":
+            _signal([root], signal.SIGSTOP)
+            pids = [root, *(pid for pid in _descendants(root) if _is_alive(pid))]
+            _signal(pids, signal.SIGSTOP)
+        else:
+            found: list[int] = []
+
+            def find() -> bool:
+                found[:] = [
+                    pid
+                    for pid in _descendants(root)
+                    if _is_alive(pid) and f": {part} " in _process_title(pid) + " "
+                ]
+                return bool(found)
+
+            if not _wait_until(find, timeout, 0.01):
+                raise TopologyError(f"{self.name} has no {part} process to pause")
+            pids = found
+            _signal(pids, signal.SIGSTOP)
+        self._paused = (part, pids)
+        log.debug("postgres_paused", region=self.name, part=part, pids=pids)
+
+    def resume(self) -> None:
+        """Let what :meth:`pause` froze run again (SIGCONT). No-op when nothing is paused."""
+        if self._paused is None:
+            return
+        part, pids = self._paused
+        self._paused = None
+        wrapper = [self._process.pid] if self._process is not None else []
+        # runuser stops itself when the postmaster (its child) stops: wake it as well.
+        _signal([*pids, *wrapper], signal.SIGCONT)
+        log.debug("postgres_resumed", region=self.name, part=part)
+
     def stop(self, *, timeout: float = 10.0) -> None:
         """Immediate shutdown (SIGQUIT): no checkpoint, like a crash, but orderly. Falls back
         to :meth:`kill`. No-op when not running."""
+        self.resume()  # a frozen process would hold its signal until woken
         if not self.is_running:
             self._reap()
             return
@@ -384,6 +457,7 @@ class PostgresServer:
         """
         if self._process is None:
             return
+        self.resume()
         root = self._postmaster_pid
         if root is None or not _is_alive(root):
             root = self._process.pid

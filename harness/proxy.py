@@ -11,6 +11,7 @@ synchronous, thread-safe and has taken effect when it returns::
     proxy.reset()                 # RST every connection, existing and new
     proxy.reset_on(b"COMMIT")     # cut a connection right after its COMMIT left the client
     proxy.pass_through()          # back to normal
+    proxy.retarget(5433)          # new connections go to another upstream; old ones are cut
     proxy.stop()
 """
 
@@ -607,6 +608,24 @@ class FaultProxy:
         if arm.once and self.armed is arm:
             self.armed = None
         log.debug("proxy_reset_on_fired", proxy=self.name, hits=self._hits)
+
+    def retarget(self, upstream_port: int, upstream_host: str | None = None) -> None:
+        """Send new connections to another upstream; RST the existing ones (they lead to the
+        old upstream). A fault mode in force stays in force.
+
+        A standby's replication link is such a proxy: when another server becomes the primary,
+        the harness retargets the link rather than reconfiguring the standby, as a virtual IP
+        or a DNS name moved by an HA manager would.
+        """
+
+        def change() -> None:
+            self.upstream_port = upstream_port
+            if upstream_host is not None:
+                self.upstream_host = upstream_host
+            for link in list(self.links):
+                link.abort()
+
+        self._apply(f"retarget {upstream_port}", change)
 
     # -- counters --------------------------------------------------------------------------
 

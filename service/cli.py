@@ -2,7 +2,8 @@
 
 signing-keys serve                 # HTTP + gRPC, configured from SIGNING_KEYS_* variables
 signing-keys migrate               # apply sql/migrations (and the CockroachDB script)
-signing-keys status                # per-region state as the router sees it
+signing-keys status                # per-region state as the router sees it (JSON)
+signing-keys status --table        # the same, as a table for people
 signing-keys token create --environment ENV --scopes read,write,verify
 """
 
@@ -24,6 +25,7 @@ from service.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from service.locality.router import LocalityRouter
+    from service.locality.status import RouterStatus
     from service.server import Server
 
 # How long a one-shot command waits for a writable region before it tries anyway (and
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=_migrate, settings_factory=Settings.from_env)
 
     status = commands.add_parser("status", help="show each region's state")
+    status.add_argument("--table", action="store_true", help="a table for people instead of JSON")
     status.set_defaults(handler=_status, settings_factory=Settings.from_env)
 
     token = commands.add_parser("token", help="access-token administration")
@@ -110,8 +113,61 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
     wait = settings.router.probe_timeout * 2
     async with open_database(settings, writable=False, timeout=wait) as database:
-        print(json.dumps(database.status().to_dict(), indent=2, default=str))
+        status = database.status()
+        if args.table:
+            print(format_status(status))
+        else:
+            print(json.dumps(status.to_dict(), indent=2, default=str))
     return 0
+
+
+def format_status(status: RouterStatus) -> str:
+    """The router's status as a table: one line per region, and what needs attention."""
+    rows = [("REGION", "CLOUD", "STATE", "ROLE", "TIMELINE", "DATA AGE", "RTT", "NOTES")]
+    for region in status.regions:
+        notes = []
+        if region.name == status.local_region:
+            notes.append("local")
+        if region.name == status.read_region:
+            notes.append("reads")
+        if region.name == status.write_region:
+            notes.append("writes")
+        if region.fence_reason is not None:
+            notes.append(f"fenced: {region.fence_reason}")
+        if region.data_age_source == "wal":
+            notes.append("age estimated")
+        if region.receiver not in (None, "streaming"):
+            notes.append(f"walreceiver {region.receiver}")
+        if region.slow:
+            notes.append("slow")
+        if region.held_down:
+            notes.append("held down")
+        if region.state == "down" and region.last_error:
+            notes.append(region.last_error)
+        rows.append(
+            (
+                region.name,
+                region.cloud,
+                region.state,
+                region.role,
+                "-" if region.timeline is None else str(region.timeline),
+                "-" if region.lag_seconds is None else f"{region.lag_seconds:.3f} s",
+                "-" if region.rtt_ms is None else f"{region.rtt_ms:.1f} ms",
+                ", ".join(notes),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
+    if status.writes_refused:
+        lines.append(f"writes refused: {status.writes_refused}")
+    elif status.write_region is None:
+        lines.append("writes refused: no writable region is reachable")
+    if status.read_region is None:
+        lines.append("reads refused: no region can serve reads")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 async def _token_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,8 +1,9 @@
 """Root fixtures: the local multi-region topology, shared or fresh.
 
 - ``topology`` (session): one three-region topology for the whole run. Non-destructive use
-  only: a test may switch proxy faults (they are put back to pass-through after every test)
-  but must not kill, restart, promote or rejoin servers — use ``fresh_topology`` for that.
+  only: a test may switch proxy faults, service or replication links (they are put back to
+  pass-through after every test) but must not kill, pause, restart, promote or rejoin
+  servers — use ``fresh_topology`` for that.
 - ``healthy_topology`` (function): the shared topology, with every proxy in pass-through
   before and after the test.
 - ``fresh_topology`` (function): a brand-new topology of its own, stopped after the test.
@@ -61,6 +62,9 @@ def _shared_topology_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     for region in topo.regions:
         if not region.is_running:
             problems.append(f"{region.name} is down")
+        if region.paused is not None:
+            problems.append(f"{region.name} is paused ({region.paused})")
+            topo.resume(region.name)
     if topo.primary != original:
         problems.append(f"the primary moved to {topo.primary}")
     if problems:
@@ -76,17 +80,18 @@ def _heal(topo: LocalTopology, original_primary: str) -> None:
     """Bring the shared topology back to its first shape: the original primary, all
     standbys streaming."""
     for name in topo.region_names:
-        if not topo.region(name).is_running and topo.role(name) != "fenced":
+        if not topo.region(name).is_running and topo.role(name) not in ("fenced", "rogue"):
             topo.restart(name)
     if topo.primary != original_primary:
         if topo.role(original_primary) != "standby" or not topo.region(original_primary).is_running:
             topo.rejoin(original_primary)
         topo.promote(original_primary)
     for name in topo.region_names:
-        if topo.role(name) == "fenced":
+        if topo.role(name) in ("fenced", "rogue"):
             topo.rejoin(name)
 
 
 def _pass_through(topo: LocalTopology) -> None:
     for region in topo.regions:
         region.proxy.pass_through()
+        region.replication_proxy.pass_through()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 from harness import LocalTopology
+from service.cli import format_status
+from service.locality.status import RegionStatus, RouterStatus
 from tests.support.service import service_env
 
 
@@ -41,6 +43,27 @@ def test_migrate_token_create_and_status(migrated_topology: LocalTopology) -> No
     assert {region["name"] for region in regions["regions"]} == set(migrated_topology.region_names)
     assert all(region["state"] == "up" for region in regions["regions"])
     assert "signing_keys:" not in status.stdout, "no DSN (with its password) in the output"
+    # Fencing and data age are shown: the cluster's timeline, each region's, and why not.
+    assert regions["timeline"] == 1
+    assert regions["writes_refused"] is None
+    for region in regions["regions"]:
+        assert (region["timeline"], region["fenced"], region["fence_reason"]) == (1, False, None)
+    table = run_cli("status", "--table", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "REGION",
+        "CLOUD",
+        "STATE",
+        "ROLE",
+        "TIMELINE",
+        "DATA",
+        "AGE",
+        "RTT",
+        "NOTES",
+    ]
+    assert {line.split()[0] for line in lines[1:]} == set(migrated_topology.region_names)
+    assert "signing_keys:" not in table.stdout
 
 
 def test_a_bad_setting_stops_the_command_with_a_message_naming_it() -> None:
@@ -62,3 +85,52 @@ def test_a_bad_setting_stops_the_command_with_a_message_naming_it() -> None:
     )
     assert bad_scope.returncode == 2
     assert "--scopes" in bad_scope.stderr
+
+
+def test_the_status_table_says_which_region_is_fenced_and_why_writes_are_refused() -> None:
+    def region(name: str, **fields: object) -> RegionStatus:
+        base: dict[str, object] = {
+            "name": name,
+            "cloud": "aws",
+            "state": "up",
+            "writable": False,
+            "engine": "postgresql",
+            "rtt_ms": 1.25,
+            "lag_seconds": 0.05,
+            "in_flight": 0,
+            "last_error": None,
+            "since": 0.0,
+            "timeline": 2,
+            "data_age_source": "heartbeat",
+            "receiver": "streaming",
+        }
+        return RegionStatus(**{**base, **fields})  # type: ignore[arg-type]
+
+    status = RouterStatus(
+        regions=(
+            region(
+                "aws-us-east-1",
+                writable=True,
+                fenced=True,
+                fence_reason="old_timeline",
+                timeline=1,
+                lag_seconds=None,
+                data_age_source=None,
+                receiver=None,
+            ),
+            region("aws-eu-west-1", receiver="waiting"),
+            region("gcp-us-central1", state="down", last_error="TimeoutError", rtt_ms=None),
+        ),
+        read_region="aws-eu-west-1",
+        write_region=None,
+        local_region="aws-us-east-1",
+        timeline=2,
+        writes_refused="aws-us-east-1 writable on a timeline older than 2",
+    )
+    lines = format_status(status).splitlines()
+    assert lines[1].split()[:6] == ["aws-us-east-1", "aws", "up", "fenced", "1", "-"]
+    assert lines[1].endswith("local, fenced: old_timeline")
+    assert lines[2].endswith("reads, walreceiver waiting")
+    assert "0.050 s" in lines[2]
+    assert lines[3].endswith("TimeoutError")
+    assert lines[-1] == "writes refused: aws-us-east-1 writable on a timeline older than 2"

@@ -12,8 +12,16 @@ Order, best first:
 4. then the configured priority (lower first: an operator's override);
 5. then the smoothed round-trip time (unknown last), and the name to make ties stable.
 
-Reads go only to regions that are up; a standby lagging more than ``max_replica_lag`` is left
-out while a fresher region is up. Writes go only to regions that are up and writable.
+Reads go only to regions that are up and not fenced (:mod:`service.locality.fencing`). A
+standby whose data is older than ``max_replica_lag`` is left out while a fresher region is
+up; when none is, reads go to the freshest first (an answer from old data beats none: the
+caller that cannot accept it asks for ``max_data_age``). With ``max_data_age`` only regions
+whose data age is known to be within it qualify, in the usual order. Writes go only to
+regions that are up, writable, not fenced and not in a split brain.
+
+A region's *data age* grows from its last measurement (:func:`data_age`): the unfenced
+writer's is 0; a standby's is its measured age plus the time since; a region in a split
+brain has none (unknown).
 """
 
 from __future__ import annotations
@@ -33,9 +41,18 @@ class RegionView:
     up: bool
     writable: bool
     rtt: float | None = None
-    lag: float | None = None
+    data_age: float | None = None  # a standby's data age, as of data_age_at
+    data_age_at: float | None = None  # when it was measured (None: it does not grow)
+    age_is_bound: bool = False  # measured from a heartbeat (an upper bound), not estimated
     recovered_at: float | None = None
     slow: bool = False  # lost hedged races: it answers later than the others
+    fenced: bool = False  # no reads, no writes (see service.locality.fencing)
+    split_brain: bool = False  # one of several writable regions on one timeline: no writes
+
+    @property
+    def is_writer(self) -> bool:
+        """Writable, and trusted to be the one place writes go."""
+        return self.writable and not self.fenced and not self.split_brain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,19 +65,60 @@ class ChoicePolicy:
     slow_margin: float
 
 
-def read_order(regions: Sequence[RegionView], policy: ChoicePolicy, now: float) -> tuple[str, ...]:
-    """The regions a read should try, best first."""
-    candidates = [region for region in regions if region.up]
-    fresh = [region for region in candidates if not _is_lagging(region, policy)]
+def read_order(
+    regions: Sequence[RegionView],
+    policy: ChoicePolicy,
+    now: float,
+    *,
+    max_data_age: float | None = None,
+) -> tuple[str, ...]:
+    """The regions a read should try, best first.
+
+    Without ``max_data_age``: fresh regions (data age within ``max_replica_lag``, or not
+    known) in the usual order, else the stale ones, freshest first. With it: only regions
+    whose data age is known to be at most ``max_data_age`` now, in the usual order.
+    """
+    candidates = [region for region in regions if region.up and not region.fenced]
+    if max_data_age is not None:
+        bounded = [region for region in candidates if _within(region, max_data_age, now)]
+        return _ordered(bounded, regions, policy, now)
+    fresh = [region for region in candidates if not _is_lagging(region, policy, now)]
     if fresh:
-        candidates = fresh
-    return _ordered(candidates, regions, policy, now)
+        return _ordered(fresh, regions, policy, now)
+    # Every region that is up is stale: the least stale serves best. (All have an age.)
+    ordered = _ordered(candidates, regions, policy, now)
+    ages = {region.name: data_age(region, now) or 0.0 for region in candidates}
+    return tuple(sorted(ordered, key=lambda name: ages[name]))
 
 
 def write_order(regions: Sequence[RegionView], policy: ChoicePolicy, now: float) -> tuple[str, ...]:
-    """The regions a write may go to, best first (only up and writable ones)."""
-    candidates = [region for region in regions if region.up and region.writable]
+    """The regions a write may go to, best first (up, writable and trusted ones only)."""
+    candidates = [region for region in regions if region.up and region.is_writer]
     return _ordered(candidates, regions, policy, now)
+
+
+def data_age(region: RegionView, now: float) -> float | None:
+    """How old ``region``'s data is at ``now``, in seconds (``None``: unknown).
+
+    The writer's is 0: a read there sees everything committed. A standby's is its last
+    measurement plus the time since, since nothing newer has been seen. A writable region in
+    a split brain has none: another region takes writes it does not have.
+    """
+    if region.writable:
+        return 0.0 if region.is_writer else None
+    if region.data_age is None:
+        return None
+    if region.data_age_at is None:
+        return region.data_age
+    return region.data_age + max(0.0, now - region.data_age_at)
+
+
+def bounded_data_age(region: RegionView, now: float) -> float | None:
+    """The data age at ``now`` when it is an upper bound (the writer, or measured from a
+    heartbeat); ``None`` when it is unknown or only an estimate."""
+    if region.writable or region.age_is_bound:
+        return data_age(region, now)
+    return None
 
 
 def is_held_down(region: RegionView, policy: ChoicePolicy, now: float) -> bool:
@@ -68,8 +126,14 @@ def is_held_down(region: RegionView, policy: ChoicePolicy, now: float) -> bool:
     return region.recovered_at is not None and now - region.recovered_at < policy.hold_down
 
 
-def _is_lagging(region: RegionView, policy: ChoicePolicy) -> bool:
-    return not region.writable and region.lag is not None and region.lag > policy.max_replica_lag
+def _is_lagging(region: RegionView, policy: ChoicePolicy, now: float) -> bool:
+    age = data_age(region, now)
+    return age is not None and age > policy.max_replica_lag
+
+
+def _within(region: RegionView, max_data_age: float, now: float) -> bool:
+    age = bounded_data_age(region, now)
+    return age is not None and age <= max_data_age
 
 
 def _ordered(

@@ -1,4 +1,4 @@
-"""Health of the regions: a fall/rise state machine per region and the replica-lag estimate.
+"""Health of the regions: a fall/rise state machine per region, and how old each one's data is.
 
 Nothing here does I/O or reads a clock: every method takes ``now`` (seconds on the router's
 monotonic clock), so the hysteresis can be tested with plain numbers.
@@ -14,6 +14,12 @@ after ``fall`` lost races in a row, until it answers within the hedge delay agai
 A region that comes back from down or from slow records ``recovered_at``, so that the choice
 holds traffic off it for the hold-down period; any failure or lost race in that period starts
 it over (flap damping).
+
+A standby's *data age* is measured from what it has replayed: the router of every instance
+writes a heartbeat row on the primary (:mod:`service.locality.heartbeat`), and each probe of a
+standby reads how old the newest replayed heartbeat is (:class:`DataAge`, an upper bound that
+keeps growing while nothing new arrives). Before the heartbeat table exists the older
+estimate from WAL positions (:class:`ReplicationTracker`) stands in for it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 
 RegionState = Literal["up", "down"]
 Engine = Literal["postgresql", "cockroachdb"]
+AgeSource = Literal["heartbeat", "wal"]
 
 RTT_SMOOTHING = 0.3  # weight of a new RTT sample in the exponentially weighted average
 
@@ -34,6 +41,8 @@ class ProbeResult:
 
     ``lsn`` is the primary's current WAL position, or a standby's replay position; ``None``
     on CockroachDB. Positions are byte offsets, comparable across regions of one cluster.
+    ``heartbeat_age`` is how old the newest heartbeat the region holds was when the probe
+    read it (the standby's ``now()`` minus the primary's ``now()`` when it wrote it).
     """
 
     started_at: float
@@ -44,10 +53,35 @@ class ProbeResult:
     lsn: int | None = None
     receive_lsn: int | None = None
     replay_age: float | None = None  # seconds since the standby replayed its last transaction
+    system_identifier: str | None = None  # PostgreSQL's pg_control_system()
+    timeline: int | None = None  # a primary's current timeline, a standby's (see probe.py)
+    has_heartbeat: bool = False  # the heartbeat table exists there
+    heartbeat_age: float | None = None
+    receiver_status: str | None = None  # pg_stat_wal_receiver.status (standbys)
+    receiver_silence: float | None = None  # seconds since the walreceiver last heard upstream
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class DataAge:
+    """How old a standby's data was when measured: ``seconds`` as of ``at`` (router clock);
+    it grows from there until the next measurement (:func:`~service.locality.choice.data_age`).
+
+    ``source`` says how it was measured: ``heartbeat``, an upper bound (everything the
+    primary committed more than that long ago has been replayed); ``wal``, the estimate from
+    WAL positions, used only until the heartbeat table exists.
+    """
+
+    seconds: float
+    at: float
+    source: AgeSource
+
+    @property
+    def is_bound(self) -> bool:
+        return self.source == "heartbeat"
 
 
 class RegionHealth:
@@ -68,7 +102,12 @@ class RegionHealth:
         self.rtt: float | None = None
         self.writable = False
         self.engine: Engine | None = None
-        self.lag: float | None = None
+        self.data_age: DataAge | None = None
+        self.system_identifier: str | None = None
+        self.timeline: int | None = None
+        self.has_heartbeat = False
+        self.receiver_status: str | None = None
+        self.receiver_silence: float | None = None
         self.last_error: str | None = None
         self.recovered_at: float | None = None
         self.lost_races = 0
@@ -85,16 +124,26 @@ class RegionHealth:
         rtt: float | None,
         writable: bool,
         engine: Engine | None,
-        lag: float | None,
+        data_age: DataAge | None,
+        probe: ProbeResult | None = None,
     ) -> bool:
-        """Record a successful probe; return whether the up/down state changed."""
+        """Record a successful probe; return whether the up/down state changed.
+
+        ``probe`` carries the region's identity (system, timeline) and replication facts.
+        """
         self.failures = 0
         self.probe_failures = 0
         self.successes += 1
         self.writable = writable
         if engine is not None:
             self.engine = engine
-        self.lag = None if writable else lag
+        self.data_age = None if writable else data_age
+        if probe is not None:
+            self.system_identifier = probe.system_identifier
+            self.timeline = probe.timeline
+            self.has_heartbeat = probe.has_heartbeat
+            self.receiver_status = probe.receiver_status
+            self.receiver_silence = probe.receiver_silence
         if rtt is not None:
             self.rtt = rtt if self.rtt is None else self.rtt + RTT_SMOOTHING * (rtt - self.rtt)
         first = not self.probed

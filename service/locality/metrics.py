@@ -48,8 +48,22 @@ class RouterMetrics:
         )
         self.region_lag = Gauge(
             "signing_keys_region_replica_lag_seconds",
-            "Estimated staleness of a standby region's data.",
+            "How old a standby region's data was at its last probe (an upper bound once the "
+            "heartbeat table exists, an estimate from WAL positions before).",
             ["region"],
+            registry=self.registry,
+        )
+        self.region_fenced = Gauge(
+            "signing_keys_region_fenced",
+            "1 while the region is fenced: an old primary on a lower timeline, a standby "
+            "following one, another database, or one of two writable regions on one timeline.",
+            ["region"],
+            registry=self.registry,
+        )
+        self.heartbeats = Counter(
+            "signing_keys_router_heartbeats",
+            "Heartbeats written on the primary (they measure the standbys' data age), by outcome.",
+            ["region", "outcome"],
             registry=self.registry,
         )
         self.in_flight = Gauge(

@@ -4,6 +4,17 @@ Each probe runs over the prober's own connection (never a pool's: a busy pool mu
 like a dead region), is bounded by the probe timeout end to end — connect included — and
 reports a :class:`~service.locality.health.ProbeResult`. A failed or timed-out probe
 terminates its connection so that the next one starts clean.
+
+On PostgreSQL one round trip tells the role, the WAL positions, the timeline, the
+walreceiver's state and the age of the newest heartbeat the server holds; the system
+identifier is read once per connection (it is fixed for a data directory). The timeline
+is, on a primary, that of its current WAL file (``pg_control_checkpoint()`` would lag a
+promotion until the next checkpoint); on a standby, the timeline its walreceiver is
+receiving, or while it has none, the newest of its last restartpoint's timeline and the
+timeline that wrote the newest heartbeat it replayed.
+
+On CockroachDB the probe reads the heartbeat row of the GLOBAL heartbeat table: a gateway
+that cannot reach its ranges still answers ``SELECT 1``, but not that read.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import asyncpg
 import structlog
 
 from service.locality.failures import describe_error
@@ -23,22 +35,69 @@ ConnectFactory = Callable[..., Awaitable[Any]]
 
 MIN_PROBE_GAP = 0.01  # seconds between probes even when requests keep asking for one
 
-# One round trip tells role and WAL positions; positions are bytes since 0/0.
-POSTGRES_PROBE = """
+# Positions are bytes since 0/0. The walreceiver's columns need pg_read_all_stats (the
+# pg_monitor role); without it they read NULL and the timeline falls back as for a standby
+# whose walreceiver is not running. {heartbeat} is one of the two fragments below.
+_POSTGRES_PROBE = """
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN pg_is_in_recovery() THEN NULL
             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END AS current_lsn,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS wal_file,
        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint AS receive_lsn,
        pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint AS replay_lsn,
-       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age,
+       receiver.status AS receiver_status,
+       receiver.received_tli AS received_timeline,
+       extract(epoch FROM now() - receiver.last_msg_receipt_time)::float8 AS receiver_silence,
+       CASE WHEN pg_is_in_recovery() AND receiver.received_tli IS NULL
+            THEN (SELECT timeline_id FROM pg_control_checkpoint()) END AS checkpoint_timeline,
+       {heartbeat}
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS receiver ON true
 """
-# CockroachDB: every node takes writes and reads are consistent; reachability is the question.
-COCKROACH_PROBE = "SELECT 1"
+_WITH_HEARTBEAT = """
+       (SELECT extract(epoch FROM now() - at)::float8 FROM heartbeat WHERE id = 1)
+           AS heartbeat_age,
+       (SELECT timeline FROM heartbeat WHERE id = 1) AS heartbeat_timeline,
+       true AS has_heartbeat"""
+# Before the migration that creates it: the same facts, and whether it exists by now.
+_WITHOUT_HEARTBEAT = """
+       NULL::float8 AS heartbeat_age,
+       NULL::bigint AS heartbeat_timeline,
+       to_regclass('heartbeat') IS NOT NULL AS has_heartbeat"""
+POSTGRES_PROBE = _POSTGRES_PROBE.format(heartbeat=_WITH_HEARTBEAT)
+POSTGRES_PROBE_NO_HEARTBEAT = _POSTGRES_PROBE.format(heartbeat=_WITHOUT_HEARTBEAT)
+POSTGRES_IDENTITY = "SELECT system_identifier::text FROM pg_control_system()"
+
+# CockroachDB: every node takes writes and reads are consistent; the question is whether this
+# gateway can still reach the data, which a read of a real GLOBAL table answers.
+COCKROACH_PROBE = "SELECT at FROM heartbeat WHERE id = 1"
+COCKROACH_PROBE_NO_HEARTBEAT = "SELECT 1"
+# How long a CockroachDB prober trusts "no heartbeat table" before it looks again.
+HEARTBEAT_RECHECK = 10.0
 
 
 def engine_of(version: str) -> Engine:
     """The engine named by ``SELECT version()`` output."""
     return "cockroachdb" if version.lstrip().startswith("CockroachDB") else "postgresql"
+
+
+def timeline_of_wal_file(name: str) -> int:
+    """The timeline a WAL file name starts with: ``'000000020000000000000005'`` → 2."""
+    return int(name[:8], 16)
+
+
+def standby_timeline(
+    *, received: int | None, checkpoint: int | None, heartbeat: int | None
+) -> int | None:
+    """The timeline a standby follows: what its walreceiver receives; while it has none, the
+    newest of its restartpoint's timeline and the timeline that wrote its newest heartbeat
+    (both lag behind, never ahead: a standby on the current timeline may look older, never
+    newer)."""
+    if received is not None:
+        return received
+    known = [timeline for timeline in (checkpoint, heartbeat) if timeline is not None]
+    return max(known) if known else None
 
 
 class RegionProber:
@@ -72,6 +131,9 @@ class RegionProber:
         self._wakeup = asyncio.Event()
         self._conn: Any = None
         self._engine: Engine | None = None
+        self._system_identifier: str | None = None
+        self._has_heartbeat = False
+        self._heartbeat_checked_at: float | None = None
         self.first_round = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -110,14 +172,9 @@ class RegionProber:
             async with asyncio.timeout(self._timeout):
                 conn = await self._connection()
                 if self._engine == "cockroachdb":
-                    t0 = self._clock()
-                    await conn.fetchval(COCKROACH_PROBE)
-                    rtt = self._clock() - t0
-                    return ProbeResult(
-                        started_at=started, rtt=rtt, engine="cockroachdb", writable=True
-                    )
+                    return await self._probe_cockroach(conn, started)
                 t0 = self._clock()
-                row = await conn.fetchrow(POSTGRES_PROBE)
+                row = await self._fetch_postgres(conn)
                 rtt = self._clock() - t0
         except asyncio.CancelledError:
             self.close()
@@ -126,6 +183,15 @@ class RegionProber:
             self.close()
             return ProbeResult(started_at=started, error=describe_error(exc))
         in_recovery = bool(row["in_recovery"])
+        if in_recovery:
+            timeline = standby_timeline(
+                received=row["received_timeline"],
+                checkpoint=row["checkpoint_timeline"],
+                heartbeat=row["heartbeat_timeline"],
+            )
+        else:
+            timeline = timeline_of_wal_file(row["wal_file"])
+        self._has_heartbeat = bool(row["has_heartbeat"])
         return ProbeResult(
             started_at=started,
             rtt=rtt,
@@ -134,6 +200,48 @@ class RegionProber:
             lsn=row["replay_lsn"] if in_recovery else row["current_lsn"],
             receive_lsn=row["receive_lsn"],
             replay_age=row["replay_age"],
+            system_identifier=self._system_identifier,
+            timeline=timeline,
+            has_heartbeat=self._has_heartbeat,
+            heartbeat_age=row["heartbeat_age"],
+            receiver_status=row["receiver_status"],
+            receiver_silence=row["receiver_silence"],
+        )
+
+    async def _fetch_postgres(self, conn: Any) -> Any:
+        if not self._has_heartbeat:
+            return await conn.fetchrow(POSTGRES_PROBE_NO_HEARTBEAT)
+        try:
+            return await conn.fetchrow(POSTGRES_PROBE)
+        except asyncpg.UndefinedTableError:
+            self._has_heartbeat = False  # dropped since: back to the probe that checks
+            return await conn.fetchrow(POSTGRES_PROBE_NO_HEARTBEAT)
+
+    async def _probe_cockroach(self, conn: Any, started: float) -> ProbeResult:
+        now = self._clock()
+        recheck = (
+            self._heartbeat_checked_at is None
+            or now - self._heartbeat_checked_at >= HEARTBEAT_RECHECK
+        )
+        t0 = self._clock()
+        if self._has_heartbeat or recheck:
+            try:
+                await conn.fetchval(COCKROACH_PROBE)
+                self._has_heartbeat = True
+            except asyncpg.UndefinedTableError:
+                # Not migrated yet: reachability is all that can be asked.
+                self._has_heartbeat = False
+                self._heartbeat_checked_at = now
+                t0 = self._clock()
+                await conn.fetchval(COCKROACH_PROBE_NO_HEARTBEAT)
+        else:
+            await conn.fetchval(COCKROACH_PROBE_NO_HEARTBEAT)
+        return ProbeResult(
+            started_at=started,
+            rtt=self._clock() - t0,
+            engine="cockroachdb",
+            writable=True,
+            has_heartbeat=self._has_heartbeat,
         )
 
     def close(self) -> None:
@@ -154,9 +262,14 @@ class RegionProber:
         )
         try:
             version = await conn.fetchval("SELECT version()")
+            engine = engine_of(str(version))
+            system_identifier = None
+            if engine == "postgresql":
+                system_identifier = await conn.fetchval(POSTGRES_IDENTITY)
         except BaseException:
             conn.terminate()
             raise
-        self._engine = engine_of(str(version))
+        self._engine = engine
+        self._system_identifier = system_identifier
         self._conn = conn
         return conn

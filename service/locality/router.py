@@ -1,10 +1,13 @@
 """The locality router: every database read and write of the service goes through it.
 
-It owns one asyncpg pool and one prober per region, keeps each region's health, picks for
-every operation an ordered list of regions (:mod:`service.locality.choice`) and runs the
-operation there within the caller's deadline: a read moves on (or hedges) when a region is
-unreachable or slow; a write moves on only when it provably did not commit, or when the
-caller says it is idempotent.
+It owns one asyncpg pool and one prober per region, keeps each region's health, fences the
+PostgreSQL regions it must not trust (:mod:`service.locality.fencing`), writes the heartbeat
+that measures the standbys' data age (:mod:`service.locality.heartbeat`), picks for every
+operation an ordered list of regions (:mod:`service.locality.choice`) and runs the operation
+there within the caller's deadline: a read moves on (or hedges) when a region is unreachable
+or slow; a write moves on only when it provably did not commit, or when the caller says it
+is idempotent. A read may ask for data no older than a bound (:meth:`LocalityRouter.read`'s
+``max_data_age``) and learn how old what it read was (:meth:`LocalityRouter.read_with_age`).
 
 Connections are returned to their pool without asyncpg's reset query (a round trip per
 operation): operations must not leave session state behind — no plain ``SET`` (use
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,12 +40,16 @@ from service.errors import (
 from service.locality.choice import (
     ChoicePolicy,
     RegionView,
+    bounded_data_age,
+    data_age,
     is_held_down,
     read_order,
     write_order,
 )
 from service.locality.failures import Failure, classify_failure, describe_error
-from service.locality.health import ProbeResult, RegionHealth, ReplicationTracker
+from service.locality.fencing import READ_FENCES, FenceReason, Fencing, Identity, Lineage, decide
+from service.locality.health import DataAge, ProbeResult, RegionHealth, ReplicationTracker
+from service.locality.heartbeat import HeartbeatWriter, Target
 from service.locality.metrics import RegionMetrics, RouterMetrics
 from service.locality.probe import ConnectFactory, RegionProber
 from service.locality.status import RegionStatus, RouterStatus
@@ -55,6 +63,7 @@ Listener = Callable[[RouterStatus], None]
 Kind = Literal["read", "write"]
 
 APPLICATION_NAME = "signing-keys"
+HEARTBEAT_APPLICATION_NAME = "signing-keys heartbeat"
 DEFAULT_SLOW_MARGIN = 0.1  # seconds of extra RTT that demote a region when hedging is off
 DEFAULT_CLOSE_TIMEOUT = 1.0
 MAX_INACTIVE_CONNECTION_LIFETIME = 60.0
@@ -118,6 +127,7 @@ class _Region:
         self.warming: asyncio.Task[None] | None = None
         self.attempts: set[_InFlight] = set()
         self.metrics: RegionMetrics | None = None
+        self.fence: FenceReason | None = None
 
     @property
     def name(self) -> str:
@@ -127,8 +137,20 @@ class _Region:
     def in_flight(self) -> int:
         return len(self.attempts)
 
-    def facts(self) -> tuple[str, bool]:
-        return (self.health.state, self.health.writable)
+    def facts(self) -> tuple[str, bool, FenceReason | None]:
+        return (self.health.state, self.health.writable, self.fence)
+
+    def identity(self) -> Identity | None:
+        """What fencing needs of a PostgreSQL region that has answered at least once."""
+        health = self.health
+        if health.engine != "postgresql" or health.system_identifier is None:
+            return None
+        return Identity(
+            name=self.name,
+            writable=health.writable,
+            system_identifier=health.system_identifier,
+            timeline=health.timeline,
+        )
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -187,12 +209,17 @@ class LocalityRouter:
         self._replication = ReplicationTracker(
             window=max(LAG_WINDOW_MIN, 4 * settings.max_replica_lag)
         )
+        self._lineage = Lineage()
+        self._split_brain: tuple[str, ...] = ()
+        self._heartbeat: HeartbeatWriter | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self._serving: tuple[str | None, str | None] | None = None
         self._lifecycle: _Lifecycle = "new"
         for region in self._regions.values():
             self._metrics.region_up.labels(region.name).set(0)
             self._metrics.region_writable.labels(region.name).set(0)
+            self._metrics.region_fenced.labels(region.name).set(0)
             self._metrics.in_flight.labels(region.name).set(0)
             region.metrics = self._metrics.region(region.name)
 
@@ -220,6 +247,15 @@ class LocalityRouter:
                     server_settings={"application_name": APPLICATION_NAME},
                 )
                 region.task = asyncio.create_task(region.prober.run(), name=f"probe-{region.name}")
+            self._heartbeat = HeartbeatWriter(
+                interval=self._settings.probe_interval,
+                timeout=self._settings.probe_timeout,
+                connect=self._connect or asyncpg.connect,
+                target=self._heartbeat_target,
+                on_result=self._heartbeat_written,
+                server_settings={"application_name": HEARTBEAT_APPLICATION_NAME},
+            )
+            self._heartbeat_task = asyncio.create_task(self._heartbeat.run(), name="heartbeat")
             await self._first_probe_round()
         except BaseException:
             await self.aclose()
@@ -291,6 +327,8 @@ class LocalityRouter:
             for task in (region.task, region.warming)
             if task is not None
         ]
+        if self._heartbeat_task is not None:
+            tasks.append(self._heartbeat_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -311,6 +349,10 @@ class LocalityRouter:
             region.pool.terminate()
 
     def _terminate_all(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.close()
         for region in self._regions.values():
             for task in (region.task, region.warming):
                 if task is not None:
@@ -327,34 +369,74 @@ class LocalityRouter:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def read(self, op: Operation[T], *, timeout: float | None = None) -> T:
+    async def read(
+        self,
+        op: Operation[T],
+        *,
+        timeout: float | None = None,
+        max_data_age: float | None = None,
+    ) -> T:
         """Run the read-only ``op`` where it is best served, within ``timeout`` seconds.
 
-        Raises :class:`RegionUnavailableError` when no region can serve reads and
-        :class:`DeadlineExceededError` when time runs out; errors of ``op`` itself (bad SQL,
-        domain errors) propagate unchanged.
+        With ``max_data_age`` (seconds), only a region whose data is known to be at most
+        that old serves it — the writer, or a standby whose heartbeat age says so — and the
+        read moves to a fresher region (or the writer) otherwise. Without it, a standby older
+        than the router's ``max_replica_lag`` serves only when nothing fresher is up.
+
+        Raises :class:`RegionUnavailableError` when no region can serve reads (within
+        ``max_data_age``, when given) and :class:`DeadlineExceededError` when time runs
+        out; errors of ``op`` itself (bad SQL, domain errors) propagate unchanged.
+        """
+        result, _ = await self.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+        return result
+
+    async def read_with_age(
+        self,
+        op: Operation[T],
+        *,
+        timeout: float | None = None,
+        max_data_age: float | None = None,
+    ) -> tuple[T, float]:
+        """:meth:`read`, and how old the data it read may be: ``(result, age)``.
+
+        ``age`` (seconds) bounds the age of what ``op`` saw when the read began: it saw
+        everything committed more than ``age`` seconds before the read started. It is 0 on
+        the writer, a standby's measured heartbeat age plus the time since that measurement,
+        and ``math.inf`` where no bound is known (a standby measured only by WAL positions,
+        before the heartbeat table exists; a region in a split brain). With ``max_data_age``
+        it is never above that.
         """
         self._check_running()
+        if max_data_age is not None and not max_data_age >= 0:
+            raise ValueError(f"max_data_age must be a number of seconds >= 0: {max_data_age}")
         budget = self._settings.request_deadline if timeout is None else timeout
         try:
-            return await self._read(op, budget)
+            return await self._read(op, budget, max_data_age)
         except DependencyError as exc:
             self._metrics.failures.labels("read", exc.type).inc()
             raise
 
-    async def _read(self, op: Operation[T], budget: float) -> T:
+    async def _read(
+        self, op: Operation[T], budget: float, max_data_age: float | None
+    ) -> tuple[T, float]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         last: _AttemptFailed | None = None
         round_number = 0
         while True:
-            order = self._read_order()
+            views, now = self._views()
+            order = read_order(views, self._policy, now, max_data_age=max_data_age)
             if not order:
-                raise RegionUnavailableError("no region can serve reads now; retry shortly") from (
-                    last.cause if last else None
-                )
+                raise self._no_read_region(max_data_age) from (last.cause if last else None)
             try:
-                return await self._race(order, op, deadline, budget)
+                return await self._race(
+                    order,
+                    {view.name: view for view in views},
+                    op,
+                    deadline,
+                    budget,
+                    max_data_age=max_data_age,
+                )
             except _AttemptFailed as failed:
                 last = failed
             self._metrics.retries.labels("read", last.failure.value).inc()
@@ -366,36 +448,61 @@ class LocalityRouter:
                 ) from last.cause
             await asyncio.sleep(delay)
 
+    def _no_read_region(self, max_data_age: float | None) -> RegionUnavailableError:
+        if max_data_age is not None and self.can_read():
+            return RegionUnavailableError(
+                f"no region can serve data younger than {max_data_age:g} s now; retry shortly"
+            )
+        return RegionUnavailableError("no region can serve reads now; retry shortly")
+
     async def _race(
-        self, order: tuple[str, ...], op: Operation[T], deadline: float, budget: float
-    ) -> T:
+        self,
+        order: tuple[str, ...],
+        views: dict[str, RegionView],
+        op: Operation[T],
+        deadline: float,
+        budget: float,
+        *,
+        max_data_age: float | None,
+    ) -> tuple[T, float]:
         """Try ``order`` in turn; raise the last failure if all fail.
 
         A candidate that fails moves the read to the next one at once. A candidate that has
         not answered within the hedge delay gets company: the next candidate starts too, and
         so on down the list, and the first answer wins. (A read slower than the hedge delay
         everywhere thus costs one attempt per region; point reads are far faster than that.)
+        Each attempt's data age is taken when it starts; with ``max_data_age`` a candidate
+        whose data has grown too old by then is passed over.
         """
         loop = asyncio.get_running_loop()
         hedge_delay = self._settings.hedge_delay
         pending = list(order)
         running: dict[asyncio.Task[T], str] = {}  # in launch order
+        ages: dict[asyncio.Task[T], float] = {}
         last: _AttemptFailed | None = None
         hedge_at = loop.time()
 
-        def launch() -> str:
+        def launch() -> str | None:
             nonlocal hedge_at
-            name = pending.pop(0)
+            while True:
+                if not pending:
+                    return None
+                name = pending.pop(0)
+                age = bounded_data_age(views[name], self._clock())
+                if max_data_age is None or (age is not None and age <= max_data_age):
+                    break
             remaining = deadline - loop.time()
             share = remaining if hedge_delay is not None or not pending else remaining / 2
             task = asyncio.create_task(
                 self._attempt(self._regions[name], op, kind="read", budget=share)
             )
             running[task] = name
+            ages[task] = math.inf if age is None else age
             hedge_at = loop.time() + (hedge_delay or 0.0)
             return name
 
-        launch()
+        if launch() is None:
+            raise self._no_read_region(max_data_age)
         try:
             while running:
                 now = loop.time()
@@ -409,7 +516,9 @@ class LocalityRouter:
                 )
                 if not done:
                     if may_hedge and loop.time() >= hedge_at:
-                        self._metrics.hedges.labels(launch()).inc()
+                        hedged = launch()
+                        if hedged is not None:
+                            self._metrics.hedges.labels(hedged).inc()
                     continue
                 winner = next((task for task in done if task.exception() is None), None)
                 if winner is not None:
@@ -418,7 +527,7 @@ class LocalityRouter:
                         if loser not in done:
                             self._lost_race(self._regions[running[loser]])
                     running.pop(winner)
-                    return winner.result()
+                    return winner.result(), ages[winner]
                 for task in done:
                     running.pop(task)
                     exc = task.exception()
@@ -485,8 +594,11 @@ class LocalityRouter:
                     "region is reachable to finish it; repeat it with the same idempotency key"
                 ) from (last.cause if last else None)
             if not order:
+                refused = self._writes_refused()
                 raise NoWritableRegionError(
-                    "no writable region is reachable; key writes are refused until one is"
+                    f"no writable region: {refused}"
+                    if refused
+                    else "no writable region is reachable; key writes are refused until one is"
                 ) from (last.cause if last else None)
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -679,19 +791,14 @@ class LocalityRouter:
         before = region.facts()
         now = self._clock()
         if result.ok:
-            lag: float | None = None
-            if result.writable and result.lsn is not None:
-                self._replication.observe_primary(result.started_at, result.lsn)
-            elif not result.writable:
-                lag = self._replication.standby_lag(
-                    result.started_at,
-                    replay_lsn=result.lsn,
-                    receive_lsn=result.receive_lsn,
-                    replay_age=result.replay_age,
-                    primary_known=self._has_writable(other_than=region.name),
-                )
+            age = None if result.writable else self._standby_age(region, result)
             region.health.record_success(
-                now, rtt=result.rtt, writable=result.writable, engine=result.engine, lag=lag
+                now,
+                rtt=result.rtt,
+                writable=result.writable,
+                engine=result.engine,
+                data_age=age,
+                probe=result,
             )
             if result.rtt is not None:
                 self._answered(region, result.rtt)
@@ -700,6 +807,104 @@ class LocalityRouter:
             region.health.record_failure(now, result.error or "probe failed")
         self._update_gauges(region)
         await self._health_changed(region, before, cause=result.error)
+        if result.ok and result.writable and result.lsn is not None and region.fence is None:
+            self._replication.observe_primary(result.started_at, result.lsn)
+
+    def _standby_age(self, region: _Region, result: ProbeResult) -> DataAge | None:
+        """How old a standby's data was when probed: from the newest heartbeat it replayed,
+        or, before the heartbeat table exists, estimated from WAL positions."""
+        if result.heartbeat_age is not None:
+            # Both clocks are the database servers' (the standby's now() minus the primary's
+            # at write time); a negative age is clock skew between them.
+            return DataAge(max(0.0, result.heartbeat_age), result.started_at, "heartbeat")
+        lag = self._replication.standby_lag(
+            result.started_at,
+            replay_lsn=result.lsn,
+            receive_lsn=result.receive_lsn,
+            replay_age=result.replay_age,
+            primary_known=self._has_writable(other_than=region.name),
+        )
+        return None if lag is None else DataAge(lag, result.started_at, "wal")
+
+    def _refence(self) -> bool:
+        """Decide again which regions are fenced; log, count and act on every change.
+
+        Returns whether any region's fence changed.
+        """
+        identities = [identity for r in self._regions.values() if (identity := r.identity())]
+        verdict = decide(identities, self._lineage)
+        learned = self._learn(verdict)
+        changed = False
+        for region in self._regions.values():
+            reason = verdict.reason(region.name)
+            if reason == region.fence:
+                continue
+            previous, region.fence = region.fence, reason
+            changed = True
+            self._metrics.region_fenced.labels(region.name).set(0 if reason is None else 1)
+            if reason is None:
+                log.warning(
+                    "region_unfenced",
+                    region=region.name,
+                    previous=previous,
+                    timeline=region.health.timeline,
+                    writable=region.health.writable,
+                )
+                continue
+            (log.warning if reason == "follows_old_timeline" else log.error)(
+                "region_fenced",
+                region=region.name,
+                reason=reason,
+                timeline=region.health.timeline,
+                cluster_timeline=verdict.lineage.timeline,
+                writable=region.health.writable,
+                system_identifier=region.health.system_identifier,
+            )
+            # Attempts under way there end now (none whose COMMIT has been sent): a split
+            # brain stops writes only, any other fence reads too.
+            for attempt in list(region.attempts):
+                if reason in READ_FENCES or attempt.kind == "write":
+                    attempt.abort()
+        split = verdict.split_brain()
+        if split != self._split_brain:
+            if split:
+                log.error(
+                    "split_brain",
+                    regions=list(split),
+                    timeline=verdict.lineage.timeline,
+                    detail="writes are refused until only one of them is writable",
+                )
+            else:
+                log.warning("split_brain_resolved", regions=list(self._split_brain))
+            self._split_brain = split
+        if learned or changed:
+            # Whoever has not been probed since may have changed too (the new primary, when
+            # a standby following it told of the new timeline): ask everyone now rather than
+            # leave writes with nowhere to go for a probe interval.
+            for region in self._regions.values():
+                if region.prober is not None:
+                    region.prober.trigger()
+        return changed
+
+    def _learn(self, verdict: Fencing) -> bool:
+        """Keep what the verdict learned of the cluster (whether it is news); a new timeline
+        or system makes the old WAL positions meaningless."""
+        lineage = verdict.lineage
+        if lineage == self._lineage:
+            return False
+        previous, self._lineage = self._lineage, lineage
+        self._replication.forget()
+        if previous.system_identifier not in (None, lineage.system_identifier):
+            log.error(
+                "cluster_system_changed",
+                system_identifier=lineage.system_identifier,
+                previous=previous.system_identifier,
+            )
+        elif previous.system_identifier is not None:
+            log.warning(
+                "cluster_timeline_advanced", timeline=lineage.timeline, previous=previous.timeline
+            )
+        return True
 
     def _lost_race(self, region: _Region) -> None:
         if region.health.record_lost_race(self._clock()):
@@ -762,10 +967,11 @@ class LocalityRouter:
         await self._health_changed(region, before, cause="write refused: read-only")
 
     async def _health_changed(
-        self, region: _Region, before: tuple[str, bool], *, cause: str | None
+        self, region: _Region, before: tuple[str, bool, FenceReason | None], *, cause: str | None
     ) -> None:
-        state, writable = region.facts()
-        if (state, writable) != before:
+        fences_changed = self._refence()
+        state, writable, _ = region.facts()
+        if (state, writable) != before[:2]:
             if state != before[0]:
                 log.warning(
                     "region_state_changed",
@@ -791,7 +997,7 @@ class LocalityRouter:
                 for attempt in list(region.attempts):
                     if state == "down" or attempt.kind == "write":
                         attempt.abort()
-        self._reevaluate(force_notify=(state, writable) != before)
+        self._reevaluate(force_notify=fences_changed or (state, writable) != before[:2])
 
     def _reevaluate(self, *, force_notify: bool = False) -> None:
         """Recompute which regions serve reads and writes; log and count any change."""
@@ -835,34 +1041,59 @@ class LocalityRouter:
         self._metrics.region_writable.labels(region.name).set(1 if health.writable else 0)
         if health.rtt is not None:
             self._metrics.region_rtt.labels(region.name).set(health.rtt)
-        if health.lag is not None:
-            self._metrics.region_lag.labels(region.name).set(health.lag)
+        if health.data_age is not None:
+            self._metrics.region_lag.labels(region.name).set(health.data_age.seconds)
 
     def _has_writable(self, *, other_than: str) -> bool:
         return any(
-            region.health.is_up and region.health.writable
+            region.health.is_up and region.health.writable and region.fence is None
             for region in self._regions.values()
             if region.name != other_than
         )
 
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def _heartbeat_target(self) -> Target | None:
+        """Where this instance writes the heartbeat: the PostgreSQL region writes go to,
+        once the heartbeat table exists there."""
+        if self._lifecycle not in ("starting", "running"):
+            return None
+        order = self._write_order()
+        if not order:
+            return None
+        region = self._regions[order[0]]
+        if region.health.engine != "postgresql" or not region.health.has_heartbeat:
+            return None
+        return region.name, region.settings.dsn
+
+    def _heartbeat_written(self, region: str, ok: bool) -> None:
+        self._metrics.heartbeats.labels(region, "ok" if ok else "error").inc()
+
     # -- choice and status -----------------------------------------------------------------
 
     def _views(self) -> tuple[list[RegionView], float]:
-        views = [
-            RegionView(
-                name=region.name,
-                cloud=region.settings.cloud,
-                priority=region.settings.priority,
-                up=region.health.is_up,
-                writable=region.health.writable,
-                rtt=region.health.rtt,
-                lag=region.health.lag,
-                recovered_at=region.health.recovered_at,
-                slow=region.health.slow,
-            )
-            for region in self._regions.values()
-        ]
+        views = [self._view(region) for region in self._regions.values()]
         return views, self._clock()
+
+    @staticmethod
+    def _view(region: _Region) -> RegionView:
+        health = region.health
+        age = health.data_age
+        return RegionView(
+            name=region.name,
+            cloud=region.settings.cloud,
+            priority=region.settings.priority,
+            up=health.is_up,
+            writable=health.writable,
+            rtt=health.rtt,
+            data_age=None if age is None else age.seconds,
+            data_age_at=None if age is None else age.at,
+            age_is_bound=age is not None and age.is_bound,
+            recovered_at=health.recovered_at,
+            slow=health.slow,
+            fenced=region.fence is not None and region.fence in READ_FENCES,
+            split_brain=region.fence == "split_brain",
+        )
 
     def _read_order(self) -> tuple[str, ...]:
         views, now = self._views()
@@ -914,12 +1145,23 @@ class LocalityRouter:
                 writable=region.health.writable,
                 engine=region.health.engine,
                 rtt_ms=None if region.health.rtt is None else region.health.rtt * 1000.0,
-                lag_seconds=region.health.lag,
+                lag_seconds=data_age(view, now),
                 in_flight=region.in_flight,
                 last_error=region.health.last_error,
                 since=wall - (now - region.health.since),
                 slow=view.slow,
                 held_down=is_held_down(view, self._policy, now),
+                fenced=region.fence is not None,
+                fence_reason=region.fence,
+                system_identifier=region.health.system_identifier,
+                timeline=region.health.timeline,
+                data_age_source=(
+                    None
+                    if region.health.writable or region.health.data_age is None
+                    else region.health.data_age.source
+                ),
+                receiver=region.health.receiver_status,
+                receiver_silence_seconds=region.health.receiver_silence,
             )
             for region, view in zip(self._regions.values(), views, strict=True)
         )
@@ -928,12 +1170,45 @@ class LocalityRouter:
             read_region=reads[0] if reads else None,
             write_region=writes[0] if writes else None,
             local_region=self._local_region,
+            system_identifier=self._lineage.system_identifier,
+            timeline=self._lineage.timeline or None,
+            writes_refused=None if writes else self._writes_refused(),
         )
+
+    def _writes_refused(self) -> str | None:
+        """Why no region takes writes though one says it could, if that is the case."""
+        if self._split_brain:
+            return (
+                f"split brain: {' and '.join(self._split_brain)} are all writable on timeline "
+                f"{self._lineage.timeline}; writes are refused until only one of them is"
+            )
+        fenced = [
+            region.name
+            for region in self._regions.values()
+            if region.fence == "old_timeline" and region.health.is_up
+        ]
+        if fenced:
+            return (
+                f"{' and '.join(fenced)} writable on a timeline older than "
+                f"{self._lineage.timeline}: fenced until rejoined as a standby"
+            )
+        foreign = [
+            region.name
+            for region in self._regions.values()
+            if region.fence == "foreign_system" and region.health.is_up and region.health.writable
+        ]
+        if foreign:
+            return (
+                f"{' and '.join(foreign)} writable but another database (system identifier "
+                f"not {self._lineage.system_identifier}): never used"
+            )
+        return None
 
     def __repr__(self) -> str:
         status = self.status()
         regions = ", ".join(
             f"{region.name}={region.state}/{'rw' if region.writable else 'ro'}"
+            + (f"/fenced:{region.fence_reason}" if region.fenced else "")
             + (f"/{region.rtt_ms:.1f}ms" if region.rtt_ms is not None else "")
             for region in status.regions
         )

@@ -31,6 +31,8 @@ ALTER DATABASE "signing_keys" SURVIVE REGION FAILURE;
 -- (https://www.cockroachlabs.com/docs/stable/table-localities#global-tables).
 ALTER TABLE "signing_keys" SET LOCALITY GLOBAL;
 ALTER TABLE "access_tokens" SET LOCALITY GLOBAL;
+-- Read by the locality router's probe in every region, never written on CockroachDB.
+ALTER TABLE "heartbeat" SET LOCALITY GLOBAL;
 
 -- Written only inside the key-write transaction, read rarely: stay in the primary region
 -- (CockroachDB's default, stated so that a re-run restores it). See the comment on

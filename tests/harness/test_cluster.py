@@ -275,3 +275,186 @@ def test_the_shared_topology_guard_can_heal_a_failed_over_topology(
     assert [topo.role(name) for name in topo.region_names] == ["primary", "standby", "standby"]
     assert streaming(topo) == {GCP, EU}
     topo.query(PRIMARY, "CREATE TABLE healed (x int)")  # synchronous commits work again
+
+
+# -- replication links, pauses and a rogue promotion -------------------------------------------
+
+
+def receiver(topo: LocalTopology, name: str) -> tuple[Any, ...] | None:
+    """A standby's walreceiver: (status, received timeline, seconds since it last heard)."""
+    rows = topo.query(
+        name,
+        "SELECT status, received_tli, extract(epoch FROM now() - last_msg_receipt_time)::float8"
+        " FROM pg_stat_wal_receiver",
+    )
+    return rows[0] if rows else None
+
+
+def has_marker(topo: LocalTopology, name: str, table: str, marker: str) -> bool:
+    return bool(topo.query(name, f"SELECT 1 FROM {table} WHERE marker = $1", marker))
+
+
+async def test_a_standby_cut_off_its_replication_link_still_answers_the_service(
+    topology: LocalTopology, table: str
+) -> None:
+    """The link is the standby's own proxy: cutting it (reset or blackhole) stops its WAL,
+    not the service's path to it; pass-through lets it catch up."""
+    eu = topology.region(EU)
+    assert eu.replication_proxy.connection_count == 1  # its walreceiver goes through it
+    assert f"port={eu.replication_proxy.port}" in topology.query(EU, "SHOW primary_conninfo")[0][0]
+    for fault in ("reset", "blackhole"):
+        getattr(eu.replication_proxy, fault)()
+        marker = f"{fault}-{secrets.token_hex(4)}"
+        # Commits still complete (GCP is a synchronous standby too).
+        await asyncio.to_thread(topology.query, PRIMARY, f"INSERT INTO {table} VALUES ($1)", marker)
+        await asyncio.to_thread(lambda: topology.wait_replayed(standbys=[GCP]))
+        conn = await asyncpg.connect(eu.dsn, timeout=5.0)  # the service's path: unharmed
+        try:
+            assert (
+                await conn.fetchval(f"SELECT count(*) FROM {table} WHERE marker = $1", marker) == 0
+            )
+        finally:
+            await conn.close()
+        eu.replication_proxy.pass_through()
+        await asyncio.to_thread(topology.wait_replayed)
+        assert has_marker(topology, EU, table, marker)
+
+
+@pytest.mark.fault
+def test_a_paused_walreceiver_freezes_a_standbys_data_while_it_keeps_answering(
+    fresh_topology: LocalTopology,
+) -> None:
+    topo = fresh_topology
+    topo.execute(PRIMARY, "CREATE TABLE t (marker text PRIMARY KEY)")
+    topo.wait_replayed()
+    topo.pause(GCP, "walreceiver")
+    assert topo.region(GCP).paused == "walreceiver"
+    assert "walreceiver paused" in repr(topo.region(GCP))
+    with pytest.raises(TopologyError, match="already paused"):
+        topo.pause(GCP)
+    topo.query(PRIMARY, "INSERT INTO t VALUES ('while-paused')")  # EU acknowledges it
+    # GCP answers at once, from data that no longer moves; its walreceiver looks fine.
+    assert topo.query(GCP, "SELECT count(*) FROM t", timeout=2.0) == [(0,)]
+    status = receiver(topo, GCP)
+    assert status is not None and status[0] == "streaming"
+    wait_for(lambda: (receiver(topo, GCP) or ("", 0, 0.0))[2] > 0.5, what="silence grows")
+    assert topo.query(GCP, "SELECT count(*) FROM t") == [(0,)]
+    topo.resume(GCP)
+    assert topo.region(GCP).paused is None
+    topo.wait_replayed()
+    assert has_marker(topo, GCP, "t", "while-paused")
+
+
+@pytest.mark.fault
+async def test_a_paused_server_answers_nothing_until_resumed(
+    fresh_topology: LocalTopology,
+) -> None:
+    topo = fresh_topology
+    conn = await asyncpg.connect(topo.region(EU).dsn, timeout=5.0)
+    try:
+        await asyncio.to_thread(topo.pause, EU)
+        with pytest.raises(TimeoutError):
+            await conn.fetchval("SELECT 1", timeout=0.5)
+        with pytest.raises(TimeoutError):
+            await asyncpg.connect(topo.region(EU).dsn, timeout=0.5)
+        await asyncio.to_thread(topo.resume, EU)
+        await asyncio.to_thread(topo.resume, EU)  # harmless when nothing is paused
+    finally:
+        conn.terminate()
+    conn = await asyncpg.connect(topo.region(EU).dsn, timeout=5.0)
+    try:
+        assert await conn.fetchval("SELECT 1", timeout=2.0) == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.fault
+def test_a_paused_server_is_stopped_cleanly(fresh_topology: LocalTopology) -> None:
+    topo = fresh_topology
+    server = topo.region(EU).server
+    pids = server.process_ids()
+    topo.pause(EU)
+    topo.restart(EU)  # stopping a frozen server wakes it first
+    assert topo.region(EU).paused is None
+    assert pids_alive(pids) == []
+    assert topo.query(EU, "SELECT pg_is_in_recovery()") == [(True,)]
+    topo.pause(GCP, "startup")
+    topo.kill(GCP)
+    assert not topo.region(GCP).is_running
+
+
+def timeline(topo: LocalTopology, name: str) -> int:
+    rows = topo.query(
+        name,
+        "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)"
+        " ELSE ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int END",
+    )
+    return int(rows[0][0])
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("old_primary_commits", [False, True])
+def test_a_rogue_promotion_leaves_two_primaries_until_the_old_one_rejoins(
+    fresh_topology: LocalTopology, old_primary_commits: bool
+) -> None:
+    topo = fresh_topology
+    topo.execute(PRIMARY, "CREATE TABLE t (marker text PRIMARY KEY)")
+    topo.wait_replayed()
+    with pytest.raises(TopologyError, match="already the primary"):
+        topo.rogue_promote(PRIMARY)
+
+    called = time.monotonic()
+    topo.rogue_promote(GCP, old_primary_commits=old_primary_commits)
+    promoted_at = topo.last_promoted_at
+    assert promoted_at is not None
+    assert called <= promoted_at + 0.05 and promoted_at <= time.monotonic()
+    assert topo.primary == GCP
+    assert topo.role(PRIMARY) == "rogue"
+    assert topo.region(PRIMARY).is_running  # not fenced: up, reachable, writable
+    assert topo.query(PRIMARY, "SELECT pg_is_in_recovery()") == [(False,)]
+    assert topo.query(GCP, "SELECT pg_is_in_recovery()") == [(False,)]
+    assert timeline(topo, PRIMARY) == 1
+    assert timeline(topo, GCP) == 2
+    wait_for(lambda: (receiver(topo, EU) or ("", 0))[1] == 2, what="EU on timeline 2")
+    assert streaming(topo) == {EU}
+
+    topo.query(GCP, "INSERT INTO t VALUES ('new-timeline')")
+    if old_primary_commits:
+        topo.query(PRIMARY, "INSERT INTO t VALUES ('split-brain')", timeout=2.0)
+        assert has_marker(topo, PRIMARY, "t", "split-brain")
+    else:
+        # Its synchronous standbys follow the new primary: its commits can never complete.
+        with pytest.raises(TimeoutError):
+            topo.query(PRIMARY, "INSERT INTO t VALUES ('split-brain')", timeout=0.5)
+    topo.wait_replayed()
+    assert has_marker(topo, EU, "t", "new-timeline")
+    assert not has_marker(topo, EU, "t", "split-brain")
+
+    topo.rejoin(PRIMARY)
+    assert topo.role(PRIMARY) == "standby"
+    assert streaming(topo) == {EU, PRIMARY}
+    assert timeline(topo, PRIMARY) == 2
+    # Rebuilt from the new primary: what only the old one had is gone.
+    assert has_marker(topo, PRIMARY, "t", "new-timeline")
+    assert not has_marker(topo, PRIMARY, "t", "split-brain")
+    assert topo.region(PRIMARY).replication_proxy.connection_count == 1
+
+
+@pytest.mark.fault
+def test_a_fork_is_a_second_primary_on_the_same_timeline(fresh_topology: LocalTopology) -> None:
+    topo = fresh_topology
+    topo.execute(PRIMARY, "CREATE TABLE t (marker text PRIMARY KEY)")
+    topo.wait_replayed()
+    topo.fork(EU)
+    assert topo.role(EU) == "rogue"
+    assert topo.primary == PRIMARY
+    assert timeline(topo, EU) == timeline(topo, PRIMARY) == 1
+    identity = "SELECT system_identifier FROM pg_control_system()"
+    assert topo.query(EU, identity) == topo.query(PRIMARY, identity)
+    topo.query(EU, "INSERT INTO t VALUES ('forked')")
+    topo.query(PRIMARY, "INSERT INTO t VALUES ('primary')", timeout=5.0)  # GCP acknowledges
+    assert not has_marker(topo, PRIMARY, "t", "forked")
+    topo.rejoin(EU)
+    assert streaming(topo) == {GCP, EU}
+    assert has_marker(topo, EU, "t", "primary")
+    assert not has_marker(topo, EU, "t", "forked")

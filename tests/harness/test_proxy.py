@@ -387,3 +387,28 @@ async def test_reset_breaks_an_open_connection(pg_proxy: FaultProxy, dsn: str) -
             await asyncpg.connect(dsn, timeout=5.0)
     finally:
         conn.terminate()
+
+
+async def test_retarget_cuts_existing_connections_and_sends_new_ones_elsewhere(
+    upstream: Upstream,
+) -> None:
+    other = Upstream()
+    await other.start()
+    try:
+        with FaultProxy("127.0.0.1", upstream.port) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"first")
+            assert await reader.readexactly(5) == b"first"
+            proxy.retarget(other.port)
+            assert proxy.upstream_port == other.port
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 5.0)
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"second")
+            assert await reader.readexactly(6) == b"second"
+            writer.close()
+        assert bytes(upstream.received[0]) == b"first"
+        assert bytes(other.received[0]) == b"second"
+    finally:
+        await other.aclose()

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from harness import LocalTopology
 from service.locality.router import LocalityRouter
-from service.settings import RouterSettings, Settings
+from service.settings import RegionSettings, RouterSettings, Settings
+from service.store.migrations import migrate
 
 LOCAL = "aws-us-east-1"
 ROWS = 200
@@ -43,15 +44,78 @@ def make_router(
     *,
     local: str = LOCAL,
     registry: CollectorRegistry | None = None,
+    database: str | None = None,
+    direct: bool = False,
+    regions: Sequence[str] | None = None,
     **overrides: Any,
 ) -> LocalityRouter:
+    """A router on ``topology`` (or only its ``regions``) through the service's proxies — or,
+    ``direct``, straight to the servers: another instance, on another network path — on its
+    ``database`` (default: the topology's own)."""
     settings = Settings.from_env(topology.env(local))
+    configured = [
+        RegionSettings(
+            region.name,
+            region.cloud,
+            _on_database(
+                topology.region(region.name).direct_dsn if direct else region.dsn, database
+            ),
+            region.priority,
+        )
+        for region in settings.regions
+        if regions is None or region.name in regions
+    ]
     return LocalityRouter(
-        settings.regions,
+        configured,
         local_region=local,
         settings=replace(FAST, **overrides),
         registry=registry,
     )
+
+
+def _on_database(dsn: str, database: str | None) -> str:
+    return dsn if database is None else f"{dsn.rsplit('/', 1)[0]}/{database}"
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(topology: LocalTopology) -> AsyncIterator[str]:
+    """A database of this test's own on the topology (replicated like any other), so that
+    tests that need the heartbeat table — or need it absent — share nothing; dropped after."""
+    name = f"router_{secrets.token_hex(4)}"
+    await asyncio.to_thread(
+        topology.query, topology.primary, f'CREATE DATABASE "{name}" OWNER signing_keys'
+    )
+    try:
+        await asyncio.to_thread(topology.wait_replayed)
+        yield name
+    finally:
+        await asyncio.to_thread(
+            topology.query, topology.primary, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        )
+
+
+async def migrated(router: LocalityRouter, topology: LocalTopology) -> None:
+    """Apply the migrations (the heartbeat table among them) and wait for every standby."""
+    await migrate(router)
+    await asyncio.to_thread(topology.wait_replayed)
+
+
+async def heartbeat_measured(router: LocalityRouter, *regions: str, timeout: float = 10.0) -> None:
+    """Wait until the router measures the data age of ``regions`` from a fresh heartbeat."""
+
+    def measured() -> bool:
+        status = router.status()
+        return all(
+            status.region(name).data_age_source == "heartbeat"
+            and (status.region(name).lag_seconds or 0.0) < 0.5
+            for name in regions
+        )
+
+    deadline = time.monotonic() + timeout
+    while not measured():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no heartbeat age for {regions} after {timeout} s: {router!r}")
+        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -59,12 +123,25 @@ async def running(
     topology: LocalTopology, *, timeout: float = 10.0, **options: Any
 ) -> AsyncIterator[LocalityRouter]:
     """A started router whose regions have all been seen up (a busy machine may delay the
-    first probes past ``start()``), closed afterwards."""
+    first probes past ``start()``) and, when it has a writer to stamp the heartbeat on, whose
+    standbys have been seen fresh (the heartbeat they hold may be as old as the last router
+    that wrote one), closed afterwards."""
+    max_lag = float(options.get("max_replica_lag", FAST.max_replica_lag))
     async with make_router(topology, **options) as router:
+
+        def settled() -> bool:
+            status = router.status()
+            if not all(region.state == "up" for region in status.regions):
+                return False
+            return status.write_region is None or all(
+                region.lag_seconds is None or region.lag_seconds <= max_lag
+                for region in status.regions
+            )
+
         deadline = time.monotonic() + timeout
-        while not all(region.state == "up" for region in router.status().regions):
+        while not settled():
             if time.monotonic() > deadline:
-                raise AssertionError(f"regions not all up after {timeout} s: {router!r}")
+                raise AssertionError(f"regions not all up and fresh after {timeout} s: {router!r}")
             await asyncio.sleep(0.01)
         yield router
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from service.locality.choice import ChoicePolicy, RegionView, read_order, write_order
+import math
+
+import pytest
+
+from service.locality.choice import (
+    ChoicePolicy,
+    RegionView,
+    bounded_data_age,
+    data_age,
+    read_order,
+    write_order,
+)
 
 POLICY = ChoicePolicy(
     local_region="aws-us-east-1", hold_down=3.0, max_replica_lag=5.0, slow_margin=0.1
@@ -17,10 +28,14 @@ def view(
     up: bool = True,
     writable: bool = False,
     rtt: float | None = 0.001,
-    lag: float | None = 0.0,
+    age: float | None = 0.0,
+    age_at: float | None = None,
+    bound: bool = True,
     priority: int = 0,
     recovered_at: float | None = None,
     slow: bool = False,
+    fenced: bool = False,
+    split_brain: bool = False,
 ) -> RegionView:
     return RegionView(
         name=name,
@@ -28,10 +43,14 @@ def view(
         up=up,
         writable=writable,
         rtt=rtt,
-        lag=lag,
+        data_age=age,
+        data_age_at=age_at,
+        age_is_bound=bound,
         priority=priority,
         recovered_at=recovered_at,
         slow=slow,
+        fenced=fenced,
+        split_brain=split_brain,
     )
 
 
@@ -105,10 +124,12 @@ def test_writes_go_only_to_writable_regions() -> None:
     assert write_order(promoted, POLICY, NOW) == ("gcp-us-central1",)
 
 
-def test_writes_with_several_writable_regions_follow_locality_as_on_cockroachdb() -> None:
+def test_several_writable_regions_that_fencing_trusts_follow_locality_as_on_cockroachdb() -> None:
+    """Every CockroachDB region takes writes: fencing leaves them alone. (Two writable
+    PostgreSQL regions never reach the choice unfenced: see test_fencing.py.)"""
     regions = topology(
-        gcp_us_central1={"writable": True, "lag": None},
-        aws_eu_west_1={"writable": True, "lag": None},
+        gcp_us_central1={"writable": True, "age": None},
+        aws_eu_west_1={"writable": True, "age": None},
     )
     assert write_order(regions, POLICY, NOW) == (
         "aws-us-east-1",
@@ -118,27 +139,90 @@ def test_writes_with_several_writable_regions_follow_locality_as_on_cockroachdb(
 
 
 def test_a_lagging_standby_is_skipped_while_a_fresher_region_is_up() -> None:
-    regions = topology(aws_eu_west_1={"lag": 6.0})
+    regions = topology(aws_eu_west_1={"age": 6.0})
     assert read_order(regions, POLICY, NOW) == ("aws-us-east-1", "gcp-us-central1")
 
 
 def test_a_standby_at_the_lag_bound_is_still_fresh() -> None:
-    regions = topology(aws_eu_west_1={"lag": 5.0})
+    regions = topology(aws_eu_west_1={"age": 5.0})
     assert "aws-eu-west-1" in read_order(regions, POLICY, NOW)
 
 
-def test_lagging_standbys_still_serve_reads_when_nothing_fresher_is_up() -> None:
+def test_lagging_standbys_serve_reads_freshest_first_when_nothing_fresher_is_up() -> None:
     regions = topology(
         aws_us_east_1={"up": False},
-        aws_eu_west_1={"lag": 30.0},
-        gcp_us_central1={"lag": 9.0},
+        aws_eu_west_1={"age": 30.0},
+        gcp_us_central1={"age": 9.0},
     )
-    assert read_order(regions, POLICY, NOW) == ("aws-eu-west-1", "gcp-us-central1")
+    assert read_order(regions, POLICY, NOW) == ("gcp-us-central1", "aws-eu-west-1")
 
 
 def test_a_writable_region_is_never_considered_lagging() -> None:
-    regions = topology(aws_us_east_1={"lag": 60.0})
+    regions = topology(aws_us_east_1={"age": 60.0})
     assert read_order(regions, POLICY, NOW)[0] == "aws-us-east-1"
+
+
+def test_a_standbys_data_age_keeps_growing_after_its_last_measurement() -> None:
+    """Measured 4 s old one second ago, with nothing newer seen since: 5 s old now. The
+    local standby is skipped the moment its age passes the bound, not at its next probe."""
+    regions = topology(aws_us_east_1={"up": False}, aws_eu_west_1={"age": 4.0, "age_at": NOW})
+    assert data_age(regions[2], NOW + 1.0) == pytest.approx(5.0)
+    assert read_order(regions, POLICY, NOW + 0.999)[0] == "aws-eu-west-1"
+    assert read_order(regions, POLICY, NOW + 1.001) == ("gcp-us-central1",)
+
+
+def test_the_writers_data_age_is_zero_and_a_split_brains_is_unknown() -> None:
+    writer = view("w", "aws", writable=True, age=None)
+    assert data_age(writer, NOW) == 0.0
+    assert bounded_data_age(writer, NOW) == 0.0
+    torn = view("w", "aws", writable=True, split_brain=True)
+    assert data_age(torn, NOW) is None
+    estimated = view("s", "aws", age=1.0, bound=False)
+    assert data_age(estimated, NOW) == 1.0
+    assert bounded_data_age(estimated, NOW) is None
+
+
+def test_a_bounded_read_uses_only_regions_known_to_be_fresh_enough_in_the_usual_order() -> None:
+    regions = topology(
+        aws_us_east_1={"writable": False, "age": 0.5, "age_at": NOW - 0.4},  # 0.9 s now
+        aws_eu_west_1={"age": 0.2, "bound": False},  # an estimate, not a bound
+        gcp_us_central1={"writable": True},
+    )
+    assert read_order(regions, POLICY, NOW, max_data_age=1.0) == (
+        "aws-us-east-1",
+        "gcp-us-central1",
+    )
+    assert read_order(regions, POLICY, NOW, max_data_age=0.8) == ("gcp-us-central1",)
+    assert read_order(regions, POLICY, NOW, max_data_age=0.0) == ("gcp-us-central1",)
+
+
+def test_a_bounded_read_finds_nothing_when_no_region_is_fresh_enough() -> None:
+    regions = topology(
+        aws_us_east_1={"up": False}, aws_eu_west_1={"age": 2.0}, gcp_us_central1={"age": 1.5}
+    )
+    assert read_order(regions, POLICY, NOW, max_data_age=1.0) == ()
+    assert read_order(regions, POLICY, NOW) != ()  # an unbounded read still has candidates
+
+
+def test_fenced_regions_serve_neither_reads_nor_writes() -> None:
+    regions = topology(aws_us_east_1={"fenced": True}, gcp_us_central1={"writable": True})
+    assert read_order(regions, POLICY, NOW) == ("aws-eu-west-1", "gcp-us-central1")
+    assert write_order(regions, POLICY, NOW) == ("gcp-us-central1",)
+    assert read_order(regions, POLICY, NOW, max_data_age=math.inf) == (
+        "aws-eu-west-1",
+        "gcp-us-central1",
+    )
+
+
+def test_writable_regions_in_a_split_brain_serve_reads_but_no_writes() -> None:
+    regions = topology(
+        aws_us_east_1={"split_brain": True},
+        gcp_us_central1={"writable": True, "split_brain": True},
+    )
+    assert write_order(regions, POLICY, NOW) == ()
+    assert read_order(regions, POLICY, NOW)[0] == "aws-us-east-1"
+    # Their data age is unknown: a bounded read goes to the standby that has one.
+    assert read_order(regions, POLICY, NOW, max_data_age=1.0) == ("aws-eu-west-1",)
 
 
 def test_a_recovered_local_region_is_held_down_until_the_period_passes() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.locality.health import RegionHealth, ReplicationTracker
+from service.locality.health import DataAge, ProbeResult, RegionHealth, ReplicationTracker
 
 
 def ok(health: RegionHealth, now: float, *, rtt: float = 0.001, writable: bool = True) -> bool:
-    return health.record_success(now, rtt=rtt, writable=writable, engine="postgresql", lag=None)
+    return health.record_success(
+        now, rtt=rtt, writable=writable, engine="postgresql", data_age=None
+    )
 
 
 def test_a_region_starts_down_and_its_first_good_probe_brings_it_up_without_hold_down() -> None:
@@ -189,7 +191,10 @@ def test_a_standby_behind_all_remembered_positions_is_at_least_as_old_as_the_win
     assert lag >= 5.0
 
 
-def test_without_a_primary_a_standby_that_replayed_all_it_received_is_current() -> None:
+def test_the_wal_estimate_without_a_primary_calls_a_caught_up_standby_current() -> None:
+    """The blind spot of the estimate used before the heartbeat table exists: a standby cut
+    off from an invisible primary reads 0. It is never taken for a bound (a read with
+    ``max_data_age`` ignores it); the heartbeat's age replaces it once the table exists."""
     tracker = ReplicationTracker(window=30.0)
     tracker.observe_primary(0.0, 9999)
     assert (
@@ -204,3 +209,34 @@ def test_without_a_primary_a_standby_that_replayed_all_it_received_is_current() 
         )
         == 7.0
     )
+
+
+def test_only_a_heartbeat_age_is_a_bound() -> None:
+    assert DataAge(0.25, 10.0, "heartbeat").is_bound
+    assert not DataAge(0.0, 10.0, "wal").is_bound
+
+
+def test_a_probe_records_identity_and_data_age_and_a_writable_region_has_none() -> None:
+    health = RegionHealth(fall=2, rise=2, now=0.0)
+    probe = ProbeResult(
+        started_at=1.0,
+        rtt=0.001,
+        engine="postgresql",
+        writable=False,
+        system_identifier="7414",
+        timeline=3,
+        has_heartbeat=True,
+        heartbeat_age=0.2,
+        receiver_status="streaming",
+    )
+    age = DataAge(0.2, 1.0, "heartbeat")
+    health.record_success(
+        1.0, rtt=0.001, writable=False, engine="postgresql", data_age=age, probe=probe
+    )
+    assert (health.system_identifier, health.timeline, health.has_heartbeat) == ("7414", 3, True)
+    assert health.receiver_status == "streaming"
+    assert health.data_age == age
+    health.record_success(
+        1.1, rtt=0.001, writable=True, engine="postgresql", data_age=age, probe=probe
+    )
+    assert health.data_age is None

@@ -5,20 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from harness import LocalTopology
-from service.errors import DeadlineExceededError, NotFoundError, NoWritableRegionError
+from service.errors import (
+    DeadlineExceededError,
+    NotFoundError,
+    NoWritableRegionError,
+    RegionUnavailableError,
+)
 from service.locality.router import LocalityRouter
 from service.locality.status import RouterStatus
 from service.settings import RegionSettings, Settings
-from tests.locality.rig import FAST, LOCAL, create_rows, make_router, new_table, reader, running
+from tests.locality.rig import (
+    FAST,
+    LOCAL,
+    create_rows,
+    heartbeat_measured,
+    make_router,
+    migrated,
+    new_table,
+    reader,
+    region_by_port,
+    running,
+    scratch_database,
+)
 from tests.locality.traffic import Timeline, eventually
 
 
@@ -311,3 +330,131 @@ async def test_an_autocommit_write_must_be_idempotent(router: LocalityRouter) ->
     with pytest.raises(ValueError, match="idempotent"):
         await router.write(op, idempotent=False, autocommit=True)
     await router.write(op, idempotent=True, autocommit=True)
+
+
+# -- data age: bounded reads and the age of what was read --------------------------------------
+
+EU = "aws-eu-west-1"
+
+
+def served_by(topology: LocalTopology) -> Any:
+    """A read that answers which region served it."""
+    ports = region_by_port(topology)
+
+    async def op(conn: Any) -> str:
+        return ports[await conn.fetchval("SELECT inet_server_port()")]
+
+    return op
+
+
+async def test_a_read_tells_how_old_its_data_may_be_and_can_ask_for_fresher(
+    healthy_topology: LocalTopology,
+) -> None:
+    topo = healthy_topology
+    async with (
+        scratch_database(topo) as database,
+        running(topo, local=EU, database=database) as router,
+    ):
+        await migrated(router, topo)
+        await heartbeat_measured(router, EU, "gcp-us-central1")
+        region, age = await router.read_with_age(served_by(topo))
+        assert region == EU
+        assert 0 < age < 0.5  # the heartbeat is written every probe interval
+        status = router.status().region(EU)
+        assert status.data_age_source == "heartbeat"
+        assert status.receiver == "streaming"
+        assert status.receiver_silence_seconds is not None
+        assert 0 <= status.receiver_silence_seconds < 2.0
+        assert (status.timeline, status.fenced) == (1, False)
+        assert await router.read_with_age(served_by(topo), max_data_age=1.0) == (EU, ANY)
+        # Nothing but the writer is known to be this fresh.
+        assert await router.read_with_age(served_by(topo), max_data_age=0.0) == (LOCAL, 0.0)
+        assert await router.read(served_by(topo), max_data_age=0.0) == LOCAL
+        with pytest.raises(ValueError, match="max_data_age"):
+            await router.read(served_by(topo), max_data_age=-1.0)
+
+
+async def test_before_the_heartbeat_table_exists_only_the_writer_has_a_known_age(
+    healthy_topology: LocalTopology,
+) -> None:
+    topo = healthy_topology
+    async with (
+        scratch_database(topo) as database,
+        running(topo, local=EU, database=database) as router,
+    ):
+        await eventually(lambda: router.status().read_region == EU, timeout=5.0)
+        assert router.status().region(EU).data_age_source == "wal"  # today's estimate
+        region, age = await router.read_with_age(served_by(topo))
+        assert (region, age) == (EU, math.inf)  # an estimate bounds nothing
+        assert await router.read_with_age(served_by(topo), max_data_age=5.0) == (LOCAL, 0.0)
+
+
+async def test_a_bounded_read_leaves_a_standby_cut_off_its_primary(
+    healthy_topology: LocalTopology,
+) -> None:
+    """EU's replication link is cut: its data age grows from the last heartbeat it got.
+    A read bounded at 0.3 s leaves it once that is passed; an unbounded one stays until the
+    router's own bound (5 s)."""
+    topo = healthy_topology
+    async with (
+        scratch_database(topo) as database,
+        running(topo, local=EU, database=database) as router,
+    ):
+        await migrated(router, topo)
+        await heartbeat_measured(router, EU, "gcp-us-central1")
+        topo.region(EU).replication_proxy.reset()
+        cut_at = time.monotonic()
+        await eventually(lambda: (router.status().region(EU).lag_seconds or 0) > 0.35, timeout=5)
+        region, age = await router.read_with_age(served_by(topo), max_data_age=0.3)
+        assert region != EU
+        assert age <= 0.3
+        region, age = await router.read_with_age(served_by(topo))
+        assert region == EU
+        assert age >= time.monotonic() - cut_at - 0.05  # it grows with the time since the cut
+
+
+async def test_with_nothing_fresh_enough_a_bounded_read_is_refused_and_others_still_served(
+    healthy_topology: LocalTopology,
+) -> None:
+    topo = healthy_topology
+    async with scratch_database(topo) as database:
+        async with running(topo, database=database) as writer:
+            await migrated(writer, topo)
+            await heartbeat_measured(writer, EU)
+        # Standbys alone: nobody writes heartbeats now, and their data ages.
+        async with running(
+            topo, local=EU, database=database, regions=("gcp-us-central1", EU)
+        ) as router:
+            await eventually(
+                lambda: (router.status().region(EU).lag_seconds or 0) > 0.2, timeout=5.0
+            )
+            with pytest.raises(RegionUnavailableError, match=r"younger than 0\.1 s"):
+                await router.read(served_by(topo), max_data_age=0.1)
+            assert await router.read(served_by(topo)) == EU
+
+
+@pytest.mark.fault
+async def test_a_region_that_is_another_database_is_never_used(
+    healthy_topology: LocalTopology, fresh_topology: LocalTopology
+) -> None:
+    """A DSN that leads to another cluster (its own system identifier) — here made the local
+    region, writable, and of the highest priority — serves neither reads nor writes."""
+    stranger = fresh_topology.region(fresh_topology.primary)
+    settings = Settings.from_env(healthy_topology.env(LOCAL))
+    regions = [*settings.regions, RegionSettings("gcp-europe-west1", "gcp", stranger.dsn, -1)]
+    async with LocalityRouter(regions, local_region="gcp-europe-west1", settings=FAST) as router:
+        await eventually(
+            lambda: all(region.state == "up" for region in router.status().regions), timeout=5.0
+        )
+        for _ in range(20):
+            port = await router.read(lambda conn: conn.fetchval("SELECT inet_server_port()"))
+            assert port != stranger.server_port
+            port = await router.write(
+                lambda conn: conn.fetchval("SELECT inet_server_port()"), idempotent=True
+            )
+            assert port == healthy_topology.region(LOCAL).server_port
+        status = router.status()
+        assert status.region("gcp-europe-west1").writable  # in its own eyes
+        assert status.region("gcp-europe-west1").fence_reason == "foreign_system"
+        assert status.write_region == LOCAL
+        assert status.read_region != "gcp-europe-west1"

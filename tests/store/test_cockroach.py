@@ -16,7 +16,7 @@ from service.store.cockroach import (
 
 REPO = Path(__file__).resolve().parents[2]
 THREE = ["aws-us-east-1", "gcp-us-central1", "aws-eu-west-1"]
-TABLES = ("signing_keys", "audit_events", "access_tokens", "idempotency_keys")
+TABLES = ("signing_keys", "audit_events", "access_tokens", "idempotency_keys", "heartbeat")
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,7 @@ def test_three_regions_survive_a_region_and_make_keys_and_tokens_global() -> Non
         'ALTER DATABASE "signing_keys" SURVIVE REGION FAILURE',
         'ALTER TABLE "signing_keys" SET LOCALITY GLOBAL',
         'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
+        'ALTER TABLE "heartbeat" SET LOCALITY GLOBAL',
         'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
         'ALTER TABLE "idempotency_keys" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
     ]
