@@ -23,7 +23,6 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any, Literal, NoReturn, TypeVar
 
 import asyncpg
@@ -37,6 +36,7 @@ from service.errors import (
     NoWritableRegionError,
     RegionUnavailableError,
 )
+from service.lifecycle import AsyncResource
 from service.locality.choice import (
     ChoicePolicy,
     RegionView,
@@ -157,7 +157,7 @@ async def _keep_session(_conn: Any) -> None:
     """Pool reset that costs no round trip (asyncpg still rolls back an open transaction)."""
 
 
-class LocalityRouter:
+class LocalityRouter(AsyncResource):
     """Runs database operations in the best region that can serve them.
 
     >>> async with LocalityRouter(settings.regions, local_region=settings.local_region,
@@ -291,18 +291,6 @@ class LocalityRouter:
             raise
         finally:
             self._lifecycle = "closed"
-
-    async def __aenter__(self) -> LocalityRouter:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _create_pool(self, region: RegionSettings) -> Any:
         kwargs: dict[str, Any] = {
