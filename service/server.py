@@ -78,6 +78,7 @@ class Server(AsyncResource):
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
+            max_data_age=settings.change_max_data_age,
             metrics=self.metrics,
         )
         self.verifier = TokenVerifier(
@@ -90,7 +91,9 @@ class Server(AsyncResource):
             metrics=self.metrics,
         )
         self.readiness = Readiness(
-            can_read=self.database.can_read, can_verify=self.verifier.can_serve
+            can_read=self.database.can_read,
+            can_verify=self.verifier.can_serve,
+            is_fresh=self.changes.is_fresh,
         )
         self.app = make_app(
             settings,
@@ -132,7 +135,8 @@ class Server(AsyncResource):
         degraded.set_function(lambda: float(self.readiness.is_degraded()))
         staleness = Gauge(
             "signing_keys_key_staleness_seconds",
-            "Seconds since the change feed last read the database.",
+            "Age of the newest data the change feed has seen: since its last successful poll "
+            "began, plus how old the data that poll read was.",
             registry=self.registry,
         )
         staleness.set_function(lambda: min(self.changes.staleness(), 1e9))

@@ -97,6 +97,9 @@ class Settings:
     negative_cache_size: int = 10_000
     change_poll_interval: float = 0.2
     change_overlap: float = 5.0
+    # The change feed reads only where the data is at most this old, so a change made in any
+    # region is enforced here within this plus a poll: the revocation bound (0.8 s).
+    change_max_data_age: float = 0.6
     max_staleness: float = 300.0
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
@@ -118,6 +121,9 @@ class Settings:
             raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
         # The change feed re-reads `overlap` seconds behind its watermark, which must cover
         # the longest write (its deadline) plus a poll, or a slow commit could be skipped.
+        # Replication lag needs no room: the watermark is the newest stamp the feed has read,
+        # and every region replays commits in order, so a row stamped more than one write's
+        # length before it committed earlier and was in the same read.
         needed = self.router.request_deadline + self.change_poll_interval
         if self.change_overlap <= needed:
             raise SettingsError(
@@ -181,6 +187,7 @@ class Settings:
             ),
             change_poll_interval=values.number("CHANGE_POLL_INTERVAL", d["change_poll_interval"]),
             change_overlap=values.number("CHANGE_OVERLAP", d["change_overlap"]),
+            change_max_data_age=values.number("CHANGE_MAX_DATA_AGE", d["change_max_data_age"]),
             max_staleness=values.number("MAX_STALENESS", d["max_staleness"]),
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),

@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_WATCH_QUEUE: Final = 1024
 # Each watcher may hold a full queue: the bound keeps their memory bounded too.
 DEFAULT_MAX_WATCHERS: Final = 1000
+# Polls of slack before fresh data counts as stale: one in progress, one late, one spare.
+FRESH_POLLS: Final = 3
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -93,11 +95,15 @@ class ChangeFeed(AsyncResource):
         *,
         poll_interval: float,
         overlap: float,
+        max_data_age: float | None = None,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_data_age``: read changes only where the data is at most this old (the
+        revocation bound); ``None`` reads wherever the source serves reads."""
         self._source = source
+        self._max_data_age = max_data_age
         self._metrics = metrics if metrics is not None else CoreMetrics()
         self._max_watchers = max_watchers
         self._cache = cache
@@ -105,7 +111,9 @@ class ChangeFeed(AsyncResource):
         self._overlap = timedelta(seconds=overlap)
         self._clock = clock
         self._watermark: datetime | None = None  # the newest updated_at read so far
-        self._last_success: float | None = None
+        self._loaded = False  # a poll has succeeded
+        # On the feed's clock: every change committed before this instant has been seen.
+        self._data_as_of = -math.inf
         # The latest record of every key changed within two overlaps of the watermark: for
         # de-duplicating the overlap's re-reads, and for watchers to merge after a snapshot.
         self._recent: dict[str, SigningKey] = {}
@@ -133,23 +141,34 @@ class ChangeFeed(AsyncResource):
             self._task = None
 
     def staleness(self) -> float:
-        """Seconds since the last successful poll (infinite before the first)."""
-        return math.inf if self._last_success is None else self._clock() - self._last_success
+        """How old the newest data the feed has seen is, in seconds: the time since its last
+        successful poll began, plus the age of the data that poll read (a standby's lag). A
+        poll that succeeds against stale data does not make the feed fresh (infinite before
+        the first poll)."""
+        return self._clock() - self._data_as_of
+
+    def is_fresh(self) -> bool:
+        """Whether the feed's data is within the revocation bound: the age it may read
+        (``max_data_age``) plus a few polls of slack."""
+        return self.staleness() <= (self._max_data_age or 0.0) + FRESH_POLLS * self._interval
 
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""
         # The first successful poll loads what exists and tells no watcher; every later one
         # notifies, even when the first found nothing (an empty store: a new deployment).
-        first = self._last_success is None
+        first = not self._loaded
         since = None if self._watermark is None else self._watermark - self._overlap
-        fresh = 0
-        async for page in self._source.pages(since=since):
-            fresh += self._apply(page, notify=not first)
-            self._watermark = max(self._watermark or page[-1].updated_at, page[-1].updated_at)
+        started = self._clock()
+        changes = await self._source.changes(since=since, max_data_age=self._max_data_age)
+        fresh = self._apply(changes.keys, notify=not first)
+        if changes.keys:
+            newest = changes.keys[-1].updated_at
+            self._watermark = newest if self._watermark is None else max(self._watermark, newest)
         if first:
             # Everything fitted (no eviction marked it otherwise): a miss now proves "unknown".
             self._cache.complete = len(self._cache) < self._cache.capacity
-        self._last_success = self._clock()
+        self._loaded = True
+        self._data_as_of = max(self._data_as_of, started - changes.data_age)
         self._metrics.polls_ok.inc()
         if self._watermark is not None:
             horizon = self._watermark - 2 * self._overlap

@@ -47,6 +47,15 @@ class InsertOutcome:
     request_matches: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Keys changed since a point, oldest change first, and how old the data read was:
+    ``data_age`` seconds bounds it when the read began (0 when read from the writer)."""
+
+    keys: list[SigningKey]
+    data_age: float
+
+
 class ChangeSource(Protocol):
     """Keys in the order they last changed: what the change feed and watch streams read.
 
@@ -72,6 +81,19 @@ class ChangeSource(Protocol):
         ``updated_at`` is the time the changing transaction *started* (the primary's clock),
         so a slow writer's row can become visible after rows stamped later than it; readers
         of changes re-read an overlap window to catch it."""
+        ...
+
+    async def changes(
+        self,
+        *,
+        since: datetime | None = None,
+        max_data_age: float | None = None,
+        timeout: float | None = None,
+    ) -> Changes:
+        """Every key changed at or after ``since`` (every key when ``None``), ordered as
+        :meth:`pages` orders them, read only where the data is at most ``max_data_age``
+        seconds old (raising :class:`~service.errors.RegionUnavailableError` when no such
+        place answers), with the age of what was read."""
         ...
 
 

@@ -1,8 +1,10 @@
 """Readiness: the one decision that ``/readyz``, the degraded gauge and gRPC health share.
 
-Two facts decide it: can some database region serve reads, and can verification still serve
-from the last known good keys (the change feed read the database within the allowed
-staleness). The states and what each surface says in them:
+Three facts decide it: can some database region serve reads; is the data the change feed has
+seen fresh (within the revocation bound: a region that answers from stale data does not
+count); and can verification still serve from the last known good keys (that data is within
+the allowed staleness). Ready needs the first two; degraded is the third alone. The states
+and what each surface says in them:
 
 ============  ===================  =========================  ==========================
 state         ``GET /readyz``      ``signing_keys_degraded``  gRPC health (``""`` and
@@ -35,10 +37,10 @@ from typing import Literal
 ReadinessState = Literal["ready", "degraded", "unavailable"]
 
 
-def decide(*, can_read: bool, can_verify: bool) -> ReadinessState:
-    """Ready while a region serves reads; degraded while none does but verification goes on
-    from the last known good keys; unavailable past that."""
-    if can_read:
+def decide(*, can_read: bool, can_verify: bool, is_fresh: bool = True) -> ReadinessState:
+    """Ready while a region serves reads and the keys are fresh; degraded while either fails
+    but verification goes on from the last known good keys; unavailable past that."""
+    if can_read and is_fresh:
         return "ready"
     return "degraded" if can_verify else "unavailable"
 
@@ -50,6 +52,7 @@ class ReadinessReport:
     state: ReadinessState
     can_read: bool
     can_verify: bool
+    is_fresh: bool = True
 
     @property
     def is_serving(self) -> bool:
@@ -65,12 +68,20 @@ class Readiness:
     """Reads both facts live (never cached) and decides the state.
 
     ``can_read``: whether some database region can serve reads now; ``can_verify``: whether
-    verification can serve from the last known good keys.
+    verification can serve from the last known good keys; ``is_fresh``: whether the keys are
+    within the revocation bound.
     """
 
-    def __init__(self, *, can_read: Callable[[], bool], can_verify: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        *,
+        can_read: Callable[[], bool],
+        can_verify: Callable[[], bool],
+        is_fresh: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._can_read = can_read
         self._can_verify = can_verify
+        self._is_fresh = is_fresh
 
     def __repr__(self) -> str:
         report = self.report()
@@ -79,11 +90,9 @@ class Readiness:
         )
 
     def report(self) -> ReadinessReport:
-        can_read = self._can_read()
-        can_verify = self._can_verify()
-        return ReadinessReport(
-            decide(can_read=can_read, can_verify=can_verify), can_read, can_verify
-        )
+        can_read, can_verify, is_fresh = self._can_read(), self._can_verify(), self._is_fresh()
+        state = decide(can_read=can_read, can_verify=can_verify, is_fresh=is_fresh)
+        return ReadinessReport(state, can_read, can_verify, is_fresh)
 
     def state(self) -> ReadinessState:
         return self.report().state

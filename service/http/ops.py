@@ -24,14 +24,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """200 while ready or degraded (no region serves reads, but verification goes on from the
-    last known good keys), 503 when unavailable: the decision of
+    """200 while ready or degraded (no region serves fresh reads, but verification goes on
+    from the last known good keys), 503 when unavailable: the decision of
     :mod:`service.core.readiness`, shared with gRPC health and the degraded gauge."""
     report = request.app[appkeys.READINESS].report()
     body = {
         "status": report.state,
         "can_read": report.can_read,
         "can_verify": report.can_verify,
+        "keys_fresh": report.is_fresh,
         "can_write": request.app[appkeys.REGIONS].can_write(),
     }
     return json_response(body, status=200 if report.is_serving else 503)

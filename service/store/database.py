@@ -27,6 +27,17 @@ class Database(Protocol):
         """Run a read-only ``op`` on a region that can serve reads."""
         ...
 
+    async def read_with_age(
+        self,
+        op: Operation[T],
+        *,
+        timeout: float | None = None,
+        max_data_age: float | None = None,
+    ) -> tuple[T, float]:
+        """Run a read-only ``op`` where the data is at most ``max_data_age`` seconds old (any
+        readable region when ``None``); return its result and that age (``inf``: unknown)."""
+        ...
+
     async def write(
         self,
         op: Operation[T],

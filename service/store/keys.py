@@ -14,7 +14,7 @@ from typing import Any
 
 from service.core import times
 from service.core.models import AuditEvent, KeyStatus, SigningKey
-from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
+from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
 
 _COLUMNS = (
@@ -231,11 +231,36 @@ class PostgresKeyRecords:
         cut short."""
         cursor: tuple[datetime, str] | None = None
         while True:
-            page = await self._page(environment_id, since, active_only, page_size, cursor, timeout)
+            page, _ = await self._page(
+                environment_id, since, active_only, page_size, cursor, timeout, None
+            )
             if page:
                 yield page
             if len(page) < page_size:
                 return
+            cursor = (page[-1].updated_at, page[-1].id)
+
+    async def changes(
+        self,
+        *,
+        since: datetime | None = None,
+        max_data_age: float | None = None,
+        timeout: float | None = None,
+    ) -> Changes:
+        """Every key changed at or after ``since``, from regions whose data is at most
+        ``max_data_age`` old; the age reported is the oldest of the pages' (each page is its
+        own read, and may come from another region)."""
+        keys: list[SigningKey] = []
+        oldest = 0.0
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            page, age = await self._page(
+                None, since, False, DEFAULT_PAGE_SIZE, cursor, timeout, max_data_age
+            )
+            keys.extend(page)
+            oldest = max(oldest, age)
+            if len(page) < DEFAULT_PAGE_SIZE:
+                return Changes(keys, oldest)
             cursor = (page[-1].updated_at, page[-1].id)
 
     async def _page(
@@ -246,7 +271,8 @@ class PostgresKeyRecords:
         page_size: int,
         after: tuple[datetime, str] | None,
         timeout: float | None,
-    ) -> list[SigningKey]:
+        max_data_age: float | None,
+    ) -> tuple[list[SigningKey], float]:
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
                 f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
@@ -264,4 +290,4 @@ class PostgresKeyRecords:
             )
             return [_key(row) for row in rows]
 
-        return await self._db.read(op, timeout=timeout)
+        return await self._db.read_with_age(op, timeout=timeout, max_data_age=max_data_age)

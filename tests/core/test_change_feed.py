@@ -32,7 +32,9 @@ async def test_a_change_made_while_the_local_standby_lagged_is_applied_once_it_c
         "request_deadline": "0.5",
         "change_poll_interval": "0.05",
         "change_overlap": "1.0",
-        "max_replica_lag": "1000",  # keep reading the lagging standby: that is the point
+        # Keep reading the lagging standby: that is the point.
+        "max_replica_lag": "1000",
+        "change_max_data_age": "1000",
         "grpc_enabled": "false",
     }
     writer_env = service_env(topology, "aws-us-east-1", **fast)

@@ -23,6 +23,7 @@ from service.core.changes import ChangeFeed, WatchEvent, parse_position, positio
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.models import Principal, Scope, SigningKey
+from service.core.ports import Changes
 from service.core.requests import ImportKeyRequest, KeyRef, WatchRequest
 from service.errors import (
     InvalidRequestError,
@@ -61,7 +62,9 @@ class Instance:
         return None if entry is None else entry.record
 
 
-def instance(*, tick: float = 0.001, max_watchers: int = 10) -> Instance:
+def instance(
+    *, tick: float = 0.001, max_watchers: int = 10, max_data_age: float | None = None
+) -> Instance:
     clock = ManualClock(tick=tick)
     records = MemoryKeyRecords(clock=clock)
     cache = KeyCache(size=100, negative_size=10, negative_ttl=1.0, clock=clock.seconds)
@@ -70,6 +73,7 @@ def instance(*, tick: float = 0.001, max_watchers: int = 10) -> Instance:
         cache,
         poll_interval=0.05,
         overlap=OVERLAP,
+        max_data_age=max_data_age,
         max_watchers=max_watchers,
         clock=clock.seconds,
     )
@@ -362,6 +366,9 @@ class ScriptedSource:
     def pages(self, **read: Any) -> AsyncIterator[list[SigningKey]]:
         return self._regions.pop(0).pages(**read)
 
+    async def changes(self, **read: Any) -> Changes:
+        return await self._regions.pop(0).changes(**read)
+
 
 def signing_key(environment_id: str, *, at: datetime) -> SigningKey:
     return SigningKey(
@@ -376,3 +383,32 @@ def signing_key(environment_id: str, *, at: datetime) -> SigningKey:
         created_at=at,
         updated_at=at,
     )
+
+
+# Freshness is the age of the data read, not the time of the last successful poll.
+
+
+async def test_the_feed_is_as_fresh_as_the_data_it_read() -> None:
+    node = instance(max_data_age=0.6)
+    node.records.data_age = 0.5  # the region that answered trails the writer by 0.5 s
+    await node.feed.poll_once()
+    assert 0.5 <= node.feed.staleness() < 0.6
+    assert node.feed.is_fresh()
+    node.clock.advance(0.3)
+    assert node.feed.staleness() > 0.79
+    assert not node.feed.is_fresh(), "0.8 s old: past the bound and its slack"
+
+
+async def test_a_poll_refuses_data_older_than_the_bound_and_the_feed_goes_stale() -> None:
+    node = instance(max_data_age=0.6)
+    await node.feed.poll_once()
+    assert node.feed.is_fresh()
+    node.records.data_age = 5.0  # every region that answers is far behind
+    with pytest.raises(RegionUnavailableError, match=r"younger than 0\.6"):
+        await node.feed.poll_once()
+    node.clock.advance(10.0)
+    assert node.feed.staleness() >= 10.0, "answers from stale data do not refresh it"
+    assert not node.feed.is_fresh()
+    node.records.data_age = 0.0
+    await node.feed.poll_once()
+    assert node.feed.staleness() < 0.1

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
-from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
+from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.errors import RegionUnavailableError
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -106,6 +106,8 @@ class MemoryKeyRecords(_Outage):
         self._hold_next = False
         self._held: list[HeldWrite] = []
         self.calls = collections.Counter()
+        # How old the data this copy serves is (seconds): a lagging region's, when set.
+        self.data_age = 0.0
 
     def __repr__(self) -> str:
         pending = sum(not held.committed for held in self._held)
@@ -230,6 +232,19 @@ class MemoryKeyRecords(_Outage):
             if len(page) < page_size:
                 return
             cursor = (page[-1].updated_at, page[-1].id)
+
+    async def changes(
+        self,
+        *,
+        since: datetime | None = None,
+        max_data_age: float | None = None,
+        timeout: float | None = None,
+    ) -> Changes:
+        if max_data_age is not None and self.data_age > max_data_age:
+            self.calls["changes"] += 1
+            raise RegionUnavailableError(f"no region has data younger than {max_data_age} s")
+        keys = [key async for page in self.pages(since=since) for key in page]
+        return Changes(keys, self.data_age)
 
     def _page(
         self,
