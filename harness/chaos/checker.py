@@ -571,6 +571,11 @@ def check_backends(history: History, bounds: Bounds) -> list[Violation]:
     for record in history.faults:
         region = record.details.get("old_primary")
         for stuck in record.details.get("stuck_backends", []):
+            if (
+                stuck.get("wait_event") != "SyncRep"
+                and (stuck.get("seconds") or 0.0) <= bounds.stuck
+            ):
+                continue  # a transaction in progress, not yet stuck
             violations.append(
                 Violation(
                     "orphaned_backend",

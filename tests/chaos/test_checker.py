@@ -508,7 +508,10 @@ def test_backends_stuck_on_a_diverged_region_before_its_wipe_are_orphaned() -> N
             healing=8.0,
             details={
                 "old_primary": "a",
-                "stuck_backends": [{"pid": 7, "wait_event": "SyncRep", "seconds": 4.0}],
+                "stuck_backends": [
+                    {"pid": 7, "wait_event": "SyncRep", "seconds": 4.0},
+                    {"pid": 8, "state": "idle in transaction", "seconds": 0.1},
+                ],
             },
         )
     )
