@@ -47,7 +47,8 @@ def format_report(history: History, report: Report, *, shown: int = DEFAULT_SHOW
         f"(bound {bounds.staleness:g} s)",
         f"worst revocation lag          {summary.worst_revocation_lag:8.3f} s "
         f"(bound {bounds.propagation:g} s)",
-        f"worst watch lag               {watch:>10} (acknowledgement to a live subscriber's event)",
+        f"worst watch lag               {watch:>10} (bound {bounds.watch:g} s; "
+        "acknowledgement to a live subscriber's event)",
         f"write unavailability          {summary.write_unavailability:8.3f} s "
         "(longest interval with writes attempted and none acknowledged)",
     ]

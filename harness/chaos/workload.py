@@ -73,6 +73,7 @@ class KnownKey:
     private_pem: bytes | None  # None when the create was answered by a replay (409)
     revoke: str | None = None  # None, "pending" (invoked) or "acknowledged"
     token: str | None = None
+    keep: bool = False  # never revoked: a key that lives the whole run
 
 
 @dataclass(slots=True)
@@ -86,9 +87,11 @@ class KeyBook:
     tokens: dict[str, tuple[str, int]] = field(default_factory=dict)  # instance → (token, op)
     token_lifetime: float = 3600.0
 
-    def created(self, key_id: str, algorithm: str, private_pem: bytes | None) -> None:
+    def created(
+        self, key_id: str, algorithm: str, private_pem: bytes | None, *, keep: bool = False
+    ) -> None:
         if key_id not in self.keys:
-            self.keys[key_id] = KnownKey(key_id, algorithm, private_pem)
+            self.keys[key_id] = KnownKey(key_id, algorithm, private_pem, keep=keep)
             self.recently_created.append(key_id)
 
     def revoking(self, key_id: str) -> None:
@@ -99,7 +102,8 @@ class KeyBook:
         self.keys[key_id].revoke = "acknowledged"
 
     def active(self) -> list[KnownKey]:
-        return [key for key in self.keys.values() if key.revoke is None]
+        """Keys that may be revoked: not revoked yet, and not kept for the whole run."""
+        return [key for key in self.keys.values() if key.revoke is None and not key.keep]
 
     def pick(self, rng: random.Random, *, signing: bool) -> str:
         """A key id to read: often one just revoked or created, sometimes an unknown one."""
@@ -493,6 +497,7 @@ class Writer:
         self.settle_timeout = settle_timeout
         self._rng = clients.rng(self.process)
         self._count = 0
+        self._kept = False
 
     @property
     def client(self) -> InstanceClient:
@@ -536,7 +541,11 @@ class Writer:
         private = op.result.pop("private_key", None)
         pem = base64.b64decode(private) if private else None
         self._remember_token(op)
-        self.clients.book.created(key_id, algorithm, pem)
+        # Each writer's first key lives the whole run, as long-lived production keys do
+        # (and as the first keys of an empty database must, for a watcher to miss them).
+        first = not self._kept
+        self._kept = True
+        self.clients.book.created(key_id, algorithm, pem, keep=first)
         return str(key_id)
 
     async def revoke(self, key_id: str) -> None:

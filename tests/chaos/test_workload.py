@@ -111,8 +111,9 @@ def test_the_key_book_picks_keys_to_read_and_to_revoke() -> None:
     book = KeyBook()
     book.created("k1", "EdDSA", b"pem")
     book.created("k2", "EdDSA", None)
+    book.created("k3", "EdDSA", None, keep=True)
     book.revoking("k1")
-    assert [key.key_id for key in book.active()] == ["k2"]
+    assert [key.key_id for key in book.active()] == ["k2"], "k3 is kept for the whole run"
     rng = random.Random(3)
     picked = {book.pick(rng, signing=True) for _ in range(200)}
     assert "k2" not in picked, "a key without a private key cannot sign a token"
