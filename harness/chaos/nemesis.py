@@ -451,6 +451,9 @@ def select(names: Sequence[str]) -> list[Fault]:
 class Nemesis:
     """Applies one fault at a time from ``faults``, at random, until stopped; then heals.
 
+    Kinds are dealt from a shuffled deck (every kind once per round, in a seeded random
+    order), targets chosen at random among those the kind can hit now.
+
     >>> nemesis = Nemesis(world, select(["handled"]), random.Random(seed))
     >>> task = asyncio.create_task(nemesis.run(stop))
     >>> ...; stop.set(); await task       # heals what is active, then restores everything
@@ -471,6 +474,7 @@ class Nemesis:
         self.rng = rng
         self.gap = gap
         self.duration = duration
+        self._deck: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Nemesis faults={[fault.name for fault in self.faults]}>"
@@ -487,9 +491,7 @@ class Nemesis:
         options = [(fault, target) for fault in self.faults for target in fault.targets(self.world)]
         if not options:
             return None
-        # First the kind of fault, then its target: every kind is as likely, however many
-        # targets it has.
-        name = self.rng.choice(sorted({fault.name for fault, _ in options}))
+        name = self.deal({fault.name for fault, _ in options})
         target = self.rng.choice([t for f, t in options if f.name == name])
         entry = next(fault for fault in self.faults if fault.name == name)
         record = self.world.history.fault(entry.name, target)
@@ -504,6 +506,15 @@ class Nemesis:
         finally:
             await asyncio.shield(self._heal(entry, target, record))
         return record
+
+    def deal(self, possible: set[str]) -> str:
+        """The next kind of fault: from a shuffled deck of every kind, so that a short run
+        still applies each of them (then the target is chosen among that kind's)."""
+        if not any(name in possible for name in self._deck):
+            self._deck += self.rng.sample([fault.name for fault in self.faults], k=len(self.faults))
+        name = next(name for name in self._deck if name in possible)
+        self._deck.remove(name)
+        return name
 
     async def _heal(self, fault: Fault, target: str | None, record: FaultRecord) -> None:
         record.healing = self.world.history.now()

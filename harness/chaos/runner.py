@@ -9,8 +9,8 @@ The phases, on the history's clock:
 3. the nemesis heals what is active and restores everything (servers running in their roles,
    fenced ones rejoined, instances serving); the writers settle the writes whose outcome was
    unknown; the load stops;
-4. a quiet period, then the final reads: every key through an instance, every revoked key's
-   token through every instance (recorded like any other read);
+4. a quiet period, then the final reads: keys drawn at random through every instance, and
+   the tokens of the revoked ones among them (recorded like any other read);
 5. the final state: every region's keys, the idempotency records, each watcher's replica,
    stuck backends while the instances run, and any backend left after they stop;
 6. everything stopped and removed; the history written; the checker run.
@@ -76,6 +76,7 @@ class RunOptions:
     faults: Sequence[str] = ("all",)
     out: Path | None = None
     quiet: float = 5.0
+    final_reads: int = 100  # keys read through each instance after the quiet period
     watch_from_empty: bool = True
     readers: int = 2
     writer_think: tuple[float, float] = (0.1, 0.4)
@@ -243,7 +244,7 @@ async def _exercise(
         say(f"quiet period ({options.quiet:g} s)")
         await asyncio.sleep(options.quiet)
         say("final reads")
-        await _final_reads(clients)
+        await _final_reads(clients, options.final_reads)
         history.final.replicas = {watcher.name: dict(watcher.replica) for watcher in watchers}
         try:
             await _final_state(nemesis.world.topology, history)
@@ -264,26 +265,29 @@ async def _watch_tasks(tasks: Sequence[asyncio.Task[Any]], seconds: float) -> No
             raise task.exception()  # type: ignore[misc]
 
 
-async def _final_reads(clients: Clients, concurrency: int = 8) -> None:
-    """Every key through one instance (round robin), every revoked key's token through every
-    instance: recorded as ordinary reads, so every check applies to them."""
-    names = list(clients.instances)
-    gate = asyncio.Semaphore(concurrency)
+async def _final_reads(clients: Clients, per_instance: int, readers: int = 2) -> None:
+    """Through every instance, ``per_instance`` keys drawn at random (seeded): a GET of each,
+    and a verification of each revoked one's token. ``readers`` at a time per instance, as
+    during the load (a burst would measure the machine, not the service). Recorded as
+    ordinary reads, so every check applies to them; the watch replicas and the regions'
+    copies cover every key."""
     book = clients.book
+    rng = clients.rng("final-reader")
+    keys = sorted(book.keys)
 
-    async def read(index: int, key_id: str) -> None:
-        async with gate:
-            client = clients.instances[names[index % len(names)]]
+    async def reader(client: InstanceClient, queue: list[str]) -> None:
+        while queue:
+            key_id = queue.pop()
             await client.get("final-reader", "http", key_id=key_id)
-        token = book.token_for(key_id)
-        if token is not None and book.keys[key_id].revoke is not None:
-            for name in names:
-                async with gate:
-                    await clients.instances[name].verify(
-                        "final-reader", "grpc", key_id=key_id, token=token
-                    )
+            token = book.token_for(key_id)
+            if token is not None and book.keys[key_id].revoke is not None:
+                await client.verify("final-reader", "grpc", key_id=key_id, token=token)
 
-    await asyncio.gather(*(read(i, key) for i, key in enumerate(list(book.keys))))
+    work = []
+    for client in clients.instances.values():
+        queue = rng.sample(keys, min(per_instance, len(keys)))
+        work += [reader(client, queue) for _ in range(readers)]
+    await asyncio.gather(*work)
 
 
 async def _final_state(topology: LocalTopology, history: History) -> None:

@@ -61,3 +61,13 @@ def test_optional_faults_activate_only_when_the_topology_offers_them() -> None:
     assert "server-pause" in [fault.name for fault in pausable.faults]
     assert "server-pause" not in pausable.unavailable
     assert "rogue-promotion" in pausable.unavailable
+
+
+def test_the_nemesis_deals_every_kind_of_fault_before_repeating_one() -> None:
+    nemesis = Nemesis(world(FakeTopology()), select(["handled"]), random.Random(5))
+    every = set(HANDLED)
+    first_round = [nemesis.deal(every) for _ in HANDLED]
+    assert sorted(first_round) == sorted(HANDLED)
+    assert nemesis.deal({"failover"}) == "failover", "only what can strike now is dealt"
+    again = Nemesis(world(FakeTopology()), select(["handled"]), random.Random(5))
+    assert [again.deal(every) for _ in HANDLED] == first_round, "the seed decides the order"
