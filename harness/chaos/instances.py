@@ -100,6 +100,17 @@ class ServiceInstance:
         log.debug("instance_started", region=self.region, pid=pid)
         return pid
 
+    async def __aenter__(self) -> ServiceInstance:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the process for good (as :meth:`stop`; named as every closer here is)."""
+        await self.stop()
+
     def _spawn(self) -> int:
         self._reap()
         self._log = self.log_path.open("ab")

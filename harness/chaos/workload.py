@@ -219,6 +219,12 @@ class InstanceClient:
     def __repr__(self) -> str:
         return f"<InstanceClient {self.region}>"
 
+    async def __aenter__(self) -> InstanceClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         self._channel.close()
         await self._session.close()
