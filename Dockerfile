@@ -44,7 +44,7 @@ RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin signing-keys
 COPY --from=build /opt/signing-keys /opt/signing-keys
-# The migration runner reads SQL from SIGNING_KEYS_SQL_DIR (service/store/migrations.py).
+# `signing-keys migrate` reads the migrations from SIGNING_KEYS_SQL_DIR.
 COPY sql /app/sql
 COPY deploy/healthcheck.py /app/healthcheck.py
 ENV PATH=/opt/signing-keys/bin:$PATH \

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from harness.dev import run_dev
+from harness.dev import DevError, run_dev
 from service.logs import configure_logging
 
 
@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("info")
     try:
         return asyncio.run(run_dev(environment=args.environment))
+    except DevError as exc:
+        print(f"python -m harness run: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,8 +1,10 @@
 """``python -m harness run`` (what ``make run`` runs): the local topology plus the service.
 
 Starts the three-region PostgreSQL topology behind its fault proxies, migrates, issues a
-development access token, serves HTTP and gRPC with ``aws-us-east-1`` as the local region,
-prints the endpoints and a ready-to-paste example, and cleans everything up on SIGINT/SIGTERM.
+development access token, serves HTTP and gRPC with ``aws-us-east-1`` as the local region
+(or the region ``SIGNING_KEYS_LOCAL_REGION`` names: any region of the topology, a standby's
+included, so the service can be seen as an instance in another region sees it), prints the
+endpoints and a ready-to-paste example, and cleans everything up on SIGINT/SIGTERM.
 This is development tooling: the service itself never imports the harness.
 """
 
@@ -21,6 +23,12 @@ from service.settings import Settings
 from service.store.migrations import migrate
 
 DEV_LOCAL_REGION = "aws-us-east-1"
+# What a developer may set for `make run`; the topology decides the regions and their DSNs.
+PASSED_THROUGH = ("HTTP_PORT", "GRPC_PORT", "LOG_LEVEL", "ACCESS_LOG")
+
+
+class DevError(Exception):
+    """The development run cannot start as asked; the message says why."""
 
 
 async def run_dev(*, environment: str) -> int:
@@ -30,14 +38,20 @@ async def run_dev(*, environment: str) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     topology = LocalTopology()
+    local_region = os.environ.get("SIGNING_KEYS_LOCAL_REGION") or DEV_LOCAL_REGION
+    if local_region not in topology.region_names:
+        raise DevError(
+            f"SIGNING_KEYS_LOCAL_REGION={local_region!r} is not a region of the local topology "
+            f"({', '.join(topology.region_names)})"
+        )
     try:
         await asyncio.to_thread(topology.start)
         env = {
-            **topology.env(DEV_LOCAL_REGION),
+            **topology.env(local_region),
             "SIGNING_KEYS_HTTP_HOST": "127.0.0.1",
             "SIGNING_KEYS_GRPC_HOST": "127.0.0.1",
         }
-        for name in ("HTTP_PORT", "GRPC_PORT", "LOG_LEVEL", "ACCESS_LOG"):
+        for name in PASSED_THROUGH:
             value = os.environ.get(f"SIGNING_KEYS_{name}")
             if value:
                 env[f"SIGNING_KEYS_{name}"] = value
@@ -48,7 +62,7 @@ async def run_dev(*, environment: str) -> int:
             token, secret = await server.authenticator.issue(
                 list(Scope), [environment], name="make run"
             )
-            _print_banner(server, token.id, secret)
+            _print_banner(server, token.id, secret, local_region)
             await stop.wait()
             print("\nstopping…", file=sys.stderr)
     finally:
@@ -56,14 +70,13 @@ async def run_dev(*, environment: str) -> int:
     return 0
 
 
-def _print_banner(server: object, token_id: str, secret: str) -> None:
-    http_port = getattr(server, "http_port", None)
-    grpc_port = getattr(server, "grpc_port", None)
-    base = f"http://127.0.0.1:{http_port}"
+def _print_banner(server: Server, token_id: str, secret: str, local_region: str) -> None:
+    base = f"http://127.0.0.1:{server.http_port}"
     credentials = shlex.quote(f"{token_id}:{secret}")
     lines = [f"http: {base}"]
-    if grpc_port is not None:
-        lines.append(f"grpc: 127.0.0.1:{grpc_port}")
+    if server.grpc_port is not None:
+        lines.append(f"grpc: 127.0.0.1:{server.grpc_port}")
+    lines.append(f"local region: {local_region}")
     lines += [
         f"token id: {token_id}",
         f"token secret: {secret}",

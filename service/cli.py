@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.core.models import Scope
@@ -97,10 +98,11 @@ async def open_database(
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.store.migrations import migrate
+    from service.store.migrations import DEFAULT_SQL_DIR, load_migrations, migrate
 
+    migrations = load_migrations(Path(settings.sql_dir) if settings.sql_dir else DEFAULT_SQL_DIR)
     async with open_database(settings, writable=True) as database:
-        applied = await migrate(database, regions=settings.regions)
+        applied = await migrate(database, migrations, regions=settings.regions)
     print(json.dumps({"applied": applied}))
     return 0
 
@@ -114,6 +116,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.auth import Authenticator
+    from service.store.tokens import PostgresTokenRecords
 
     try:
         scopes = [Scope(scope.strip()) for scope in args.scopes.split(",") if scope.strip()]
@@ -121,9 +124,12 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
         print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
         return 2
     async with open_database(settings, writable=True) as database:
-        token, secret = await Authenticator(database).issue(
-            scopes, args.environments, name=args.name
+        authenticator = Authenticator(
+            PostgresTokenRecords(database),
+            cache_ttl=settings.credential_cache_ttl,
+            max_staleness=settings.max_staleness,
         )
+        token, secret = await authenticator.issue(scopes, args.environments, name=args.name)
     # The secret is printed to the operator's terminal once, never logged.
     print(json.dumps({"id": token.id, "secret": secret, "scopes": sorted(token.scopes)}))
     return 0

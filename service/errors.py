@@ -10,15 +10,23 @@ foreign exceptions are translated at the boundary with ``raise … from exc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """Root of every error the service raises on purpose.
 
-    ``type`` is the stable machine-readable name sent to clients; ``messages`` are human
-    sentences that must never carry a secret.
+    ``type`` is the stable machine-readable name sent to clients, named in the class line of
+    each error that has one of its own (``class NotFoundError(CallerError, type="not_found")``);
+    ``messages`` are human sentences that must never carry a secret.
     """
 
     type = "internal_error"
+
+    def __init_subclass__(cls, *, type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if type is not None:
+            cls.type = type
 
     def __init__(self, *messages: str) -> None:
         super().__init__(*messages)
@@ -32,85 +40,57 @@ class CallerError(ServiceError):
     """The caller must change the request."""
 
 
-class InvalidRequestError(CallerError, ValueError):
+class InvalidRequestError(CallerError, ValueError, type="invalid_parameters"):
     """The request is malformed or fails validation."""
 
-    type = "invalid_parameters"
 
-
-class PayloadTooLargeError(InvalidRequestError):
+class PayloadTooLargeError(InvalidRequestError, type="payload_too_large"):
     """The request body or token exceeds the configured size limit."""
 
-    type = "payload_too_large"
 
-
-class NotFoundError(CallerError, LookupError):
+class NotFoundError(CallerError, LookupError, type="not_found"):
     """The object does not exist (or belongs to another environment)."""
 
-    type = "not_found"
 
-
-class ConflictError(CallerError):
+class ConflictError(CallerError, type="conflict"):
     """The request conflicts with an earlier one (e.g. an idempotency key reused)."""
 
-    type = "conflict"
 
-
-class UnauthenticatedError(CallerError):
+class UnauthenticatedError(CallerError, type="unauthorized"):
     """Credentials are missing or wrong."""
 
-    type = "unauthorized"
 
-
-class PermissionDeniedError(CallerError):
+class PermissionDeniedError(CallerError, type="forbidden"):
     """The credentials are valid but do not cover this scope or environment."""
 
-    type = "forbidden"
 
-
-class DependencyError(ServiceError):
+class DependencyError(ServiceError, type="service_unavailable"):
     """A dependency (the database regions) cannot serve; retrying later may help."""
 
-    type = "service_unavailable"
 
-
-class RegionUnavailableError(DependencyError, ConnectionError):
+class RegionUnavailableError(DependencyError, ConnectionError, type="region_unavailable"):
     """No region that could serve this operation is reachable."""
 
-    type = "region_unavailable"
 
-
-class NoWritableRegionError(RegionUnavailableError):
+class NoWritableRegionError(RegionUnavailableError, type="no_writable_region"):
     """No writable region is reachable: key writes are refused until one is."""
 
-    type = "no_writable_region"
 
-
-class AmbiguousCommitError(DependencyError):
+class AmbiguousCommitError(DependencyError, type="ambiguous_commit"):
     """A write may or may not have committed; repeat it with the same idempotency key."""
 
-    type = "ambiguous_commit"
 
-
-class DeadlineExceededError(DependencyError, TimeoutError):
+class DeadlineExceededError(DependencyError, TimeoutError, type="deadline_exceeded"):
     """The operation did not finish within its deadline."""
 
-    type = "deadline_exceeded"
 
-
-class InternalError(ServiceError):
+class InternalError(ServiceError, type="internal_error"):
     """Something went wrong inside the service."""
 
-    type = "internal_error"
 
-
-class SlowConsumerError(DependencyError):
+class SlowConsumerError(DependencyError, type="slow_consumer"):
     """A watcher fell too far behind the change stream; resume from its last position."""
 
-    type = "slow_consumer"
 
-
-class TooManyWatchersError(DependencyError):
+class TooManyWatchersError(DependencyError, type="too_many_watchers"):
     """This instance already serves as many watch streams as it allows; try another or later."""
-
-    type = "too_many_watchers"

@@ -8,6 +8,7 @@ grpclib) are rendered as JSON by the same processors.
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from typing import Any, Final
 
@@ -25,6 +26,14 @@ def redact_sensitive(_: Any, __: str, event_dict: EventDict) -> EventDict:
     for key in SENSITIVE_KEYS.intersection(event_dict):
         event_dict[key] = REDACTED
     return event_dict
+
+
+def is_access_logged(mode: str, sample_rate: float, *, notable: bool) -> bool:
+    """Whether a finished request gets an access-log line, over HTTP and gRPC alike: always
+    when it is ``notable`` (a failure of ours, a slow call), else as ``mode`` says — ``off``,
+    ``sampled`` (at ``sample_rate``) or ``all``. A line per request would cost as much as
+    serving it."""
+    return notable or mode == "all" or (mode == "sampled" and random.random() < sample_rate)
 
 
 def configure_logging(level: str = "info", *, stream: Any = None) -> None:

@@ -2,14 +2,22 @@
 
 >>> async with Server(Settings.from_env()) as server:
 ...     await server.wait_closed()
+
+Startup and shutdown are one ordered stack (:class:`contextlib.AsyncExitStack`): the database
+(the locality router), the change feed, HTTP and gRPC start in that order, each pushing its
+own stop as soon as it is up, and shutdown unwinds the stack — exactly the reverse, so the
+servers stop taking calls while the feed and the database still serve the calls in flight.
+A startup that fails half-way undoes only what had started. Closing is shielded from
+cancellation, each part's stop bounded by ``PART_CLOSE_TIMEOUT``, and idempotent: a second
+``aclose()`` waits for the first. :attr:`Server.history` records what started and stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
-from types import TracebackType
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal
 
 import structlog
 from aiohttp import web
@@ -19,18 +27,28 @@ from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
-from service.core.verify import TokenVerifier, readiness
+from service.core.metrics import CoreMetrics
+from service.core.readiness import Readiness
+from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
+from service.store.keys import PostgresKeyRecords
+from service.store.tokens import PostgresTokenRecords
+from service.tls import server_context
 
 log = structlog.get_logger(__name__)
 
-SHUTDOWN_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT: Final = 5.0
+# A backstop: every part bounds its own close (HTTP and gRPC by SHUTDOWN_TIMEOUT per step).
+PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
+
+Lifecycle = Literal["new", "starting", "serving", "closing", "closed"]
 
 
-class Server:
+class Server(AsyncResource):
     """HTTP (and gRPC) serving one :class:`Settings`; an async context manager."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -42,8 +60,10 @@ class Server:
             settings=settings.router,
             registry=self.registry,
         )
+        self.key_records = PostgresKeyRecords(self.database)
+        self.metrics = CoreMetrics(self.registry)
         self.authenticator = Authenticator(
-            self.database,
+            PostgresTokenRecords(self.database),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
         )
@@ -52,20 +72,25 @@ class Server:
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(self.database, on_change=self.key_cache.put)
+        self.keys = KeyService(self.key_records, on_change=self.key_cache.put)
         self.changes = ChangeFeed(
-            self.database,
+            self.key_records,
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
+            metrics=self.metrics,
         )
         self.verifier = TokenVerifier(
-            self.database,
+            self.key_records,
             self.key_cache,
             self.changes,
             max_token_bytes=settings.max_token_bytes,
             clock_skew=settings.clock_skew,
             max_staleness=settings.max_staleness,
+            metrics=self.metrics,
+        )
+        self.readiness = Readiness(
+            can_read=self.database.can_read, can_verify=self.verifier.can_serve
         )
         self.app = make_app(
             settings,
@@ -73,6 +98,7 @@ class Server:
             authenticator=self.authenticator,
             verifier=self.verifier,
             regions=self.database,
+            readiness=self.readiness,
             registry=self.registry,
         )
         self._register_gauges()
@@ -84,20 +110,18 @@ class Server:
                 authenticator=self.authenticator,
                 verifier=self.verifier,
                 changes=self.changes,
+                readiness=self.readiness,
                 regions=self.database,
                 registry=self.registry,
             )
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._closed = asyncio.Event()
-        self._closing: asyncio.Task[None] | None = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-
-    def is_degraded(self) -> bool:
-        """No region can serve reads, but verification goes on from last known good keys."""
-        state = readiness(can_read=self.database.can_read(), can_verify=self.verifier.can_serve())
-        return state == "degraded"
+        self.history: list[tuple[Literal["started", "stopped"], str]] = []
+        self._state: Lifecycle = "new"
+        self._stack = contextlib.AsyncExitStack()
+        self._start_finished = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
 
     def _register_gauges(self) -> None:
         degraded = Gauge(
@@ -105,7 +129,7 @@ class Server:
             "1 while no region can serve reads and verification runs on last known good keys.",
             registry=self.registry,
         )
-        degraded.set_function(lambda: float(self.is_degraded()))
+        degraded.set_function(lambda: float(self.readiness.is_degraded()))
         staleness = Gauge(
             "signing_keys_key_staleness_seconds",
             "Seconds since the change feed last read the database.",
@@ -117,82 +141,118 @@ class Server:
         )
         cached.set_function(lambda: len(self.key_cache))
 
+    @property
+    def running(self) -> list[str]:
+        """The parts up now, in the order they started."""
+        stopped = {name for event, name in self.history if event == "stopped"}
+        return [name for event, name in self.history if event == "started" and name not in stopped]
+
     def __repr__(self) -> str:
         return (
-            f"<Server http_port={self.http_port} grpc_port={self.grpc_port} "
-            f"database={self.database!r}>"
+            f"<Server {self._state} http_port={self.http_port} grpc_port={self.grpc_port} "
+            f"running={self.running} {self.readiness!r} database={self.database!r}>"
         )
+
+    # -- startup ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the database, the change feed, HTTP and gRPC, in that order; if one fails,
+        stop those already started (in reverse) and raise."""
+        if self._state != "new":
+            raise RuntimeError(f"the server is {self._state}; start it once")
+        self._state = "starting"
+        try:
+            await self._start_parts()
+        except BaseException:
+            self._start_finished.set()
+            await self.aclose()
+            raise
+        self._start_finished.set()
+        if self._state == "starting":  # not closed meanwhile
+            self._state = "serving"
+            log.info(
+                "serving",
+                http_port=self.http_port,
+                grpc_port=self.grpc_port,
+                local_region=self.settings.local_region,
+            )
+
+    async def _start_parts(self) -> None:
         await self.database.start()
+        self._started("database", self.database.aclose)
         await self.changes.start()
-        self._runner = web.AppRunner(
+        self._started("change feed", self.changes.aclose)
+        runner = await self._start_http()
+        self._started("http", runner.cleanup)
+        if self.grpc is not None:
+            await self.grpc.start()
+            self.grpc_port = self.grpc.port
+            self._started("grpc", self.grpc.aclose)
+
+    async def _start_http(self) -> web.AppRunner:
+        runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
         )
-        await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner,
-            self.settings.http_host,
-            self.settings.http_port,
-            ssl_context=self._ssl_context(),
-        )
-        await self._site.start()
-        self.http_port = self._runner.addresses[0][1]
-        if self.grpc is not None:
-            await self.grpc.start(self.settings.grpc_host, self.settings.grpc_port)
-            self.grpc_port = self.grpc.port
-        log.info(
-            "serving",
-            http_port=self.http_port,
-            grpc_port=self.grpc_port,
-            local_region=self.settings.local_region,
-        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner,
+                self.settings.http_host,
+                self.settings.http_port,
+                ssl_context=server_context(self.settings),
+            )
+            await site.start()
+        except BaseException:
+            await asyncio.shield(runner.cleanup())
+            raise
+        self.http_port = runner.addresses[0][1]
+        return runner
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
-        return context
+    def _started(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
+        self._stack.push_async_callback(self._stop, part, stop)
+        self.history.append(("started", part))
+        log.debug("started", part=part)
+
+    # -- shutdown --------------------------------------------------------------------------
 
     def request_close(self) -> None:
         """Start closing (once: a second signal joins the first shutdown); for signal handlers."""
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self._close())
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(), name="server-close"
+            )
 
     async def aclose(self) -> None:
+        """Stop what started, in reverse; shielded: cancelling the caller does not stop it."""
         self.request_close()
         assert self._closing is not None
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        if self._state == "starting":
+            await self._start_finished.wait()  # then unwind whatever it started
+        self._state = "closing"
         try:
-            if self.grpc is not None:
-                self.grpc.close()
-                await self.grpc.wait_closed()
-            if self._runner is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_TIMEOUT * 2)
+            await self._stack.aclose()
         finally:
-            await self.changes.aclose()
-            await self.database.aclose()
+            self._state = "closed"
             self._closed.set()
+            log.info("closed", http_port=self.http_port, grpc_port=self.grpc_port)
+
+    async def _stop(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
+        try:
+            async with asyncio.timeout(PART_CLOSE_TIMEOUT):
+                await stop()
+        except TimeoutError:
+            log.warning("server_part_stop_timed_out", part=part, timeout=PART_CLOSE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Shutdown goes on: the parts below this one still need their stop.
+            log.exception("server_part_stop_failed", part=part)
+        finally:
+            self.history.append(("stopped", part))
+            log.debug("stopped", part=part)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
-
-    async def __aenter__(self) -> Server:
-        try:
-            await self.start()
-        except BaseException:
-            await asyncio.shield(self.aclose())
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.shield(self.aclose())

@@ -101,6 +101,7 @@ class Settings:
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    sql_dir: str | None = None  # where the migrations are; None: sql/ beside the package
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -184,6 +185,7 @@ class Settings:
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),
             tls_key_file=values.optional_text("TLS_KEY_FILE"),
+            sql_dir=values.optional_text("SQL_DIR"),
         )
 
 

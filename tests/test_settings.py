@@ -115,3 +115,8 @@ def test_a_pool_smaller_than_its_minimum_is_refused_however_it_is_built() -> Non
         Settings.from_env(
             {**BASE, "SIGNING_KEYS_POOL_MIN_SIZE": "5", "SIGNING_KEYS_POOL_MAX_SIZE": "2"}
         )
+
+
+def test_the_migrations_folder_is_a_setting_like_the_others() -> None:
+    assert Settings.from_env(BASE).sql_dir is None
+    assert Settings.from_env({**BASE, "SIGNING_KEYS_SQL_DIR": "/app/sql"}).sql_dir == "/app/sql"

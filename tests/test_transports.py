@@ -55,62 +55,58 @@ class Mistake:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def invalid(
+    name: str,
+    http: tuple[str, str, dict[str, str], dict[str, Any] | None],
+    grpc: tuple[str, betterproto.Message],
+    message_contains: str = "",
+) -> Mistake:
+    """A request the core's request types refuse: 400 and ``invalid_parameters`` both ways."""
+    return Mistake(name, http, grpc, 400, "invalid_parameters", message_contains=message_contains)
+
+
 MISTAKES = (
-    Mistake(
+    invalid(
         "unknown algorithm",
         ("POST", KEYS, {}, {"algorithm": "HS256"}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(algorithm="HS256")),
-        400,
-        "invalid_parameters",
-        message_contains="algorithm must be one of",
+        "algorithm must be one of",
     ),
-    Mistake(
+    invalid(
         "name too long",
         ("POST", KEYS, {}, {"name": "n" * 201}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(name="n" * 201)),
-        400,
-        "invalid_parameters",
-        message_contains="name must be at most 200",
+        "name must be at most 200",
     ),
-    Mistake(
+    invalid(
         "control characters in a name",
         ("POST", KEYS, {}, {"name": "a\nb"}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(name="a\nb")),
-        400,
-        "invalid_parameters",
-        message_contains="printable",
+        "printable",
     ),
-    Mistake(
+    invalid(
         "expiry that is not Unix seconds",
         ("POST", KEYS, {}, {"expires_at": "soon"}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(expires_at="soon")),
-        400,
-        "invalid_parameters",
-        message_contains="expires_at must be Unix seconds",
+        "expires_at must be Unix seconds",
     ),
-    Mistake(
+    invalid(
         "idempotency key with a space",
         ("POST", KEYS, {"Idempotency-Key": "has space"}, {}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(idempotency_key="has space")),
-        400,
-        "invalid_parameters",
-        message_contains="Idempotency-Key",
+        "Idempotency-Key",
     ),
-    Mistake(
+    invalid(
         "malformed environment id on create",
         ("POST", KEYS, {"X-Environment-Id": "bad env!"}, {}),
         ("CreateSigningKey", pb.CreateSigningKeyRequest(environment_id="bad env!")),
-        400,
-        "invalid_parameters",
-        message_contains="environment id must be",
+        "environment id must be",
     ),
-    Mistake(
+    invalid(
         "malformed environment id on verify",
         ("POST", "/v1/tokens/verify", {}, {"token": "a.b.c", "environment_id": "bad env!"}),
         ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", environment_id="bad env!")),
-        400,
-        "invalid_parameters",
-        message_contains="environment id must be",
+        "environment id must be",
     ),
     Mistake(
         "an environment the token does not cover",
@@ -120,13 +116,11 @@ MISTAKES = (
         "forbidden",
         message_contains="not valid for that environment",
     ),
-    Mistake(
+    invalid(
         "malformed key id",
         ("GET", KEYS + "/bad%20id!", {}, None),
         ("GetSigningKey", pb.GetSigningKeyRequest(id="bad id!")),
-        400,
-        "invalid_parameters",
-        message_contains="signing key id must be",
+        "signing key id must be",
     ),
     Mistake(
         "unknown key",
@@ -142,38 +136,30 @@ MISTAKES = (
         404,
         "not_found",
     ),
-    Mistake(
+    invalid(
         "page size above the limit",
         ("GET", KEYS + "?limit=101", {}, None),
         ("ListSigningKeys", pb.ListSigningKeysRequest(limit=101)),
-        400,
-        "invalid_parameters",
-        message_contains="limit must be between 1 and 100",
+        "limit must be between 1 and 100",
     ),
-    Mistake(
+    invalid(
         "page number above the limit",
         ("GET", KEYS + "?page=10001", {}, None),
         ("ListSigningKeys", pb.ListSigningKeysRequest(page=10001)),
-        400,
-        "invalid_parameters",
-        message_contains="page must be between 1 and 10000",
+        "page must be between 1 and 10000",
     ),
-    Mistake(
+    invalid(
         "import without a key",
         ("POST", KEYS + "/import", {}, {}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest()),
-        400,
-        "invalid_parameters",
-        message_contains="public_key is required",
+        "public_key is required",
     ),
-    Mistake(
+    invalid(
         "import of text that is no key",
         ("POST", KEYS + "/import", {}, {"public_key": "not a key"}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest(pem="not a key")),
-        400,
-        "invalid_parameters",
     ),
-    Mistake(
+    invalid(
         "import of a JWK carrying a private part",
         (
             "POST",
@@ -187,33 +173,25 @@ MISTAKES = (
                 jwk_json=json.dumps({"kty": "OKP", "crv": "Ed25519", "x": "A" * 43, "d": "A" * 43})
             ),
         ),
-        400,
-        "invalid_parameters",
-        message_contains="private",
+        "private",
     ),
-    Mistake(
+    invalid(
         "import with an algorithm the key does not have",
         ("POST", KEYS + "/import", {}, {"public_key": _EC_PEM, "algorithm": "RS256"}),
         ("ImportSigningKey", pb.ImportSigningKeyRequest(pem=_EC_PEM, algorithm="RS256")),
-        400,
-        "invalid_parameters",
-        message_contains="does not match the key",
+        "does not match the key",
     ),
-    Mistake(
+    invalid(
         "verify without a token",
         ("POST", "/v1/tokens/verify", {}, {"token": ""}),
         ("VerifyToken", pb.VerifyTokenRequest(token="")),
-        400,
-        "invalid_parameters",
-        message_contains="token is required",
+        "token is required",
     ),
-    Mistake(
+    invalid(
         "an audience too long",
         ("POST", "/v1/tokens/verify", {}, {"token": "a.b.c", "audience": "a" * 513}),
         ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", audience="a" * 513)),
-        400,
-        "invalid_parameters",
-        message_contains="audience must be",
+        "audience must be",
     ),
     Mistake(
         "no credentials",
@@ -347,12 +325,10 @@ async def test_a_deeply_nested_jwk_is_a_bad_argument_not_an_internal_error(
     http: aiohttp.ClientSession, channel: Channel, callers: dict[str, Credentials | None]
 ) -> None:
     nested = "[" * 50_000
-    mistake = Mistake(
+    mistake = invalid(
         "deep JWK",
         ("POST", KEYS + "/import", {}, None),
         ("ImportSigningKey", pb.ImportSigningKeyRequest(jwk_json=nested)),
-        400,
-        "invalid_parameters",
     )
     answer = await over_grpc(channel, mistake, callers["owner"])
     assert answer.status is Status.INVALID_ARGUMENT

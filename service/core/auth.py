@@ -22,9 +22,8 @@ import cachetools
 import structlog
 
 from service.core.models import AccessToken, Api, Principal, Scope, check_id
+from service.core.ports import TokenRecords
 from service.errors import DependencyError, InvalidRequestError, UnauthenticatedError
-from service.store import tokens as store
-from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -97,15 +96,15 @@ class Authenticator:
 
     def __init__(
         self,
-        database: Database,
+        tokens: TokenRecords,
         *,
-        cache_ttl: float = 30.0,
+        cache_ttl: float,
+        max_staleness: float,
         cache_size: int = DEFAULT_CREDENTIAL_CACHE_SIZE,
         unknown_ttl: float = DEFAULT_UNKNOWN_TTL,
-        max_staleness: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = database
+        self._tokens = tokens
         self._ttl = cache_ttl
         self._max_staleness = max_staleness
         self._clock = clock
@@ -141,7 +140,7 @@ class Authenticator:
         if known is not None and now - known[1] < self._ttl:
             return known[0]
         try:
-            token = await store.get_token(self._db, token_id)
+            token = await self._tokens.get(token_id)
         except DependencyError:
             if known is not None and now - known[1] <= self._max_staleness:
                 return known[0]  # last known good
@@ -164,6 +163,6 @@ class Authenticator:
     ) -> tuple[AccessToken, str]:
         """Create and store a token; return it with its secret (shown once)."""
         token, secret = new_access_token(scopes, environments, name=name)
-        await store.insert_token(self._db, token)
-        log.info("access token issued", token_id=token.id, scopes=sorted(token.scopes))
+        await self._tokens.insert(token)
+        log.info("access_token_issued", token_id=token.id, scopes=sorted(token.scopes))
         return token, secret

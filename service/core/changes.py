@@ -29,11 +29,12 @@ from typing import Final, Literal
 import structlog
 
 from service.core.keycache import KeyCache
+from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
+from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
-from service.store import keys as store
-from service.store.database import Database
+from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
@@ -77,25 +78,27 @@ class _Watcher:
     overflowed: bool = False
 
 
-class ChangeFeed:
+class ChangeFeed(AsyncResource):
     """Polls for key changes, applies them to the cache and streams them to watchers.
 
-    >>> async with ChangeFeed(database, cache, poll_interval=0.2, overlap=5.0) as feed:
+    >>> async with ChangeFeed(records, cache, poll_interval=0.2, overlap=5.0) as feed:
     ...     async for event in feed.watch(principal, WatchRequest(environment_id="env-1")):
     ...         ...
     """
 
     def __init__(
         self,
-        database: Database,
+        source: ChangeSource,
         cache: KeyCache,
         *,
         poll_interval: float,
         overlap: float,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
+        metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = database
+        self._source = source
+        self._metrics = metrics if metrics is not None else CoreMetrics()
         self._max_watchers = max_watchers
         self._cache = cache
         self._interval = poll_interval
@@ -109,7 +112,6 @@ class ChangeFeed:
         self._watchers: set[_Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self.polls = 0
 
     def __repr__(self) -> str:
         return (
@@ -130,30 +132,25 @@ class ChangeFeed:
                 await self._task
             self._task = None
 
-    async def __aenter__(self) -> ChangeFeed:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     def staleness(self) -> float:
         """Seconds since the last successful poll (infinite before the first)."""
         return math.inf if self._last_success is None else self._clock() - self._last_success
 
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""
-        first = self._watermark is None
+        # The first successful poll loads what exists and tells no watcher; every later one
+        # notifies, even when the first found nothing (an empty store: a new deployment).
+        first = self._last_success is None
         since = None if self._watermark is None else self._watermark - self._overlap
         fresh = 0
-        async for page in store.key_pages(self._db, since=since):
+        async for page in self._source.pages(since=since):
             fresh += self._apply(page, notify=not first)
             self._watermark = max(self._watermark or page[-1].updated_at, page[-1].updated_at)
         if first:
             # Everything fitted (no eviction marked it otherwise): a miss now proves "unknown".
             self._cache.complete = len(self._cache) < self._cache.capacity
         self._last_success = self._clock()
-        self.polls += 1
+        self._metrics.polls_ok.inc()
         if self._watermark is not None:
             horizon = self._watermark - 2 * self._overlap
             self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
@@ -191,15 +188,17 @@ class ChangeFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._metrics.polls_failed.inc()
                 if not self._failing:
                     log.warning(
-                        "change poll failing: verifying from last known good keys",
+                        "change_poll_failing",
                         error=type(exc).__name__,
+                        serving_from="last_known_good_keys",
                     )
                 self._failing = True
             else:
                 if self._failing:
-                    log.info("change poll recovered")
+                    log.info("change_poll_recovered")
                 self._failing = False
 
     async def watch(
@@ -220,7 +219,7 @@ class ChangeFeed:
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
             last = after or position_of(self._watermark or _EPOCH)
             sent: dict[str, datetime] = {}
-            async for page in store.key_pages(self._db, environment_id=environment_id, since=since):
+            async for page in self._source.pages(environment_id=environment_id, since=since):
                 for key in page:
                     sent[key.id] = key.updated_at
                     last = position_of(key.updated_at, key.id)

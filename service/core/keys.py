@@ -19,6 +19,7 @@ import structlog
 from service.core import crypto
 from service.core.crypto import Algorithm
 from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
+from service.core.ports import IdempotencyClaim, KeyRecords
 from service.core.requests import (
     CreateKeyRequest,
     ImportKeyRequest,
@@ -27,9 +28,6 @@ from service.core.requests import (
     ListKeysRequest,
 )
 from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
-from service.store import keys as store
-from service.store.database import Database
-from service.store.keys import IdempotencyClaim
 
 log = structlog.get_logger(__name__)
 
@@ -47,15 +45,16 @@ def new_event_id() -> str:
 
 
 class KeyService:
-    """Manages signing keys in one :class:`Database`; every method checks the principal.
+    """Manages signing keys through the :class:`KeyRecords` port; every method checks the
+    principal.
 
-    >>> service = KeyService(database)
+    >>> service = KeyService(records)
     >>> created = await service.create(principal, CreateKeyRequest.parse(algorithm="ES256"))
     """
 
     def __init__(
         self,
-        database: Database,
+        records: KeyRecords,
         *,
         keygen_concurrency: int = DEFAULT_KEYGEN_CONCURRENCY,
         write_timeout: float | None = None,
@@ -63,7 +62,7 @@ class KeyService:
     ) -> None:
         """``on_change`` sees every key this instance stores or revokes, at once (the local
         key cache uses it, so a key verifies here without waiting for the change feed)."""
-        self._db = database
+        self._records = records
         self._on_change = on_change
         self._keygen = asyncio.Semaphore(keygen_concurrency)
         self._write_timeout = write_timeout
@@ -97,7 +96,7 @@ class KeyService:
     async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
         environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.READ, environment_id)
-        key = await store.get_key(self._db, ref.key_id, environment_id=environment_id)
+        key = await self._records.get(ref.key_id, environment_id=environment_id)
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
         return key
@@ -106,8 +105,7 @@ class KeyService:
         """One page (1-based) of keys, newest first; past the last page, an empty list."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
-        return await store.list_keys(
-            self._db,
+        return await self._records.list_page(
             environment_id,
             limit=request.limit,
             offset=(request.page - 1) * request.limit,
@@ -118,13 +116,13 @@ class KeyService:
         environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.WRITE, environment_id)
         audit = _audit(principal, environment_id, ref.key_id, "revoke")
-        key = await store.revoke_key(
-            self._db, environment_id, ref.key_id, audit=audit, timeout=self._write_timeout
+        key = await self._records.revoke(
+            environment_id, ref.key_id, audit=audit, timeout=self._write_timeout
         )
         if key is None:
             raise NotFoundError("no signing key with that id in this environment")
         self._changed(key)
-        log.info("signing key revoked", key_id=key.id, environment_id=environment_id)
+        log.info("signing_key_revoked", key_id=key.id, environment_id=environment_id)
         return key
 
     def _changed(self, key: SigningKey) -> None:
@@ -162,8 +160,8 @@ class KeyService:
         claim: IdempotencyClaim | None,
     ) -> SigningKey:
         audit = _audit(principal, key.environment_id, key.id, action)
-        outcome = await store.insert_key(
-            self._db, key, audit=audit, idempotency=claim, timeout=self._write_timeout
+        outcome = await self._records.insert(
+            key, audit=audit, idempotency=claim, timeout=self._write_timeout
         )
         if outcome.replayed_key_id is not None:
             if not outcome.request_matches:
@@ -176,7 +174,7 @@ class KeyService:
             raise InternalError("the key was not stored")
         self._changed(outcome.key)
         log.info(
-            "signing key stored",
+            "signing_key_stored",
             key_id=key.id,
             environment_id=key.environment_id,
             algorithm=key.algorithm,

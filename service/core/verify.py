@@ -34,7 +34,9 @@ from service.core import crypto
 from service.core.changes import ChangeFeed
 from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
+from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, is_valid_id
+from service.core.ports import KeyRecords
 from service.core.ratelimit import KeyedBuckets
 from service.core.requests import JwksRequest, VerifyRequest
 from service.errors import (
@@ -42,8 +44,6 @@ from service.errors import (
     PermissionDeniedError,
     RegionUnavailableError,
 )
-from service.store import keys as store
-from service.store.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -63,17 +63,6 @@ REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 _ALGORITHM_ALIASES: Final = {"Ed25519": "EdDSA"}
 DEFAULT_MISS_BUDGET: Final = 50  # database look-ups of uncached kids per second per caller
 _MAX_KID_LENGTH: Final = 128
-
-
-Readiness = Literal["ready", "degraded", "unavailable"]
-
-
-def readiness(*, can_read: bool, can_verify: bool) -> Readiness:
-    """Ready while a region serves reads; degraded while none does but verification goes on
-    from the last known good keys; unavailable past that."""
-    if can_read:
-        return "ready"
-    return "degraded" if can_verify else "unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,18 +96,19 @@ class TokenVerifier:
 
     def __init__(
         self,
-        database: Database,
+        records: KeyRecords,
         cache: KeyCache,
         feed: ChangeFeed,
         *,
-        max_token_bytes: int = 8192,
-        clock_skew: float = 30.0,
-        max_staleness: float = 300.0,
+        max_token_bytes: int,
+        clock_skew: float,
+        max_staleness: float,
         miss_budget: float = DEFAULT_MISS_BUDGET,
+        metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = database
+        self._records = records
         self._cache = cache
         self._feed = feed
         self._max_token_bytes = max_token_bytes
@@ -127,7 +117,7 @@ class TokenVerifier:
         self._clock = clock
         # Per caller: one tenant flooding random kids cannot starve another's look-ups.
         self._misses = KeyedBuckets(miss_budget, clock=monotonic)
-        self.database_lookups = 0
+        self._metrics = metrics if metrics is not None else CoreMetrics()
 
     def can_serve(self) -> bool:
         """False once the last known good keys are older than the allowed staleness."""
@@ -207,9 +197,9 @@ class TokenVerifier:
             or not self._misses.take(principal.token_id)
         ):
             return None
-        self.database_lookups += 1
+        self._metrics.key_lookups.inc()
         try:
-            record = await store.get_key(self._db, kid)
+            record = await self._records.get(kid)
         except RegionUnavailableError:
             return None
         if record is None:
@@ -226,9 +216,7 @@ class TokenVerifier:
             raise PermissionDeniedError("this access token is not valid for that environment")
         keys = [
             key
-            async for page in store.key_pages(
-                self._db, environment_id=environment_id, active_only=True
-            )
+            async for page in self._records.pages(environment_id=environment_id, active_only=True)
             for key in page
         ]
         now = self._clock()

@@ -7,12 +7,12 @@ all) — a line per call would cost as much as serving it.
 
 from __future__ import annotations
 
-import random
-
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from service.core.metrics import request_latency
 from service.grpc.servicer import CallObserver
+from service.logs import is_access_logged
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,12 +34,11 @@ class GrpcMetrics(CallObserver):
                 ["method", "status"],
                 registry=registry,
             )
-            self._latency = Histogram(
+            self._latency = request_latency(
                 "signing_keys_grpc_request_seconds",
                 "gRPC call latency, by method (streams: until they end).",
                 ["method"],
-                registry=registry,
-                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry,
             )
 
     def finished(self, method: str, status: str, elapsed: float, request_id: str) -> None:
@@ -47,14 +46,10 @@ class GrpcMetrics(CallObserver):
             self._requests.labels(method, status).inc()
             self._latency.labels(method).observe(elapsed)
         unary = method != "WatchSigningKeys"
-        if (
-            status in ("INTERNAL", "UNKNOWN")
-            or (unary and elapsed >= self._slow)
-            or self._access_log == "all"
-            or (self._access_log == "sampled" and random.random() < self._sample_rate)
-        ):
+        notable = status in ("INTERNAL", "UNKNOWN") or (unary and elapsed >= self._slow)
+        if is_access_logged(self._access_log, self._sample_rate, notable=notable):
             log.info(
-                "grpc call",
+                "grpc_call",
                 request_id=request_id,
                 method=method,
                 status=status,

@@ -1,7 +1,8 @@
 """The gRPC server: the SigningKeys servicer, health and reflection on one grpclib server.
 
 >>> grpc_server = GrpcServer(settings, key_service=keys, authenticator=auth,
-...                          verifier=verifier, changes=feed, regions=router)
+...                          verifier=verifier, changes=feed, readiness=readiness,
+...                          regions=router)
 >>> await grpc_server.start("127.0.0.1", 0)  # port 0: any free port, then see .port
 >>> grpc_server.close(); await grpc_server.wait_closed()
 
@@ -9,74 +10,133 @@ or ``async with GrpcServer(...) as grpc_server:``, which listens on the settings
 host and port. It runs in the service's event loop beside HTTP. Requests are limited to
 ``settings.max_body_bytes`` (the HTTP body limit), refused from their length prefix
 (:mod:`service.grpc.limits`); malformed ones get ``INVALID_ARGUMENT``
-(:mod:`service.grpc.codec`).
+(:mod:`service.grpc.codec`); health follows the service's readiness
+(:mod:`service.grpc.health`).
 
-grpclib 0.4 offers no public way to the listening socket or the open connections, so two
-of its internals are used, here only: ``Server._server`` (the asyncio server: its port,
-and closing it to stop accepting while calls drain) and ``Server._protocol_factory`` (to
-remember connections so that shutdown can close them).
+Only grpclib's public API runs the server (checked against grpclib 0.4.9):
+``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
+knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
+``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
+service: the size limit, and the shutdown gate (:class:`CallGate`).
+
+Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
+by ``SHUTDOWN_TIMEOUT``:
+
+1. every new call, on any service, answers ``UNAVAILABLE``;
+2. the unary SigningKeys calls in flight finish (the servicer counts them);
+3. ``Server.close()`` stops listening and cancels what still runs — watch streams, health
+   watches, stragglers — and each ends with ``UNAVAILABLE``;
+4. every connection is shut down, so that clients reconnect elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-import weakref
-from types import TracebackType
-from typing import Any, Final, Literal
+from collections.abc import Awaitable
+from typing import Any, Final, Literal, Self
 
 import structlog
 from grpclib.config import Configuration
-from grpclib.protocol import H2Protocol
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
+from grpclib.server import Server, Stream
 from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keys import KeyService
+from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.codec import StrictCodec, protobuf_twins
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
-from service.grpc.health import Regions, region_health
-from service.grpc.limits import size_limited
+from service.grpc.health import RegionEvents, readiness_health
+from service.grpc.limits import PREFIX_BYTES, SizeLimit
+from service.grpc.listener import Listener, bind_listener
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
+from service.lifecycle import AsyncResource
 from service.settings import Settings
+from service.tls import server_context
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT: Final = 5.0
 SERVICE_NAME: Final = "signingkeys.v1.SigningKeys"
 MIN_STREAM_WINDOW: Final = 65_535  # HTTP/2's smallest window that grpclib accepts
+SHUTTING_DOWN: Final = "the server is shutting down; retry elsewhere"
 
 
-class _Server(Server):
-    """grpclib's server, remembering its connections so that shutdown can close them."""
+class CallGate:
+    """Every call of every service passes here (a ``RecvRequest`` listener).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+    Once :meth:`close` is called, new calls answer ``UNAVAILABLE``, and calls that shutdown
+    cancels end with ``UNAVAILABLE`` rather than vanish; :meth:`idle` says when no handler
+    runs any more.
+    """
 
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
+    def __init__(self) -> None:
+        self.is_open = True
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    def close_connections(self) -> None:
-        for protocol in list(self._protocols):
-            processor = getattr(protocol, "processor", None)  # set once connected
-            if processor is not None:
-                processor.close("the server is shutting down")
+    def __repr__(self) -> str:
+        return f"<CallGate {'open' if self.is_open else 'closed'} running={self._running}>"
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def close(self) -> None:
+        self.is_open = False
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+    async def __call__(self, event: RecvRequest) -> None:
+        if not self.is_open:
+            event.method_func = _refuse
+            event.interrupt()  # nothing else needs to wrap a refusal
+            return
+        handler = event.method_func
+
+        async def gated(stream: Stream[Any, Any]) -> None:
+            self._running += 1
+            self._idle.clear()
+            try:
+                await handler(stream)
+            except asyncio.CancelledError:
+                if not self.is_open:
+                    await _end_unavailable(stream)
+                raise
+            finally:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
+
+        event.method_func = gated
 
 
-class GrpcServer:
+async def _refuse(stream: Stream[Any, Any]) -> None:
+    raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+
+
+async def _end_unavailable(stream: Stream[Any, Any]) -> None:
+    try:
+        await stream.send_trailing_metadata(status=Status.UNAVAILABLE, status_message=SHUTTING_DOWN)
+    except Exception as exc:
+        # The call had ended already: trailers sent, stream reset or connection gone.
+        log.debug("grpc_call_ended_during_shutdown", error=repr(exc))
+
+
+class GrpcServer(AsyncResource):
     """``signingkeys.v1.SigningKeys`` + ``grpc.health.v1.Health`` + server reflection.
 
-    Health answers SERVING for ``""`` and ``signingkeys.v1.SigningKeys`` while
-    ``regions.can_read()``, and wakes ``Watch`` streams when the router calls the listener
-    it registered with ``regions.add_listener``.
+    Health answers for ``""`` and ``signingkeys.v1.SigningKeys`` from ``readiness``, and
+    wakes ``Watch`` streams when ``regions`` (the router) reports a change.
     """
 
     def __init__(
@@ -87,7 +147,8 @@ class GrpcServer:
         authenticator: Authenticator,
         verifier: TokenVerifier,
         changes: ChangeFeed,
-        regions: Regions,
+        readiness: Readiness,
+        regions: RegionEvents,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
@@ -99,24 +160,40 @@ class GrpcServer:
             changes=changes,
             observer=GrpcMetrics(settings, registry),
         )
-        self.health, self.health_check = region_health(regions, [self.servicer])
-        services = ServerReflection.extend([self.servicer, self.health])
-        window = max(MIN_STREAM_WINDOW, self.max_message_bytes + 5)
-        self._server = _Server(
-            size_limited(services, max_message_bytes=self.max_message_bytes),
+        self.health, self.health_check = readiness_health(
+            readiness, [self.servicer], regions=regions
+        )
+        # A stream window that holds the largest request and its prefix: a legitimate
+        # request arrives without waiting on flow control, an oversized one is refused
+        # from its prefix with no more than this window in flight.
+        window = max(MIN_STREAM_WINDOW, self.max_message_bytes + PREFIX_BYTES)
+        self._server = Server(
+            ServerReflection.extend([self.servicer, self.health]),
             codec=StrictCodec(
                 max_message_bytes=self.max_message_bytes,
                 twins=protobuf_twins(pb, signing_keys_pb2),
             ),
             config=Configuration(http2_stream_window_size=window),
         )
+        self.gate = CallGate()
+        listen(self._server, RecvRequest, self.gate)
+        listen(self._server, RecvRequest, SizeLimit(max_message_bytes=self.max_message_bytes))
+        self._listener: Listener | None = None
         self._state: Literal["new", "serving", "closing", "closed"] = "new"
         self._closed = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
         self.port: int | None = None
 
     def __repr__(self) -> str:
-        return f"<GrpcServer {self._state} port={self.port} health={self.health_check!r}>"
+        return (
+            f"<GrpcServer {self._state} port={self.port} {self.gate!r} "
+            f"health={self.health_check!r}>"
+        )
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return 0 if self._listener is None else self._listener.connections
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         """Listen on ``host``:``port`` (default: the settings'; port 0 picks a free port)."""
@@ -124,72 +201,63 @@ class GrpcServer:
             raise RuntimeError(f"the gRPC server is {self._state}; start it once")
         host = self.settings.grpc_host if host is None else host
         port = self.settings.grpc_port if port is None else port
-        await self._server.start(host, port, ssl=self._ssl_context())
+        listener = await bind_listener(host, port)
+        try:
+            await self._server.start(sock=listener, ssl=server_context(self.settings, alpn=["h2"]))
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.port
         self._state = "serving"
-        listener: Any = self._server._server  # grpclib exposes no public way to the port
-        self.port = listener.sockets[0].getsockname()[1]
-        log.info("grpc serving", port=self.port, max_message_bytes=self.max_message_bytes)
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert_file, self.settings.tls_key_file)
-        context.set_alpn_protocols(["h2"])
-        return context
+        log.info("grpc_serving", port=self.port, max_message_bytes=self.max_message_bytes)
 
     def close(self) -> None:
-        """Stop accepting connections and begin the shutdown (see :meth:`wait_closed`)."""
+        """Refuse new calls and begin the shutdown (see :meth:`wait_closed`)."""
         if self._state == "new":
             self._state = "closed"
             self._closed.set()
         if self._state != "serving":
             return
         self._state = "closing"
+        self.gate.close()
         self.servicer.stop_accepting()
-        listener: Any = self._server._server
-        listener.close()
         self._shutdown = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         try:
-            try:
-                await asyncio.wait_for(self.servicer.drained(), SHUTDOWN_TIMEOUT)
-            except TimeoutError:
-                log.warning("grpc calls still running at shutdown", timeout=SHUTDOWN_TIMEOUT)
-            # What is left (watch streams, health watches, stragglers) is cancelled, and the
-            # connections closed so that clients see the end and reconnect elsewhere.
+            await _within(self.servicer.drained(), "grpc calls still running at shutdown")
             self._server.close()
-            self._server.close_connections()
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_TIMEOUT)
-            except TimeoutError:
-                log.warning("grpc handlers did not exit in time", timeout=SHUTDOWN_TIMEOUT)
+            await _within(self.gate.idle(), "grpc handlers did not exit in time")
+            assert self._listener is not None
+            ended = self._listener.end_connections()
+            await _within(self._server.wait_closed(), "grpc server did not close in time")
         finally:
             self._state = "closed"
             self._closed.set()
-            log.info("grpc closed", port=self.port)
+        log.info("grpc_closed", port=self.port, connections_ended=ended)
 
     async def wait_closed(self) -> None:
         """Wait for the shutdown: unary calls in flight finish (at most ``SHUTDOWN_TIMEOUT``
-        seconds), then the rest is cancelled and every connection closed."""
+        seconds), then the rest ends with ``UNAVAILABLE`` and every connection is closed."""
         if self._shutdown is not None:
             await asyncio.shield(self._shutdown)
         await self._closed.wait()
 
     async def aclose(self) -> None:
+        """Close and wait; cancelling the caller ends its wait, not the shutdown, which runs
+        in a task of its own."""
         self.close()
         await self.wait_closed()
 
-    async def __aenter__(self) -> GrpcServer:
-        if self._state == "new":
+    async def __aenter__(self) -> Self:
+        if self._state == "new":  # else started already, on an address the caller chose
             await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.shield(self.aclose())
+
+async def _within(step: Awaitable[None], warning: str) -> None:
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_TIMEOUT)
+    except TimeoutError:
+        log.warning(warning, timeout=SHUTDOWN_TIMEOUT)

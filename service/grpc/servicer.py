@@ -1,14 +1,18 @@
 """The ``signingkeys.v1.SigningKeys`` servicer: translate, delegate to the core, translate back.
 
-No rules live here: scopes, environments, validation and idempotency are the core's, exactly
-as for HTTP (:mod:`service.http.keys`). Each RPC runs inside :meth:`SigningKeysServicer._rpc`,
-which binds the request id to the log context, bounds the call by the client's deadline and
-turns a domain error into a status (:mod:`service.grpc.errors`) with the error's ``type`` in
-the trailing metadata.
+No rules live here: each handler decodes its message into one of the core's request types
+(:mod:`service.core.requests`, which validate themselves exactly as for HTTP) and makes one
+call; scopes, environments and idempotency are the core's. Each RPC runs inside
+:meth:`SigningKeysServicer._rpc`, which binds the request id to the log context, bounds the
+call by the client's deadline and turns a domain error into a status
+(:mod:`service.grpc.errors`) with the error's ``type`` in the trailing metadata.
 
-The handlers take grpclib's stream rather than the decoded request that the generated base
-class passes, because credentials (``authorization`` metadata) and the deadline live on the
-stream; :meth:`SigningKeysServicer.__mapping__` keeps the generated paths and message types.
+The handlers grpclib calls take its stream rather than the decoded request that the generated
+base class passes, because credentials (``authorization`` metadata) and the deadline live on
+the stream; :meth:`SigningKeysServicer.__mapping__` declares the paths and message types
+itself, as any grpclib service does. A unary method is written as its *answer* — the decoded
+request and the :class:`Call` (which holds the credentials) in, the reply out — and
+:meth:`SigningKeysServicer._unary` makes the handler around it.
 """
 
 from __future__ import annotations
@@ -93,6 +97,10 @@ class Call(Generic[RequestT, ReplyT]):
         )
 
 
+# A unary method's translation: the request and its call in, the reply out.
+Answer = Callable[[RequestT, Call[Any, Any]], Awaitable[ReplyT]]
+
+
 class SigningKeysServicer:
     """Serves ``signingkeys.v1.SigningKeys`` from the same core as the HTTP API.
 
@@ -137,15 +145,16 @@ class SigningKeysServicer:
         """The service's methods, as grpclib serves any service (the generated base declares
         the same table); each handler takes the stream, where credentials and deadline are.
         Messages follow the proto's naming: ``<Method>Request`` in, ``<Method>Response`` out."""
-        handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
+        unary: dict[str, Answer[Any, Any]] = {
             "CreateSigningKey": self._create,
             "ImportSigningKey": self._import,
             "GetSigningKey": self._get,
             "ListSigningKeys": self._list,
             "RevokeSigningKey": self._revoke,
             "VerifyToken": self._verify,
-            "WatchSigningKeys": self._watch,
         }
+        handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
+        handlers["WatchSigningKeys"] = self._watch
         return {
             f"/{SERVICE_NAME}/{name}": Handler(
                 func,
@@ -194,10 +203,10 @@ class SigningKeysServicer:
                 failure = error_status(exc)
                 outcome = failure.status.name
                 if failure.is_internal:
-                    log.exception("grpc call failed", method=method)
+                    log.exception("grpc_call_failed", method=method)
                 elif isinstance(exc, DependencyError):
                     log.warning(
-                        "grpc call unavailable", method=method, error_type=failure.error_type
+                        "grpc_call_unavailable", method=method, error_type=failure.error_type
                     )
                 await stream.send_trailing_metadata(
                     status=failure.status,
@@ -211,107 +220,98 @@ class SigningKeysServicer:
                         self._idle.set()
                 self._observer.finished(method, outcome, time.perf_counter() - started, call_id)
 
+    def _unary(
+        self, method: str, answer: Answer[RequestT, ReplyT]
+    ) -> Callable[[Stream[RequestT, ReplyT]], Awaitable[None]]:
+        """grpclib's handler for a unary method: receive the request, send ``answer``'s reply."""
+
+        async def handle(stream: Stream[RequestT, ReplyT]) -> None:
+            async with self._rpc(stream, method) as call:
+                await stream.send_message(await answer(await call.receive(), call))
+
+        return handle
+
     async def _create(
-        self, stream: Stream[pb.CreateSigningKeyRequest, pb.CreateSigningKeyResponse]
-    ) -> None:
-        async with self._rpc(stream, "CreateSigningKey") as call:
-            request = await call.receive()
-            created = await self._keys.create(
-                await call.principal(),
-                CreateKeyRequest.parse(
-                    environment_id=absent(request.environment_id),
-                    algorithm=absent(request.algorithm),
-                    name=absent(request.name),
-                    expires_at=absent(request.expires_at),
-                    idempotency_key=absent(request.idempotency_key),
-                ),
-            )
-            await stream.send_message(
-                pb.CreateSigningKeyResponse(
-                    key=messages.signing_key(created.key),
-                    private_key=messages.private_key(created.private_key_pem),
-                )
-            )
+        self, request: pb.CreateSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.CreateSigningKeyResponse:
+        created = await self._keys.create(
+            await call.principal(),
+            CreateKeyRequest.parse(
+                environment_id=absent(request.environment_id),
+                algorithm=absent(request.algorithm),
+                name=absent(request.name),
+                expires_at=absent(request.expires_at),
+                idempotency_key=absent(request.idempotency_key),
+            ),
+        )
+        return pb.CreateSigningKeyResponse(
+            key=messages.signing_key(created.key),
+            private_key=messages.private_key(created.private_key_pem),
+        )
 
     async def _import(
-        self, stream: Stream[pb.ImportSigningKeyRequest, pb.ImportSigningKeyResponse]
-    ) -> None:
-        async with self._rpc(stream, "ImportSigningKey") as call:
-            request = await call.receive()
-            caller = await call.principal()
-            key = await self._keys.import_key(
-                caller,
-                ImportKeyRequest.parse(
-                    public_key=messages.public_key(request),
-                    environment_id=absent(request.environment_id),
-                    algorithm=absent(request.algorithm),
-                    name=absent(request.name),
-                    expires_at=absent(request.expires_at),
-                    idempotency_key=absent(request.idempotency_key),
-                ),
-            )
-            await stream.send_message(pb.ImportSigningKeyResponse(key=messages.signing_key(key)))
+        self, request: pb.ImportSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.ImportSigningKeyResponse:
+        caller = await call.principal()
+        key = await self._keys.import_key(
+            caller,
+            ImportKeyRequest.parse(
+                public_key=messages.public_key(request),
+                environment_id=absent(request.environment_id),
+                algorithm=absent(request.algorithm),
+                name=absent(request.name),
+                expires_at=absent(request.expires_at),
+                idempotency_key=absent(request.idempotency_key),
+            ),
+        )
+        return pb.ImportSigningKeyResponse(key=messages.signing_key(key))
 
-    async def _get(self, stream: Stream[pb.GetSigningKeyRequest, pb.GetSigningKeyResponse]) -> None:
-        async with self._rpc(stream, "GetSigningKey") as call:
-            request = await call.receive()
-            key = await self._keys.get(
-                await call.principal(),
-                KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id)),
-            )
-            await stream.send_message(pb.GetSigningKeyResponse(key=messages.signing_key(key)))
+    async def _get(
+        self, request: pb.GetSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.GetSigningKeyResponse:
+        key = await self._keys.get(await call.principal(), _key_ref(request))
+        return pb.GetSigningKeyResponse(key=messages.signing_key(key))
 
     async def _list(
-        self, stream: Stream[pb.ListSigningKeysRequest, pb.ListSigningKeysResponse]
-    ) -> None:
-        async with self._rpc(stream, "ListSigningKeys") as call:
-            request = await call.receive()
-            page = ListKeysRequest.parse(
-                environment_id=absent(request.environment_id),
-                limit=absent(request.limit),
-                page=absent(request.page),
-            )
-            keys = await self._keys.list(await call.principal(), page)
-            await stream.send_message(
-                pb.ListSigningKeysResponse(
-                    keys=[messages.signing_key(key) for key in keys],
-                    next_page=page.page + 1 if len(keys) == page.limit else 0,
-                )
-            )
+        self, request: pb.ListSigningKeysRequest, call: Call[Any, Any]
+    ) -> pb.ListSigningKeysResponse:
+        page = ListKeysRequest.parse(
+            environment_id=absent(request.environment_id),
+            limit=absent(request.limit),
+            page=absent(request.page),
+        )
+        keys = await self._keys.list(await call.principal(), page)
+        return pb.ListSigningKeysResponse(
+            keys=[messages.signing_key(key) for key in keys],
+            next_page=page.page + 1 if len(keys) == page.limit else 0,
+        )
 
     async def _revoke(
-        self, stream: Stream[pb.RevokeSigningKeyRequest, pb.RevokeSigningKeyResponse]
-    ) -> None:
-        async with self._rpc(stream, "RevokeSigningKey") as call:
-            request = await call.receive()
-            key = await self._keys.revoke(
-                await call.principal(),
-                KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id)),
-            )
-            await stream.send_message(pb.RevokeSigningKeyResponse(key=messages.signing_key(key)))
+        self, request: pb.RevokeSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.RevokeSigningKeyResponse:
+        key = await self._keys.revoke(await call.principal(), _key_ref(request))
+        return pb.RevokeSigningKeyResponse(key=messages.signing_key(key))
 
-    async def _verify(self, stream: Stream[pb.VerifyTokenRequest, pb.VerifyTokenResponse]) -> None:
-        async with self._rpc(stream, "VerifyToken") as call:
-            request = await call.receive()
-            verdict = await self._verifier.verify(
-                await call.principal(),
-                VerifyRequest.parse(
-                    token=request.token,
-                    environment_id=absent(request.environment_id),
-                    audience=absent(request.audience),
-                    subject=absent(request.subject),
-                ),
-            )
-            await stream.send_message(
-                pb.VerifyTokenResponse(
-                    valid=verdict.valid,
-                    reason=messages.invalid_reason(verdict.reason),
-                    reason_text=verdict.reason or "",
-                    key_id=verdict.key_id or "",
-                    environment_id=verdict.environment_id or "",
-                    claims_json=messages.claims_json(verdict.claims),
-                )
-            )
+    async def _verify(
+        self, request: pb.VerifyTokenRequest, call: Call[Any, Any]
+    ) -> pb.VerifyTokenResponse:
+        verdict = await self._verifier.verify(
+            await call.principal(),
+            VerifyRequest.parse(
+                token=request.token,
+                environment_id=absent(request.environment_id),
+                audience=absent(request.audience),
+                subject=absent(request.subject),
+            ),
+        )
+        return pb.VerifyTokenResponse(
+            valid=verdict.valid,
+            reason=messages.invalid_reason(verdict.reason),
+            reason_text=verdict.reason or "",
+            key_id=verdict.key_id or "",
+            environment_id=verdict.environment_id or "",
+            claims_json=messages.claims_json(verdict.claims),
+        )
 
     async def _watch(
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]
@@ -327,6 +327,10 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
+
+
+def _key_ref(request: pb.GetSigningKeyRequest | pb.RevokeSigningKeyRequest) -> KeyRef:
+    return KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id))
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

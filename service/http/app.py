@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.keys import KeyService
+from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.http import appkeys, keys, ops, tokens
 from service.http.appkeys import RegionHealth
@@ -21,6 +22,7 @@ def make_app(
     authenticator: Authenticator,
     verifier: TokenVerifier,
     regions: RegionHealth,
+    readiness: Readiness,
     registry: CollectorRegistry,
 ) -> web.Application:
     app = web.Application(
@@ -32,6 +34,7 @@ def make_app(
     app[appkeys.AUTHENTICATOR] = authenticator
     app[appkeys.VERIFIER] = verifier
     app[appkeys.REGIONS] = regions
+    app[appkeys.READINESS] = readiness
     app[appkeys.REGISTRY] = registry
     app.add_routes(keys.routes)
     app.add_routes(tokens.routes)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.keys import KeyService
+from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.settings import Settings
 
@@ -28,4 +29,5 @@ KEYS = web.AppKey("keys", KeyService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 REGIONS = web.AppKey("regions", RegionHealth)
+READINESS = web.AppKey("readiness", Readiness)
 REGISTRY = web.AppKey("registry", CollectorRegistry)

@@ -8,18 +8,19 @@ nowhere else.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any, Final
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
+from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
 from service.errors import ServiceError
 from service.http.errors import error_response, service_error_response
+from service.logs import is_access_logged
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,12 +40,11 @@ class HttpMetrics:
             ["route", "method", "status"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = request_latency(
             "signing_keys_http_request_seconds",
             "HTTP request latency, by route.",
             ["route"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry,
         )
         # Label children resolved once per (route, method, status): .labels() takes a lock
         # and builds tuples on every call. Bounded: routes are the app's, and aiohttp refuses
@@ -83,14 +83,10 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         metrics.observe(route, request.method, response.status, elapsed)
-        if (
-            response.status >= 500
-            or elapsed >= slow
-            or access_log == "all"
-            or (access_log == "sampled" and random.random() < sample_rate)
-        ):
+        notable = response.status >= 500 or elapsed >= slow
+        if is_access_logged(access_log, sample_rate, notable=notable):
             log.info(
-                "http request",
+                "http_request",
                 request_id=request_id,
                 method=request.method,
                 route=route,
@@ -120,5 +116,5 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error", method=request.method, path=request.path)
+        log.exception("http_unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", ["internal error"])

@@ -5,21 +5,47 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from service.core.crypto import ALGORITHMS
+from service.core.requests import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_PAGE_LIMIT,
+)
 from service.core.verify import REASONS
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An operation's parameter, a string unless ``schema`` says otherwise; ``extra`` adds
+    fields such as ``required`` and ``description``."""
+    return {"name": name, "in": where, "schema": schema or {"type": "string"}, **extra}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
 _ENV_PARAMS = [
-    {
-        "name": "X-Environment-Id",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "The environment; needed only when the token covers several.",
-    },
-    {"name": "environment_id", "in": "query", "required": False, "schema": {"type": "string"}},
+    _param(
+        "X-Environment-Id",
+        "header",
+        required=False,
+        description="The environment; needed only when the token covers several.",
+    ),
+    _param("environment_id", "query", required=False),
 ]
-_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ID_PARAM = _param("id", "path", required=True)
+_ALGORITHM = {"type": "string", "enum": list(ALGORITHMS)}
+# What a created key and an imported one are both given.
+_KEY_SPEC = {
+    "algorithm": _ALGORITHM,
+    "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
+    "expires_at": {"type": ["integer", "string"], "description": "Unix seconds."},
+}
 
 _KEY = {
     "type": "object",
@@ -28,7 +54,7 @@ _KEY = {
         "id": {"type": "string", "description": "Opaque key id, used as the JWT kid."},
         "created_at": {"type": "string", "description": "Unix seconds, as a string."},
         "environment_id": {"type": "string"},
-        "algorithm": {"type": "string", "enum": ["RS256", "ES256", "EdDSA"]},
+        "algorithm": _ALGORITHM,
         "status": {"type": "string", "enum": ["active", "revoked"]},
         "source": {"type": "string", "enum": ["generated", "imported"]},
         "name": {"type": ["string", "null"]},
@@ -71,13 +97,7 @@ _CREATED_KEY = {
 
 
 def _data(schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "required": ["data"], "properties": {"data": schema}}
-            }
-        }
-    }
+    return _json({"type": "object", "required": ["data"], "properties": {"data": schema}})
 
 
 def _json_body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -88,7 +108,7 @@ def _json_body(properties: dict[str, Any], required: list[str] | None = None) ->
     }
     if required:
         schema["required"] = required
-    return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
+    return {"required": bool(required), **_json(schema)}
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -103,17 +123,13 @@ def _key_op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, 
 @cache
 def openapi_document() -> dict[str, Any]:
     key_ref = {"$ref": "#/components/schemas/SigningKey"}
-    expires = {"type": ["integer", "string"], "description": "Unix seconds."}
-    idempotency = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string", "maxLength": 255},
-    }
-    status_body = {
-        "content": {"application/json": {"schema": {"type": "object"}}},
-        "description": "Status.",
-    }
+    idempotency = _param(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+        required=False,
+    )
+    status_body = {**_json({"type": "object"}), "description": "Status."}
     return {
         "openapi": "3.1.0",
         "info": {"title": "signing-keys", "version": "1.0.0"},
@@ -123,13 +139,7 @@ def openapi_document() -> dict[str, Any]:
                     "Create a signing key; the private key is returned once.",
                     {"201": {"description": "Created.", **_data(_CREATED_KEY)}},
                     parameters=[idempotency],
-                    requestBody=_json_body(
-                        {
-                            "algorithm": {"type": "string", "enum": ["RS256", "ES256", "EdDSA"]},
-                            "name": {"type": "string", "maxLength": 200},
-                            "expires_at": expires,
-                        }
-                    ),
+                    requestBody=_json_body(_KEY_SPEC),
                 ),
                 "get": _key_op(
                     "List signing keys, newest first.",
@@ -140,21 +150,17 @@ def openapi_document() -> dict[str, Any]:
                         }
                     },
                     parameters=[
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {
+                        _param(
+                            "limit",
+                            "query",
+                            {
                                 "type": "integer",
                                 "minimum": 1,
-                                "maximum": 100,
-                                "default": 25,
+                                "maximum": MAX_PAGE_LIMIT,
+                                "default": DEFAULT_PAGE_LIMIT,
                             },
-                        },
-                        {
-                            "name": "page",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "default": 1},
-                        },
+                        ),
+                        _param("page", "query", {"type": "integer", "minimum": 1, "default": 1}),
                     ],
                 ),
             },
@@ -166,9 +172,7 @@ def openapi_document() -> dict[str, Any]:
                     requestBody=_json_body(
                         {
                             "public_key": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-                            "algorithm": {"type": "string", "enum": ["RS256", "ES256", "EdDSA"]},
-                            "name": {"type": "string", "maxLength": 200},
-                            "expires_at": expires,
+                            **_KEY_SPEC,
                         },
                         ["public_key"],
                     ),
@@ -213,26 +217,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": _op(
                     "The environment's active keys as a JWK Set (ETag, 304 on If-None-Match).",
                     {
-                        "200": {
-                            "description": "JWK Set.",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
+                        "200": {"description": "JWK Set.", **_json({"type": "object"})},
                         "304": {"description": "Not modified."},
                     },
                     security=_AUTH,
                     parameters=[
-                        {
-                            "name": "environment_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "If-None-Match",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        },
+                        _param("environment_id", "path", required=True),
+                        _param("If-None-Match", "header", required=False),
                     ],
                 )
             },
@@ -268,27 +259,22 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "Error": {
                     "description": "An error.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["error"],
-                                "properties": {
-                                    "error": {
-                                        "type": "object",
-                                        "required": ["type", "messages"],
-                                        "properties": {
-                                            "type": {"type": "string"},
-                                            "messages": {
-                                                "type": "array",
-                                                "items": {"type": "string"},
-                                            },
-                                        },
-                                    }
-                                },
-                            }
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["error"],
+                            "properties": {
+                                "error": {
+                                    "type": "object",
+                                    "required": ["type", "messages"],
+                                    "properties": {
+                                        "type": {"type": "string"},
+                                        "messages": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                }
+                            },
                         }
-                    },
+                    ),
                 }
             },
         },

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.core.verify import readiness
 from service.http import appkeys
 from service.http.json import json_response
 from service.http.openapi import openapi_document
@@ -21,13 +20,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready while a region can serve reads; degraded (still 200) while no region can but the
-    last known good keys are within the allowed staleness, so verification goes on."""
-    regions = request.app[appkeys.REGIONS]
-    can_read = regions.can_read()
-    status = readiness(can_read=can_read, can_verify=request.app[appkeys.VERIFIER].can_serve())
-    body = {"status": status, "can_read": can_read, "can_write": regions.can_write()}
-    return json_response(body, status=503 if status == "unavailable" else 200)
+    """200 while ready or degraded (no region serves reads, but verification goes on from the
+    last known good keys), 503 when unavailable: the decision of
+    :mod:`service.core.readiness`, shared with gRPC health and the degraded gauge."""
+    report = request.app[appkeys.READINESS].report()
+    body = {
+        "status": report.state,
+        "can_read": report.can_read,
+        "can_verify": report.can_verify,
+        "can_write": request.app[appkeys.REGIONS].can_write(),
+    }
+    return json_response(body, status=200 if report.is_serving else 503)
 
 
 @routes.get("/v1/regions")

@@ -1,18 +1,19 @@
-"""SQL for signing keys and their audit events: one function per query.
+"""SQL for signing keys and their audit events: one method per query.
 
-Every write here is idempotent by construction — ids are chosen before the first attempt
-and inserts use ``ON CONFLICT DO NOTHING`` — so the router may run it again after an
+:class:`PostgresKeyRecords` implements the core's :class:`~service.core.ports.KeyRecords`
+port. Every write here is idempotent by construction — ids are chosen before the first
+attempt and inserts use ``ON CONFLICT DO NOTHING`` — so the router may run it again after an
 ambiguous commit and it still lands exactly once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from service.core.models import AuditEvent, SigningKey
+from service.core.ports import DEFAULT_PAGE_SIZE, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
 
 _COLUMNS = (
@@ -26,24 +27,6 @@ _REVOKE = (
     " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
     " RETURNING " + _COLUMNS
 )
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyClaim:
-    """A caller's ``Idempotency-Key`` and the hash of the request it came with."""
-
-    key: str
-    request_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class InsertOutcome:
-    """What an insert found: ``replayed_key_id`` is set when the idempotency key was used
-    before by another key; ``request_matches`` says whether that request was the same."""
-
-    key: SigningKey | None
-    replayed_key_id: str | None = None
-    request_matches: bool = True
 
 
 def _key(row: Any) -> SigningKey:
@@ -77,179 +60,191 @@ async def _insert_audit(conn: Any, event: AuditEvent) -> None:
     )
 
 
-async def insert_key(
-    db: Database,
-    key: SigningKey,
-    *,
-    audit: AuditEvent,
-    idempotency: IdempotencyClaim | None = None,
-    timeout: float | None = None,
-) -> InsertOutcome:
-    """Store a new key with its audit event; honour the caller's idempotency key."""
+class PostgresKeyRecords:
+    """Signing keys in PostgreSQL or CockroachDB, reached through a :class:`Database`.
 
-    async def op(conn: Any) -> InsertOutcome:
-        if idempotency is not None:
+    >>> records = PostgresKeyRecords(router)
+    >>> key = await records.get("kid", environment_id="env-1")
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def __repr__(self) -> str:
+        return f"<PostgresKeyRecords database={self._db!r}>"
+
+    async def insert(
+        self,
+        key: SigningKey,
+        *,
+        audit: AuditEvent,
+        idempotency: IdempotencyClaim | None = None,
+        timeout: float | None = None,
+    ) -> InsertOutcome:
+        """Store a new key with its audit event; honour the caller's idempotency key."""
+
+        async def op(conn: Any) -> InsertOutcome:
+            if idempotency is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency_keys (environment_id, key, request_hash,"
+                    " signing_key_id, created_at) VALUES ($1, $2, $3, $4, now())"
+                    " ON CONFLICT DO NOTHING",
+                    key.environment_id,
+                    idempotency.key,
+                    idempotency.request_hash,
+                    key.id,
+                )
+                claim = await conn.fetchrow(
+                    "SELECT request_hash, signing_key_id FROM idempotency_keys"
+                    " WHERE environment_id = $1 AND key = $2",
+                    key.environment_id,
+                    idempotency.key,
+                )
+                if claim["signing_key_id"] != key.id:
+                    return InsertOutcome(
+                        key=None,
+                        replayed_key_id=claim["signing_key_id"],
+                        request_matches=bytes(claim["request_hash"]) == idempotency.request_hash,
+                    )
             await conn.execute(
-                "INSERT INTO idempotency_keys (environment_id, key, request_hash, signing_key_id,"
-                " created_at) VALUES ($1, $2, $3, $4, now()) ON CONFLICT DO NOTHING",
+                f"INSERT INTO signing_keys ({_COLUMNS}) VALUES"  # noqa: S608 - constant columns
+                " ($1, $2, $3, $4, $5, 'active', $6, $7, now(), now(), NULL, $8)"
+                " ON CONFLICT (id) DO NOTHING",
+                key.id,
                 key.environment_id,
-                idempotency.key,
-                idempotency.request_hash,
+                key.algorithm,
+                key.public_key,
+                key.fingerprint,
+                key.source,
+                key.name,
+                key.expires_at,
+            )
+            await _insert_audit(conn, audit)
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
                 key.id,
             )
-            claim = await conn.fetchrow(
-                "SELECT request_hash, signing_key_id FROM idempotency_keys"
-                " WHERE environment_id = $1 AND key = $2",
-                key.environment_id,
-                idempotency.key,
+            return InsertOutcome(key=_key(row))
+
+        return await self._db.write(op, idempotent=True, timeout=timeout)
+
+    async def get(
+        self, key_id: str, *, environment_id: str | None = None, timeout: float | None = None
+    ) -> SigningKey | None:
+        """One key by id, optionally only if it belongs to ``environment_id``."""
+
+        async def op(conn: Any) -> SigningKey | None:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
+                key_id,
             )
-            if claim["signing_key_id"] != key.id:
-                return InsertOutcome(
-                    key=None,
-                    replayed_key_id=claim["signing_key_id"],
-                    request_matches=bytes(claim["request_hash"]) == idempotency.request_hash,
-                )
-        await conn.execute(
-            f"INSERT INTO signing_keys ({_COLUMNS}) VALUES"  # noqa: S608 - constant columns
-            " ($1, $2, $3, $4, $5, 'active', $6, $7, now(), now(), NULL, $8)"
-            " ON CONFLICT (id) DO NOTHING",
-            key.id,
-            key.environment_id,
-            key.algorithm,
-            key.public_key,
-            key.fingerprint,
-            key.source,
-            key.name,
-            key.expires_at,
-        )
-        await _insert_audit(conn, audit)
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
-            key.id,
-        )
-        return InsertOutcome(key=_key(row))
-
-    return await db.write(op, idempotent=True, timeout=timeout)
-
-
-async def get_key(
-    db: Database, key_id: str, *, environment_id: str | None = None, timeout: float | None = None
-) -> SigningKey | None:
-    """One key by id, optionally only if it belongs to ``environment_id``."""
-
-    async def op(conn: Any) -> SigningKey | None:
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM signing_keys WHERE id = $1",  # noqa: S608
-            key_id,
-        )
-        if row is None or (environment_id is not None and row["environment_id"] != environment_id):
-            return None
-        return _key(row)
-
-    return await db.read(op, timeout=timeout)
-
-
-async def list_keys(
-    db: Database,
-    environment_id: str,
-    *,
-    limit: int,
-    offset: int,
-    active_only: bool = False,
-    timeout: float | None = None,
-) -> list[SigningKey]:
-    """One page of an environment's keys, newest first."""
-
-    async def op(conn: Any) -> list[SigningKey]:
-        rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
-            " WHERE environment_id = $1 AND (NOT $4 OR status = 'active')"
-            " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
-            environment_id,
-            limit,
-            offset,
-            active_only,
-        )
-        return [_key(row) for row in rows]
-
-    return await db.read(op, timeout=timeout)
-
-
-async def revoke_key(
-    db: Database,
-    environment_id: str,
-    key_id: str,
-    *,
-    audit: AuditEvent,
-    timeout: float | None = None,
-) -> SigningKey | None:
-    """Revoke a key; revoking a revoked key changes nothing. ``None``: no such key."""
-
-    async def op(conn: Any) -> SigningKey | None:
-        row = await conn.fetchrow(
-            _REVOKE,
-            key_id,
-            environment_id,
-        )
-        if row is not None:
-            await _insert_audit(conn, audit)
+            if row is None or (
+                environment_id is not None and row["environment_id"] != environment_id
+            ):
+                return None
             return _key(row)
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
-            " WHERE id = $1 AND environment_id = $2",
-            key_id,
-            environment_id,
-        )
-        return None if row is None else _key(row)
 
-    return await db.write(op, idempotent=True, timeout=timeout)
+        return await self._db.read(op, timeout=timeout)
 
+    async def list_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        offset: int,
+        active_only: bool = False,
+        timeout: float | None = None,
+    ) -> list[SigningKey]:
+        """One page of an environment's keys, newest first."""
 
-async def key_pages(
-    db: Database,
-    *,
-    environment_id: str | None = None,
-    since: datetime | None = None,
-    active_only: bool = False,
-    page_size: int = 1000,
-    timeout: float | None = None,
-) -> AsyncIterator[list[SigningKey]]:
-    """Keys (of one environment, if given; updated at or after ``since``, if given), oldest
-    change first, in pages: keyset pagination on (updated_at, id), so nothing is cut short."""
-    cursor: tuple[datetime, str] | None = None
-    while True:
-        page = await _key_page(db, environment_id, since, active_only, page_size, cursor, timeout)
-        if page:
-            yield page
-        if len(page) < page_size:
-            return
-        cursor = (page[-1].updated_at, page[-1].id)
+        async def op(conn: Any) -> list[SigningKey]:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                " WHERE environment_id = $1 AND (NOT $4 OR status = 'active')"
+                " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                environment_id,
+                limit,
+                offset,
+                active_only,
+            )
+            return [_key(row) for row in rows]
 
+        return await self._db.read(op, timeout=timeout)
 
-async def _key_page(
-    db: Database,
-    environment_id: str | None,
-    since: datetime | None,
-    active_only: bool,
-    page_size: int,
-    after: tuple[datetime, str] | None,
-    timeout: float | None,
-) -> list[SigningKey]:
-    async def op(conn: Any) -> list[SigningKey]:
-        rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
-            " WHERE ($1::text IS NULL OR environment_id = $1::text)"
-            " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
-            " AND (NOT $3 OR status = 'active')"
-            " AND ($5::timestamptz IS NULL OR (updated_at, id) > ($5::timestamptz, $6::text))"
-            " ORDER BY updated_at, id LIMIT $4",
-            environment_id,
-            since,
-            active_only,
-            page_size,
-            after[0] if after else None,
-            after[1] if after else None,
-        )
-        return [_key(row) for row in rows]
+    async def revoke(
+        self,
+        environment_id: str,
+        key_id: str,
+        *,
+        audit: AuditEvent,
+        timeout: float | None = None,
+    ) -> SigningKey | None:
+        """Revoke a key; revoking a revoked key changes nothing. ``None``: no such key."""
 
-    return await db.read(op, timeout=timeout)
+        async def op(conn: Any) -> SigningKey | None:
+            row = await conn.fetchrow(
+                _REVOKE,
+                key_id,
+                environment_id,
+            )
+            if row is not None:
+                await _insert_audit(conn, audit)
+                return _key(row)
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                " WHERE id = $1 AND environment_id = $2",
+                key_id,
+                environment_id,
+            )
+            return None if row is None else _key(row)
+
+        return await self._db.write(op, idempotent=True, timeout=timeout)
+
+    async def pages(
+        self,
+        *,
+        environment_id: str | None = None,
+        since: datetime | None = None,
+        active_only: bool = False,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[SigningKey]]:
+        """Keys (of one environment, if given; updated at or after ``since``, if given),
+        oldest change first, in pages: keyset pagination on (updated_at, id), so nothing is
+        cut short."""
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            page = await self._page(environment_id, since, active_only, page_size, cursor, timeout)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            cursor = (page[-1].updated_at, page[-1].id)
+
+    async def _page(
+        self,
+        environment_id: str | None,
+        since: datetime | None,
+        active_only: bool,
+        page_size: int,
+        after: tuple[datetime, str] | None,
+        timeout: float | None,
+    ) -> list[SigningKey]:
+        async def op(conn: Any) -> list[SigningKey]:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM signing_keys"  # noqa: S608
+                " WHERE ($1::text IS NULL OR environment_id = $1::text)"
+                " AND ($2::timestamptz IS NULL OR updated_at >= $2::timestamptz)"
+                " AND (NOT $3 OR status = 'active')"
+                " AND ($5::timestamptz IS NULL OR (updated_at, id) > ($5::timestamptz, $6::text))"
+                " ORDER BY updated_at, id LIMIT $4",
+                environment_id,
+                since,
+                active_only,
+                page_size,
+                after[0] if after else None,
+                after[1] if after else None,
+            )
+            return [_key(row) for row in rows]
+
+        return await self._db.read(op, timeout=timeout)

@@ -10,7 +10,6 @@ script follows (see :mod:`service.store.cockroach`).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """``SIGNING_KEYS_SQL_DIR`` if set, else the repository's ``sql/`` beside ``service/``."""
-    configured = os.environ.get("SIGNING_KEYS_SQL_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "sql"
+# In a checkout (and an editable install) ``sql/`` sits beside ``service/``; an installed
+# package is told where it is (``Settings.sql_dir``, as the image does).
+DEFAULT_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
-    folder = (directory or sql_dir()) / "migrations"
+def load_migrations(directory: Path = DEFAULT_SQL_DIR) -> list[Migration]:
+    folder = directory / "migrations"
     migrations = []
     for path in sorted(folder.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
@@ -93,7 +91,7 @@ async def migrate(
         for migration in pending:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
-                    log.warning("migration changed after it was applied", version=migration.version)
+                    log.warning("migration_changed_after_applied", version=migration.version)
                 continue
             await conn.execute(migration.sql, timeout=timeout)
             await conn.execute(
@@ -107,7 +105,7 @@ async def migrate(
         return applied
 
     applied = await db.write(op, idempotent=True, timeout=timeout, autocommit=is_cockroach)
-    log.info("migrations applied", applied=applied, pending=len(pending))
+    log.info("migrations_applied", applied=applied, pending=len(pending))
     if is_cockroach and regions:
         await _make_multiregion(db, regions, timeout)
     return applied
@@ -131,4 +129,4 @@ async def _make_multiregion(
             await conn.execute(statement, timeout=timeout)  # schema jobs outlast a request
 
         await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
-    log.info("multi-region schema applied", primary_region=primary, regions=len(regions))
+    log.info("multi_region_schema_applied", primary_region=primary, regions=len(regions))

@@ -13,7 +13,7 @@ from service.server import Server
 
 async def test_watch_streams_are_bounded_and_need_the_read_scope(server: Server) -> None:
     feed = ChangeFeed(
-        server.database, server.key_cache, poll_interval=0.2, overlap=5.0, max_watchers=2
+        server.key_records, server.key_cache, poll_interval=0.2, overlap=5.0, max_watchers=2
     )
     reader = Principal(token_id="t", scopes=frozenset({Scope.READ}), environments=frozenset({"e"}))
     streams = [feed.watch(reader, WatchRequest(environment_id="e")) for _ in range(3)]

@@ -43,7 +43,7 @@ async def test_cached_keys_keep_verifying_while_every_region_is_down(
         probe_interval="0.05",
         probe_timeout="0.2",
         request_deadline="0.5",
-        max_staleness="3",
+        max_staleness="5",  # room for a loaded machine between the cut and the checks
         credential_cache_ttl="0.2",
     )
     async with Server(Settings.from_env(env)) as server:
@@ -87,7 +87,7 @@ async def test_cached_keys_keep_verifying_while_every_region_is_down(
             assert "127.0.0.1" not in text and "Errno" not in text, "no internals to clients"
 
             # Past the allowed staleness, verification fails closed.
-            await _wait_for(lambda: not server.verifier.can_serve(), timeout=10)
+            await _wait_for(lambda: not server.verifier.can_serve(), timeout=12)
             async with http.post("/v1/tokens/verify", json={"token": token}) as response:
                 assert response.status == 503
             async with http.get("/readyz") as response:

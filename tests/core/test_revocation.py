@@ -124,14 +124,14 @@ async def test_a_flood_of_random_kids_keeps_the_cache_bounded_and_the_database_q
                 async with session.post(KEYS, json={"algorithm": "EdDSA"}) as response:
                     assert response.status == 201
             await asyncio.sleep(0)
-            before = server.verifier.database_lookups
+            before = server.metrics.value("signing_keys_key_lookups_total")
             flood = 2000
             started = time.perf_counter()
             for i in range(flood):
                 verdict = await _verdict(session, server.http_port or 0, _forged(f"rnd{i:06d}"))
                 assert verdict["reason"] == "unknown_key"
             elapsed = time.perf_counter() - started
-            lookups = server.verifier.database_lookups - before
+            lookups = server.metrics.value("signing_keys_key_lookups_total") - before
         assert len(server.key_cache) <= 5
         assert server.key_cache.unknown_count <= 50
         # The miss budget (50/s) plus one bucket's burst bounds database look-ups.
@@ -148,10 +148,10 @@ async def test_while_every_key_is_cached_an_unknown_kid_costs_no_database_query(
     server: Server, http: aiohttp.ClientSession, auth: Credentials
 ) -> None:
     assert server.key_cache.complete, "the shared test database holds far fewer keys than 100k"
-    before = server.verifier.database_lookups
+    before = server.metrics.value("signing_keys_key_lookups_total")
     for i in range(200):
         async with http.post(
             "/v1/tokens/verify", headers=auth.headers, json={"token": _forged(f"nokey{i}")}
         ) as response:
             assert (await response.json())["data"]["reason"] == "unknown_key"
-    assert server.verifier.database_lookups == before
+    assert server.metrics.value("signing_keys_key_lookups_total") == before

@@ -134,8 +134,7 @@ def _settings_names(tree: ast.AST) -> set[str]:
 def read_service_variables() -> ServiceVariables:
     settings_py = REPO / "service" / "settings.py"
     names = _settings_names(ast.parse(settings_py.read_text()))
-    # Elsewhere in the package, variables are read by their literal name
-    # (e.g. SIGNING_KEYS_SQL_DIR in service/store/migrations.py).
+    # Elsewhere in the package, a variable would be read by its literal name.
     for path in (REPO / "service").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (

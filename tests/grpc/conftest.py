@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from grpclib.client import Channel
 
 from service.grpc.generated.signingkeys import v1 as pb
-from service.grpc.server import GrpcServer
 from service.server import Server
 from tests.support.service import Credentials
-
-
-def build_grpc_server(server: Server, **overrides: Any) -> GrpcServer:
-    collaborators: dict[str, Any] = {
-        "key_service": server.keys,
-        "authenticator": server.authenticator,
-        "verifier": server.verifier,
-        "changes": server.changes,
-        "regions": server.database,
-        **overrides,
-    }
-    return GrpcServer(server.settings, **collaborators)
 
 
 @pytest.fixture

@@ -1,12 +1,35 @@
-"""The size limit refuses a request from its length prefix, before reading its body."""
+"""The size limit refuses a request from its length prefix, before reading its body.
+
+The limit rests on one private detail of grpclib (:mod:`service.grpc.limits`); the tests
+against a real server here fail if a grpclib release moves it, rather than let the limit
+quietly degrade to the codec's check after the whole message is read.
+"""
 
 from __future__ import annotations
 
-import pytest
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
+import asyncio
+import struct
+from dataclasses import dataclass, field
+from typing import Any
 
-from service.grpc.limits import SizeLimited, limit_stream
+import grpclib
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.health.service import Health
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
+from grpclib.server import Server as GrpclibServer
+from grpclib.server import Stream
+
+from service.grpc.limits import CHECKED_GRPCLIB_VERSION, SizeLimit, bound_message_size
+from service.grpc.listener import bind_listener
+from service.server import Server
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class _H2Stream:
@@ -19,13 +42,15 @@ class _H2Stream:
 
 
 class _ServerStream:
+    """grpclib's server stream as far as the limit sees it (grpclib 0.4.9's layout)."""
+
     def __init__(self) -> None:
         self._stream = _H2Stream()
 
 
 async def test_reads_within_the_limit_pass_and_larger_ones_are_refused_unread() -> None:
     stream = _ServerStream()
-    limit_stream(stream, 100)
+    assert bound_message_size(stream, 100)  # type: ignore[arg-type]
     assert await stream._stream.recv_data(5) == b"\0" * 5
     assert await stream._stream.recv_data(100) == b"\0" * 100
     with pytest.raises(GRPCError) as raised:
@@ -34,25 +59,169 @@ async def test_reads_within_the_limit_pass_and_larger_ones_are_refused_unread() 
     assert stream._stream.asked == [5, 100], "the oversized body was never read"
 
 
-async def test_the_wrapper_keeps_paths_and_types_and_limits_every_call() -> None:
+async def test_a_stream_without_the_layout_is_left_alone_and_reported() -> None:
+    assert not bound_message_size(object(), 100)  # type: ignore[arg-type]
+
+
+async def test_the_listener_limits_every_call_and_keeps_its_handler() -> None:
     seen: list[object] = []
 
-    async def handler(stream: object) -> None:
+    async def handler(stream: Any) -> None:
         seen.append(stream)
 
-    class _Service:
-        def __mapping__(self) -> dict[str, Handler]:
-            return {"/p.S/M": Handler(handler, Cardinality.UNARY_UNARY, bytes, str)}
-
-    ((path, limited),) = SizeLimited(_Service(), max_message_bytes=10).__mapping__().items()
-    assert path == "/p.S/M"
-    assert (limited.cardinality, limited.request_type, limited.reply_type) == (
-        Cardinality.UNARY_UNARY,
-        bytes,
-        str,
+    event = RecvRequest(  # type: ignore[no-untyped-call]
+        metadata={},
+        method_func=handler,
+        method_name="/p.S/M",
+        deadline=None,
+        content_type="application/grpc",
+        user_agent=None,
+        peer=None,
     )
+    limit = SizeLimit(max_message_bytes=10)
+    await limit(event)
+    assert event.method_func is not handler
     stream = _ServerStream()
-    await limited.func(stream)
+    await event.method_func(stream)  # type: ignore[arg-type]
     assert seen == [stream]
     with pytest.raises(GRPCError):
         await stream._stream.recv_data(11)
+
+
+# --- against the real server: fails if a grpclib release moves what the limit relies on ---
+
+
+@dataclass
+class _Exchange:
+    """What a raw HTTP/2 client saw of one call."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    stream_ended: bool = False
+    reset: bool = False
+
+    @property
+    def grpc_status(self) -> Status | None:
+        value = self.headers.get("grpc-status")
+        return None if value is None else Status(int(value))
+
+
+async def _raw_call(port: int, path: str, data: bytes, *, end_stream: bool) -> _Exchange:
+    """One call from a bare HTTP/2 client that sends ``data`` (length prefixes included) as
+    it is, ending the request stream only if asked."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    conn.send_data(1, data, end_stream=end_stream)
+    writer.write(conn.data_to_send())
+    exchange = _Exchange()
+    try:
+        while not (exchange.stream_ended or exchange.reset):
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    exchange.headers.update((str(k), str(v)) for k, v in event.headers)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
+                    exchange.stream_ended = True
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == 1:
+                    exchange.reset = True
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return exchange
+
+
+def _prefix(length: int) -> bytes:
+    return struct.pack(">?I", False, length)
+
+
+async def test_a_request_is_refused_from_its_prefix_before_its_body_arrives(
+    server: Server,
+) -> None:
+    """The body never comes: only a limit acting on the prefix can answer at all."""
+    assert server.grpc_port is not None
+    limit = server.settings.max_body_bytes
+    for announced in (limit + 1, 2**31):
+        try:
+            # The prefix announces ``announced`` bytes; 1000 come, and the stream stays open.
+            exchange = await asyncio.wait_for(
+                _raw_call(
+                    server.grpc_port,
+                    HEALTH_CHECK,
+                    _prefix(announced) + b"a" * 1000,
+                    end_stream=False,
+                ),
+                5,
+            )
+        except TimeoutError:
+            pytest.fail(
+                f"no answer to a request announcing {announced} bytes: the server waited for "
+                f"the body, so the prefix limit is gone (grpclib {grpclib.__version__}; "
+                f"service/grpc/limits.py was checked against {CHECKED_GRPCLIB_VERSION})"
+            )
+        assert exchange.grpc_status is Status.RESOURCE_EXHAUSTED, exchange
+        assert exchange.headers["grpc-message"] == f"request message larger than {limit} bytes"
+
+
+async def test_grpclib_still_reads_requests_through_the_stream_the_limit_wraps() -> None:
+    """The private detail itself, on grpclib alone: its server stream has ``_stream``, and a
+    request message is read through that stream's ``recv_data``, prefix first."""
+    seen: list[tuple[bool, list[int]]] = []
+
+    async def spy(event: RecvRequest) -> None:
+        handler = event.method_func
+
+        async def spied(stream: Stream[Any, Any]) -> None:
+            h2_stream: Any = getattr(stream, "_stream", None)
+            recv_data = getattr(h2_stream, "recv_data", None)
+            sizes: list[int] = []
+            if recv_data is not None:
+
+                async def recording(size: int) -> bytes:
+                    sizes.append(size)
+                    data: bytes = await recv_data(size)
+                    return data
+
+                h2_stream.recv_data = recording
+            seen.append((recv_data is not None, sizes))
+            await handler(stream)
+
+        event.method_func = spied
+
+    server = GrpclibServer([Health()])
+    listen(server, RecvRequest, spy)
+    listener = await bind_listener("127.0.0.1", 0)
+    await server.start(sock=listener)
+    try:
+        request = HealthCheckRequest(service="").SerializeToString()
+        exchange = await asyncio.wait_for(
+            _raw_call(
+                listener.port, HEALTH_CHECK, _prefix(len(request)) + request, end_stream=True
+            ),
+            5,
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert exchange.grpc_status is Status.OK, exchange
+    ((has_layout, sizes),) = seen
+    assert has_layout, (
+        f"grpclib {grpclib.__version__} moved Stream._stream.recv_data: "
+        f"service/grpc/limits.py (checked against {CHECKED_GRPCLIB_VERSION}) must follow it"
+    )
+    assert sizes[:2] == [5, len(request)], "the prefix is read first, then what it announces"

@@ -55,7 +55,7 @@ def test_the_access_log_follows_the_settings(
     settings = dataclasses.replace(SETTINGS, access_log=access_log)  # type: ignore[arg-type]
     with structlog.testing.capture_logs() as logs:
         GrpcMetrics(settings, None).finished(method, status, elapsed, "req-1")
-    lines = [line for line in logs if line["event"] == "grpc call"]
+    lines = [line for line in logs if line["event"] == "grpc_call"]
     assert bool(lines) is logged
     if logged:
         assert lines[0]["request_id"] == "req-1" and lines[0]["status"] == status

@@ -23,11 +23,13 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from service.core.keys import KeyService
 from service.core.models import Principal, SigningKey
+from service.core.readiness import Readiness
 from service.core.requests import KeyRef
+from service.grpc import server as grpc_server_module
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.server import SERVICE_NAME, GrpcServer
 from service.server import Server
-from tests.grpc.conftest import build_grpc_server
+from tests.support.service import build_grpc_server
 from tests.support.tls import write_self_signed
 
 GET = "/signingkeys.v1.SigningKeys/GetSigningKey"
@@ -92,25 +94,40 @@ async def test_health_is_serving_for_the_server_and_the_service(channel: Channel
     assert raised.value.status is Status.NOT_FOUND
 
 
-async def test_health_follows_the_routers_read_health(server: Server) -> None:
+async def test_health_follows_readiness_and_stays_serving_while_degraded(server: Server) -> None:
     regions = FakeRegions()
-    async with build_grpc_server(server, regions=regions) as grpc_server:
+    verifying = [True]
+    readiness = Readiness(can_read=regions.can_read, can_verify=lambda: verifying[0])
+    grpc_server = build_grpc_server(server, readiness=readiness, regions=regions)
+    async with grpc_server:
         assert grpc_server.port is not None
         channel = Channel("127.0.0.1", grpc_server.port)
         try:
             health = HealthStub(channel)
+
+            async def statuses() -> list[object]:
+                return [
+                    (await health.Check(HealthCheckRequest(service=service))).status
+                    for service in ("", SERVICE_NAME)
+                ]
+
             async with health.Watch.open() as watch:
                 await watch.send_message(HealthCheckRequest(service=SERVICE_NAME), end=True)
                 first = await asyncio.wait_for(watch.recv_message(), 5)
                 assert first is not None and first.status == SERVING
 
+                regions.flip(False)  # degraded: verification goes on from cached keys
+                assert await statuses() == [SERVING, SERVING]
+
+                verifying[0] = False  # unavailable
                 regions.flip(False)
                 changed = await asyncio.wait_for(watch.recv_message(), 5)
-                assert changed is not None and changed.status == NOT_SERVING
-                for service in ("", SERVICE_NAME):
-                    reply = await health.Check(HealthCheckRequest(service=service))
-                    assert reply.status == NOT_SERVING
+                assert changed is not None and changed.status == NOT_SERVING, (
+                    "nothing was sent while degraded"
+                )
+                assert await statuses() == [NOT_SERVING, NOT_SERVING]
 
+                verifying[0] = True
                 regions.flip(True)
                 back = await asyncio.wait_for(watch.recv_message(), 5)
                 assert back is not None and back.status == SERVING
@@ -225,7 +242,7 @@ def _varint(value: int) -> bytes:
 # --- lifecycle ----------------------------------------------------------------------------
 
 
-async def test_port_zero_picks_a_port_and_close_ends_open_streams(
+async def test_port_zero_picks_a_port_and_shutdown_ends_open_streams_with_unavailable(
     server: Server, md: dict[str, str]
 ) -> None:
     grpc_server = build_grpc_server(server)
@@ -236,23 +253,46 @@ async def test_port_zero_picks_a_port_and_close_ends_open_streams(
         await grpc_server.start("127.0.0.1", 0)
     channel = Channel("127.0.0.1", grpc_server.port)
     try:
-        async with channel.request(
-            "/signingkeys.v1.SigningKeys/WatchSigningKeys",
-            Cardinality.UNARY_STREAM,
-            pb.WatchSigningKeysRequest,
-            pb.WatchSigningKeysResponse,
-            metadata=md,
-        ) as stream:
+        async with (
+            channel.request(
+                "/signingkeys.v1.SigningKeys/WatchSigningKeys",
+                Cardinality.UNARY_STREAM,
+                pb.WatchSigningKeysRequest,
+                pb.WatchSigningKeysResponse,
+                metadata=md,
+            ) as stream,
+            HealthStub(channel).Watch.open() as health_watch,
+        ):
             await stream.send_message(pb.WatchSigningKeysRequest(), end=True)
             synced = await asyncio.wait_for(stream.recv_message(), 5)
             assert synced is not None and synced.kind == pb.WatchEventKind.SYNCED
+            await health_watch.send_message(HealthCheckRequest(service=""), end=True)
+            first = await asyncio.wait_for(health_watch.recv_message(), 5)
+            assert first is not None and first.status == SERVING
+
+            # Clients reading when the shutdown comes, as watchers do.
+            reads = [
+                asyncio.ensure_future(_read_to_the_end(open_stream))
+                for open_stream in (stream, health_watch)
+            ]
+            await asyncio.sleep(0.05)
             grpc_server.close()
             await asyncio.wait_for(grpc_server.wait_closed(), 6)
-            with pytest.raises((GRPCError, StreamTerminatedError)):
-                await asyncio.wait_for(stream.recv_message(), 5)
+            for read in reads:
+                with pytest.raises(GRPCError) as ended:
+                    await asyncio.wait_for(read, 5)
+                assert ended.value.status is Status.UNAVAILABLE
+                assert ended.value.message == "the server is shutting down; retry elsewhere"
     finally:
         channel.close()
     assert "closed" in repr(grpc_server)
+    assert grpc_server.connections == 0
+
+
+async def _read_to_the_end(stream: Any) -> None:
+    while await stream.recv_message() is not None:
+        pass
+    await stream.recv_trailing_metadata()
 
 
 async def test_the_async_context_manager_starts_on_the_settings_address(server: Server) -> None:
@@ -263,6 +303,25 @@ async def test_the_async_context_manager_starts_on_the_settings_address(server: 
         await writer.wait_closed()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", grpc_server.port)
+
+
+async def test_shutdown_closes_idle_connections_so_clients_go_elsewhere(server: Server) -> None:
+    grpc_server = build_grpc_server(server)
+    await grpc_server.start("127.0.0.1", 0)
+    assert grpc_server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", grpc_server.port)
+    try:
+        async with asyncio.timeout(5):
+            while grpc_server.connections == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(grpc_server.aclose(), 6)
+        # The server's HTTP/2 preface, then end-of-file: the connection is closed.
+        await asyncio.wait_for(reader.read(), 5)
+        assert reader.at_eof()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert grpc_server.connections == 0
 
 
 class _GatedKeys(KeyService):
@@ -280,11 +339,12 @@ class _GatedKeys(KeyService):
 async def test_shutdown_lets_unary_calls_in_flight_finish(
     server: Server, md: dict[str, str]
 ) -> None:
-    keys = _GatedKeys(server.database)
+    keys = _GatedKeys(server.key_records)
     grpc_server = build_grpc_server(server, key_service=keys)
     await grpc_server.start("127.0.0.1", 0)
     assert grpc_server.port is not None
     channel = Channel("127.0.0.1", grpc_server.port)
+    late = Channel("127.0.0.1", grpc_server.port)
     try:
         stub = pb.SigningKeysStub(channel)
         created = await stub.create_signing_key(pb.CreateSigningKeyRequest(), metadata=md)
@@ -295,18 +355,51 @@ async def test_shutdown_lets_unary_calls_in_flight_finish(
             while grpc_server.servicer.in_flight == 0:
                 await asyncio.sleep(0.01)
         grpc_server.close()
-        with pytest.raises(OSError):  # no new connections once closing
-            await asyncio.open_connection("127.0.0.1", grpc_server.port)
-        # A new call on the connection already open is refused, so draining can finish.
+        # New calls are refused, on the connection already open and on a new one, on every
+        # service, so that draining can finish.
         with pytest.raises(GRPCError) as refused:
             await stub.list_signing_keys(pb.ListSigningKeysRequest(), metadata=md)
         assert refused.value.status is Status.UNAVAILABLE
+        with pytest.raises(GRPCError) as refused_health:
+            await HealthStub(late).Check(HealthCheckRequest(service=""))
+        assert refused_health.value.status is Status.UNAVAILABLE
         keys.gate.set()
         reply = await asyncio.wait_for(call, 5)
         assert reply.key.id == created.key.id
         await asyncio.wait_for(grpc_server.wait_closed(), 6)
     finally:
         channel.close()
+        late.close()
+    with pytest.raises(OSError):  # closed: no longer listening
+        await asyncio.open_connection("127.0.0.1", grpc_server.port)
+
+
+async def test_a_call_still_running_at_the_shutdown_timeout_ends_with_unavailable(
+    server: Server, md: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(grpc_server_module, "SHUTDOWN_TIMEOUT", 0.2)
+    keys = _GatedKeys(server.key_records)  # never opened
+    grpc_server = build_grpc_server(server, key_service=keys)
+    await grpc_server.start("127.0.0.1", 0)
+    assert grpc_server.port is not None
+    channel = Channel("127.0.0.1", grpc_server.port)
+    try:
+        stub = pb.SigningKeysStub(channel)
+        call = asyncio.create_task(
+            stub.get_signing_key(pb.GetSigningKeyRequest(id="k"), metadata=md)
+        )
+        async with asyncio.timeout(5):
+            while grpc_server.servicer.in_flight == 0:
+                await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(grpc_server.aclose(), 5)
+        assert asyncio.get_running_loop().time() - started < 2
+        with pytest.raises(GRPCError) as ended:
+            await asyncio.wait_for(call, 5)
+        assert ended.value.status is Status.UNAVAILABLE
+    finally:
+        channel.close()
+    assert grpc_server.servicer.in_flight == 0 and grpc_server.gate.running == 0
 
 
 async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
@@ -314,14 +407,7 @@ async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
     settings = dataclasses.replace(
         server.settings, tls_cert_file=str(cert_file), tls_key_file=str(key_file)
     )
-    tls_server = GrpcServer(
-        settings,
-        key_service=server.keys,
-        authenticator=server.authenticator,
-        verifier=server.verifier,
-        changes=server.changes,
-        regions=FakeRegions(),
-    )
+    tls_server = build_grpc_server(server, settings=settings, regions=FakeRegions())
     async with tls_server:
         assert tls_server.port is not None
         context = ssl.create_default_context(cafile=str(cert_file))

@@ -30,8 +30,8 @@ from service.core.models import Principal, Scope, SigningKey
 from service.core.requests import KeyRef
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
-from tests.grpc.conftest import bearer, build_grpc_server, metadata
-from tests.support.service import Credentials, TokenFactory
+from tests.grpc.conftest import bearer, metadata
+from tests.support.service import Credentials, TokenFactory, build_grpc_server
 
 KEYS = "/system/v1/signing-keys"
 WATCH = "/signingkeys.v1.SigningKeys/WatchSigningKeys"
@@ -523,7 +523,7 @@ class _BrokenKeys(KeyService):
 async def test_an_unexpected_failure_is_internal_and_leaks_nothing(
     server: Server, auth: Credentials
 ) -> None:
-    broken = _BrokenKeys(server.database)
+    broken = _BrokenKeys(server.key_records)
     async with build_grpc_server(server, key_service=broken) as grpc_server:
         assert grpc_server.port is not None
         channel = Channel("127.0.0.1", grpc_server.port)

@@ -73,12 +73,31 @@ def curl(line: str) -> tuple[int, object]:
         return response.status, json.loads(response.read())
 
 
-@pytest.fixture
-def dev_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+def listed_until(listing: str, key_id: str, timeout: float = 2.0) -> list[str]:
+    """The listed key ids, once ``key_id`` is among them. From a standby's region the list
+    may trail the create by the replication lag (reads there are not yet read-your-writes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, listed = curl(listing)
+        assert status == 200 and isinstance(listed, dict)
+        ids = [key["id"] for key in listed["data"]]
+        if key_id in ids or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=[None, "gcp-us-central1"], ids=["default-region", "standby-region"])
+def dev_run(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, str]]:
     """``python -m harness run`` on free ports, in a session of its own (so that the signal
-    reaches it alone); stopped with SIGTERM, then SIGKILL, if a test leaves it running."""
+    reaches it alone); stopped with SIGTERM, then SIGKILL, if a test leaves it running. Run
+    once as is, once with a standby's region as the local one (``SIGNING_KEYS_LOCAL_REGION``)."""
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     env = {**os.environ, "SIGNING_KEYS_HTTP_PORT": "0", "SIGNING_KEYS_GRPC_PORT": "0"}
+    env.pop("SIGNING_KEYS_LOCAL_REGION", None)
+    if request.param is not None:
+        env["SIGNING_KEYS_LOCAL_REGION"] = request.param
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness", "run", "--environment", "env-dev-run"],
@@ -89,7 +108,7 @@ def dev_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Pat
             start_new_session=True,
         )
     try:
-        yield proc, stdout, stderr
+        yield proc, stdout, stderr, request.param or "aws-us-east-1"
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -101,11 +120,13 @@ def dev_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Pat
 
 
 def test_run_prints_a_working_example_and_ctrl_c_cleans_everything_up(
-    dev_run: tuple[subprocess.Popen[bytes], Path, Path],
+    dev_run: tuple[subprocess.Popen[bytes], Path, Path, str],
 ) -> None:
-    proc, stdout, stderr = dev_run
+    proc, stdout, stderr, expected_region = dev_run
     banner = wait_for_banner(proc, stdout)
     fields = dict(line.split(": ", 1) for line in banner.splitlines() if ": " in line)
+    local_region = fields["local region"]
+    assert local_region == expected_region
     assert fields["http"].startswith("http://127.0.0.1:")
     assert fields["grpc"].startswith("127.0.0.1:")
     assert fields["token id"].startswith("skt_") and fields["token secret"]
@@ -115,14 +136,14 @@ def test_run_prints_a_working_example_and_ctrl_c_cleans_everything_up(
     status, created = curl(create)
     assert status == 201
     assert isinstance(created, dict) and created["data"]["environment_id"] == "env-dev-run"
-    status, listed = curl(listing)
-    assert status == 200
-    assert isinstance(listed, dict) and [key["id"] for key in listed["data"]] == [
-        created["data"]["id"]
-    ]
+    listed_ids = listed_until(listing, created["data"]["id"])
+    assert listed_ids == [created["data"]["id"]]
     status, region_status = curl(regions)
     assert status == 200
-    assert isinstance(region_status, dict) and region_status["data"]["write_region"]
+    assert isinstance(region_status, dict)
+    assert region_status["data"]["write_region"] == "aws-us-east-1"
+    assert region_status["data"]["local_region"] == local_region
+    assert region_status["data"]["read_region"] == local_region
 
     base = owned_topology(proc.pid)
     servers = server_pids(base)
@@ -133,3 +154,18 @@ def test_run_prints_a_working_example_and_ctrl_c_cleans_everything_up(
     assert "stopping" in stderr.read_text()
     assert not base.exists(), f"{base} left behind"
     assert not [pid for pid in servers if serves(pid, base)], "servers left running"
+
+
+def test_a_local_region_the_topology_lacks_is_refused_before_anything_starts() -> None:
+    env = {**os.environ, "SIGNING_KEYS_LOCAL_REGION": "mars-north-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "mars-north-1" in done.stderr and "aws-us-east-1" in done.stderr

@@ -42,7 +42,7 @@ async def test_no_private_key_or_secret_reaches_a_log_line(
 
     output = log_stream.getvalue()
     lines = [json.loads(line) for line in output.splitlines()]
-    assert any(line.get("event") == "signing key stored" for line in lines)
+    assert any(line.get("event") == "signing_key_stored" for line in lines)
     assert all("timestamp" in line and "level" in line for line in lines)
     private_pem = base64.b64decode(private_key_b64).decode()
     body = private_pem.split("-----")[2].strip().splitlines()[1]
@@ -61,7 +61,7 @@ async def test_a_request_id_is_bound_to_every_line_logged_while_serving(
     stored = [
         json.loads(line)
         for line in log_stream.getvalue().splitlines()
-        if "signing key stored" in line
+        if "signing_key_stored" in line
     ]
     assert stored and stored[0]["request_id"] == "req-trace-42"
 

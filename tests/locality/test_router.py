@@ -74,7 +74,7 @@ async def test_errors_of_the_operation_propagate_and_the_pool_does_not_leak(
     healthy_topology: LocalTopology,
 ) -> None:
     table = new_table()
-    async with running(healthy_topology, pool_max_size=2) as router:
+    async with running(healthy_topology, pool_min_size=1, pool_max_size=2) as router:
         await create_rows(router, healthy_topology, table, count=1)
 
         async def duplicate(conn: Any) -> None:

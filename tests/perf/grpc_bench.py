@@ -36,7 +36,7 @@ import statistics
 import struct
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,10 @@ from service.core.requests import CreateKeyRequest, KeyRef
 from service.grpc import messages
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
-from service.grpc.server import GrpcServer
 from service.server import Server
 from service.settings import Settings, region_dsn_variable
 from service.store.migrations import migrate
+from tests.support.service import build_grpc_server
 
 PATH = "/signingkeys.v1.SigningKeys/GetSigningKey"
 ENVIRONMENT = "env-bench"
@@ -71,6 +71,13 @@ class Target:
     cpu_us: list[float] = field(default_factory=list)
 
 
+def _at_path(
+    handle: Callable[[Stream[Any, Any]], Awaitable[None]], request_type: Any, reply_type: Any
+) -> dict[str, Handler]:
+    """A grpclib service table of one unary method, at GetSigningKey's path."""
+    return {PATH: Handler(handle, Cardinality.UNARY_UNARY, request_type, reply_type)}
+
+
 class _BareService:
     """One unary method answering a prebuilt reply: nothing but grpclib and the codec."""
 
@@ -79,14 +86,7 @@ class _BareService:
         self._reply = reply_factory
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            PATH: Handler(
-                self._handle,
-                Cardinality.UNARY_UNARY,
-                self._request_type,
-                type(self._reply()),
-            )
-        }
+        return _at_path(self._handle, self._request_type, type(self._reply()))
 
     async def _handle(self, stream: Stream[Any, Any]) -> None:
         await stream.recv_message()
@@ -103,14 +103,11 @@ class _SameWorkOnProtobuf:
         self._server = server
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            PATH: Handler(
-                self._handle,
-                Cardinality.UNARY_UNARY,
-                signing_keys_pb2.GetSigningKeyRequest,
-                signing_keys_pb2.GetSigningKeyResponse,
-            )
-        }
+        return _at_path(
+            self._handle,
+            signing_keys_pb2.GetSigningKeyRequest,
+            signing_keys_pb2.GetSigningKeyResponse,
+        )
 
     async def _handle(self, stream: Stream[Any, Any]) -> None:
         request: Any = await stream.recv_message()
@@ -250,14 +247,7 @@ async def run(args: argparse.Namespace) -> None:
             authorization = f"Bearer {token.id}:{secret}"
             md = {"authorization": authorization}
 
-            service = GrpcServer(
-                settings,
-                key_service=server.keys,
-                authenticator=server.authenticator,
-                verifier=server.verifier,
-                changes=server.changes,
-                regions=_Regions(server.database),
-            )
+            service = build_grpc_server(server)
             await service.start("127.0.0.1", 0)
             assert service.port is not None
             channel = Channel("127.0.0.1", service.port)
@@ -317,19 +307,6 @@ async def run(args: argparse.Namespace) -> None:
     for other in (targets[0], targets[1], targets[3]):
         ratio = service_rps / statistics.median(other.rps)
         print(f"  GetSigningKey / {other.name}: {ratio:.2f}")
-
-
-class _Regions:
-    def __init__(self, database: Any) -> None:
-        self._database = database
-
-    def can_read(self) -> bool:
-        return bool(self._database.can_read())
-
-    def add_listener(self, callback: Callable[..., Any]) -> None:
-        add = getattr(self._database, "add_listener", None)
-        if add is not None:
-            add(callback)
 
 
 def main() -> int:

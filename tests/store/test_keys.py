@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from service.server import Server
-from service.store import keys as store
+from service.store.keys import PostgresKeyRecords
 from tests.support.service import Credentials
 
 
@@ -20,7 +20,9 @@ async def test_key_pages_pages_through_every_key_in_change_order(
             created.append((await response.json())["data"]["id"])
     pages = [
         [key.id for key in page]
-        async for page in store.key_pages(server.database, environment_id=environment, page_size=2)
+        async for page in PostgresKeyRecords(server.database).pages(
+            environment_id=environment, page_size=2
+        )
     ]
     assert [len(page) for page in pages] == [2, 2, 1]
     assert [key_id for page in pages for key_id in page] == created

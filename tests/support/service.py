@@ -17,6 +17,7 @@ import pytest
 from harness import LocalTopology
 from service.cli import open_database
 from service.core.models import Scope
+from service.grpc.server import GrpcServer
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
@@ -102,6 +103,23 @@ def issue_token(server: Server) -> TokenFactory:
 async def auth(issue_token: TokenFactory, environment: str) -> Credentials:
     """Credentials with every scope on this test's environment."""
     return await issue_token([environment])
+
+
+def build_grpc_server(
+    server: Server, *, settings: Settings | None = None, **overrides: Any
+) -> GrpcServer:
+    """A gRPC server of its own on a running service's collaborators (and settings), any of
+    them replaced by ``overrides``; not started."""
+    collaborators: dict[str, Any] = {
+        "key_service": server.keys,
+        "authenticator": server.authenticator,
+        "verifier": server.verifier,
+        "changes": server.changes,
+        "readiness": server.readiness,
+        "regions": server.database,
+        **overrides,
+    }
+    return GrpcServer(settings or server.settings, **collaborators)
 
 
 async def rows(topology: LocalTopology, sql: str, *args: Any) -> list[tuple[Any, ...]]:

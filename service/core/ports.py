@@ -1,0 +1,144 @@
+"""What the core needs from storage, stated by the core: its ports.
+
+The core's rules (scopes, environments, idempotency, revocation, the change feed's ordering)
+are written against these protocols, never against SQL or a connection; ``service.store``
+implements them over the database and the composition root wires the two together. The
+arrows point at the core, so its rules can be tested against an in-memory implementation
+without a database, and the SQL behind the real one is tested on PostgreSQL.
+
+Every write a port offers is idempotent, because the database layer may run it again after
+an ambiguous commit: the caller chooses the ids (key, audit event, token) before the first
+attempt, and running the same write twice leaves one row and one audit event.
+
+>>> outcome = await records.insert(key, audit=event, idempotency=claim)
+>>> if outcome.replayed_key_id is not None:
+...     ...  # the claim belongs to an earlier request: nothing was stored
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Protocol
+
+from service.core.models import AccessToken, AuditEvent, SigningKey
+
+# Large enough that a full scan takes few round trips, small enough that one page of keys
+# (a few hundred bytes each) stays well below a megabyte.
+DEFAULT_PAGE_SIZE: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A caller's ``Idempotency-Key`` and the hash of the request it came with."""
+
+    key: str
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InsertOutcome:
+    """What an insert found: ``replayed_key_id`` is set when the idempotency key was used
+    before by another key; ``request_matches`` says whether that request was the same."""
+
+    key: SigningKey | None
+    replayed_key_id: str | None = None
+    request_matches: bool = True
+
+
+class ChangeSource(Protocol):
+    """Keys in the order they last changed: what the change feed and watch streams read.
+
+    A port of its own, although :class:`KeyRecords` offers it too, because the feed only
+    reads: it can be given a source that lags or fails (a standby, an unreachable region)
+    without a whole key store behind it, and its ordering contract is stated in one place.
+    """
+
+    def pages(
+        self,
+        *,
+        environment_id: str | None = None,
+        since: datetime | None = None,
+        active_only: bool = False,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[SigningKey]]:
+        """Keys (of one environment, if given; with ``updated_at`` at or after ``since``, if
+        given), oldest change first, ordered by ``(updated_at, id)``, in pages of at most
+        ``page_size``. Paging is by keyset on ``(updated_at, id)``, not by offset, so a key
+        changed while the pages are read is neither skipped nor cut short.
+
+        ``updated_at`` is the time the changing transaction *started* (the primary's clock),
+        so a slow writer's row can become visible after rows stamped later than it; readers
+        of changes re-read an overlap window to catch it."""
+        ...
+
+
+class KeyRecords(ChangeSource, Protocol):
+    """Signing keys and their audit trail, as the key service and the verifier need them.
+
+    Keys are stored with ``status='active'`` and the store's own ``created_at`` /
+    ``updated_at`` (whatever the caller's record says); only revocation changes a key.
+    """
+
+    async def insert(
+        self,
+        key: SigningKey,
+        *,
+        audit: AuditEvent,
+        idempotency: IdempotencyClaim | None = None,
+        timeout: float | None = None,
+    ) -> InsertOutcome:
+        """Store ``key`` with its ``audit`` event, atomically.
+
+        With ``idempotency``, the claim is taken first, per environment: if the claim already
+        names another key, nothing is stored and the outcome names that key (and whether its
+        request hash matched). Repeating the same insert (same key id, same claim) stores
+        nothing new and returns the stored key."""
+        ...
+
+    async def get(
+        self, key_id: str, *, environment_id: str | None = None, timeout: float | None = None
+    ) -> SigningKey | None:
+        """The key with ``key_id``; ``None`` if there is none, or if ``environment_id`` is
+        given and the key belongs to another environment (the two are indistinguishable)."""
+        ...
+
+    async def list_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        offset: int,
+        active_only: bool = False,
+        timeout: float | None = None,
+    ) -> list[SigningKey]:
+        """One page of an environment's keys, newest first: by ``(created_at, id)``
+        descending; past the last key, an empty list."""
+        ...
+
+    async def revoke(
+        self,
+        environment_id: str,
+        key_id: str,
+        *,
+        audit: AuditEvent,
+        timeout: float | None = None,
+    ) -> SigningKey | None:
+        """Revoke an active key of ``environment_id`` (stamping ``revoked_at`` and
+        ``updated_at``) and record ``audit``; a revoked key is returned unchanged with no
+        second audit event. ``None``: no such key in that environment."""
+        ...
+
+
+class TokenRecords(Protocol):
+    """Access tokens (only their secrets' hashes), as authentication and the CLI need them."""
+
+    async def insert(self, token: AccessToken, *, timeout: float | None = None) -> None:
+        """Store a new token; storing the same token id again changes nothing."""
+        ...
+
+    async def get(self, token_id: str, *, timeout: float | None = None) -> AccessToken | None:
+        """The token with ``token_id``, revoked or not; ``None`` if there is none."""
+        ...

@@ -1,0 +1,378 @@
+"""The change feed's rules, over the in-memory ports (no database): changes applied in
+order, revocations applied, late commits caught by the overlap window, a watermark that
+follows the data and never the clock, and watch streams (snapshot, replay, merge, bounds).
+
+The writer is another instance's key service sharing the records, so this feed's cache
+hears of a change only by polling, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.core import changes, crypto
+from service.core.changes import ChangeFeed, WatchEvent, parse_position, position_of
+from service.core.keycache import KeyCache
+from service.core.keys import KeyService
+from service.core.models import Principal, Scope, SigningKey
+from service.core.requests import ImportKeyRequest, KeyRef, WatchRequest
+from service.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    RegionUnavailableError,
+    SlowConsumerError,
+    TooManyWatchersError,
+)
+from tests.support.memory import DEFAULT_START, ManualClock, MemoryKeyRecords
+
+A, B = "env-a", "env-b"
+OVERLAP = 1.0
+ADMIN = Principal(token_id="skt_writer", scopes=frozenset(Scope), environments=frozenset({A, B}))
+READER = Principal(
+    token_id="skt_reader", scopes=frozenset({Scope.READ}), environments=frozenset({A})
+)
+PUBLIC_DER = crypto.generate_key_pair("EdDSA").public_der
+
+
+@dataclass
+class Instance:
+    clock: ManualClock
+    records: MemoryKeyRecords
+    writer: KeyService
+    cache: KeyCache
+    feed: ChangeFeed
+
+    async def create(self, env: str = A) -> SigningKey:
+        pem = crypto.public_key_pem(PUBLIC_DER)
+        return await self.writer.import_key(
+            ADMIN, ImportKeyRequest(environment_id=env, public_key=pem)
+        )
+
+    def cached(self, key_id: str) -> SigningKey | None:
+        entry = self.cache.get(key_id)
+        return None if entry is None else entry.record
+
+
+def instance(*, tick: float = 0.001, max_watchers: int = 10) -> Instance:
+    clock = ManualClock(tick=tick)
+    records = MemoryKeyRecords(clock=clock)
+    cache = KeyCache(size=100, negative_size=10, negative_ttl=1.0, clock=clock.seconds)
+    feed = ChangeFeed(
+        records,
+        cache,
+        poll_interval=0.05,
+        overlap=OVERLAP,
+        max_watchers=max_watchers,
+        clock=clock.seconds,
+    )
+    return Instance(clock, records, KeyService(records), cache, feed)
+
+
+@pytest.fixture
+async def polled() -> Instance:
+    """An instance whose feed has made its first poll, of a store holding one key of
+    another environment."""
+    node = instance()
+    await node.create(B)
+    await node.feed.poll_once()
+    return node
+
+
+async def next_event(stream: AsyncIterator[WatchEvent]) -> WatchEvent:
+    return await asyncio.wait_for(anext(stream), timeout=1.0)
+
+
+# Polling.
+
+
+async def test_the_first_poll_loads_every_key_and_proves_misses_unknown() -> None:
+    node = instance()
+    keys = [await node.create(env) for env in (A, A, B)]
+    assert node.feed.staleness() == math.inf, "never polled"
+    assert await node.feed.poll_once() == 3
+    assert all(node.cached(key.id) == key for key in keys)
+    assert node.cache.complete and node.feed.staleness() == 0
+
+
+async def test_changes_are_applied_and_a_revocation_wins(polled: Instance) -> None:
+    key = await polled.create()
+    assert polled.cached(key.id) is None, "only polling tells this instance"
+    await polled.writer.revoke(ADMIN, KeyRef(environment_id=A, key_id=key.id))
+    assert await polled.feed.poll_once() == 1
+    cached = polled.cached(key.id)
+    assert cached is not None and cached.status == "revoked"
+
+
+async def test_the_overlaps_rereads_are_not_new_changes(polled: Instance) -> None:
+    await polled.create()
+    assert await polled.feed.poll_once() == 1
+    assert await polled.feed.poll_once() == 0
+    polled.clock.advance(OVERLAP / 2)
+    assert await polled.feed.poll_once() == 0
+
+
+async def test_a_row_stamped_earlier_but_committed_later_is_caught_within_the_overlap(
+    polled: Instance,
+) -> None:
+    slow = polled.records.hold_next_write()
+    late = await polled.create()  # its transaction started first ...
+    polled.clock.advance(OVERLAP / 2)
+    fast = await polled.create()  # ... this one committed first
+    assert late.updated_at < fast.updated_at
+    await polled.feed.poll_once()
+    assert polled.cached(fast.id) is not None and polled.cached(late.id) is None
+    slow.commit()
+    assert await polled.feed.poll_once() == 1
+    assert polled.cached(late.id) == late
+
+
+async def test_the_overlap_window_is_inclusive_and_bounds_how_late_a_commit_may_be() -> None:
+    """A commit exactly one overlap behind the newest row read is caught; a later one is
+    lost — which is why the settings insist the overlap exceed the longest write."""
+    node = instance(tick=0)
+    await node.feed.poll_once()
+    edge = node.records.hold_next_write()
+    at_edge = await node.create()
+    node.clock.advance(OVERLAP)
+    await node.create()
+    await node.feed.poll_once()
+    edge.commit()
+    await node.feed.poll_once()
+    assert node.cached(at_edge.id) == at_edge
+
+    beyond = node.records.hold_next_write()
+    too_late = await node.create()
+    node.clock.advance(OVERLAP + 0.001)
+    await node.create()
+    await node.feed.poll_once()
+    beyond.commit()
+    await node.feed.poll_once()
+    assert node.cached(too_late.id) is None
+
+
+async def test_the_watermark_follows_the_data_and_never_the_clock(polled: Instance) -> None:
+    """Polls that read nothing new — a quiet hour, or a standby that has not replayed a
+    slow commit yet — leave the watermark where the data put it, so the row still pending
+    is read once it is visible, however long that took."""
+    seen = await polled.create()
+    pending = polled.records.hold_next_write()
+    late = await polled.create()
+    await polled.feed.poll_once()
+    for _ in range(3):
+        polled.clock.advance(1200)
+        assert await polled.feed.poll_once() == 0
+    pending.commit()
+    assert await polled.feed.poll_once() == 1
+    assert polled.cached(late.id) == late and polled.cached(seen.id) == seen
+
+
+async def test_a_lagging_read_never_takes_a_key_back() -> None:
+    """After the feed has seen a key revoked, an older version read from a region that lags
+    is ignored: nothing is re-applied and no watcher hears of it."""
+    active = signing_key(A, at=DEFAULT_START)
+    revoked = replace(active, status="revoked", updated_at=DEFAULT_START + timedelta(seconds=1))
+    elsewhere = signing_key(B, at=DEFAULT_START)
+    # Reads: the first poll, the watch's snapshot, then two polls of two different regions.
+    source = ScriptedSource([elsewhere], [], [revoked], [active])
+    cache = KeyCache(size=10, negative_size=10, negative_ttl=1.0)
+    feed = ChangeFeed(source, cache, poll_interval=0.05, overlap=OVERLAP)
+    await feed.poll_once()
+    stream = feed.watch(READER, WatchRequest(environment_id=A))
+    assert (await next_event(stream)).kind == "synced"
+    assert await feed.poll_once() == 1
+    assert await feed.poll_once() == 0, "the lagging region's older version is not a change"
+    cached = cache.get(active.id)
+    assert cached is not None and cached.record.status == "revoked"
+    event = await next_event(stream)
+    assert event.key == revoked
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(stream), timeout=0.05)
+
+
+async def test_a_failing_poll_keeps_what_was_known_and_the_staleness_grows(
+    polled: Instance,
+) -> None:
+    key = await polled.create()
+    await polled.feed.poll_once()
+    polled.records.unavailable = True
+    polled.clock.advance(7)
+    with pytest.raises(RegionUnavailableError):
+        await polled.feed.poll_once()
+    assert polled.feed.staleness() == pytest.approx(7)
+    assert polled.cached(key.id) == key
+    polled.records.unavailable = False
+    await polled.feed.poll_once()
+    assert polled.feed.staleness() == 0
+
+
+async def test_starting_against_an_unreachable_store_does_not_fail() -> None:
+    node = instance()
+    node.records.unavailable = True
+    async with node.feed:
+        assert node.feed.staleness() == math.inf
+    assert node.records.calls["pages"] >= 1, "it did try"
+
+
+# Watch streams.
+
+
+async def test_a_watch_is_a_snapshot_of_one_environment_then_its_changes(
+    polled: Instance,
+) -> None:
+    first, second = await polled.create(), await polled.create()
+    await polled.create(B)
+    await polled.feed.poll_once()
+    stream = polled.feed.watch(READER, WatchRequest(environment_id=A))
+    snapshot = [await next_event(stream) for _ in range(3)]
+    assert [(event.kind, event.key) for event in snapshot] == [
+        ("snapshot", first),
+        ("snapshot", second),
+        ("synced", None),
+    ]
+    assert snapshot[2].position == position_of(second.updated_at, second.id)
+
+    await polled.create(B)
+    third = await polled.create()
+    revoked = await polled.writer.revoke(ADMIN, KeyRef(environment_id=A, key_id=first.id))
+    await polled.feed.poll_once()
+    live = [await next_event(stream) for _ in range(2)]
+    assert [(event.kind, event.key) for event in live] == [
+        ("changed", third),
+        ("changed", revoked),
+    ], "in the order they changed, this environment's only"
+    assert [parse_position(event.position) for event in live] == [
+        third.updated_at,
+        revoked.updated_at,
+    ]
+    await stream.aclose()
+
+
+async def test_resuming_replays_from_one_overlap_before_the_position(polled: Instance) -> None:
+    old = await polled.create()
+    polled.clock.advance(5 * OVERLAP)
+    recent = await polled.create()
+    newer = await polled.create()
+    stream = polled.feed.watch(
+        READER, WatchRequest(environment_id=A, after=position_of(recent.updated_at, recent.id))
+    )
+    events = [await next_event(stream) for _ in range(3)]
+    assert [(event.kind, event.key) for event in events] == [
+        ("changed", recent),  # at least once: the position's own change comes again
+        ("changed", newer),
+        ("synced", None),
+    ]
+    assert old not in [event.key for event in events]
+    await stream.aclose()
+
+
+async def test_a_snapshot_from_a_lagging_region_is_completed_by_what_the_feed_knows() -> None:
+    active = signing_key(A, at=DEFAULT_START)
+    revoked = replace(active, status="revoked", updated_at=DEFAULT_START + timedelta(seconds=1))
+    # Reads: the feed polls the revocation; the watch's own snapshot comes from a laggard.
+    source = ScriptedSource([revoked], [active])
+    feed = ChangeFeed(
+        source, KeyCache(size=10, negative_size=10, negative_ttl=1.0), poll_interval=1, overlap=1
+    )
+    await feed.poll_once()
+    stream = feed.watch(READER, WatchRequest(environment_id=A))
+    events = [await next_event(stream) for _ in range(3)]
+    assert [(event.kind, event.key) for event in events] == [
+        ("snapshot", active),
+        ("snapshot", revoked),
+        ("synced", None),
+    ]
+    await stream.aclose()
+
+
+async def test_a_watch_needs_read_on_its_environment_and_a_position_of_ours(
+    polled: Instance,
+) -> None:
+    verifier = Principal(
+        token_id="v", scopes=frozenset({Scope.VERIFY}), environments=frozenset({A})
+    )
+    with pytest.raises(PermissionDeniedError, match="read"):
+        await anext(polled.feed.watch(verifier, WatchRequest(environment_id=A)))
+    with pytest.raises(PermissionDeniedError, match="environment"):
+        await anext(polled.feed.watch(READER, WatchRequest(environment_id=B)))
+    for position in ["", "abc", "12", "1" * 21 + ".k", "-5.k"]:
+        with pytest.raises(InvalidRequestError, match="position"):
+            await anext(polled.feed.watch(READER, WatchRequest(environment_id=A, after=position)))
+
+
+async def test_watch_streams_are_bounded_and_give_back_their_places() -> None:
+    node = instance(max_watchers=2)
+    await node.feed.poll_once()
+    streams = [node.feed.watch(READER, WatchRequest(environment_id=A)) for _ in range(3)]
+    for stream in streams[:2]:
+        assert (await next_event(stream)).kind == "synced"
+    with pytest.raises(TooManyWatchersError):
+        await anext(streams[2])
+    await streams[0].aclose()
+    again = node.feed.watch(READER, WatchRequest(environment_id=A))
+    assert (await next_event(again)).kind == "synced"
+    for stream in (streams[1], again):
+        await stream.aclose()
+
+
+async def test_a_watcher_that_falls_behind_is_told_to_resume(
+    polled: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changes, "DEFAULT_WATCH_QUEUE", 3)
+    stream = polled.feed.watch(READER, WatchRequest(environment_id=A))
+    assert (await next_event(stream)).kind == "synced"
+    for _ in range(4):
+        await polled.create()
+    await polled.feed.poll_once()
+    with pytest.raises(SlowConsumerError, match="resume"):
+        await next_event(stream)
+
+
+async def test_a_watcher_hears_of_the_first_key_ever_created() -> None:
+    node = instance()
+    await node.feed.poll_once()  # an empty store: a new deployment
+    stream = node.feed.watch(READER, WatchRequest(environment_id=A))
+    assert (await next_event(stream)).kind == "synced"
+    key = await node.create()
+    await node.feed.poll_once()
+    try:
+        event = await asyncio.wait_for(anext(stream), timeout=0.1)
+    finally:
+        await stream.aclose()
+    assert (event.kind, event.key) == ("changed", key)
+
+
+# A change source the test scripts: each read reaches another region, which may lag.
+
+
+class ScriptedSource:
+    """A :class:`~service.core.ports.ChangeSource` whose every read goes to the next region,
+    each holding the keys scripted for it (and read as the store reads them)."""
+
+    def __init__(self, *regions: list[SigningKey]) -> None:
+        self._regions = [MemoryKeyRecords.holding(keys) for keys in regions]
+
+    def pages(self, **read: Any) -> AsyncIterator[list[SigningKey]]:
+        return self._regions.pop(0).pages(**read)
+
+
+def signing_key(environment_id: str, *, at: datetime) -> SigningKey:
+    return SigningKey(
+        id=secrets.token_urlsafe(24),
+        environment_id=environment_id,
+        algorithm="EdDSA",
+        public_key=PUBLIC_DER,
+        fingerprint=crypto.fingerprint(PUBLIC_DER),
+        status="active",
+        source="imported",
+        name=None,
+        created_at=at,
+        updated_at=at,
+    )
