@@ -2,8 +2,9 @@
 
 The phases, on the history's clock:
 
-1. a fresh three-region topology, migrated, with one access token for the run's environment;
-   one service instance per region (``python -m service serve``);
+1. a fresh three-region topology, migrated and with one access token for the run's
+   environment (``python -m service migrate`` and ``token create``); one service instance per
+   region (``python -m service serve``);
 2. watch subscribers, then writers and readers on every instance, while the nemesis applies
    faults for ``seconds``;
 3. the nemesis heals what is active and restores everything (servers running in their roles,
@@ -22,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,11 +45,6 @@ from harness.chaos.monitor import ProcessMonitor, TopologyMonitor
 from harness.chaos.nemesis import Nemesis, World, select
 from harness.chaos.workload import Clients, InstanceClient, KeyBook, Reader, Watcher, Writer
 from harness.cluster import ROLE, LocalTopology
-from service.cli import open_database
-from service.core.auth import Authenticator
-from service.core.models import Scope
-from service.settings import Settings
-from service.store.migrations import migrate
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +112,8 @@ async def run(options: RunOptions, *, progress: Progress | None = None) -> tuple
         await asyncio.to_thread(topology.start)
         environment = f"chaos-{options.seed}-{secrets.token_hex(3)}"
         settings = service_settings(options)
-        login, secret = await _prepare(topology, environment, settings)
+        cli_env = {**os.environ, **topology.env(topology.primary), **settings}
+        await _command(cli_env, "migrate")
         history = History(
             Meta(
                 seed=options.seed,
@@ -132,7 +132,11 @@ async def run(options: RunOptions, *, progress: Progress | None = None) -> tuple
         for name in topology.region_names:
             instances[name] = ServiceInstance(name, env=env, log_path=run_dir / f"{name}.log")
         say("starting the service instances")
-        pids = await asyncio.gather(*(instance.start() for instance in instances.values()))
+        issuing = asyncio.create_task(_issue_token(cli_env, environment))
+        try:
+            pids = await asyncio.gather(*(instance.start() for instance in instances.values()))
+        finally:
+            login, secret = await issuing
         for name, pid in zip(instances, pids, strict=True):
             history.instance_event(name, "ready", pid)
         for name, instance in instances.items():
@@ -187,17 +191,41 @@ def _remove_run_dir(run_dir: Path, *, keep_logs: Path | None) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _prepare(
-    topology: LocalTopology, environment: str, settings: Mapping[str, str]
-) -> tuple[str, str]:
-    """Migrate, and issue the run's access token (every scope on its environment)."""
-    config = Settings.from_env({**topology.env(topology.primary), **settings})
-    async with open_database(config, writable=True) as database:
-        await migrate(database)
-        token, secret = await Authenticator(database).issue(
-            list(Scope), [environment], name="chaos"
+async def _issue_token(env: Mapping[str, str], environment: str) -> tuple[str, str]:
+    """The run's access token, every scope on its environment, issued as an operator does."""
+    issued = json.loads(
+        await _command(
+            env, "token", "create", "--environment", environment, "--scopes", "read,write,verify"
         )
-    return token.id, secret
+    )
+    return str(issued["id"]), str(issued["secret"])
+
+
+async def _command(env: Mapping[str, str], *args: str, timeout: float = 60.0) -> str:
+    """``python -m service ARGS``; its standard output, or an error with its output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"signing-keys {args[0]} exited with {process.returncode}: {err.decode()[-2000:]}"
+        )
+    return out.decode()
 
 
 async def _exercise(

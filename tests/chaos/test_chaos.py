@@ -40,6 +40,7 @@ async def test_sixty_seconds_of_handled_faults_leave_no_violation(tmp_path: Path
         faults=("handled",),
         out=tmp_path / "history.json",
         quiet=2.0,
+        final_reads=50,
         watch_from_empty=False,
         # Shorter than make chaos's, so that every kind of fault is dealt within the minute.
         nemesis_gap=(0.5, 2.0),
