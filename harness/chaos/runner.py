@@ -66,8 +66,8 @@ class RunOptions:
     """What to run. ``faults`` names entries of the fault table (or ``all``/``handled``).
 
     ``watch_from_empty`` subscribes the watchers before the environment has any key, in a
-    database that has none yet (a known gap of the service: such a watcher misses the first
-    key); when False a first key is created and seen by every instance before they subscribe.
+    database that has none yet (the service once sent such watchers no first keys at all);
+    when False a first key is created and seen by every instance before they subscribe.
     """
 
     seconds: float

@@ -2,11 +2,9 @@
 
 Three service instances (real processes, one per region) under mixed load while the nemesis
 applies the ``handled`` faults of the table at random, with a fixed seed; the checker must
-find no violation. Left out, and why (``make chaos`` runs them; the README lists what they
-find): ``unfenced-old-primary`` — the service does not fence an old primary that comes back,
-so writes reach it and are lost; and watch subscribers that subscribe while the database is
-empty — the first key is never sent to them, so here a first key exists before they
-subscribe.
+find no violation. Left out, and why (``make chaos`` runs it; the README lists what it
+finds): ``unfenced-old-primary`` — the service does not fence an old primary that comes
+back, so one instance reads stale data from it and its writes hang there.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ async def test_sixty_seconds_of_handled_faults_leave_no_violation(tmp_path: Path
         out=tmp_path / "history.json",
         quiet=2.0,
         final_reads=50,
-        watch_from_empty=False,
         # Shorter than make chaos's, so that every kind of fault is dealt within the minute.
         nemesis_gap=(0.5, 2.0),
         nemesis_duration=(1.5, 4.0),
