@@ -90,5 +90,17 @@ bench-tools:
 bench: $(STAMP) postgres bench-tools
 	$(BIN)/python -m tests.perf
 
+# Jepsen-style chaos test (harness/chaos/): three instances under mixed load, a nemesis of
+# every fault the harness offers, the history checked afterwards. Exits non-zero on any
+# violation; `python -m harness.chaos check $(CHAOS_OUT)` replays the checker.
+CHAOS_SECONDS ?= 600
+CHAOS_SEED ?= $(shell date +%s)
+CHAOS_FAULTS ?= all
+CHAOS_OUT ?= $(or $(TMPDIR),/tmp)/signing-keys-chaos-$(CHAOS_SEED).json
+.PHONY: chaos
+chaos: $(STAMP) postgres
+	$(BIN)/python -m harness.chaos run --seconds $(CHAOS_SECONDS) --seed $(CHAOS_SEED) \
+		--faults $(CHAOS_FAULTS) --out $(CHAOS_OUT)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,161 @@
+"""What the run observes besides its clients: each region's role, and each instance's size.
+
+:class:`TopologyMonitor` asks every region's server directly (as the superuser, not through
+its fault proxy) whether it is writable, on which timeline, and whether a standby is
+streaming; it records a :class:`~harness.chaos.history.RegionSample` whenever the answer
+changes. This is the harness's own word on roles — what the checker uses to tell when two
+regions were writable at once, and which regions could serve.
+
+:class:`ProcessMonitor` samples each service process's open file descriptors and RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import structlog
+
+from harness.chaos.history import History, ProcessSample, RegionSample
+from harness.chaos.instances import ServiceInstance
+from harness.cluster import LocalTopology
+
+log = structlog.get_logger(__name__)
+
+ROLE_QUERY = """
+SELECT pg_is_in_recovery() AS standby,
+       (SELECT status FROM pg_stat_wal_receiver) AS receiver,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile
+"""
+
+
+class TopologyMonitor:
+    """Samples every region's server every ``interval`` seconds into the history.
+
+    >>> async with TopologyMonitor(topology, history):
+    ...     ...
+    """
+
+    def __init__(
+        self, topology: LocalTopology, history: History, *, interval: float = 0.25
+    ) -> None:
+        self._topology = topology
+        self._history = history
+        self._interval = interval
+        self._connections: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TopologyMonitor every {self._interval}s connected={sorted(self._connections)}>"
+
+    async def __aenter__(self) -> TopologyMonitor:
+        self._task = asyncio.create_task(self._run(), name="topology-monitor")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for conn in self._connections.values():
+            conn.terminate()
+        self._connections.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.gather(*(self.sample(name) for name in self._topology.region_names))
+            await asyncio.sleep(self._interval)
+
+    async def sample(self, name: str) -> RegionSample:
+        """Ask one region's server how it is, record the answer if it changed, return it."""
+        t = self._history.now()
+        try:
+            async with asyncio.timeout(self._interval * 2):
+                conn = await self._connection(name)
+                row = await conn.fetchrow(ROLE_QUERY)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._drop(name)
+            sample = RegionSample(t=t, region=name, reachable=False)
+        else:
+            walfile = row["walfile"]
+            sample = RegionSample(
+                t=t,
+                region=name,
+                reachable=True,
+                writable=not row["standby"],
+                streaming=row["receiver"] == "streaming",
+                timeline=int(walfile[:8], 16) if walfile else None,
+            )
+        self._history.observe_region(sample)
+        return sample
+
+    async def _connection(self, name: str) -> Any:
+        conn = self._connections.get(name)
+        if conn is not None and not conn.is_closed():
+            return conn
+        conn = await asyncpg.connect(
+            self._topology.region(name).admin_dsn,
+            timeout=self._interval * 2,
+            server_settings={"application_name": "chaos-monitor"},
+        )
+        self._connections[name] = conn
+        return conn
+
+    def _drop(self, name: str) -> None:
+        conn = self._connections.pop(name, None)
+        if conn is not None:
+            conn.terminate()
+
+
+class ProcessMonitor:
+    """Samples open files and RSS of every running service instance every ``interval`` s."""
+
+    def __init__(
+        self,
+        instances: Mapping[str, ServiceInstance],
+        history: History,
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self._instances = instances
+        self._history = history
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ProcessMonitor:
+        self._task = asyncio.create_task(self._run(), name="process-monitor")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def sample(self) -> None:
+        for name, instance in self._instances.items():
+            pid, stats = instance.pid, instance.stats()
+            if pid is not None and stats is not None:
+                fds, rss = stats
+                self._history.processes.append(
+                    ProcessSample(t=self._history.now(), instance=name, pid=pid, fds=fds, rss=rss)
+                )
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self._interval)
