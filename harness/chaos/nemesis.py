@@ -13,7 +13,7 @@ diverged region held before it was wiped). The checker reads nothing else about 
 Optional entries activate only when the topology offers what they need (feature
 detection): ``pause``/``resume`` on the topology (a server frozen with SIGSTOP),
 ``replication_proxy`` on a region (a fault proxy on its replication link), and
-``promote_rogue`` on the topology (a standby promoted without fencing the primary).
+``rogue_promote`` on the topology (a standby promoted without fencing the primary).
 """
 
 from __future__ import annotations
@@ -296,11 +296,11 @@ def _has_replication_proxies(world: World) -> bool:
 
 async def _pause(world: World, target: str | None, rng: random.Random, rec: FaultRecord) -> None:
     rec.unavailable = [str(target)]
-    await world.call(world.topology.pause, target)  # type: ignore[attr-defined]
+    await world.call(world.topology.pause, str(target))
 
 
 async def _resume(world: World, target: str | None, rec: FaultRecord) -> None:
-    await world.call(world.topology.resume, target)  # type: ignore[attr-defined]
+    await world.call(world.topology.resume, str(target))
 
 
 def _replication_proxy(world: World, target: str | None) -> FaultProxy:
@@ -325,7 +325,7 @@ async def _rogue_promotion(
     """A standby promoted while the primary still runs, nobody fenced."""
     rec.unavailable = [str(target)]
     rec.details["old_primary"] = target  # the rogue: wiped and rejoined on heal
-    await world.call(world.topology.promote_rogue, target)  # type: ignore[attr-defined]
+    await world.call(world.topology.rogue_promote, str(target))
 
 
 FAULTS: Final[dict[str, Fault]] = {
@@ -424,7 +424,7 @@ FAULTS: Final[dict[str, Fault]] = {
             apply=_rogue_promotion,
             heal=_wipe_diverged,
             handled=False,
-            available=_has("promote_rogue"),
+            available=_has("rogue_promote"),
             hold=(6.0, 9.0),
         ),
     )
@@ -539,7 +539,7 @@ class Nemesis:
         for name in world.regions():
             if callable(getattr(topology, "resume", None)):
                 with contextlib.suppress(Exception):
-                    await world.call(topology.resume, name)  # type: ignore[attr-defined]
+                    await world.call(topology.resume, name)
         if not world.running(topology.primary) and topology.role(topology.primary) == "primary":
             await world.call(topology.restart, topology.primary)
         for name in world.regions():
