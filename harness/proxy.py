@@ -132,7 +132,9 @@ class _Channel:
             return
         if data is None:
             if target.can_write_eof():
-                target.write_eof()
+                # The peer may be gone already (ENOTCONN): nothing is left to half-close.
+                with contextlib.suppress(OSError):
+                    target.write_eof()
         else:
             target.write(data)
         if close_after:
