@@ -301,11 +301,14 @@ class InstanceClient:
         )
         extra = {CONSISTENCY_HEADER: token[0]} if token else {}
         if transport == "http":
-            answer = await self._http("GET", f"/system/v1/signing-keys/{key_id}", headers=extra)
+            # status=all: a revoked key is an answer too (the Mux-compatible default hides it).
+            answer = await self._http(
+                "GET", f"/system/v1/signing-keys/{key_id}?status=all", headers=extra
+            )
         else:
             answer = await self._grpc(
                 "GetSigningKey",
-                pb.GetSigningKeyRequest(environment_id=self.environment, id=key_id),
+                pb.GetSigningKeyRequest(environment_id=self.environment, id=key_id, status="all"),
                 pb.GetSigningKeyResponse,
                 metadata={CONSISTENCY_METADATA: token[0]} if token else None,
             )
