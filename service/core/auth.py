@@ -33,6 +33,9 @@ _TOKEN_ID: Final = re.compile(r"skt_[A-Za-z0-9]{16}")
 DEFAULT_UNKNOWN_TTL: Final = 0.5
 DEFAULT_CREDENTIAL_CACHE_SIZE: Final = 10_000
 MAX_CREDENTIAL_LENGTH: Final = 512
+# Ids and secrets are printable ASCII (letters, digits, URL-safe base64); anything else — a
+# raw byte a transport decoded as it could, a control character — cannot be a credential.
+_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
 
 
 def hash_secret(secret: str) -> bytes:
@@ -81,6 +84,8 @@ def parse_authorization(header: str | None) -> tuple[str, str]:
     token_id, sep, secret = value.partition(":")
     if not sep or not token_id or not secret:
         raise UnauthenticatedError("credentials must be an access token id and secret")
+    if not (_CREDENTIAL.fullmatch(token_id) and _CREDENTIAL.fullmatch(secret)):
+        raise UnauthenticatedError("credentials must be printable ASCII")
     return token_id, secret
 
 

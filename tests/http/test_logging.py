@@ -5,24 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 import structlog
 
-from service.logs import configure_logging
 from tests.support.service import Credentials, TokenFactory
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("debug", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 async def test_no_private_key_or_secret_reaches_a_log_line(

@@ -6,18 +6,23 @@ Registered from the root conftest as a pytest plugin.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from harness import LocalTopology
 from service.cli import open_database
 from service.core.models import Scope
 from service.grpc.server import GrpcServer
+from service.logs import configure_logging
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
@@ -125,3 +130,23 @@ def build_grpc_server(
 async def rows(topology: LocalTopology, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Query the current primary directly (not through the service)."""
     return await asyncio.to_thread(topology.query, topology.primary, sql, *args)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The service's JSON log lines, at debug level, for the test to read."""
+    stream = io.StringIO()
+    configure_logging("debug", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """Every line logged so far, parsed."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def errors_logged(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The lines logged at error level or above: a failure of ours, with its traceback."""
+    return [line for line in log_lines(stream) if line["level"] in ("error", "critical")]
