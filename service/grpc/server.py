@@ -53,7 +53,7 @@ from service.grpc.codec import StrictCodec, protobuf_twins
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
 from service.grpc.health import RegionEvents, readiness_health
-from service.grpc.limits import PREFIX_BYTES, SizeLimit
+from service.grpc.limits import PREFIX_BYTES, SizeLimit, decode_headers_as_latin1
 from service.grpc.listener import Listener, bind_listener
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
@@ -175,6 +175,7 @@ class GrpcServer(AsyncResource):
             ),
             config=Configuration(http2_stream_window_size=window),
         )
+        decode_headers_as_latin1(self._server)
         self.gate = CallGate()
         listen(self._server, RecvRequest, self.gate)
         listen(self._server, RecvRequest, SizeLimit(max_message_bytes=self.max_message_bytes))
