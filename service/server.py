@@ -4,9 +4,10 @@
 ...     await server.wait_closed()
 
 Startup and shutdown are one ordered stack (:class:`contextlib.AsyncExitStack`): the database
-(the locality router), the change feed, HTTP and gRPC start in that order, each pushing its
-own stop as soon as it is up, and shutdown unwinds the stack — exactly the reverse, so the
-servers stop taking calls while the feed and the database still serve the calls in flight.
+(the locality router), the credentials (the access-token table), the change feed, HTTP and
+gRPC start in that order, each pushing its own stop as soon as it is up, and shutdown unwinds
+the stack — exactly the reverse, so the servers stop taking calls while the credentials, the
+feed and the database still serve the calls in flight.
 A startup that fails half-way undoes only what had started. Closing is shielded from
 cancellation, each part's stop bounded by ``PART_CLOSE_TIMEOUT``, and idempotent: a second
 ``aclose()`` waits for the first. :attr:`Server.history` records what started and stopped.
@@ -23,7 +24,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from service.core.auth import Authenticator
+from service.core.auth import Authenticator, FailureLimits
 from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
@@ -66,6 +67,13 @@ class Server(AsyncResource):
             PostgresTokenRecords(self.database),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
+            poll_interval=settings.change_poll_interval,
+            overlap=settings.change_overlap,
+            limits=FailureLimits(
+                per_client=settings.auth_failures_per_client,
+                per_token=settings.auth_failures_per_token,
+            ),
+            metrics=self.metrics,
         )
         self.key_cache = KeyCache(
             size=settings.key_cache_size,
@@ -90,7 +98,8 @@ class Server(AsyncResource):
             metrics=self.metrics,
         )
         self.readiness = Readiness(
-            can_read=self.database.can_read, can_verify=self.verifier.can_serve
+            can_read=self.database.can_read,
+            can_verify=lambda: self.verifier.can_serve() and self.authenticator.can_serve(),
         )
         self.app = make_app(
             settings,
@@ -156,8 +165,8 @@ class Server(AsyncResource):
     # -- startup ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the database, the change feed, HTTP and gRPC, in that order; if one fails,
-        stop those already started (in reverse) and raise."""
+        """Start the database, the credentials, the change feed, HTTP and gRPC, in that order;
+        if one fails, stop those already started (in reverse) and raise."""
         if self._state != "new":
             raise RuntimeError(f"the server is {self._state}; start it once")
         self._state = "starting"
@@ -180,6 +189,8 @@ class Server(AsyncResource):
     async def _start_parts(self) -> None:
         await self.database.start()
         self._started("database", self.database.aclose)
+        await self.authenticator.start()
+        self._started("credentials", self.authenticator.aclose)
         await self.changes.start()
         self._started("change feed", self.changes.aclose)
         runner = await self._start_http()

@@ -92,6 +92,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_token_bytes: int = 8 * 1024
     credential_cache_ttl: float = 30.0
+    auth_failures_per_client: float = 10.0
+    auth_failures_per_token: float = 10.0
     key_cache_size: int = 100_000
     negative_cache_ttl: float = 0.5
     negative_cache_size: int = 10_000
@@ -171,6 +173,12 @@ class Settings:
             max_token_bytes=values.integer("MAX_TOKEN_BYTES", d["max_token_bytes"], minimum=256),
             credential_cache_ttl=values.number(
                 "CREDENTIAL_CACHE_TTL", d["credential_cache_ttl"], minimum=0.0
+            ),
+            auth_failures_per_client=values.number(
+                "AUTH_FAILURES_PER_CLIENT", d["auth_failures_per_client"], minimum=1.0
+            ),
+            auth_failures_per_token=values.number(
+                "AUTH_FAILURES_PER_TOKEN", d["auth_failures_per_token"], minimum=1.0
             ),
             key_cache_size=values.integer("KEY_CACHE_SIZE", d["key_cache_size"], minimum=1),
             negative_cache_ttl=values.number(

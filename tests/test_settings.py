@@ -53,6 +53,8 @@ def test_a_dsn_never_shows_in_a_repr() -> None:
         ({"SIGNING_KEYS_GRPC_ENABLED": "maybe"}, "SIGNING_KEYS_GRPC_ENABLED"),
         ({"SIGNING_KEYS_TLS_CERT_FILE": "/c.pem"}, "SIGNING_KEYS_TLS_KEY_FILE"),
         ({"SIGNING_KEYS_POOL_MIN_SIZE": "20"}, "SIGNING_KEYS_POOL_MIN_SIZE"),
+        ({"SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT": "0"}, "SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT"),
+        ({"SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN": "x"}, "SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_a_message_naming_it(

@@ -17,7 +17,8 @@ Only grpclib's public API runs the server (checked against grpclib 0.4.9):
 ``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
 knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
 ``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
-service: the size limit, and the shutdown gate (:class:`CallGate`).
+service: the size limit, the client's address for per-client limits, and the shutdown gate
+(:class:`CallGate`).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
@@ -44,7 +45,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
 from prometheus_client import CollectorRegistry
 
-from service.core.auth import Authenticator
+from service.core.auth import CLIENT_ADDRESS, Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keys import KeyService
 from service.core.readiness import Readiness
@@ -120,6 +121,23 @@ class CallGate:
         event.method_func = gated
 
 
+async def bind_client_address(event: RecvRequest) -> None:
+    """A ``RecvRequest`` listener: every call runs with its client's address bound to
+    :data:`~service.core.auth.CLIENT_ADDRESS`, which the per-client limits count by."""
+    handler = event.method_func
+    peer = event.peer.addr() if event.peer is not None else None
+    address = str(peer[0]) if peer else None
+
+    async def bound(stream: Stream[Any, Any]) -> None:
+        token = CLIENT_ADDRESS.set(address)
+        try:
+            await handler(stream)
+        finally:
+            CLIENT_ADDRESS.reset(token)
+
+    event.method_func = bound
+
+
 async def _refuse(stream: Stream[Any, Any]) -> None:
     raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
 
@@ -179,6 +197,7 @@ class GrpcServer(AsyncResource):
         self.gate = CallGate()
         listen(self._server, RecvRequest, self.gate)
         listen(self._server, RecvRequest, SizeLimit(max_message_bytes=self.max_message_bytes))
+        listen(self._server, RecvRequest, bind_client_address)
         self._listener: Listener | None = None
         self._state: Literal["new", "serving", "closing", "closed"] = "new"
         self._closed = asyncio.Event()

@@ -1,4 +1,5 @@
-"""The HTTP middleware: request context, error mapping and the access log, in one pass.
+"""The HTTP middleware: request context (request id, client address), error mapping and the
+access log, in one pass.
 
 One middleware rather than three keeps the per-request cost down (each aiohttp middleware
 adds a few microseconds of its own). Domain errors become HTTP statuses here and
@@ -16,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter
 
+from service.core.auth import CLIENT_ADDRESS
 from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
 from service.errors import ServiceError
@@ -74,9 +76,11 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
         request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         request[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        client = CLIENT_ADDRESS.set(request.remote)
         try:
             response = await _handle(request, handler)
         finally:
+            CLIENT_ADDRESS.reset(client)
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers[REQUEST_ID_HEADER] = request_id
         elapsed = time.perf_counter() - started

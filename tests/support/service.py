@@ -21,6 +21,7 @@ import structlog
 from harness import LocalTopology
 from service.cli import open_database
 from service.core.models import Scope
+from service.errors import TooManyRequestsError, UnauthenticatedError
 from service.grpc.server import GrpcServer
 from service.logs import configure_logging
 from service.server import Server
@@ -33,7 +34,9 @@ LOCAL_REGION = "aws-us-east-1"
 def service_env(
     topology: LocalTopology, local_region: str = LOCAL_REGION, **overrides: str
 ) -> dict[str, str]:
-    """Settings for a test instance: ephemeral ports on loopback, short timeouts."""
+    """Settings for a test instance: ephemeral ports on loopback, short timeouts, and limits
+    on failed authentications loose enough for tests that send bad credentials in bursts
+    from one address (the tests of those limits set their own)."""
     env = {
         **topology.env(local_region),
         "SIGNING_KEYS_HTTP_HOST": "127.0.0.1",
@@ -41,6 +44,8 @@ def service_env(
         "SIGNING_KEYS_GRPC_HOST": "127.0.0.1",
         "SIGNING_KEYS_GRPC_PORT": "0",
         "SIGNING_KEYS_ACCESS_LOG": "off",
+        "SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT": "1000",
+        "SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN": "1000",
     }
     env.update({f"SIGNING_KEYS_{key.upper()}": value for key, value in overrides.items()})
     return env
@@ -97,6 +102,28 @@ class TokenFactory:
     ) -> Credentials:
         token, secret = await self._server.authenticator.issue(scopes, environments)
         return Credentials(token.id, secret)
+
+
+async def known_everywhere(
+    servers: Iterable[Server], credentials: Credentials, timeout: float = 5.0
+) -> float:
+    """Wait until every server authenticates ``credentials`` (a token issued on one reaches
+    the others with their credential table's next poll); the seconds it took."""
+    started = asyncio.get_running_loop().time()
+    pending = list(servers)
+    async with asyncio.timeout(timeout):
+        while pending:
+            for server in list(pending):
+                try:
+                    await server.authenticator.authenticate(
+                        credentials.login, credentials.password, api="http"
+                    )
+                except (UnauthenticatedError, TooManyRequestsError):
+                    continue  # not read there yet (its failures are counted: hence 429)
+                pending.remove(server)
+            if pending:
+                await asyncio.sleep(0.01)
+    return asyncio.get_running_loop().time() - started
 
 
 @pytest.fixture
