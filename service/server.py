@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from service.core.auth import Authenticator, FailureLimits
-from service.core.changes import ChangeFeed
+from service.core.changes import ChangeFeed, WatchLimits
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.metrics import CoreMetrics
@@ -86,6 +86,12 @@ class Server(AsyncResource):
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
+            limits=WatchLimits(
+                streams=settings.max_watch_streams,
+                streams_per_caller=settings.max_watch_streams_per_caller,
+                snapshots_per_caller=settings.max_snapshots_per_caller,
+                snapshot_reads=settings.max_snapshot_reads,
+            ),
             metrics=self.metrics,
         )
         self.verifier = TokenVerifier(
@@ -149,6 +155,12 @@ class Server(AsyncResource):
             "signing_keys_cached_keys", "Parsed keys held in the cache.", registry=self.registry
         )
         cached.set_function(lambda: len(self.key_cache))
+        streams = Gauge(
+            "signing_keys_watch_streams",
+            "WatchSigningKeys streams open on this instance.",
+            registry=self.registry,
+        )
+        streams.set_function(lambda: self.changes.open_streams)
 
     @property
     def running(self) -> list[str]:

@@ -99,6 +99,10 @@ class Settings:
     negative_cache_size: int = 10_000
     change_poll_interval: float = 0.2
     change_overlap: float = 5.0
+    max_watch_streams: int = 1000
+    max_watch_streams_per_caller: int = 100
+    max_snapshots_per_caller: int = 2
+    max_snapshot_reads: int = 4
     max_staleness: float = 300.0
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
@@ -118,6 +122,13 @@ class Settings:
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+        pool = self.router.pool_max_size
+        if pool > 1 and self.max_snapshot_reads >= pool:
+            raise SettingsError(
+                f"{PREFIX}MAX_SNAPSHOT_READS={self.max_snapshot_reads} must be below "
+                f"{PREFIX}POOL_MAX_SIZE ({pool}): snapshots must leave connections for the "
+                "other queries"
+            )
         # The change feed re-reads `overlap` seconds behind its watermark, which must cover
         # the longest write (its deadline) plus a poll, or a slow commit could be skipped.
         needed = self.router.request_deadline + self.change_poll_interval
@@ -189,6 +200,18 @@ class Settings:
             ),
             change_poll_interval=values.number("CHANGE_POLL_INTERVAL", d["change_poll_interval"]),
             change_overlap=values.number("CHANGE_OVERLAP", d["change_overlap"]),
+            max_watch_streams=values.integer(
+                "MAX_WATCH_STREAMS", d["max_watch_streams"], minimum=1
+            ),
+            max_watch_streams_per_caller=values.integer(
+                "MAX_WATCH_STREAMS_PER_CALLER", d["max_watch_streams_per_caller"], minimum=1
+            ),
+            max_snapshots_per_caller=values.integer(
+                "MAX_SNAPSHOTS_PER_CALLER", d["max_snapshots_per_caller"], minimum=1
+            ),
+            max_snapshot_reads=values.integer(
+                "MAX_SNAPSHOT_READS", d["max_snapshot_reads"], minimum=1
+            ),
             max_staleness=values.number("MAX_STALENESS", d["max_staleness"]),
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),

@@ -55,6 +55,12 @@ def test_a_dsn_never_shows_in_a_repr() -> None:
         ({"SIGNING_KEYS_POOL_MIN_SIZE": "20"}, "SIGNING_KEYS_POOL_MIN_SIZE"),
         ({"SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT": "0"}, "SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT"),
         ({"SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN": "x"}, "SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN"),
+        ({"SIGNING_KEYS_MAX_WATCH_STREAMS_PER_CALLER": "0"}, "MAX_WATCH_STREAMS_PER_CALLER"),
+        ({"SIGNING_KEYS_MAX_SNAPSHOT_READS": "10"}, "SIGNING_KEYS_MAX_SNAPSHOT_READS"),
+        (
+            {"SIGNING_KEYS_POOL_MAX_SIZE": "3", "SIGNING_KEYS_POOL_MIN_SIZE": "1"},
+            "SIGNING_KEYS_MAX_SNAPSHOT_READS",
+        ),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_a_message_naming_it(

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 # gRPC, so that their latencies compare bucket for bucket.
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "unknown_token", "wrong_secret", "revoked")
 # auth_client / auth_token: failed authentications from one client address / for one token
-# id; watch_streams / watch_snapshots: one caller's open watch streams / snapshots in progress.
-LIMITS: Final = ("auth_client", "auth_token", "watch_streams", "watch_snapshots")
+# id; watch_streams / watch_streams_instance: open watch streams of one caller / of this
+# instance.
+LIMITS: Final = ("auth_client", "auth_token", "watch_streams", "watch_streams_instance")
 
 REQUEST_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
