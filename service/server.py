@@ -33,6 +33,7 @@ from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.http.listener import ConnectionGuard
 from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
@@ -43,6 +44,9 @@ from service.tls import server_context
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT: Final = 5.0
+# How long aiohttp keeps reading (and dropping) a body it was not asked for — one too large,
+# or too slow — so that the client sees the answer rather than a reset (aiohttp's own: 10 s).
+LINGERING_TIME: Final = 1.0
 # A backstop: every part bounds its own close (HTTP and gRPC by SHUTDOWN_TIMEOUT per step).
 PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
 
@@ -107,6 +111,11 @@ class Server(AsyncResource):
             can_read=self.database.can_read,
             can_verify=lambda: self.verifier.can_serve() and self.authenticator.can_serve(),
         )
+        self.http_connections = ConnectionGuard(
+            max_per_client=settings.http_max_connections_per_client,
+            header_timeout=settings.http_header_timeout,
+            registry=self.registry,
+        )
         self.app = make_app(
             settings,
             key_service=self.keys,
@@ -115,6 +124,7 @@ class Server(AsyncResource):
             regions=self.database,
             readiness=self.readiness,
             registry=self.registry,
+            connections=self.http_connections,
         )
         self._register_gauges()
         self.grpc: GrpcServer | None = None
@@ -205,31 +215,42 @@ class Server(AsyncResource):
         self._started("credentials", self.authenticator.aclose)
         await self.changes.start()
         self._started("change feed", self.changes.aclose)
-        runner = await self._start_http()
-        self._started("http", runner.cleanup)
+        stop_http = await self._start_http()
+        self._started("http", stop_http)
         if self.grpc is not None:
             await self.grpc.start()
             self.grpc_port = self.grpc.port
             self._started("grpc", self.grpc.aclose)
 
-    async def _start_http(self) -> web.AppRunner:
+    async def _start_http(self) -> Callable[[], Awaitable[None]]:
+        """Listen for HTTP; the stop: listen no more, then let aiohttp end the connections."""
         runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=self.settings.http_idle_timeout,
+            lingering_time=LINGERING_TIME,
         )
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner,
+            assert runner.server is not None  # set up
+            listener = await self.http_connections.serve(
+                runner.server,
                 self.settings.http_host,
                 self.settings.http_port,
-                ssl_context=server_context(self.settings),
+                ssl=server_context(self.settings),
             )
-            await site.start()
         except BaseException:
             await asyncio.shield(runner.cleanup())
             raise
-        self.http_port = runner.addresses[0][1]
-        return runner
+        self.http_port = listener.sockets[0].getsockname()[1]
+
+        async def stop() -> None:
+            listener.close()
+            await runner.cleanup()
+
+        return stop
 
     def _started(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
         self._stack.push_async_callback(self._stop, part, stop)

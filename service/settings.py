@@ -90,6 +90,12 @@ class Settings:
     access_log_sample_rate: float = 0.01
     slow_request_seconds: float = 0.5
     max_body_bytes: int = 64 * 1024
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    # Above the idle timeouts of the common load balancers (60 s), so that they, not we,
+    # close an idle connection: closing it under them races their next request.
+    http_idle_timeout: float = 75.0
+    http_max_connections_per_client: int = 256
     max_token_bytes: int = 8 * 1024
     credential_cache_ttl: float = 30.0
     auth_failures_per_client: float = 10.0
@@ -181,6 +187,12 @@ class Settings:
             ),
             slow_request_seconds=values.number("SLOW_REQUEST_SECONDS", d["slow_request_seconds"]),
             max_body_bytes=values.integer("MAX_BODY_BYTES", d["max_body_bytes"], minimum=1024),
+            http_header_timeout=values.number("HTTP_HEADER_TIMEOUT", d["http_header_timeout"]),
+            http_body_timeout=values.number("HTTP_BODY_TIMEOUT", d["http_body_timeout"]),
+            http_idle_timeout=values.number("HTTP_IDLE_TIMEOUT", d["http_idle_timeout"]),
+            http_max_connections_per_client=values.integer(
+                "HTTP_MAX_CONNECTIONS_PER_CLIENT", d["http_max_connections_per_client"], minimum=1
+            ),
             max_token_bytes=values.integer("MAX_TOKEN_BYTES", d["max_token_bytes"], minimum=256),
             credential_cache_ttl=values.number(
                 "CREDENTIAL_CACHE_TTL", d["credential_cache_ttl"], minimum=0.0
