@@ -113,6 +113,7 @@ class Settings:
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # mTLS: a verified client certificate is required
     sql_dir: str | None = None  # where the migrations are; None: sql/ beside the package
 
     def __post_init__(self) -> None:
@@ -128,6 +129,11 @@ class Settings:
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise SettingsError(
+                f"{PREFIX}TLS_CLIENT_CA_FILE needs TLS served: set {PREFIX}TLS_CERT_FILE and "
+                f"{PREFIX}TLS_KEY_FILE as well"
+            )
         pool = self.router.pool_max_size
         if pool > 1 and self.max_snapshot_reads >= pool:
             raise SettingsError(
@@ -228,6 +234,7 @@ class Settings:
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),
             tls_key_file=values.optional_text("TLS_KEY_FILE"),
+            tls_client_ca_file=values.optional_text("TLS_CLIENT_CA_FILE"),
             sql_dir=values.optional_text("SQL_DIR"),
         )
 

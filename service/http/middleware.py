@@ -1,5 +1,6 @@
-"""The HTTP middleware: request context (request id, client address), the body read within
-its timeout, error mapping and the access log, in one pass; it also tells the listener's
+"""The HTTP middleware: request context (request id, client address), the client-certificate
+rule of mutual TLS (:mod:`service.tls`), the body read within its timeout, error mapping and
+the access log, in one pass; it also tells the listener's
 :class:`~service.http.listener.ConnectionGuard` when a request head has arrived.
 
 One middleware rather than three keeps the per-request cost down (each aiohttp middleware
@@ -22,11 +23,17 @@ from prometheus_client import CollectorRegistry, Counter
 from service.core.auth import CLIENT_ADDRESS
 from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
-from service.errors import ServiceError
+from service.errors import ServiceError, UnauthenticatedError
 from service.http.errors import error_response, service_error_response
 from service.http.listener import ConnectionGuard
 from service.logs import is_access_logged
 from service.settings import Settings
+from service.tls import (
+    CERTIFICATE_EXEMPT_HTTP_PATHS,
+    CERTIFICATE_REQUIRED,
+    has_client_certificate,
+    requires_client_certificate,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +85,7 @@ def make_middleware(
     sample_rate = settings.access_log_sample_rate
     slow = settings.slow_request_seconds
     body_timeout = settings.http_body_timeout
+    certificate_required = requires_client_certificate(settings)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -89,7 +97,7 @@ def make_middleware(
         structlog.contextvars.bind_contextvars(request_id=request_id)
         client = CLIENT_ADDRESS.set(request.remote)
         try:
-            response = await _handle(request, handler, body_timeout)
+            response = await _handle(request, handler, body_timeout, certificate_required)
         finally:
             CLIENT_ADDRESS.reset(client)
             structlog.contextvars.unbind_contextvars("request_id")
@@ -115,9 +123,11 @@ def make_middleware(
 
 
 async def _handle(
-    request: web.Request, handler: Handler, body_timeout: float
+    request: web.Request, handler: Handler, body_timeout: float, certificate_required: bool
 ) -> web.StreamResponse:
     try:
+        if certificate_required:
+            _require_client_certificate(request)
         if request.body_exists:
             # Read whole here, within its timeout, so that no handler waits on a slow client
             # (the body is bounded by the application's client_max_size; handlers get it
@@ -157,3 +167,14 @@ async def _handle(
     except Exception:
         log.exception("http_unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", ["internal error"])
+
+
+def _require_client_certificate(request: web.Request) -> None:
+    """Mutual TLS: refuse a request whose connection presented no client certificate, unless
+    it is a probe (:mod:`service.tls`)."""
+    if request.path in CERTIFICATE_EXEMPT_HTTP_PATHS:
+        return
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    if not has_client_certificate(ssl_object):
+        raise UnauthenticatedError(CERTIFICATE_REQUIRED)
