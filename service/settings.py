@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -274,8 +275,37 @@ def _parse_regions(values: _Values) -> list[RegionSettings]:
         dsn = values.required(dsn_key)
         if not dsn.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}{dsn_key} must be a postgresql:// URL")
+        _check_dsn_tls(f"{PREFIX}{dsn_key}", dsn, root_from_env=values.env("PGSSLROOTCERT"))
         regions.append(RegionSettings(name=name, cloud=cloud, dsn=dsn, priority=priority))
     return regions
+
+
+# sslmode values that verify the server's certificate, and so need the CA that issued it.
+_VERIFYING_SSL_MODES = frozenset({"verify-ca", "verify-full"})
+_TLS_FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey")
+
+
+def _check_dsn_tls(variable: str, dsn: str, *, root_from_env: str | None) -> None:
+    """A DSN's TLS parameters, checked at start-up rather than at every connection.
+
+    asyncpg (0.30 and later) reads ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey``
+    from the DSN itself; for a verifying ``sslmode`` without ``sslrootcert`` it falls back to
+    ``~/.postgresql/root.crt``, which an image whose home is ``/nonexistent`` never has. The
+    messages name the variable and the parameter, never the DSN (it holds a password).
+    """
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
+    params = {key: values[-1] for key, values in query.items() if values}
+    if params.get("sslmode") in _VERIFYING_SSL_MODES and not (
+        params.get("sslrootcert") or root_from_env
+    ):
+        raise SettingsError(
+            f"{variable}: sslmode={params['sslmode']} needs sslrootcert=<file of the CA "
+            "certificates that issued the server's> in the DSN"
+        )
+    for parameter in _TLS_FILE_PARAMETERS:
+        path = params.get(parameter)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"{variable}: {parameter} file {path!r} cannot be read")
 
 
 class _Values:
@@ -299,6 +329,10 @@ class _Values:
         if value is None:
             value = self._file.get(key)
         return value if value not in (None, "") else None
+
+    def env(self, name: str) -> str | None:
+        """An unprefixed variable of the environment (one that libraries read themselves)."""
+        return self._environ.get(name) or None
 
     def required(self, key: str) -> str:
         value = self.get(key)
