@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -34,6 +35,7 @@ from service.core.models import AccessToken, Api, Principal, Scope, check_id
 from service.core.ports import TokenRecords
 from service.core.ratelimit import KeyedBuckets
 from service.errors import (
+    DependencyError,
     InvalidRequestError,
     RegionUnavailableError,
     TooManyRequestsError,
@@ -309,5 +311,10 @@ class Authenticator(AsyncResource):
         token, secret = new_access_token(scopes, environments, name=name)
         await self._tokens.insert(token)
         self.credentials.put(token)
+        if not self.can_serve():
+            # Never read yet (started before the schema existed, say): the database has just
+            # answered, so read it now rather than refuse the new token until the next poll.
+            with contextlib.suppress(DependencyError):
+                await self.credentials.poll_once()
         log.info("access_token_issued", token_id=token.id, scopes=sorted(token.scopes))
         return token, secret

@@ -323,3 +323,12 @@ async def test_malformed_and_missing_credentials_are_counted_as_failures(
             await auth.authenticate_header(header, api="http")
     assert metrics.value("signing_keys_auth_failures_total", reason="missing") == 1
     assert metrics.value("signing_keys_auth_failures_total", reason="malformed") == 2
+
+
+async def test_issuing_on_a_table_never_read_reads_it_so_the_token_works_at_once(
+    tokens: MemoryTokenRecords, clock: ManualClock
+) -> None:
+    """As ``make run`` does: the service starts before the schema exists, then issues."""
+    auth = await authenticator(tokens, clock, loaded=False)
+    token, secret = await auth.issue([Scope.READ], ["env-a"])
+    assert (await auth.authenticate(token.id, secret, api="http")).token_id == token.id
