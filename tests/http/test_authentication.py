@@ -89,7 +89,7 @@ async def test_unknown_token_ids_cost_no_database_read(quiet_server: Server) -> 
 async def test_an_unknown_id_answers_as_fast_as_a_wrong_secret(quiet_server: Server) -> None:
     """Timing must not tell which ids exist. Before: ≈1.1 ms for an unknown id (a database
     read) against ≈0.5 ms for a wrong secret. Medians of interleaved tries, with a margin
-    well below a database read."""
+    (0.3 ms) well below a database read and well above the noise."""
     server = quiet_server
     known = await TokenFactory(server)(["env-x"])
     timings: dict[str, list[float]] = {"unknown": [], "wrong": []}
@@ -103,7 +103,7 @@ async def test_an_unknown_id_answers_as_fast_as_a_wrong_secret(quiet_server: Ser
                 timings[kind].append(time.perf_counter() - started)
     unknown, wrong = (statistics.median(timings[kind]) for kind in ("unknown", "wrong"))
     print(f"\nmedian: unknown id {unknown * 1e3:.3f} ms, wrong secret {wrong * 1e3:.3f} ms")
-    assert abs(unknown - wrong) < 0.2e-3, (unknown, wrong)
+    assert abs(unknown - wrong) < 0.3e-3, (unknown, wrong)
 
 
 async def test_a_client_over_its_failed_authentications_gets_429_over_http_and_grpc(

@@ -42,8 +42,8 @@ def requests_with_status(server: Server, status: int) -> float:
 
 async def test_a_body_that_trickles_in_gets_408_at_the_body_timeout(timed: Server) -> None:
     """Before: 20 slow-body connections were all still open after 20 s."""
-    reader, writer = await connect(timed)
     started = time.monotonic()
+    reader, writer = await connect(timed)
     writer.write(VERIFY_HEAD + b"{")
 
     async def trickle() -> None:
@@ -60,7 +60,7 @@ async def test_a_body_that_trickles_in_gets_408_at_the_body_timeout(timed: Serve
     finally:
         trickling.cancel()
         writer.close()
-    assert time.monotonic() - started >= BODY_TIMEOUT * 0.9
+    assert time.monotonic() - started >= BODY_TIMEOUT
 
 
 async def test_a_client_that_hangs_up_mid_body_is_not_an_error(
