@@ -64,6 +64,15 @@ class PermissionDeniedError(CallerError, type="forbidden"):
     """The credentials are valid but do not cover this scope or environment."""
 
 
+class TooManyRequestsError(CallerError, type="too_many_requests"):
+    """The caller exceeded a limit of its own (failed authentications, watch streams,
+    snapshots in progress); ``retry_after`` says when trying again may succeed."""
+
+    def __init__(self, *messages: str, retry_after: float = 1.0) -> None:
+        super().__init__(*messages)
+        self.retry_after = retry_after
+
+
 class DependencyError(ServiceError, type="service_unavailable"):
     """A dependency (the database regions) cannot serve; retrying later may help."""
 

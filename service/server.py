@@ -4,9 +4,10 @@
 ...     await server.wait_closed()
 
 Startup and shutdown are one ordered stack (:class:`contextlib.AsyncExitStack`): the database
-(the locality router), the change feed, HTTP and gRPC start in that order, each pushing its
-own stop as soon as it is up, and shutdown unwinds the stack — exactly the reverse, so the
-servers stop taking calls while the feed and the database still serve the calls in flight.
+(the locality router), the credentials (the access-token table), the change feed, HTTP and
+gRPC start in that order, each pushing its own stop as soon as it is up, and shutdown unwinds
+the stack — exactly the reverse, so the servers stop taking calls while the credentials, the
+feed and the database still serve the calls in flight.
 A startup that fails half-way undoes only what had started. Closing is shielded from
 cancellation, each part's stop bounded by ``PART_CLOSE_TIMEOUT``, and idempotent: a second
 ``aclose()`` waits for the first. :attr:`Server.history` records what started and stopped.
@@ -23,8 +24,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from service.core.auth import Authenticator
-from service.core.changes import ChangeFeed
+from service.core.auth import Authenticator, FailureLimits
+from service.core.changes import ChangeFeed, WatchLimits
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.metrics import CoreMetrics
@@ -32,6 +33,7 @@ from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.http.listener import ConnectionGuard
 from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
@@ -42,6 +44,9 @@ from service.tls import server_context
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT: Final = 5.0
+# How long aiohttp keeps reading (and dropping) a body it was not asked for — one too large,
+# or too slow — so that the client sees the answer rather than a reset (aiohttp's own: 10 s).
+LINGERING_TIME: Final = 1.0
 # A backstop: every part bounds its own close (HTTP and gRPC by SHUTDOWN_TIMEOUT per step).
 PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
 
@@ -66,6 +71,13 @@ class Server(AsyncResource):
             PostgresTokenRecords(self.database),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
+            poll_interval=settings.change_poll_interval,
+            overlap=settings.change_overlap,
+            limits=FailureLimits(
+                per_client=settings.auth_failures_per_client,
+                per_token=settings.auth_failures_per_token,
+            ),
+            metrics=self.metrics,
         )
         self.key_cache = KeyCache(
             size=settings.key_cache_size,
@@ -79,6 +91,12 @@ class Server(AsyncResource):
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
             max_data_age=settings.change_max_data_age,
+            limits=WatchLimits(
+                streams=settings.max_watch_streams,
+                streams_per_caller=settings.max_watch_streams_per_caller,
+                snapshots_per_caller=settings.max_snapshots_per_caller,
+                snapshot_reads=settings.max_snapshot_reads,
+            ),
             metrics=self.metrics,
         )
         self.verifier = TokenVerifier(
@@ -92,8 +110,13 @@ class Server(AsyncResource):
         )
         self.readiness = Readiness(
             can_read=self.database.can_read,
-            can_verify=self.verifier.can_serve,
+            can_verify=lambda: self.verifier.can_serve() and self.authenticator.can_serve(),
             is_fresh=self.changes.is_fresh,
+        )
+        self.http_connections = ConnectionGuard(
+            max_per_client=settings.http_max_connections_per_client,
+            header_timeout=settings.http_header_timeout,
+            registry=self.registry,
         )
         self.app = make_app(
             settings,
@@ -103,6 +126,7 @@ class Server(AsyncResource):
             regions=self.database,
             readiness=self.readiness,
             registry=self.registry,
+            connections=self.http_connections,
         )
         self._register_gauges()
         self.grpc: GrpcServer | None = None
@@ -144,6 +168,12 @@ class Server(AsyncResource):
             "signing_keys_cached_keys", "Parsed keys held in the cache.", registry=self.registry
         )
         cached.set_function(lambda: len(self.key_cache))
+        streams = Gauge(
+            "signing_keys_watch_streams",
+            "WatchSigningKeys streams open on this instance.",
+            registry=self.registry,
+        )
+        streams.set_function(lambda: self.changes.open_streams)
 
     @property
     def running(self) -> list[str]:
@@ -160,8 +190,8 @@ class Server(AsyncResource):
     # -- startup ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the database, the change feed, HTTP and gRPC, in that order; if one fails,
-        stop those already started (in reverse) and raise."""
+        """Start the database, the credentials, the change feed, HTTP and gRPC, in that order;
+        if one fails, stop those already started (in reverse) and raise."""
         if self._state != "new":
             raise RuntimeError(f"the server is {self._state}; start it once")
         self._state = "starting"
@@ -184,33 +214,46 @@ class Server(AsyncResource):
     async def _start_parts(self) -> None:
         await self.database.start()
         self._started("database", self.database.aclose)
+        await self.authenticator.start()
+        self._started("credentials", self.authenticator.aclose)
         await self.changes.start()
         self._started("change feed", self.changes.aclose)
-        runner = await self._start_http()
-        self._started("http", runner.cleanup)
+        stop_http = await self._start_http()
+        self._started("http", stop_http)
         if self.grpc is not None:
             await self.grpc.start()
             self.grpc_port = self.grpc.port
             self._started("grpc", self.grpc.aclose)
 
-    async def _start_http(self) -> web.AppRunner:
+    async def _start_http(self) -> Callable[[], Awaitable[None]]:
+        """Listen for HTTP; the stop: listen no more, then let aiohttp end the connections."""
         runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=self.settings.http_idle_timeout,
+            lingering_time=LINGERING_TIME,
         )
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner,
+            assert runner.server is not None  # set up
+            listener = await self.http_connections.serve(
+                runner.server,
                 self.settings.http_host,
                 self.settings.http_port,
-                ssl_context=server_context(self.settings),
+                ssl=server_context(self.settings),
             )
-            await site.start()
         except BaseException:
             await asyncio.shield(runner.cleanup())
             raise
-        self.http_port = runner.addresses[0][1]
-        return runner
+        self.http_port = listener.sockets[0].getsockname()[1]
+
+        async def stop() -> None:
+            listener.close()
+            await runner.cleanup()
+
+        return stop
 
     def _started(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
         self._stack.push_async_callback(self._stop, part, stop)

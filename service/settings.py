@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -90,8 +91,16 @@ class Settings:
     access_log_sample_rate: float = 0.01
     slow_request_seconds: float = 0.5
     max_body_bytes: int = 64 * 1024
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    # Above the idle timeouts of the common load balancers (60 s), so that they, not we,
+    # close an idle connection: closing it under them races their next request.
+    http_idle_timeout: float = 75.0
+    http_max_connections_per_client: int = 256
     max_token_bytes: int = 8 * 1024
     credential_cache_ttl: float = 30.0
+    auth_failures_per_client: float = 10.0
+    auth_failures_per_token: float = 10.0
     key_cache_size: int = 100_000
     negative_cache_ttl: float = 0.5
     negative_cache_size: int = 10_000
@@ -100,10 +109,15 @@ class Settings:
     # The change feed reads only where the data is at most this old, so a change made in any
     # region is enforced here within this plus a poll: the revocation bound (0.8 s).
     change_max_data_age: float = 0.6
+    max_watch_streams: int = 1000
+    max_watch_streams_per_caller: int = 100
+    max_snapshots_per_caller: int = 2
+    max_snapshot_reads: int = 4
     max_staleness: float = 300.0
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # mTLS: a verified client certificate is required
     sql_dir: str | None = None  # where the migrations are; None: sql/ beside the package
 
     def __post_init__(self) -> None:
@@ -119,6 +133,18 @@ class Settings:
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise SettingsError(
+                f"{PREFIX}TLS_CLIENT_CA_FILE needs TLS served: set {PREFIX}TLS_CERT_FILE and "
+                f"{PREFIX}TLS_KEY_FILE as well"
+            )
+        pool = self.router.pool_max_size
+        if pool > 1 and self.max_snapshot_reads >= pool:
+            raise SettingsError(
+                f"{PREFIX}MAX_SNAPSHOT_READS={self.max_snapshot_reads} must be below "
+                f"{PREFIX}POOL_MAX_SIZE ({pool}): snapshots must leave connections for the "
+                "other queries"
+            )
         # The change feed re-reads `overlap` seconds behind its watermark, which must cover
         # the longest write (its deadline) plus a poll, or a slow commit could be skipped.
         # Replication lag needs no room: the watermark is the newest stamp the feed has read,
@@ -174,9 +200,21 @@ class Settings:
             ),
             slow_request_seconds=values.number("SLOW_REQUEST_SECONDS", d["slow_request_seconds"]),
             max_body_bytes=values.integer("MAX_BODY_BYTES", d["max_body_bytes"], minimum=1024),
+            http_header_timeout=values.number("HTTP_HEADER_TIMEOUT", d["http_header_timeout"]),
+            http_body_timeout=values.number("HTTP_BODY_TIMEOUT", d["http_body_timeout"]),
+            http_idle_timeout=values.number("HTTP_IDLE_TIMEOUT", d["http_idle_timeout"]),
+            http_max_connections_per_client=values.integer(
+                "HTTP_MAX_CONNECTIONS_PER_CLIENT", d["http_max_connections_per_client"], minimum=1
+            ),
             max_token_bytes=values.integer("MAX_TOKEN_BYTES", d["max_token_bytes"], minimum=256),
             credential_cache_ttl=values.number(
                 "CREDENTIAL_CACHE_TTL", d["credential_cache_ttl"], minimum=0.0
+            ),
+            auth_failures_per_client=values.number(
+                "AUTH_FAILURES_PER_CLIENT", d["auth_failures_per_client"], minimum=1.0
+            ),
+            auth_failures_per_token=values.number(
+                "AUTH_FAILURES_PER_TOKEN", d["auth_failures_per_token"], minimum=1.0
             ),
             key_cache_size=values.integer("KEY_CACHE_SIZE", d["key_cache_size"], minimum=1),
             negative_cache_ttl=values.number(
@@ -188,10 +226,23 @@ class Settings:
             change_poll_interval=values.number("CHANGE_POLL_INTERVAL", d["change_poll_interval"]),
             change_overlap=values.number("CHANGE_OVERLAP", d["change_overlap"]),
             change_max_data_age=values.number("CHANGE_MAX_DATA_AGE", d["change_max_data_age"]),
+            max_watch_streams=values.integer(
+                "MAX_WATCH_STREAMS", d["max_watch_streams"], minimum=1
+            ),
+            max_watch_streams_per_caller=values.integer(
+                "MAX_WATCH_STREAMS_PER_CALLER", d["max_watch_streams_per_caller"], minimum=1
+            ),
+            max_snapshots_per_caller=values.integer(
+                "MAX_SNAPSHOTS_PER_CALLER", d["max_snapshots_per_caller"], minimum=1
+            ),
+            max_snapshot_reads=values.integer(
+                "MAX_SNAPSHOT_READS", d["max_snapshot_reads"], minimum=1
+            ),
             max_staleness=values.number("MAX_STALENESS", d["max_staleness"]),
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),
             tls_key_file=values.optional_text("TLS_KEY_FILE"),
+            tls_client_ca_file=values.optional_text("TLS_CLIENT_CA_FILE"),
             sql_dir=values.optional_text("SQL_DIR"),
         )
 
@@ -231,8 +282,37 @@ def _parse_regions(values: _Values) -> list[RegionSettings]:
         dsn = values.required(dsn_key)
         if not dsn.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}{dsn_key} must be a postgresql:// URL")
+        _check_dsn_tls(f"{PREFIX}{dsn_key}", dsn, root_from_env=values.env("PGSSLROOTCERT"))
         regions.append(RegionSettings(name=name, cloud=cloud, dsn=dsn, priority=priority))
     return regions
+
+
+# sslmode values that verify the server's certificate, and so need the CA that issued it.
+_VERIFYING_SSL_MODES = frozenset({"verify-ca", "verify-full"})
+_TLS_FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey")
+
+
+def _check_dsn_tls(variable: str, dsn: str, *, root_from_env: str | None) -> None:
+    """A DSN's TLS parameters, checked at start-up rather than at every connection.
+
+    asyncpg (0.30 and later) reads ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey``
+    from the DSN itself; for a verifying ``sslmode`` without ``sslrootcert`` it falls back to
+    ``~/.postgresql/root.crt``, which an image whose home is ``/nonexistent`` never has. The
+    messages name the variable and the parameter, never the DSN (it holds a password).
+    """
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
+    params = {key: values[-1] for key, values in query.items() if values}
+    if params.get("sslmode") in _VERIFYING_SSL_MODES and not (
+        params.get("sslrootcert") or root_from_env
+    ):
+        raise SettingsError(
+            f"{variable}: sslmode={params['sslmode']} needs sslrootcert=<file of the CA "
+            "certificates that issued the server's> in the DSN"
+        )
+    for parameter in _TLS_FILE_PARAMETERS:
+        path = params.get(parameter)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"{variable}: {parameter} file {path!r} cannot be read")
 
 
 class _Values:
@@ -256,6 +336,10 @@ class _Values:
         if value is None:
             value = self._file.get(key)
         return value if value not in (None, "") else None
+
+    def env(self, name: str) -> str | None:
+        """An unprefixed variable of the environment (one that libraries read themselves)."""
+        return self._environ.get(name) or None
 
     def required(self, key: str) -> str:
         value = self.get(key)

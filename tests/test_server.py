@@ -24,6 +24,7 @@ SERVING = HealthCheckResponse.SERVING
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
 STARTED = [
     ("started", "database"),
+    ("started", "credentials"),
     ("started", "change feed"),
     ("started", "http"),
     ("started", "grpc"),
@@ -151,7 +152,7 @@ async def test_shutdown_is_startup_in_reverse(settings: Settings) -> None:
     assert "new" in repr(server)
     await server.start()
     assert server.history == STARTED
-    assert server.running == ["database", "change feed", "http", "grpc"]
+    assert server.running == ["database", "credentials", "change feed", "http", "grpc"]
     assert "serving" in repr(server)
     with pytest.raises(RuntimeError, match="start it once"):
         await server.start()
@@ -197,10 +198,12 @@ async def test_a_startup_failure_half_way_undoes_only_what_started(
         assert raised.value.errno is not None
     assert server.history == [
         ("started", "database"),
+        ("started", "credentials"),
         ("started", "change feed"),
         ("started", "http"),
         ("stopped", "http"),
         ("stopped", "change feed"),
+        ("stopped", "credentials"),
         ("stopped", "database"),
     ]
     assert await _refuses(server.http_port), "the HTTP listener is closed"
@@ -211,12 +214,13 @@ async def test_a_startup_failure_half_way_undoes_only_what_started(
     await server.aclose()
 
 
-async def test_without_grpc_the_stack_holds_three_parts(migrated_topology: LocalTopology) -> None:
+async def test_without_grpc_the_stack_holds_four_parts(migrated_topology: LocalTopology) -> None:
     env = service_env(migrated_topology, grpc_enabled="false")
     async with Server(Settings.from_env(env)) as server:
-        assert server.running == ["database", "change feed", "http"]
+        assert server.running == ["database", "credentials", "change feed", "http"]
     assert [name for event, name in server.history if event == "stopped"] == [
         "http",
         "change feed",
+        "credentials",
         "database",
     ]

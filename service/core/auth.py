@@ -2,37 +2,62 @@
 
 A token is an id plus a 256-bit random secret. Only SHA-256 of the secret is stored: the
 secret's entropy makes a slow password hash pointless, so checking a credential costs one
-fast hash and a constant-time comparison — and, thanks to a small bounded cache, no database
-round trip on the hot path.
+fast hash and a constant-time comparison, against the records the
+:class:`~service.core.credentials.CredentialTable` holds in memory: no database round trip,
+whether or not the id exists. An unknown id is compared against a dummy hash, so it takes
+the same steps as a wrong secret, and the two get the same answer.
+
+Failed authentications are limited per client address and per token id
+(:class:`FailureLimits`): past the limit the answer is 429 (``RESOURCE_EXHAUSTED``).
+The transports bind the client's address to :data:`CLIENT_ADDRESS` for each request.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-import cachetools
 import structlog
 
+from service.core.credentials import CredentialTable
+from service.core.metrics import CoreMetrics
 from service.core.models import AccessToken, Api, Principal, Scope, check_id
 from service.core.ports import TokenRecords
-from service.errors import DependencyError, InvalidRequestError, UnauthenticatedError
+from service.core.ratelimit import KeyedBuckets
+from service.errors import (
+    DependencyError,
+    InvalidRequestError,
+    RegionUnavailableError,
+    TooManyRequestsError,
+    UnauthenticatedError,
+)
+from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
 TOKEN_ID_PREFIX: Final = "skt_"
 _TOKEN_ID: Final = re.compile(r"skt_[A-Za-z0-9]{16}")
-# Short: a token just issued in another region may not have replicated here yet.
-DEFAULT_UNKNOWN_TTL: Final = 0.5
-DEFAULT_CREDENTIAL_CACHE_SIZE: Final = 10_000
 MAX_CREDENTIAL_LENGTH: Final = 512
+# Ids and secrets are printable ASCII (letters, digits, URL-safe base64); anything else — a
+# raw byte a transport decoded as it could, a control character — cannot be a credential.
+_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
+# How many client addresses and token ids the failure limits remember (least recent forgotten).
+DEFAULT_LIMITED_KEYS: Final = 10_000
+INVALID_CREDENTIALS: Final = "invalid access token id or secret"
+
+# The address of the client whose request is being served: bound by the transport for the
+# request's task, as the request id is bound for logging; None outside a request.
+CLIENT_ADDRESS: Final = contextvars.ContextVar[str | None]("client_address", default=None)
 
 
 def hash_secret(secret: str) -> bytes:
@@ -81,17 +106,79 @@ def parse_authorization(header: str | None) -> tuple[str, str]:
     token_id, sep, secret = value.partition(":")
     if not sep or not token_id or not secret:
         raise UnauthenticatedError("credentials must be an access token id and secret")
+    if not (_CREDENTIAL.fullmatch(token_id) and _CREDENTIAL.fullmatch(secret)):
+        raise UnauthenticatedError("credentials must be printable ASCII")
     return token_id, secret
 
 
-class Authenticator:
-    """Turns an (id, secret) pair into a :class:`Principal`, caching token records.
+def client_key(address: str) -> str:
+    """What the per-client limit counts by: an IPv4 address, or an IPv6 address's /64 (one
+    host is commonly given a whole /64, and could otherwise pick a fresh address per try)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
-    A record is re-read after ``cache_ttl`` seconds, so a revoked token stops working within
-    that time. When no region can answer, the last record read is used for up to
-    ``max_staleness`` seconds (last known good, like the keys), so verification outlives a
-    database outage. Ids that do not look like ours never reach the database; unknown ones
-    are remembered briefly apart, so a flood of them cannot evict real credentials.
+
+class FailureLimits:
+    """How many failed authentications a client address, and a token id, may cause: each a
+    token bucket of ``per_client`` (``per_token``) failures a second, as many at once.
+
+    A client address over its limit is refused before its credentials are checked. A token
+    id over its limit only turns the answer to a *failure* into 429: the right secret still
+    authenticates, so whoever knows an id (ids are not secret: audit events name them)
+    cannot lock its owner out. Well-shaped ids are counted whether they exist or not, so
+    the limit itself tells nothing about which ids exist.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_client: float,
+        per_token: float,
+        size: int = DEFAULT_LIMITED_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clients = KeyedBuckets(per_client, size=size, clock=clock)
+        self._tokens = KeyedBuckets(per_token, size=size, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<FailureLimits clients={len(self._clients)} token_ids={len(self._tokens)}>"
+
+    def client_wait(self, client: str | None) -> float:
+        """Seconds until ``client`` may fail again (0: it may now)."""
+        return 0.0 if client is None else self._clients.wait(client_key(client))
+
+    def failed(self, client: str | None, token_id: str | None) -> str | None:
+        """Count one failure against both; the limit it went over (``auth_client`` or
+        ``auth_token``), if any."""
+        over_client = client is not None and not self._clients.take(client_key(client))
+        over_token = token_id is not None and not self._tokens.take(token_id)
+        if over_client:
+            return "auth_client"
+        return "auth_token" if over_token else None
+
+    def token_wait(self, token_id: str) -> float:
+        return self._tokens.wait(token_id)
+
+
+class Authenticator(AsyncResource):
+    """Turns an (id, secret) pair into a :class:`Principal`, from the credential table.
+
+    The table reads every token record at start, then what changed every ``poll_interval``
+    (``overlap`` as the change feed's) and everything every ``cache_ttl`` — the bound on how
+    long a revoked token can still work. Without ``poll_interval`` it reads everything every
+    ``cache_ttl`` only. When no region can answer, the records last read keep serving for up
+    to ``max_staleness`` seconds (last known good, like the keys); past that, authentication
+    fails closed with 503. Without ``limits``, failures are counted but never limited (the
+    command line, which only issues tokens).
+
+    >>> async with Authenticator(records, cache_ttl=30, max_staleness=300,
+    ...                          poll_interval=0.2, overlap=5.0, limits=limits) as auth:
+    ...     principal = await auth.authenticate_header(header, api="http")
     """
 
     def __init__(
@@ -100,69 +187,134 @@ class Authenticator:
         *,
         cache_ttl: float,
         max_staleness: float,
-        cache_size: int = DEFAULT_CREDENTIAL_CACHE_SIZE,
-        unknown_ttl: float = DEFAULT_UNKNOWN_TTL,
+        poll_interval: float | None = None,
+        overlap: float | None = None,
+        limits: FailureLimits | None = None,
+        metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if poll_interval is not None and overlap is None:
+            raise ValueError("polling for changes needs an overlap to re-read")
         self._tokens = tokens
-        self._ttl = cache_ttl
         self._max_staleness = max_staleness
-        self._clock = clock
-        self._known: cachetools.LRUCache[str, tuple[AccessToken, float]] = cachetools.LRUCache(
-            maxsize=cache_size
+        self._limits = limits
+        self._metrics = metrics if metrics is not None else CoreMetrics()
+        self.credentials = CredentialTable(
+            tokens,
+            poll_interval=cache_ttl if poll_interval is None else poll_interval,
+            overlap=overlap or 0.0,
+            resync_interval=cache_ttl,
+            metrics=self._metrics,
+            clock=clock,
         )
-        self._unknown: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
-            maxsize=cache_size, ttl=unknown_ttl, timer=clock
-        )
+        # What an unknown id is compared against: the same work as a wrong secret.
+        self._dummy_hash = hash_secret(secrets.token_urlsafe(32))
+
+    def __repr__(self) -> str:
+        return f"<Authenticator {self.credentials!r} limits={self._limits!r}>"
+
+    async def start(self) -> None:
+        await self.credentials.start()
+
+    async def aclose(self) -> None:
+        await self.credentials.aclose()
+
+    def can_serve(self) -> bool:
+        """Whether the credential records are recent enough to authenticate with."""
+        return self.credentials.staleness() <= self._max_staleness
 
     async def authenticate(
         self, token_id: str, secret: str, *, api: Api, request_id: str | None = None
     ) -> Principal:
-        token = await self._lookup(token_id) if _TOKEN_ID.fullmatch(token_id) else None
-        # Compare even when the token is unknown, so timing does not tell which ids exist.
-        expected = token.secret_hash if token is not None else b"\0" * 32
+        client = CLIENT_ADDRESS.get()
+        self._refuse_limited_client(client)
+        if not self.can_serve():
+            raise RegionUnavailableError(
+                "access tokens cannot be checked: no region has answered for too long"
+            )
+        shaped = _TOKEN_ID.fullmatch(token_id) is not None
+        token = self.credentials.get(token_id) if shaped else None
+        # Compare even when the id is unknown, so that timing does not tell which ids exist.
+        expected = token.secret_hash if token is not None else self._dummy_hash
         matches = hmac.compare_digest(expected, hash_secret(secret))
-        if token is None or not matches or token.revoked_at is not None:
-            raise UnauthenticatedError("invalid access token id or secret")
-        return Principal(
-            token_id=token.id,
-            scopes=token.scopes,
-            environments=token.environments,
-            api=api,
-            request_id=request_id,
+        if token is not None and matches and token.revoked_at is None:
+            return Principal(
+                token_id=token.id,
+                scopes=token.scopes,
+                environments=token.environments,
+                api=api,
+                request_id=request_id,
+            )
+        reason = "unknown_token" if token is None else "revoked" if matches else "wrong_secret"
+        raise self._failure(
+            UnauthenticatedError(INVALID_CREDENTIALS),
+            reason,
+            client=client,
+            token_id=token_id if shaped else None,
         )
-
-    async def _lookup(self, token_id: str) -> AccessToken | None:
-        if token_id in self._unknown:
-            return None
-        now = self._clock()
-        known = self._known.get(token_id)
-        if known is not None and now - known[1] < self._ttl:
-            return known[0]
-        try:
-            token = await self._tokens.get(token_id)
-        except DependencyError:
-            if known is not None and now - known[1] <= self._max_staleness:
-                return known[0]  # last known good
-            raise
-        if token is None:
-            self._known.pop(token_id, None)
-            self._unknown[token_id] = True
-        else:
-            self._known[token_id] = (token, now)
-        return token
 
     async def authenticate_header(
         self, header: str | None, *, api: Api, request_id: str | None = None
     ) -> Principal:
-        token_id, secret = parse_authorization(header)
+        client = CLIENT_ADDRESS.get()
+        self._refuse_limited_client(client)
+        try:
+            token_id, secret = parse_authorization(header)
+        except UnauthenticatedError as exc:
+            reason = "missing" if not header else "malformed"
+            raise self._failure(exc, reason, client=client) from None
         return await self.authenticate(token_id, secret, api=api, request_id=request_id)
+
+    def _refuse_limited_client(self, client: str | None) -> None:
+        if self._limits is None:
+            return
+        wait = self._limits.client_wait(client)
+        if wait > 0:
+            self._metrics.limited["auth_client"].inc()
+            raise TooManyRequestsError(
+                "too many failed authentications from this address; retry later",
+                retry_after=wait,
+            )
+
+    def _failure(
+        self,
+        error: UnauthenticatedError,
+        reason: str,
+        *,
+        client: str | None,
+        token_id: str | None = None,
+    ) -> UnauthenticatedError | TooManyRequestsError:
+        """Count a failed authentication; the error to answer it with."""
+        self._metrics.auth_failures[reason].inc()
+        if self._limits is None:
+            return error
+        limited = self._limits.failed(client, token_id)
+        if limited is None:
+            return error
+        self._metrics.limited[limited].inc()
+        if limited == "auth_client":
+            return TooManyRequestsError(
+                "too many failed authentications from this address; retry later",
+                retry_after=self._limits.client_wait(client),
+            )
+        assert token_id is not None
+        return TooManyRequestsError(
+            "too many failed authentications for this access token id; retry later",
+            retry_after=self._limits.token_wait(token_id),
+        )
 
     async def issue(
         self, scopes: Iterable[Scope], environments: Iterable[str], *, name: str | None = None
     ) -> tuple[AccessToken, str]:
-        """Create and store a token; return it with its secret (shown once)."""
+        """Create and store a token; return it with its secret (shown once). It works on
+        this instance at once, and on the others after their next poll."""
         token, secret = new_access_token(scopes, environments, name=name)
         await self._tokens.insert(token)
+        self.credentials.put(token)
+        if not self.can_serve():
+            # Never read yet (started before the schema existed, say): the database has just
+            # answered, so read it now rather than refuse the new token until the next poll.
+            with contextlib.suppress(DependencyError):
+                await self.credentials.poll_once()
         log.info("access_token_issued", token_id=token.id, scopes=sorted(token.scopes))
         return token, secret

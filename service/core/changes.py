@@ -13,15 +13,24 @@ settings insist on it. Changes are applied to the :class:`~service.core.keycache
 Positions handed to watchers are ``"<updated_at µs>.<key id>"``; resuming from one replays
 every change of the environment from ``overlap`` before it, so delivery is at-least-once
 (dedupe on key id and ``updated_at``).
+
+Watching is bounded per instance and per caller (access token) by :class:`WatchLimits`: one
+caller's streams are capped (``RESOURCE_EXHAUSTED`` / 429 past the cap); only a few of its
+snapshots (or replays) run at once, reading and sending, while the rest wait their turn; and
+every page a snapshot reads from the database holds one of a few instance-wide read slots
+while it is read. So a flood of snapshots leaves the database pools to every other query
+and the event loop to every other request, and one caller's flood leaves room for others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import math
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
@@ -33,17 +42,54 @@ from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
-from service.errors import InvalidRequestError, SlowConsumerError, TooManyWatchersError
+from service.errors import (
+    InvalidRequestError,
+    SlowConsumerError,
+    TooManyRequestsError,
+    TooManyWatchersError,
+)
 from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_WATCH_QUEUE: Final = 1024
-# Each watcher may hold a full queue: the bound keeps their memory bounded too.
-DEFAULT_MAX_WATCHERS: Final = 1000
 # Polls of slack before fresh data counts as stale: one in progress, one late, one spare.
 FRESH_POLLS: Final = 3
+# Events a watcher is handed between two turns it gives the event loop's other tasks.
+# Encoding and sending an event is CPU work that seldom waits (about a millisecond with
+# betterproto on a busy machine): without turns, a snapshot of thousands of keys would hold
+# the loop from probes and every other request for seconds.
+YIELD_EVERY: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchLimits:
+    """How much watching an instance, and one caller (access token), may do; ``None``: no
+    limit. Each watcher may hold a full queue, so the stream caps bound memory too.
+
+    ``streams``: open watch streams on this instance (past it: ``UNAVAILABLE``, try another
+    instance); ``streams_per_caller``: one caller's open streams (past it:
+    ``RESOURCE_EXHAUSTED``); ``snapshots_per_caller``: one caller's snapshots (or replays) in
+    progress, reading and sending (more wait); ``snapshot_reads``: snapshot pages read from
+    the database at once on this instance, by all callers (more wait).
+
+    A caller whose consumer stops reading mid-snapshot holds one of its own snapshot slots
+    until its stream ends, never one of the instance's read slots.
+    """
+
+    streams: int | None = None
+    streams_per_caller: int | None = None
+    snapshots_per_caller: int | None = None
+    snapshot_reads: int | None = None
+
+
+@dataclass(eq=False)
+class _CallerSnapshots:
+    """One caller's snapshot slots, and how many of its streams hold or wait for one."""
+
+    slots: asyncio.Semaphore
+    users: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +142,7 @@ class ChangeFeed(AsyncResource):
         poll_interval: float,
         overlap: float,
         max_data_age: float | None = None,
-        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        limits: WatchLimits | None = None,
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,7 +151,15 @@ class ChangeFeed(AsyncResource):
         self._source = source
         self._max_data_age = max_data_age
         self._metrics = metrics if metrics is not None else CoreMetrics()
-        self._max_watchers = max_watchers
+        self._limits = limits if limits is not None else WatchLimits()
+        self._streams = 0
+        self._streams_by_caller: collections.Counter[str] = collections.Counter()
+        self._caller_snapshots: dict[str, _CallerSnapshots] = {}
+        self._snapshot_reads = (
+            None
+            if self._limits.snapshot_reads is None
+            else asyncio.Semaphore(self._limits.snapshot_reads)
+        )
         self._cache = cache
         self._interval = poll_interval
         self._overlap = timedelta(seconds=overlap)
@@ -124,8 +178,13 @@ class ChangeFeed(AsyncResource):
     def __repr__(self) -> str:
         return (
             f"<ChangeFeed watermark={self._watermark} staleness={self.staleness():.3f}s "
-            f"watchers={len(self._watchers)} {self._cache!r}>"
+            f"watchers={len(self._watchers)} streams={self._streams} {self._cache!r}>"
         )
+
+    @property
+    def open_streams(self) -> int:
+        """Watch streams open on this instance."""
+        return self._streams
 
     async def start(self) -> None:
         """Load every key (best effort: a database that is down now is retried by polling)."""
@@ -228,21 +287,27 @@ class ChangeFeed(AsyncResource):
         principal.require(Scope.READ, environment_id)
         after = request.after
         since = None if after is None else parse_position(after) - self._overlap
-        if len(self._watchers) >= self._max_watchers:
-            raise TooManyWatchersError(
-                f"this instance serves {self._max_watchers} watch streams already; retry later"
-            )
+        caller = principal.token_id
+        self._admit(caller)
+        self._streams += 1
+        self._streams_by_caller[caller] += 1
         watcher = _Watcher(environment_id)
         self._watchers.add(watcher)  # subscribe first, so nothing falls between query and live
         try:
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
             last = after or position_of(self._watermark or _EPOCH)
             sent: dict[str, datetime] = {}
-            async for page in self._source.pages(environment_id=environment_id, since=since):
-                for key in page:
-                    sent[key.id] = key.updated_at
-                    last = position_of(key.updated_at, key.id)
-                    yield WatchEvent(kind, key, last)
+            async with (
+                self._caller_slot(caller),
+                contextlib.aclosing(self._snapshot_pages(environment_id, since)) as pages,
+            ):
+                async for page in pages:
+                    for count, key in enumerate(page, 1):
+                        sent[key.id] = key.updated_at
+                        last = position_of(key.updated_at, key.id)
+                        yield WatchEvent(kind, key, last)
+                        if not count % YIELD_EVERY:
+                            await asyncio.sleep(0)
             # The snapshot may come from a region behind the feed: add what the feed already
             # knows to be newer, so no change applied before this watcher subscribed is lost.
             for key in sorted(self._recent.values(), key=lambda k: (k.updated_at, k.id)):
@@ -252,11 +317,73 @@ class ChangeFeed(AsyncResource):
                     last = position_of(key.updated_at, key.id)
                     yield WatchEvent(kind, key, last)
             yield WatchEvent("synced", None, last)
-            while True:
+            for count in itertools.count(1):
                 if watcher.overflowed:
                     raise SlowConsumerError(
                         "this watcher fell behind the change stream; resume from its last position"
                     )
-                yield await watcher.queue.get()
+                yield await watcher.queue.get()  # no turn for others while the queue holds some
+                if not count % YIELD_EVERY:
+                    await asyncio.sleep(0)
         finally:
             self._watchers.discard(watcher)
+            self._streams -= 1
+            self._streams_by_caller[caller] -= 1
+            if not self._streams_by_caller[caller]:
+                del self._streams_by_caller[caller]
+
+    def _admit(self, caller: str) -> None:
+        """Refuse a stream past this instance's cap, or past its caller's."""
+        limits = self._limits
+        if limits.streams is not None and self._streams >= limits.streams:
+            self._metrics.limited["watch_streams_instance"].inc()
+            raise TooManyWatchersError(
+                f"this instance serves {limits.streams} watch streams already; retry later"
+            )
+        mine = self._streams_by_caller[caller]
+        if limits.streams_per_caller is not None and mine >= limits.streams_per_caller:
+            self._metrics.limited["watch_streams"].inc()
+            raise TooManyRequestsError(
+                f"this access token has {mine} watch streams open on this instance, the most "
+                "it may: close one before opening another"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _caller_slot(self, caller: str) -> AsyncIterator[None]:
+        """Hold one of the caller's snapshot slots for a whole snapshot, reading and sending
+        (waiting for one if all are taken)."""
+        if self._limits.snapshots_per_caller is None:
+            yield
+            return
+        entry = self._caller_snapshots.get(caller)
+        if entry is None:
+            slots = asyncio.Semaphore(self._limits.snapshots_per_caller)
+            entry = self._caller_snapshots[caller] = _CallerSnapshots(slots)
+        entry.users += 1
+        try:
+            async with entry.slots:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._caller_snapshots[caller]
+
+    async def _snapshot_pages(
+        self, environment_id: str, since: datetime | None
+    ) -> AsyncGenerator[list[SigningKey], None]:
+        """The environment's pages, each read while holding one of the instance's read slots
+        — released before the page is handed on, so that a slow consumer holds none."""
+        pages = aiter(self._source.pages(environment_id=environment_id, since=since))
+        try:
+            while True:
+                if self._snapshot_reads is None:
+                    page = await anext(pages, None)
+                else:
+                    async with self._snapshot_reads:
+                        page = await anext(pages, None)
+                if page is None:
+                    return
+                yield page
+        finally:
+            if isinstance(pages, AsyncGenerator):
+                await pages.aclose()

@@ -71,7 +71,11 @@ class CreatedKey:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessToken:
-    """A stored credential: the secret itself is never kept, only its SHA-256."""
+    """A stored credential: the secret itself is never kept, only its SHA-256.
+
+    ``updated_at`` is the store's stamp of the last change (``None`` until stored), which
+    the credential table polls for, as the change feed polls keys'.
+    """
 
     id: str
     secret_hash: bytes = field(repr=False)
@@ -79,6 +83,7 @@ class AccessToken:
     environments: frozenset[str]
     name: str | None = None
     revoked_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

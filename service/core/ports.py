@@ -155,7 +155,12 @@ class KeyRecords(ChangeSource, Protocol):
 
 
 class TokenRecords(Protocol):
-    """Access tokens (only their secrets' hashes), as authentication and the CLI need them."""
+    """Access tokens (only their secrets' hashes), as authentication and the CLI need them.
+
+    A token is stored with the store's own ``updated_at``; whatever changes a token later
+    (revoking it: ``revoked_at``) stamps ``updated_at`` again, so that the credential table
+    of every instance reads the change on its next poll.
+    """
 
     async def insert(self, token: AccessToken, *, timeout: float | None = None) -> None:
         """Store a new token; storing the same token id again changes nothing."""
@@ -163,4 +168,16 @@ class TokenRecords(Protocol):
 
     async def get(self, token_id: str, *, timeout: float | None = None) -> AccessToken | None:
         """The token with ``token_id``, revoked or not; ``None`` if there is none."""
+        ...
+
+    def pages(
+        self,
+        *,
+        since: datetime | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[AccessToken]]:
+        """Every token (with ``updated_at`` at or after ``since``, if given), revoked or not,
+        ordered by ``(updated_at, id)``, in pages of at most ``page_size``, paged by keyset
+        as :meth:`ChangeSource.pages` is and with the same meaning of ``updated_at``."""
         ...

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[errors.ServiceError], Status], ...]] = (
     (errors.ConflictError, Status.ALREADY_EXISTS),
     (errors.UnauthenticatedError, Status.UNAUTHENTICATED),
     (errors.PermissionDeniedError, Status.PERMISSION_DENIED),
+    (errors.TooManyRequestsError, Status.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceededError, Status.DEADLINE_EXCEEDED),
     # Region unavailable, no writable region, ambiguous commit: retry later (an ambiguous
     # commit with the same idempotency key).

@@ -17,7 +17,8 @@ Only grpclib's public API runs the server (checked against grpclib 0.4.9):
 ``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
 knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
 ``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
-service: the size limit, and the shutdown gate (:class:`CallGate`).
+service: the client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size
+limit, the client's address for per-client limits, and the shutdown gate (:class:`CallGate`).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
@@ -44,22 +45,24 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
 from prometheus_client import CollectorRegistry
 
-from service.core.auth import Authenticator
+from service.core.auth import CLIENT_ADDRESS, Authenticator
 from service.core.changes import ChangeFeed
 from service.core.keys import KeyService
 from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
+from service.errors import UnauthenticatedError
 from service.grpc.codec import StrictCodec, protobuf_twins
+from service.grpc.errors import ERROR_TYPE_METADATA
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
 from service.grpc.health import RegionEvents, readiness_health
-from service.grpc.limits import PREFIX_BYTES, SizeLimit
+from service.grpc.limits import PREFIX_BYTES, SizeLimit, decode_headers_as_latin1
 from service.grpc.listener import Listener, bind_listener
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
 from service.lifecycle import AsyncResource
 from service.settings import Settings
-from service.tls import server_context
+from service.tls import CERTIFICATE_REQUIRED, requires_client_certificate, server_context
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +70,7 @@ SHUTDOWN_TIMEOUT: Final = 5.0
 SERVICE_NAME: Final = "signingkeys.v1.SigningKeys"
 MIN_STREAM_WINDOW: Final = 65_535  # HTTP/2's smallest window that grpclib accepts
 SHUTTING_DOWN: Final = "the server is shutting down; retry elsewhere"
+HEALTH_METHODS: Final = "/grpc.health.v1.Health/"
 
 
 class CallGate:
@@ -118,6 +122,44 @@ class CallGate:
                     self._idle.set()
 
         event.method_func = gated
+
+
+async def bind_client_address(event: RecvRequest) -> None:
+    """A ``RecvRequest`` listener: every call runs with its client's address bound to
+    :data:`~service.core.auth.CLIENT_ADDRESS`, which the per-client limits count by."""
+    handler = event.method_func
+    peer = event.peer.addr() if event.peer is not None else None
+    address = str(peer[0]) if peer else None
+
+    async def bound(stream: Stream[Any, Any]) -> None:
+        token = CLIENT_ADDRESS.set(address)
+        try:
+            await handler(stream)
+        finally:
+            CLIENT_ADDRESS.reset(token)
+
+    event.method_func = bound
+
+
+class ClientCertificateRule:
+    """A ``RecvRequest`` listener for mutual TLS: a call from a connection that presented no
+    client certificate answers ``UNAUTHENTICATED``, except the health service's, which
+    orchestrators call without one (:mod:`service.tls` states the rule)."""
+
+    async def __call__(self, event: RecvRequest) -> None:
+        if event.method_name.startswith(HEALTH_METHODS):
+            return
+        certificate = event.peer.cert() if event.peer is not None else None
+        if not certificate:
+            event.method_func = _refuse_without_certificate
+
+
+async def _refuse_without_certificate(stream: Stream[Any, Any]) -> None:
+    await stream.send_trailing_metadata(
+        status=Status.UNAUTHENTICATED,
+        status_message=CERTIFICATE_REQUIRED,
+        metadata={ERROR_TYPE_METADATA: UnauthenticatedError.type},
+    )
 
 
 async def _refuse(stream: Stream[Any, Any]) -> None:
@@ -175,9 +217,13 @@ class GrpcServer(AsyncResource):
             ),
             config=Configuration(http2_stream_window_size=window),
         )
+        decode_headers_as_latin1(self._server)
+        if requires_client_certificate(settings):
+            listen(self._server, RecvRequest, ClientCertificateRule())
         self.gate = CallGate()
         listen(self._server, RecvRequest, self.gate)
         listen(self._server, RecvRequest, SizeLimit(max_message_bytes=self.max_message_bytes))
+        listen(self._server, RecvRequest, bind_client_address)
         self._listener: Listener | None = None
         self._state: Literal["new", "serving", "closing", "closed"] = "new"
         self._closed = asyncio.Event()

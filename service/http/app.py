@@ -11,6 +11,7 @@ from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.http import appkeys, keys, ops, tokens
 from service.http.appkeys import RegionHealth
+from service.http.listener import ConnectionGuard
 from service.http.middleware import HttpMetrics, make_middleware
 from service.settings import Settings
 
@@ -24,10 +25,11 @@ def make_app(
     regions: RegionHealth,
     readiness: Readiness,
     registry: CollectorRegistry,
+    connections: ConnectionGuard,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[make_middleware(settings, HttpMetrics(registry))],
+        middlewares=[make_middleware(settings, HttpMetrics(registry), connections)],
     )
     app[appkeys.SETTINGS] = settings
     app[appkeys.KEYS] = key_service

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from aiohttp import web
@@ -17,6 +18,7 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[errors.ServiceError], int], ...]] = (
     (errors.ConflictError, 409),
     (errors.UnauthenticatedError, 401),
     (errors.PermissionDeniedError, 403),
+    (errors.TooManyRequestsError, 429),
     (errors.DeadlineExceededError, 504),
     (errors.DependencyError, 503),
     (errors.ServiceError, 500),
@@ -27,7 +29,9 @@ def status_of(error: errors.ServiceError) -> int:
     return next(status for cls, status in STATUS_BY_ERROR if isinstance(error, cls))
 
 
-def error_response(status: int, error_type: str, messages: list[str]) -> web.Response:
+def error_response(
+    status: int, error_type: str, messages: list[str], *, retry_after: float = 1.0
+) -> web.Response:
     response = web.Response(
         status=status,
         text=dumps({"error": {"type": error_type, "messages": messages}}),
@@ -35,10 +39,12 @@ def error_response(status: int, error_type: str, messages: list[str]) -> web.Res
     )
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="signing-keys"'
-    if status == 503:
-        response.headers["Retry-After"] = "1"
+    if status in (429, 503):
+        # Whole seconds, at least one: RFC 9110 allows no fraction, and 0 invites a storm.
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 
 def service_error_response(error: errors.ServiceError) -> web.Response:
-    return error_response(status_of(error), error.type, error.messages)
+    retry_after = error.retry_after if isinstance(error, errors.TooManyRequestsError) else 1.0
+    return error_response(status_of(error), error.type, error.messages, retry_after=retry_after)

@@ -1,4 +1,7 @@
-"""The HTTP middleware: request context, error mapping and the access log, in one pass.
+"""The HTTP middleware: request context (request id, client address), the client-certificate
+rule of mutual TLS (:mod:`service.tls`), the body read within its timeout, error mapping and
+the access log, in one pass; it also tells the listener's
+:class:`~service.http.listener.ConnectionGuard` when a request head has arrived.
 
 One middleware rather than three keeps the per-request cost down (each aiohttp middleware
 adds a few microseconds of its own). Domain errors become HTTP statuses here and
@@ -13,19 +16,31 @@ from typing import Any, Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter
 
+from service.core.auth import CLIENT_ADDRESS
 from service.core.metrics import request_latency
 from service.core.requests import choose_request_id
-from service.errors import ServiceError
+from service.errors import ServiceError, UnauthenticatedError
 from service.http.errors import error_response, service_error_response
+from service.http.listener import ConnectionGuard
 from service.logs import is_access_logged
 from service.settings import Settings
+from service.tls import (
+    CERTIFICATE_EXEMPT_HTTP_PATHS,
+    CERTIFICATE_REQUIRED,
+    has_client_certificate,
+    requires_client_certificate,
+)
 
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
+# What a request's reads raise when its client has hung up; nginx's status for the case.
+CLIENT_GONE: Final = (ConnectionError, ContentLengthError, TransferEncodingError)
+CLIENT_CLOSED_REQUEST: Final = 499
 # The validated id, stored on the request for handlers (the audit trail records it).
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 
@@ -63,21 +78,30 @@ class HttpMetrics:
         children[1].observe(seconds)
 
 
-def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
+def make_middleware(
+    settings: Settings, metrics: HttpMetrics, connections: ConnectionGuard
+) -> Middleware:
     access_log = settings.access_log
     sample_rate = settings.access_log_sample_rate
     slow = settings.slow_request_seconds
+    body_timeout = settings.http_body_timeout
+    certificate_required = requires_client_certificate(settings)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        transport = request.transport
+        connections.request_started(transport)
         request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         request[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        client = CLIENT_ADDRESS.set(request.remote)
         try:
-            response = await _handle(request, handler)
+            response = await _handle(request, handler, body_timeout, certificate_required)
         finally:
+            CLIENT_ADDRESS.reset(client)
             structlog.contextvars.unbind_contextvars("request_id")
+            connections.request_finished(transport)
         response.headers[REQUEST_ID_HEADER] = request_id
         elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
@@ -98,13 +122,38 @@ def make_middleware(settings: Settings, metrics: HttpMetrics) -> Middleware:
     return middleware
 
 
-async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _handle(
+    request: web.Request, handler: Handler, body_timeout: float, certificate_required: bool
+) -> web.StreamResponse:
     try:
+        if certificate_required:
+            _require_client_certificate(request)
+        if request.body_exists:
+            # Read whole here, within its timeout, so that no handler waits on a slow client
+            # (the body is bounded by the application's client_max_size; handlers get it
+            # from aiohttp's cache).
+            try:
+                async with asyncio.timeout(body_timeout):
+                    await request.read()
+            except TimeoutError:
+                log.debug("http_body_timeout", method=request.method, path=request.path)
+                response = error_response(
+                    408,
+                    "request_timeout",
+                    [f"the request body did not arrive within {body_timeout:g} s"],
+                )
+                response.force_close()
+                return response
         return await handler(request)
     except ServiceError as exc:
         return service_error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "payload_too_large", ["the request body is too large"])
+    except CLIENT_GONE:
+        # The client hung up (mid-body, say): nothing of ours failed, and nobody is left to
+        # read an answer; the status is for the metrics and the access log.
+        log.debug("http_client_disconnected", method=request.method, path=request.path)
+        return error_response(CLIENT_CLOSED_REQUEST, "client_closed_request", ["gone"])
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -118,3 +167,14 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("http_unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", ["internal error"])
+
+
+def _require_client_certificate(request: web.Request) -> None:
+    """Mutual TLS: refuse a request whose connection presented no client certificate, unless
+    it is a probe (:mod:`service.tls`)."""
+    if request.path in CERTIFICATE_EXEMPT_HTTP_PATHS:
+        return
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    if not has_client_certificate(ssl_object):
+        raise UnauthenticatedError(CERTIFICATE_REQUIRED)

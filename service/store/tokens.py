@@ -6,10 +6,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from service.core.models import AccessToken, Scope
+from service.core.ports import DEFAULT_PAGE_SIZE
 from service.store.database import Database
+
+_COLUMNS = "id, secret_hash, scopes, environments, name, revoked_at, updated_at"
+
+
+def _token(row: Any) -> AccessToken:
+    return AccessToken(
+        id=row["id"],
+        secret_hash=bytes(row["secret_hash"]),
+        scopes=frozenset(Scope(scope) for scope in row["scopes"]),
+        environments=frozenset(row["environments"]),
+        name=row["name"],
+        revoked_at=row["revoked_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 class PostgresTokenRecords:
@@ -25,7 +42,8 @@ class PostgresTokenRecords:
         async def op(conn: Any) -> None:
             await conn.execute(
                 "INSERT INTO access_tokens (id, secret_hash, scopes, environments, name,"
-                " created_at) VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (id) DO NOTHING",
+                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, now(), now())"
+                " ON CONFLICT (id) DO NOTHING",
                 token.id,
                 token.secret_hash,
                 sorted(scope.value for scope in token.scopes),
@@ -38,19 +56,51 @@ class PostgresTokenRecords:
     async def get(self, token_id: str, *, timeout: float | None = None) -> AccessToken | None:
         async def op(conn: Any) -> AccessToken | None:
             row = await conn.fetchrow(
-                "SELECT id, secret_hash, scopes, environments, name, revoked_at"
-                " FROM access_tokens WHERE id = $1",
+                f"SELECT {_COLUMNS} FROM access_tokens WHERE id = $1",  # noqa: S608
                 token_id,
             )
-            if row is None:
-                return None
-            return AccessToken(
-                id=row["id"],
-                secret_hash=bytes(row["secret_hash"]),
-                scopes=frozenset(Scope(scope) for scope in row["scopes"]),
-                environments=frozenset(row["environments"]),
-                name=row["name"],
-                revoked_at=row["revoked_at"],
+            return None if row is None else _token(row)
+
+        return await self._db.read(op, timeout=timeout)
+
+    async def pages(
+        self,
+        *,
+        since: datetime | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[AccessToken]]:
+        """Tokens updated at or after ``since`` (all, if not given), oldest change first,
+        by keyset pagination on (updated_at, id)."""
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            page = await self._page(since, page_size, cursor, timeout)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            last = page[-1]
+            assert last.updated_at is not None  # the column is NOT NULL
+            cursor = (last.updated_at, last.id)
+
+    async def _page(
+        self,
+        since: datetime | None,
+        page_size: int,
+        after: tuple[datetime, str] | None,
+        timeout: float | None,
+    ) -> list[AccessToken]:
+        async def op(conn: Any) -> list[AccessToken]:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM access_tokens"  # noqa: S608 - constant columns
+                " WHERE ($1::timestamptz IS NULL OR updated_at >= $1::timestamptz)"
+                " AND ($3::timestamptz IS NULL OR (updated_at, id) > ($3::timestamptz, $4::text))"
+                " ORDER BY updated_at, id LIMIT $2",
+                since,
+                page_size,
+                after[0] if after else None,
+                after[1] if after else None,
             )
+            return [_token(row) for row in rows]
 
         return await self._db.read(op, timeout=timeout)

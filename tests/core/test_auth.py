@@ -19,7 +19,22 @@ def test_basic_and_bearer_forms_carry_the_same_credentials() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Basic", "Basic %%%", "Token x:y", "Bearer :secret", "Bearer id:", "B" * 600],
+    [
+        None,
+        "",
+        "Basic",
+        "Basic %%%",
+        "Token x:y",
+        "Bearer :secret",
+        "Bearer id:",
+        "B" * 600,
+        # What aiohttp makes of a non-UTF-8 byte (a surrogate), and what gRPC's Latin-1 makes.
+        "Bearer skt_AAAAAAAAAAAAAAAA:\udce9",
+        "Bearer skt_AAAAAAAAAAAAAAAA:\xe9",
+        "Bearer skt_AAAAAAAA\x00AAAAAAA:secret",
+        "Basic " + base64.b64encode("skt_AAAAAAAAAAAAAAAA:sécret".encode()).decode(),
+        "Basic " + base64.b64encode(b"skt_AAAAAAAAAAAAAAAA:\xe9").decode(),
+    ],
 )
 def test_malformed_credentials_are_unauthenticated(header: str | None) -> None:
     with pytest.raises(UnauthenticatedError):

@@ -9,6 +9,7 @@ hears of a change only by polling, as in production.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -19,9 +20,16 @@ from typing import Any
 import pytest
 
 from service.core import changes, crypto
-from service.core.changes import ChangeFeed, WatchEvent, parse_position, position_of
+from service.core.changes import (
+    ChangeFeed,
+    WatchEvent,
+    WatchLimits,
+    parse_position,
+    position_of,
+)
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
+from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.ports import Changes
 from service.core.requests import ImportKeyRequest, KeyRef, WatchRequest
@@ -30,6 +38,7 @@ from service.errors import (
     PermissionDeniedError,
     RegionUnavailableError,
     SlowConsumerError,
+    TooManyRequestsError,
     TooManyWatchersError,
 )
 from tests.support.memory import DEFAULT_START, ManualClock, MemoryKeyRecords
@@ -63,7 +72,11 @@ class Instance:
 
 
 def instance(
-    *, tick: float = 0.001, max_watchers: int = 10, max_data_age: float | None = None
+    *,
+    tick: float = 0.001,
+    limits: WatchLimits | None = None,
+    metrics: CoreMetrics | None = None,
+    max_data_age: float | None = None,
 ) -> Instance:
     clock = ManualClock(tick=tick)
     records = MemoryKeyRecords(clock=clock)
@@ -74,7 +87,8 @@ def instance(
         poll_interval=0.05,
         overlap=OVERLAP,
         max_data_age=max_data_age,
-        max_watchers=max_watchers,
+        limits=limits or WatchLimits(streams=10),
+        metrics=metrics,
         clock=clock.seconds,
     )
     return Instance(clock, records, KeyService(records), cache, feed)
@@ -312,7 +326,7 @@ async def test_a_watch_needs_read_on_its_environment_and_a_position_of_ours(
 
 
 async def test_watch_streams_are_bounded_and_give_back_their_places() -> None:
-    node = instance(max_watchers=2)
+    node = instance(limits=WatchLimits(streams=2))
     await node.feed.poll_once()
     streams = [node.feed.watch(READER, WatchRequest(environment_id=A)) for _ in range(3)]
     for stream in streams[:2]:
@@ -323,6 +337,117 @@ async def test_watch_streams_are_bounded_and_give_back_their_places() -> None:
     again = node.feed.watch(READER, WatchRequest(environment_id=A))
     assert (await next_event(again)).kind == "synced"
     for stream in (streams[1], again):
+        await stream.aclose()
+
+
+def reader(token_id: str) -> Principal:
+    return Principal(token_id=token_id, scopes=frozenset({Scope.READ}), environments=frozenset({A}))
+
+
+async def test_one_callers_streams_are_capped_and_another_caller_is_not_affected() -> None:
+    """Before: only the instance's cap (1,000 streams), which one caller could take whole."""
+    metrics = CoreMetrics()
+    node = instance(limits=WatchLimits(streams=10, streams_per_caller=2), metrics=metrics)
+    await node.feed.poll_once()
+    greedy = [node.feed.watch(reader("skt_greedy"), WatchRequest()) for _ in range(3)]
+    for stream in greedy[:2]:
+        assert (await next_event(stream)).kind == "synced"
+    with pytest.raises(TooManyRequestsError, match="2 watch streams open") as refused:
+        await anext(greedy[2])
+    assert refused.value.type == "too_many_requests"
+    other = node.feed.watch(reader("skt_other"), WatchRequest())
+    assert (await next_event(other)).kind == "synced", "another caller still gets a stream"
+    assert node.feed.open_streams == 3
+    await greedy[0].aclose()
+    again = node.feed.watch(reader("skt_greedy"), WatchRequest())
+    assert (await next_event(again)).kind == "synced", "a closed stream gives its place back"
+    for stream in (greedy[1], other, again):
+        await stream.aclose()
+    assert node.feed.open_streams == 0
+    assert metrics.value("signing_keys_limited_total", limit="watch_streams") == 1
+
+
+async def settle() -> None:
+    """Let every task that can run do so, until each waits on something (no clock involved)."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+
+
+class GatedSource:
+    """Keys in pages of one, each page read held until the test lets it through; records
+    how many page reads are in flight, in all and per environment, and the most ever."""
+
+    def __init__(self, records: MemoryKeyRecords) -> None:
+        self._records = records
+        self.gate = asyncio.Event()
+        self.in_flight: collections.Counter[str | None] = collections.Counter()
+        self.most: collections.Counter[str | None] = collections.Counter()
+
+    async def changes(self, **read: Any) -> Changes:
+        return await self._records.changes(**read)  # polls pass; only snapshots are gated
+
+    async def pages(self, **options: Any) -> AsyncIterator[list[SigningKey]]:
+        options["page_size"] = 1
+        environment = options.get("environment_id")
+        pages = self._records.pages(**options)
+        while True:
+            self.in_flight[environment] += 1
+            self.in_flight["all"] += 1
+            for where in (environment, "all"):
+                self.most[where] = max(self.most[where], self.in_flight[where])
+            try:
+                await self.gate.wait()
+                page = await anext(pages, None)
+            finally:
+                self.in_flight[environment] -= 1
+                self.in_flight["all"] -= 1
+            if page is None:
+                return
+            yield page
+
+
+async def until_synced(stream: AsyncIterator[WatchEvent]) -> int:
+    """Read a stream's snapshot to its end; how many keys it held."""
+    keys = 0
+    async for event in stream:
+        if event.kind == "synced":
+            return keys
+        keys += 1
+    raise AssertionError("the stream ended before it was synced")
+
+
+async def test_a_flood_of_snapshots_holds_few_database_reads_and_cannot_starve_a_neighbour() -> (
+    None
+):
+    """One caller opens many watch streams at once: only ``snapshots_per_caller`` of its
+    snapshots run at a time, and all snapshots together hold at most ``snapshot_reads``
+    database reads, so another caller's snapshot still reads at once."""
+    records = MemoryKeyRecords()
+    writer = KeyService(records)
+    pem = crypto.public_key_pem(PUBLIC_DER)
+    for environment_id in (A, A, A, B):
+        await writer.import_key(
+            ADMIN, ImportKeyRequest(environment_id=environment_id, public_key=pem)
+        )
+    source = GatedSource(records)
+    cache = KeyCache(size=100, negative_size=10, negative_ttl=1.0)
+    limits = WatchLimits(streams_per_caller=50, snapshots_per_caller=2, snapshot_reads=3)
+    feed = ChangeFeed(source, cache, poll_interval=0.05, overlap=OVERLAP, limits=limits)
+    flood = [feed.watch(reader("skt_flood"), WatchRequest()) for _ in range(40)]
+    flooding = [asyncio.ensure_future(until_synced(stream)) for stream in flood]
+    await settle()
+    assert source.in_flight[A] == 2, "the flood runs only its own two snapshots"
+    neighbour = Principal(
+        token_id="skt_neighbour", scopes=frozenset({Scope.READ}), environments=frozenset({B})
+    )
+    watching = asyncio.ensure_future(until_synced(feed.watch(neighbour, WatchRequest())))
+    await settle()
+    assert source.in_flight[B] == 1, "the neighbour's snapshot reads at once"
+    source.gate.set()
+    assert await asyncio.wait_for(watching, 1) == 1
+    assert await asyncio.wait_for(asyncio.gather(*flooding), 5) == [3] * 40
+    assert source.most[A] == 2 and source.most["all"] == 3
+    for stream in flood:
         await stream.aclose()
 
 

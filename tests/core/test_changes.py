@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.core.changes import ChangeFeed
+from service.core.changes import ChangeFeed, WatchLimits
 from service.core.models import Principal, Scope
 from service.core.requests import WatchRequest
 from service.errors import PermissionDeniedError, TooManyWatchersError
@@ -13,7 +13,11 @@ from service.server import Server
 
 async def test_watch_streams_are_bounded_and_need_the_read_scope(server: Server) -> None:
     feed = ChangeFeed(
-        server.key_records, server.key_cache, poll_interval=0.2, overlap=5.0, max_watchers=2
+        server.key_records,
+        server.key_cache,
+        poll_interval=0.2,
+        overlap=5.0,
+        limits=WatchLimits(streams=2),
     )
     reader = Principal(token_id="t", scopes=frozenset({Scope.READ}), environments=frozenset({"e"}))
     streams = [feed.watch(reader, WatchRequest(environment_id="e")) for _ in range(3)]

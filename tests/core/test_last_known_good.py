@@ -56,14 +56,14 @@ async def test_cached_keys_keep_verifying_while_every_region_is_down(
             token = jwt.encode(
                 {"exp": int(time.time()) + 60}, private, "ES256", headers={"kid": created["id"]}
             )
-            # The credential is cached by the first call; the key by the create.
+            # The credential is in the table since it was issued; the key since the create.
             async with http.post("/v1/tokens/verify", json={"token": token}) as response:
                 assert (await response.json())["data"]["valid"] is True
 
             for name in topology.region_names:
                 topology.region(name).proxy.blackhole()
             await _wait_for(lambda: not server.database.can_read())
-            await asyncio.sleep(0.3)  # past the credential cache's TTL: last known good now
+            await asyncio.sleep(0.3)  # past the credential resync: last known good now
 
             async with http.get("/readyz") as response:
                 assert response.status == 200
@@ -95,7 +95,13 @@ async def test_cached_keys_keep_verifying_while_every_region_is_down(
 
             for name in topology.region_names:
                 topology.region(name).proxy.pass_through()
-            await _wait_for(lambda: server.database.can_read() and server.verifier.can_serve())
+            await _wait_for(
+                lambda: (
+                    server.database.can_read()
+                    and server.verifier.can_serve()
+                    and server.authenticator.can_serve()
+                )  # the credentials are polled apart
+            )
             async with http.get("/readyz") as response:
                 assert (await response.json())["status"] == "ready"
             async with http.post("/v1/tokens/verify", json={"token": token}) as response:

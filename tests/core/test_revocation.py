@@ -16,7 +16,7 @@ from harness import LocalTopology
 from service.core.models import Scope
 from service.server import Server
 from service.settings import Settings
-from tests.support.service import Credentials, TokenFactory, service_env
+from tests.support.service import Credentials, TokenFactory, known_everywhere, service_env
 
 KEYS = "/system/v1/signing-keys"
 PROPAGATION_BOUND = 1.0
@@ -68,6 +68,9 @@ async def test_revocation_and_new_keys_reach_every_region_within_a_second(
         [environment],
     )
     auth = Credentials(token_record.id, secret)
+    reached = await known_everywhere(instances, auth)
+    print(f"\naccess token usable everywhere after {reached:.3f} s")
+    assert reached < PROPAGATION_BOUND
     async with aiohttp.ClientSession(headers=auth.headers) as session:
         # Every instance asks for the kid before it exists: the negative cache must not delay it.
         async with session.post(

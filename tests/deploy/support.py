@@ -156,6 +156,7 @@ MANAGED_SETTINGS = {
     "GRPC_PORT",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
+    "TLS_CLIENT_CA_FILE",
     "CONFIG_FILE",
 }
 

@@ -18,6 +18,7 @@ from service.grpc.errors import INTERNAL_MESSAGE, error_status
         (errors.ConflictError("again"), Status.ALREADY_EXISTS),
         (errors.UnauthenticatedError("who"), Status.UNAUTHENTICATED),
         (errors.PermissionDeniedError("no"), Status.PERMISSION_DENIED),
+        (errors.TooManyRequestsError("slow down", retry_after=3), Status.RESOURCE_EXHAUSTED),
         (errors.RegionUnavailableError("down"), Status.UNAVAILABLE),
         (errors.NoWritableRegionError("read only"), Status.UNAVAILABLE),
         (errors.AmbiguousCommitError("maybe"), Status.UNAVAILABLE),

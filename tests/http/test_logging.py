@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
-import sys
-from collections.abc import Iterator
 
 import aiohttp
 import betterproto
@@ -20,32 +17,11 @@ from grpclib.exceptions import GRPCError
 from harness import LocalTopology
 from service.core import crypto
 from service.grpc.generated.signingkeys import v1 as pb
-from service.logs import configure_logging
 from service.server import Server
 from service.settings import Settings
 from tests.support.service import Credentials, TokenFactory, service_env
 
 KEYS = "/system/v1/signing-keys"
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("debug", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-    _forget_cached_loggers()
-
-
-def _forget_cached_loggers() -> None:
-    """``configure_logging`` has each module's logger cache its configuration on first use:
-    forget those caches, so that the later tests' ``structlog.testing.capture_logs`` sees the
-    modules first used here."""
-    for name, module in list(sys.modules.items()):
-        proxy = getattr(module, "log", None) if name.startswith("service.") else None
-        if type(proxy).__name__ == "BoundLoggerLazyProxy":
-            vars(proxy).pop("bind", None)
 
 
 async def test_no_private_key_or_secret_reaches_a_log_line(

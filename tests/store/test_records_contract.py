@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -242,6 +242,37 @@ async def test_a_key_changed_between_pages_is_read_again_not_skipped(
 async def test_tokens_are_stored_once_and_read_back_whole(backend: Backend, env: str) -> None:
     token, _ = new_access_token([Scope.READ, Scope.VERIFY], [env, env + "-b"], name="ci")
     await backend.tokens.insert(token)
+    stored = await backend.tokens.get(token.id)
     await backend.tokens.insert(token)  # a retried write
-    assert await backend.tokens.get(token.id) == token
+    assert stored is not None and stored.updated_at is not None, "stamped by the store"
+    assert replace(stored, updated_at=None) == token
+    assert await backend.tokens.get(token.id) == stored, "the retry changed nothing"
     assert await backend.tokens.get("skt_" + "x" * 16) is None
+
+
+async def test_token_pages_follow_updated_at_then_id(backend: Backend, env: str) -> None:
+    tokens = []
+    for _ in range(3):
+        token, _ = new_access_token([Scope.READ], [env])
+        await backend.tokens.insert(token)
+        stored = await backend.tokens.get(token.id)
+        assert stored is not None and stored.updated_at is not None
+        tokens.append(stored)
+
+    async def read(**options: Any) -> list[str]:
+        mine = {token.id for token in tokens}
+        return [
+            token.id
+            async for page in backend.tokens.pages(**options)
+            for token in page
+            if token.id in mine  # the PostgreSQL database is shared by the whole run
+        ]
+
+    in_order = sorted(tokens, key=lambda t: (t.updated_at, t.id))
+    assert await read() == [token.id for token in in_order]
+    assert await read(page_size=1) == [token.id for token in in_order], "keyset pages"
+    since = in_order[-1].updated_at
+    assert since is not None
+    assert await read(since=since) == [
+        token.id for token in in_order if token.updated_at and token.updated_at >= since
+    ], "since is inclusive"

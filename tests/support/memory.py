@@ -283,7 +283,7 @@ class MemoryKeyRecords(_Outage):
 
 
 class MemoryTokenRecords(_Outage):
-    """:class:`~service.core.ports.TokenRecords` in a dict."""
+    """:class:`~service.core.ports.TokenRecords` in a dict, stamped by the store's clock."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or ManualClock()
@@ -293,14 +293,53 @@ class MemoryTokenRecords(_Outage):
     def __repr__(self) -> str:
         return f"<MemoryTokenRecords tokens={len(self._tokens)}>"
 
-    def revoke(self, token_id: str) -> None:
-        """Mark a token revoked (an operator's act; the service itself has no such write)."""
-        self._tokens[token_id] = replace(self._tokens[token_id], revoked_at=self._clock())
+    def revoke(self, token_id: str, *, stamp: bool = True) -> None:
+        """Mark a token revoked (an operator's act; the service itself has no such write).
+        ``stamp=False``: an operator who forgot to set ``updated_at`` as well."""
+        token = self._tokens[token_id]
+        now = self._clock()
+        self._tokens[token_id] = replace(
+            token, revoked_at=now, updated_at=now if stamp else token.updated_at
+        )
+
+    def delete(self, token_id: str) -> None:
+        """Remove a token's row altogether (an operator's act, which no poll of changes sees)."""
+        del self._tokens[token_id]
 
     async def insert(self, token: AccessToken, *, timeout: float | None = None) -> None:
         self._check("insert")
-        self._tokens.setdefault(token.id, token)
+        if token.id not in self._tokens:
+            self._tokens[token.id] = replace(token, updated_at=self._clock())
 
     async def get(self, token_id: str, *, timeout: float | None = None) -> AccessToken | None:
         self._check("get")
         return self._tokens.get(token_id)
+
+    async def pages(
+        self,
+        *,
+        since: datetime | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[AccessToken]]:
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            self._check("pages")
+            tokens = sorted(
+                (
+                    token
+                    for token in self._tokens.values()
+                    if token.updated_at is not None
+                    and (since is None or token.updated_at >= since)
+                    and (cursor is None or (token.updated_at, token.id) > cursor)
+                ),
+                key=lambda token: (token.updated_at, token.id),
+            )
+            page = tokens[:page_size]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            last = page[-1]
+            assert last.updated_at is not None
+            cursor = (last.updated_at, last.id)

@@ -6,18 +6,25 @@ Registered from the root conftest as a pytest plugin.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from harness import LocalTopology
 from service.cli import open_database
 from service.core.models import Scope
+from service.errors import TooManyRequestsError, UnauthenticatedError
 from service.grpc.server import GrpcServer
+from service.logs import configure_logging
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
@@ -28,7 +35,9 @@ LOCAL_REGION = "aws-us-east-1"
 def service_env(
     topology: LocalTopology, local_region: str = LOCAL_REGION, **overrides: str
 ) -> dict[str, str]:
-    """Settings for a test instance: ephemeral ports on loopback, short timeouts."""
+    """Settings for a test instance: ephemeral ports on loopback, short timeouts, and limits
+    on failed authentications loose enough for tests that send bad credentials in bursts
+    from one address (the tests of those limits set their own)."""
     env = {
         **topology.env(local_region),
         "SIGNING_KEYS_HTTP_HOST": "127.0.0.1",
@@ -36,6 +45,8 @@ def service_env(
         "SIGNING_KEYS_GRPC_HOST": "127.0.0.1",
         "SIGNING_KEYS_GRPC_PORT": "0",
         "SIGNING_KEYS_ACCESS_LOG": "off",
+        "SIGNING_KEYS_AUTH_FAILURES_PER_CLIENT": "1000",
+        "SIGNING_KEYS_AUTH_FAILURES_PER_TOKEN": "1000",
     }
     env.update({f"SIGNING_KEYS_{key.upper()}": value for key, value in overrides.items()})
     return env
@@ -94,6 +105,28 @@ class TokenFactory:
         return Credentials(token.id, secret)
 
 
+async def known_everywhere(
+    servers: Iterable[Server], credentials: Credentials, timeout: float = 5.0
+) -> float:
+    """Wait until every server authenticates ``credentials`` (a token issued on one reaches
+    the others with their credential table's next poll); the seconds it took."""
+    started = asyncio.get_running_loop().time()
+    pending = list(servers)
+    async with asyncio.timeout(timeout):
+        while pending:
+            for server in list(pending):
+                try:
+                    await server.authenticator.authenticate(
+                        credentials.login, credentials.password, api="http"
+                    )
+                except (UnauthenticatedError, TooManyRequestsError):
+                    continue  # not read there yet (its failures are counted: hence 429)
+                pending.remove(server)
+            if pending:
+                await asyncio.sleep(0.01)
+    return asyncio.get_running_loop().time() - started
+
+
 @pytest.fixture
 def issue_token(server: Server) -> TokenFactory:
     return TokenFactory(server)
@@ -125,3 +158,34 @@ def build_grpc_server(
 async def rows(topology: LocalTopology, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Query the current primary directly (not through the service)."""
     return await asyncio.to_thread(topology.query, topology.primary, sql, *args)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The service's JSON log lines, at debug level, for the test to read."""
+    stream = io.StringIO()
+    configure_logging("debug", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+    _forget_cached_loggers()
+
+
+def _forget_cached_loggers() -> None:
+    """``configure_logging`` has each module's logger cache its configuration on first use:
+    forget those caches, so that later tests' ``structlog.testing.capture_logs`` sees the
+    modules first used under this fixture."""
+    for name, module in list(sys.modules.items()):
+        proxy = getattr(module, "log", None) if name.startswith("service.") else None
+        if type(proxy).__name__ == "BoundLoggerLazyProxy":
+            vars(proxy).pop("bind", None)
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """Every line logged so far, parsed."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def errors_logged(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The lines logged at error level or above: a failure of ours, with its traceback."""
+    return [line for line in log_lines(stream) if line["level"] in ("error", "critical")]

@@ -125,6 +125,9 @@ SIGNING_KEYS_GRPC_PORT: {{ .Values.containerPorts.grpc | toString | quote }}
 {{- if .Values.tls.enabled }}
 SIGNING_KEYS_TLS_CERT_FILE: {{ printf "%s/tls.crt" .Values.tls.mountPath | quote }}
 SIGNING_KEYS_TLS_KEY_FILE: {{ printf "%s/tls.key" .Values.tls.mountPath | quote }}
+{{- if .Values.tls.clientCaSecretName }}
+SIGNING_KEYS_TLS_CLIENT_CA_FILE: {{ printf "%s-client-ca/ca.crt" .Values.tls.mountPath | quote }}
+{{- end }}
 {{- end }}
 {{- range $name, $value := .Values.settings }}
 {{ printf "SIGNING_KEYS_%s" $name }}: {{ $value | toString | quote }}

@@ -1,0 +1,171 @@
+"""The credential table: every access token's record, in memory, kept current by polling.
+
+Authentication reads only this table, so checking a credential costs no database read —
+whether or not its id exists, which is what keeps a flood of made-up ids off the database
+and keeps timing from telling which ids exist. Tokens are few (an operator issues them), so
+the table holds them all.
+
+It is kept current as the change feed keeps the keys: every ``poll_interval`` it reads the
+records whose ``updated_at`` is at or after its watermark minus ``overlap`` (the newest
+``updated_at`` read so far: data stamped by the primary, so a lagging standby cannot make it
+skip anything; see :mod:`service.core.changes`). Every ``resync_interval`` it reads every
+record instead, which also catches a row changed without a new stamp and a row deleted: the
+bound on how long a revoked token can still work, whatever the operator did.
+
+Two rules keep a lagging region from taking the table backwards: an older record of a token
+never replaces a newer one, and a revoked token stays revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from service.core.metrics import CoreMetrics
+from service.core.models import AccessToken
+from service.core.ports import TokenRecords
+from service.lifecycle import AsyncResource
+
+log = structlog.get_logger(__name__)
+
+
+class CredentialTable(AsyncResource):
+    """Access-token records by id, polled from :class:`TokenRecords`.
+
+    >>> async with CredentialTable(records, poll_interval=0.2, overlap=5.0,
+    ...                            resync_interval=30.0) as table:
+    ...     table.get("skt_…")
+    """
+
+    def __init__(
+        self,
+        records: TokenRecords,
+        *,
+        poll_interval: float,
+        overlap: float,
+        resync_interval: float,
+        metrics: CoreMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._records = records
+        self._interval = poll_interval
+        self._overlap = timedelta(seconds=overlap)
+        self._resync = resync_interval
+        self._metrics = metrics if metrics is not None else CoreMetrics()
+        self._clock = clock
+        self._tokens: dict[str, AccessToken] = {}
+        self._watermark: datetime | None = None
+        self._last_success: float | None = None
+        self._last_resync: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<CredentialTable tokens={len(self._tokens)} watermark={self._watermark} "
+            f"staleness={self.staleness():.3f}s>"
+        )
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get(self, token_id: str) -> AccessToken | None:
+        """The token's record as last read (revoked or not); ``None`` if there is none."""
+        return self._tokens.get(token_id)
+
+    def put(self, token: AccessToken) -> None:
+        """A token issued by this instance: usable here at once, before any poll reads it."""
+        self._tokens.setdefault(token.id, token)
+
+    def staleness(self) -> float:
+        """Seconds since the records were last read (infinite before the first read)."""
+        return math.inf if self._last_success is None else self._clock() - self._last_success
+
+    async def start(self) -> None:
+        """Read every record (best effort: a database that is down now is retried by
+        polling), then poll."""
+        with contextlib.suppress(Exception):
+            await self.poll_once()
+        self._task = asyncio.create_task(self._run(), name="credential-table")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll_once(self) -> None:
+        """Read what changed since the last poll — or everything, when a resync is due."""
+        started = self._clock()
+        if self._last_resync is None or started - self._last_resync >= self._resync:
+            await self._resync_all()
+            self._last_resync = started
+        else:
+            await self._read_changes()
+        self._last_success = self._clock()
+        self._metrics.credential_polls_ok.inc()
+
+    async def _resync_all(self) -> None:
+        fresh: dict[str, AccessToken] = {}
+        async for page in self._records.pages():
+            for token in page:
+                known = self._tokens.get(token.id)
+                fresh[token.id] = known if known is not None and _keeps(known, token) else token
+                self._advance(token)
+        for token in self._tokens.values():
+            if token.updated_at is None and token.id not in fresh:
+                fresh[token.id] = token  # issued here; the region read may not have it yet
+        self._tokens = fresh
+
+    async def _read_changes(self) -> None:
+        since = None if self._watermark is None else self._watermark - self._overlap
+        async for page in self._records.pages(since=since):
+            for token in page:
+                known = self._tokens.get(token.id)
+                if known is None or not _keeps(known, token):
+                    self._tokens[token.id] = token
+                self._advance(token)
+
+    def _advance(self, token: AccessToken) -> None:
+        if token.updated_at is not None and (
+            self._watermark is None or token.updated_at > self._watermark
+        ):
+            self._watermark = token.updated_at
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._metrics.credential_polls_failed.inc()
+                if not self._failing:
+                    log.warning(
+                        "credential_poll_failing",
+                        error=type(exc).__name__,
+                        serving_from="last_known_good_credentials",
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("credential_poll_recovered")
+                self._failing = False
+
+
+def _keeps(known: AccessToken, candidate: AccessToken) -> bool:
+    """Whether ``known`` stays rather than ``candidate``: revocation is final, and an older
+    record (from a region that has not replayed the newer one) never replaces a newer one."""
+    if known.revoked_at is not None and candidate.revoked_at is None:
+        return True
+    if known.updated_at is None or candidate.updated_at is None:
+        return False
+    return candidate.updated_at < known.updated_at
