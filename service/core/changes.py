@@ -40,6 +40,7 @@ import structlog
 from service.core.keycache import KeyCache
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
+from service.core.polling import poll_forever
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import (
@@ -173,7 +174,6 @@ class ChangeFeed(AsyncResource):
         self._recent: dict[str, SigningKey] = {}
         self._watchers: set[_Watcher] = set()
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
 
     def __repr__(self) -> str:
         return (
@@ -259,25 +259,13 @@ class ChangeFeed(AsyncResource):
             self._watchers.discard(watcher)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._metrics.polls_failed.inc()
-                if not self._failing:
-                    log.warning(
-                        "change_poll_failing",
-                        error=type(exc).__name__,
-                        serving_from="last_known_good_keys",
-                    )
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("change_poll_recovered")
-                self._failing = False
+        await poll_forever(
+            self.poll_once,
+            interval=self._interval,
+            name="change_poll",
+            serving_from="last_known_good_keys",
+            failed=self._metrics.polls_failed,
+        )
 
     async def watch(
         self, principal: Principal, request: WatchRequest

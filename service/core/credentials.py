@@ -29,6 +29,7 @@ import structlog
 
 from service.core.metrics import CoreMetrics
 from service.core.models import AccessToken
+from service.core.polling import poll_forever
 from service.core.ports import TokenRecords
 from service.lifecycle import AsyncResource
 
@@ -64,7 +65,6 @@ class CredentialTable(AsyncResource):
         self._last_success: float | None = None
         self._last_resync: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
 
     def __repr__(self) -> str:
         return (
@@ -140,25 +140,13 @@ class CredentialTable(AsyncResource):
             self._watermark = token.updated_at
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._metrics.credential_polls_failed.inc()
-                if not self._failing:
-                    log.warning(
-                        "credential_poll_failing",
-                        error=type(exc).__name__,
-                        serving_from="last_known_good_credentials",
-                    )
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("credential_poll_recovered")
-                self._failing = False
+        await poll_forever(
+            self.poll_once,
+            interval=self._interval,
+            name="credential_poll",
+            serving_from="last_known_good_credentials",
+            failed=self._metrics.credential_polls_failed,
+        )
 
 
 def _keeps(known: AccessToken, candidate: AccessToken) -> bool:
