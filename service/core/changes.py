@@ -40,7 +40,7 @@ import structlog
 from service.core.keycache import KeyCache
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
-from service.core.polling import poll_forever
+from service.core.polling import Poller
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import (
@@ -49,7 +49,6 @@ from service.errors import (
     TooManyRequestsError,
     TooManyWatchersError,
 )
-from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +126,7 @@ class _Watcher:
     overflowed: bool = False
 
 
-class ChangeFeed(AsyncResource):
+class ChangeFeed(Poller):
     """Polls for key changes, applies them to the cache and streams them to watchers.
 
     >>> async with ChangeFeed(records, cache, poll_interval=0.2, overlap=5.0) as feed:
@@ -152,6 +151,12 @@ class ChangeFeed(AsyncResource):
         self._source = source
         self._max_data_age = max_data_age
         self._metrics = metrics if metrics is not None else CoreMetrics()
+        super().__init__(
+            interval=poll_interval,
+            name="change_poll",
+            serving_from="last_known_good_keys",
+            failed=self._metrics.polls_failed,
+        )
         self._limits = limits if limits is not None else WatchLimits()
         self._streams = 0
         self._streams_by_caller: collections.Counter[str] = collections.Counter()
@@ -162,7 +167,6 @@ class ChangeFeed(AsyncResource):
             else asyncio.Semaphore(self._limits.snapshot_reads)
         )
         self._cache = cache
-        self._interval = poll_interval
         self._overlap = timedelta(seconds=overlap)
         self._clock = clock
         self._watermark: datetime | None = None  # the newest updated_at read so far
@@ -173,7 +177,6 @@ class ChangeFeed(AsyncResource):
         # de-duplicating the overlap's re-reads, and for watchers to merge after a snapshot.
         self._recent: dict[str, SigningKey] = {}
         self._watchers: set[_Watcher] = set()
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -185,19 +188,6 @@ class ChangeFeed(AsyncResource):
     def open_streams(self) -> int:
         """Watch streams open on this instance."""
         return self._streams
-
-    async def start(self) -> None:
-        """Load every key (best effort: a database that is down now is retried by polling)."""
-        with contextlib.suppress(Exception):
-            await self.poll_once()
-        self._task = asyncio.create_task(self._run(), name="change-feed")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def staleness(self) -> float:
         """How old the newest data the feed has seen is, in seconds: the time since its last
@@ -257,15 +247,6 @@ class ChangeFeed(AsyncResource):
         except asyncio.QueueFull:
             watcher.overflowed = True
             self._watchers.discard(watcher)
-
-    async def _run(self) -> None:
-        await poll_forever(
-            self.poll_once,
-            interval=self._interval,
-            name="change_poll",
-            serving_from="last_known_good_keys",
-            failed=self._metrics.polls_failed,
-        )
 
     async def watch(
         self, principal: Principal, request: WatchRequest

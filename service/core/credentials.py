@@ -18,8 +18,6 @@ never replaces a newer one, and a revoked token stays revoked.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -29,14 +27,13 @@ import structlog
 
 from service.core.metrics import CoreMetrics
 from service.core.models import AccessToken
-from service.core.polling import poll_forever
+from service.core.polling import Poller
 from service.core.ports import TokenRecords
-from service.lifecycle import AsyncResource
 
 log = structlog.get_logger(__name__)
 
 
-class CredentialTable(AsyncResource):
+class CredentialTable(Poller):
     """Access-token records by id, polled from :class:`TokenRecords`.
 
     >>> async with CredentialTable(records, poll_interval=0.2, overlap=5.0,
@@ -55,16 +52,20 @@ class CredentialTable(AsyncResource):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._records = records
-        self._interval = poll_interval
         self._overlap = timedelta(seconds=overlap)
         self._resync = resync_interval
         self._metrics = metrics if metrics is not None else CoreMetrics()
+        super().__init__(
+            interval=poll_interval,
+            name="credential_poll",
+            serving_from="last_known_good_credentials",
+            failed=self._metrics.credential_polls_failed,
+        )
         self._clock = clock
         self._tokens: dict[str, AccessToken] = {}
         self._watermark: datetime | None = None
         self._last_success: float | None = None
         self._last_resync: float | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -86,20 +87,6 @@ class CredentialTable(AsyncResource):
     def staleness(self) -> float:
         """Seconds since the records were last read (infinite before the first read)."""
         return math.inf if self._last_success is None else self._clock() - self._last_success
-
-    async def start(self) -> None:
-        """Read every record (best effort: a database that is down now is retried by
-        polling), then poll."""
-        with contextlib.suppress(Exception):
-            await self.poll_once()
-        self._task = asyncio.create_task(self._run(), name="credential-table")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def poll_once(self) -> None:
         """Read what changed since the last poll — or everything, when a resync is due."""
@@ -138,15 +125,6 @@ class CredentialTable(AsyncResource):
             self._watermark is None or token.updated_at > self._watermark
         ):
             self._watermark = token.updated_at
-
-    async def _run(self) -> None:
-        await poll_forever(
-            self.poll_once,
-            interval=self._interval,
-            name="credential_poll",
-            serving_from="last_known_good_credentials",
-            failed=self._metrics.credential_polls_failed,
-        )
 
 
 def _keeps(known: AccessToken, candidate: AccessToken) -> bool:
