@@ -59,6 +59,9 @@ async def run_dev(*, environment: str) -> int:
         async with Server(settings) as server:
             await server.database.wait_ready(writable=True, timeout=10.0)
             await migrate(server.database)
+            # Every standby has the schema before anything reads it there (the local region
+            # may be a standby's, and synchronous replication waits for one standby only).
+            await asyncio.to_thread(topology.wait_replayed)
             token, secret = await server.authenticator.issue(
                 list(Scope), [environment], name="make run"
             )

@@ -29,11 +29,18 @@ def wait_for_banner(proc: subprocess.Popen[bytes], stdout: Path) -> str:
     deadline = time.monotonic() + START_TIMEOUT
     while BANNER_END not in (text := stdout.read_text()):
         if proc.poll() is not None:
-            pytest.fail(f"python -m harness run exited ({proc.returncode}) before its banner")
+            pytest.fail(
+                f"python -m harness run exited ({proc.returncode}) before its banner:\n"
+                + stderr_tail(stdout.with_name("stderr"))
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"no banner after {START_TIMEOUT} s:\n{text}")
         time.sleep(0.1)
     return text
+
+
+def stderr_tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def owned_topology(pid: int) -> Path:
