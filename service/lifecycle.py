@@ -7,6 +7,8 @@ starts and stops: the change feed in the core, the locality router, the servers.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -43,3 +45,12 @@ class AsyncResource(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task (``None``: nothing to do) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -12,7 +12,6 @@ regions were writable at once, and which regions could serve.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ import structlog
 from harness.chaos.history import History, ProcessSample, RegionSample
 from harness.chaos.instances import ServiceInstance
 from harness.cluster import LocalTopology
+from service.lifecycle import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +60,8 @@ class TopologyMonitor:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         for conn in self._connections.values():
             conn.terminate()
         self._connections.clear()
@@ -140,11 +137,8 @@ class ProcessMonitor:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     def sample(self) -> None:
         for name, instance in self._instances.items():

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from service.lifecycle import AsyncResource
+from service.lifecycle import AsyncResource, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -82,8 +82,5 @@ class Poller(AsyncResource):
         )
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
