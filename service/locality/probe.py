@@ -37,7 +37,10 @@ MIN_PROBE_GAP = 0.01  # seconds between probes even when requests keep asking fo
 
 # Positions are bytes since 0/0. The walreceiver's columns need pg_read_all_stats (the
 # pg_monitor role); without it they read NULL and the timeline falls back as for a standby
-# whose walreceiver is not running. {heartbeat} is one of the two fragments below.
+# whose walreceiver is not running. {heartbeat} is one of the two fragments below. Ages are
+# taken against clock_timestamp(), not the transaction's start (now()), and floored at zero
+# when read (_age): the walreceiver may hear upstream after the statement began, which once
+# read -0.0014 s. (SQL's greatest() would turn an unknown NULL age into 0.)
 _POSTGRES_PROBE = """
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN pg_is_in_recovery() THEN NULL
@@ -46,17 +49,19 @@ SELECT pg_is_in_recovery() AS in_recovery,
             ELSE pg_walfile_name(pg_current_wal_lsn()) END AS wal_file,
        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint AS receive_lsn,
        pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint AS replay_lsn,
-       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age,
+       extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+           AS replay_age,
        receiver.status AS receiver_status,
        receiver.received_tli AS received_timeline,
-       extract(epoch FROM now() - receiver.last_msg_receipt_time)::float8 AS receiver_silence,
+       extract(epoch FROM clock_timestamp() - receiver.last_msg_receipt_time)::float8
+           AS receiver_silence,
        CASE WHEN pg_is_in_recovery() AND receiver.received_tli IS NULL
             THEN (SELECT timeline_id FROM pg_control_checkpoint()) END AS checkpoint_timeline,
        {heartbeat}
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS receiver ON true
 """
 _WITH_HEARTBEAT = """
-       (SELECT extract(epoch FROM now() - at)::float8 FROM heartbeat WHERE id = 1)
+       (SELECT extract(epoch FROM clock_timestamp() - at)::float8 FROM heartbeat WHERE id = 1)
            AS heartbeat_age,
        (SELECT timeline FROM heartbeat WHERE id = 1) AS heartbeat_timeline,
        true AS has_heartbeat"""
@@ -67,6 +72,13 @@ _WITHOUT_HEARTBEAT = """
        to_regclass('heartbeat') IS NOT NULL AS has_heartbeat"""
 POSTGRES_PROBE = _POSTGRES_PROBE.format(heartbeat=_WITH_HEARTBEAT)
 POSTGRES_PROBE_NO_HEARTBEAT = _POSTGRES_PROBE.format(heartbeat=_WITHOUT_HEARTBEAT)
+
+
+def _age(seconds: float | None) -> float | None:
+    """An age read from the server, never below zero; None stays unknown."""
+    return None if seconds is None else max(0.0, seconds)
+
+
 POSTGRES_IDENTITY = "SELECT system_identifier::text FROM pg_control_system()"
 
 # CockroachDB: every node takes writes and reads are consistent; the question is whether this
@@ -199,13 +211,13 @@ class RegionProber:
             writable=not in_recovery,
             lsn=row["replay_lsn"] if in_recovery else row["current_lsn"],
             receive_lsn=row["receive_lsn"],
-            replay_age=row["replay_age"],
+            replay_age=_age(row["replay_age"]),
             system_identifier=self._system_identifier,
             timeline=timeline,
             has_heartbeat=self._has_heartbeat,
-            heartbeat_age=row["heartbeat_age"],
+            heartbeat_age=_age(row["heartbeat_age"]),
             receiver_status=row["receiver_status"],
-            receiver_silence=row["receiver_silence"],
+            receiver_silence=_age(row["receiver_silence"]),
         )
 
     async def _fetch_postgres(self, conn: Any) -> Any:
