@@ -44,6 +44,10 @@ class InvalidRequestError(CallerError, ValueError, type="invalid_parameters"):
     """The request is malformed or fails validation."""
 
 
+class InvalidConsistencyTokenError(InvalidRequestError, type="invalid_consistency_token"):
+    """The consistency token is malformed, or names another database."""
+
+
 class PayloadTooLargeError(InvalidRequestError, type="payload_too_large"):
     """The request body or token exceeds the configured size limit."""
 

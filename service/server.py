@@ -38,6 +38,7 @@ from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
 from service.store.keys import PostgresKeyRecords
+from service.store.routing import RoutedDatabase, check_overlap
 from service.store.tokens import PostgresTokenRecords
 from service.tls import server_context
 
@@ -65,10 +66,18 @@ class Server(AsyncResource):
             settings=settings.router,
             registry=self.registry,
         )
-        self.key_records = PostgresKeyRecords(self.database)
+        # Write transactions are bounded by the write deadline on the server too, below the
+        # overlap both pollers re-read (the check refuses to start otherwise).
+        check_overlap(
+            settings.router.request_deadline,
+            overlap=settings.change_overlap,
+            poll_interval=settings.change_poll_interval,
+        )
+        self.store = RoutedDatabase(self.database, write_bound=settings.router.request_deadline)
+        self.key_records = PostgresKeyRecords(self.store)
         self.metrics = CoreMetrics(self.registry)
         self.authenticator = Authenticator(
-            PostgresTokenRecords(self.database),
+            PostgresTokenRecords(self.store),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
             poll_interval=settings.change_poll_interval,

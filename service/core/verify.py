@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from service.core import crypto, times
+from service.core import consistency, crypto, times
 from service.core.changes import ChangeFeed
 from service.core.json import loads
 from service.core.keycache import CachedKey, KeyCache
@@ -191,6 +191,17 @@ class TokenVerifier:
         )
 
     async def _resolve(self, principal: Principal, kid: str) -> CachedKey | None:
+        scope = consistency.current()
+        # The caller passed a consistency token: the cache may be older than the write it
+        # names (the change feed has not polled since), so ask the database, which reads at
+        # or past it; the cache never goes backwards, so what it returns is no older. Within
+        # the caller's miss budget: past it, the cache answers, as without a token.
+        if (
+            scope is not None
+            and scope.required is not None
+            and self._misses.take(principal.token_id)
+        ):
+            return await self._look_up(kid)
         cached = self._cache.get(kid)
         if cached is not None:
             return cached
@@ -200,6 +211,9 @@ class TokenVerifier:
             or not self._misses.take(principal.token_id)
         ):
             return None
+        return await self._look_up(kid)
+
+    async def _look_up(self, kid: str) -> CachedKey | None:
         self._metrics.key_lookups.inc()
         try:
             record = await self._records.get(kid)

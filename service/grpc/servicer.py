@@ -30,6 +30,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from service.core import consistency
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed, WatchEvent
 from service.core.keys import KeyService
@@ -53,6 +54,7 @@ from service.grpc.messages import absent
 log = structlog.get_logger(__name__)
 
 AUTHORIZATION_METADATA: Final = "authorization"
+CONSISTENCY_METADATA: Final = "x-consistency-token"
 REQUEST_ID_METADATA: Final = "x-request-id"
 SERVICE_NAME: Final = "signingkeys.v1.SigningKeys"
 _SERVER_STREAMS: Final = frozenset({"WatchSigningKeys"})
@@ -92,9 +94,13 @@ class Call(Generic[RequestT, ReplyT]):
         header = None if metadata is None else metadata.get(AUTHORIZATION_METADATA)
         if isinstance(header, bytes):  # only "-bin" keys carry bytes; refuse, don't guess
             header = None
-        return await self.authenticator.authenticate_header(
+        caller = await self.authenticator.authenticate_header(
             header, api="grpc", request_id=self.request_id
         )
+        # The call's consistency scope starts here, as HTTP's does with its credentials.
+        token = None if metadata is None else metadata.get(CONSISTENCY_METADATA)
+        consistency.bind(token if isinstance(token, str) else None)
+        return caller
 
 
 # A unary method's translation: the request and its call in, the reply out.
@@ -227,7 +233,12 @@ class SigningKeysServicer:
 
         async def handle(stream: Stream[RequestT, ReplyT]) -> None:
             async with self._rpc(stream, method) as call:
-                await stream.send_message(await answer(await call.receive(), call))
+                reply = await answer(await call.receive(), call)
+                scope = consistency.current()
+                token = None if scope is None else scope.token()
+                if token is not None:  # a write's position, before its reply
+                    await stream.send_initial_metadata(metadata={CONSISTENCY_METADATA: token})
+                await stream.send_message(reply)
 
         return handle
 

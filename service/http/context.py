@@ -1,4 +1,5 @@
-"""What every handler reads off a request: the caller, the environment it names, its body.
+"""What every handler reads off a request: the caller, the environment it names, its body,
+and the consistency token it carries.
 
 Decoding only: the rules about the values (shapes, ranges, which environment a token may
 use) are the core's (:mod:`service.core.requests`).
@@ -10,6 +11,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from service.core import consistency
 from service.core.json import loads
 from service.core.models import Principal
 from service.errors import InvalidRequestError
@@ -18,13 +20,27 @@ from service.http.middleware import REQUEST_ID
 
 ENVIRONMENT_HEADER: Final = "X-Environment-Id"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+CONSISTENCY_HEADER: Final = "X-Consistency-Token"
 
 
 async def principal(request: web.Request) -> Principal:
-    """Authenticate the request's credentials (HTTP Basic id:secret, or Bearer id:secret)."""
-    return await request.app[appkeys.AUTHENTICATOR].authenticate_header(
+    """Authenticate the request's credentials (HTTP Basic id:secret, or Bearer id:secret),
+    then start its consistency scope from its ``X-Consistency-Token`` (every handler that
+    reads or writes keys calls this first, so no request inherits another's scope)."""
+    caller = await request.app[appkeys.AUTHENTICATOR].authenticate_header(
         request.headers.get("Authorization"), api="http", request_id=request.get(REQUEST_ID)
     )
+    consistency.bind(request.headers.get(CONSISTENCY_HEADER))
+    return caller
+
+
+def with_consistency_token(response: web.Response) -> web.Response:
+    """``response``, carrying the token of the request's write when it made one."""
+    scope = consistency.current()
+    token = None if scope is None else scope.token()
+    if token is not None:
+        response.headers[CONSISTENCY_HEADER] = token
+    return response
 
 
 async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:

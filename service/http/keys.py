@@ -21,7 +21,13 @@ from service.core.models import SigningKey
 from service.core.requests import CreateKeyRequest, ImportKeyRequest, KeyRef, ListKeysRequest
 from service.core.times import unix_seconds
 from service.http import appkeys
-from service.http.context import IDEMPOTENCY_HEADER, environment, principal, read_object
+from service.http.context import (
+    IDEMPOTENCY_HEADER,
+    environment,
+    principal,
+    read_object,
+    with_consistency_token,
+)
 from service.http.json import json_response
 
 log = structlog.get_logger(__name__)
@@ -69,7 +75,7 @@ async def create_key(request: web.Request) -> web.Response:
     )
     data = key_json(created.key)
     data["private_key"] = base64.b64encode(created.private_key_pem).decode("ascii")
-    return json_response({"data": data}, status=201)
+    return with_consistency_token(json_response({"data": data}, status=201))
 
 
 @routes.get(PREFIX)
@@ -100,7 +106,7 @@ async def import_key(request: web.Request) -> web.Response:
             **body,
         ),
     )
-    return json_response({"data": key_json(key)}, status=201)
+    return with_consistency_token(json_response({"data": key_json(key)}, status=201))
 
 
 @routes.get(PREFIX + "/{id}")
@@ -136,4 +142,4 @@ async def get_public_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     caller = await principal(request)
     await request.app[appkeys.KEYS].revoke(caller, key_ref(request))
-    return web.Response(status=204)
+    return with_consistency_token(web.Response(status=204))

@@ -27,6 +27,7 @@ class Failure(enum.Enum):
     SERIALIZATION = "serialization"  # 40001 / 40P01: rolled back for sure, retry with backoff
     AMBIGUOUS = "ambiguous"  # 40003: the server itself does not know whether it committed
     READ_ONLY = "read_only"  # a write reached a standby (25006, or SERIALIZABLE on hot standby)
+    BEHIND = "behind"  # a read's region has not replayed the position the read must see
 
 
 _CONNECTION_SQLSTATES = frozenset(

@@ -7,7 +7,9 @@ operation an ordered list of regions (:mod:`service.locality.choice`) and runs t
 there within the caller's deadline: a read moves on (or hedges) when a region is unreachable
 or slow; a write moves on only when it provably did not commit, or when the caller says it
 is idempotent. A read may ask for data no older than a bound (:meth:`LocalityRouter.read`'s
-``max_data_age``) and learn how old what it read was (:meth:`LocalityRouter.read_with_age`).
+``max_data_age``) and learn how old what it read was (:meth:`LocalityRouter.read_with_age`);
+it may also ask to see a commit position (``min_position``: read your writes,
+:mod:`service.locality.positions`).
 
 Connections are returned to their pool without asyncpg's reset query (a round trip per
 operation): operations must not leave session state behind — no plain ``SET`` (use
@@ -29,6 +31,7 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from service.core.consistency import CommitPosition
 from service.errors import (
     AmbiguousCommitError,
     DeadlineExceededError,
@@ -51,6 +54,7 @@ from service.locality.fencing import READ_FENCES, FenceReason, Fencing, Identity
 from service.locality.health import DataAge, ProbeResult, RegionHealth, ReplicationTracker
 from service.locality.heartbeat import HeartbeatWriter, Target
 from service.locality.metrics import RegionMetrics, RouterMetrics
+from service.locality.positions import REPLAY_POSITION, check_cluster, replay_of
 from service.locality.probe import ConnectFactory, RegionProber
 from service.locality.status import RegionStatus, RouterStatus
 from service.settings import RegionSettings, RouterSettings
@@ -128,6 +132,7 @@ class _Region:
         self.attempts: set[_InFlight] = set()
         self.metrics: RegionMetrics | None = None
         self.fence: FenceReason | None = None
+        self.lsn: int | None = None  # the last probe's replay (standby) or write position
 
     @property
     def name(self) -> str:
@@ -363,6 +368,7 @@ class LocalityRouter(AsyncResource):
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        min_position: CommitPosition | None = None,
     ) -> T:
         """Run the read-only ``op`` where it is best served, within ``timeout`` seconds.
 
@@ -371,11 +377,19 @@ class LocalityRouter(AsyncResource):
         read moves to a fresher region (or the writer) otherwise. Without it, a standby older
         than the router's ``max_replica_lag`` serves only when nothing fresher is up.
 
+        With ``min_position``, only a region that has replayed that commit position serves
+        it (the writer always has): one the probes have seen reach it, or one that says so
+        when asked just before the read. A position of another database raises
+        :class:`~service.errors.InvalidConsistencyTokenError`; on CockroachDB it changes
+        nothing.
+
         Raises :class:`RegionUnavailableError` when no region can serve reads (within
         ``max_data_age``, when given) and :class:`DeadlineExceededError` when time runs
         out; errors of ``op`` itself (bad SQL, domain errors) propagate unchanged.
         """
-        result, _ = await self.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+        result, _ = await self.read_with_age(
+            op, timeout=timeout, max_data_age=max_data_age, min_position=min_position
+        )
         return result
 
     async def read_with_age(
@@ -384,6 +398,7 @@ class LocalityRouter(AsyncResource):
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        min_position: CommitPosition | None = None,
     ) -> tuple[T, float]:
         """:meth:`read`, and how old the data it read may be: ``(result, age)``.
 
@@ -398,14 +413,20 @@ class LocalityRouter(AsyncResource):
         if max_data_age is not None and not max_data_age >= 0:
             raise ValueError(f"max_data_age must be a number of seconds >= 0: {max_data_age}")
         budget = self._settings.request_deadline if timeout is None else timeout
+        if min_position is not None:
+            check_cluster(min_position, self._lineage.system_identifier)
         try:
-            return await self._read(op, budget, max_data_age)
+            return await self._read(op, budget, max_data_age, min_position)
         except DependencyError as exc:
             self._metrics.failures.labels("read", exc.type).inc()
             raise
 
     async def _read(
-        self, op: Operation[T], budget: float, max_data_age: float | None
+        self,
+        op: Operation[T],
+        budget: float,
+        max_data_age: float | None,
+        min_position: CommitPosition | None = None,
     ) -> tuple[T, float]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -414,6 +435,9 @@ class LocalityRouter(AsyncResource):
         while True:
             views, now = self._views()
             order = read_order(views, self._policy, now, max_data_age=max_data_age)
+            unsure: frozenset[str] = frozenset()
+            if min_position is not None:
+                order, unsure = self._replayed_order(order, min_position)
             if not order:
                 raise self._no_read_region(max_data_age) from (last.cause if last else None)
             try:
@@ -424,6 +448,7 @@ class LocalityRouter(AsyncResource):
                     deadline,
                     budget,
                     max_data_age=max_data_age,
+                    check=(min_position, unsure) if unsure and min_position else None,
                 )
             except _AttemptFailed as failed:
                 last = failed
@@ -435,6 +460,43 @@ class LocalityRouter(AsyncResource):
                     f"the read did not finish within {budget:.2f} s"
                 ) from last.cause
             await asyncio.sleep(delay)
+
+    def _replayed_order(
+        self, order: tuple[str, ...], position: CommitPosition
+    ) -> tuple[tuple[str, ...], frozenset[str]]:
+        """``order`` without the regions that can never hold ``position``, and which of the
+        rest must be asked first (the probes have not seen them reach it yet)."""
+        kept: list[str] = []
+        unsure: set[str] = set()
+        for name in order:
+            region = self._regions[name]
+            health = region.health
+            replay = replay_of(
+                position,
+                engine=health.engine,
+                is_writer=health.writable and region.fence is None and not self._split_brain,
+                timeline=health.timeline,
+                lsn=region.lsn,
+            )
+            if replay == "never":
+                continue
+            kept.append(name)
+            if replay == "unknown":
+                unsure.add(name)
+        return tuple(kept), frozenset(unsure)
+
+    @staticmethod
+    def _when_replayed(name: str, op: Operation[T], position: CommitPosition) -> Operation[T]:
+        """``op``, run only once the server says it has replayed ``position``."""
+
+        async def checked(conn: Any) -> T:
+            replayed = await conn.fetchval(REPLAY_POSITION)
+            if replayed is None or replayed < position.lsn:
+                behind = RegionUnavailableError(f"{name} has not replayed the position yet")
+                raise _AttemptFailed(name, Failure.BEHIND, behind, maybe_committed=False)
+            return await op(conn)
+
+        return checked
 
     def _no_read_region(self, max_data_age: float | None) -> RegionUnavailableError:
         if max_data_age is not None and self.can_read():
@@ -452,6 +514,7 @@ class LocalityRouter(AsyncResource):
         budget: float,
         *,
         max_data_age: float | None,
+        check: tuple[CommitPosition, frozenset[str]] | None = None,
     ) -> tuple[T, float]:
         """Try ``order`` in turn; raise the last failure if all fail.
 
@@ -460,7 +523,9 @@ class LocalityRouter(AsyncResource):
         so on down the list, and the first answer wins. (A read slower than the hedge delay
         everywhere thus costs one attempt per region; point reads are far faster than that.)
         Each attempt's data age is taken when it starts; with ``max_data_age`` a candidate
-        whose data has grown too old by then is passed over.
+        whose data has grown too old by then is passed over. With ``check``, the regions it
+        names are first asked whether they have replayed its position (and passed over,
+        as a failed attempt, when not).
         """
         loop = asyncio.get_running_loop()
         hedge_delay = self._settings.hedge_delay
@@ -481,8 +546,11 @@ class LocalityRouter(AsyncResource):
                     break
             remaining = deadline - loop.time()
             share = remaining if hedge_delay is not None or not pending else remaining / 2
+            run = op
+            if check is not None and name in check[1]:
+                run = self._when_replayed(name, op, check[0])
             task = asyncio.create_task(
-                self._attempt(self._regions[name], op, kind="read", budget=share)
+                self._attempt(self._regions[name], run, kind="read", budget=share)
             )
             running[task] = name
             ages[task] = math.inf if age is None else age
@@ -779,6 +847,7 @@ class LocalityRouter(AsyncResource):
         before = region.facts()
         now = self._clock()
         if result.ok:
+            region.lsn = result.lsn
             age = None if result.writable else self._standby_age(region, result)
             region.health.record_success(
                 now,
