@@ -74,7 +74,10 @@ def classify_failure(exc: BaseException) -> Failure | None:
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "pool is closing": the connection cannot be used. Other
         # interface errors (bad arguments) are the caller's.
-        return Failure.CONNECTION if "clos" in str(exc).lower() else None
+        # "…released back to the pool": the server ended the session under us (asyncpg
+        # detaches a connection that closed while checked out).
+        text = str(exc).lower()
+        return Failure.CONNECTION if "clos" in text or "released back to the pool" in text else None
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return Failure.CONNECTION  # protocol state is unknown: the connection is unusable
     if isinstance(exc, OSError | EOFError):

@@ -9,27 +9,35 @@ ensure that — a server keeps running a transaction whose client has gone — s
 transaction (not the autocommit ones: migrations) carries its bound ``B`` to the server:
 
 1. first statement: ``SET LOCAL statement_timeout`` and ``idle_in_transaction_session_timeout``
-   to ``B`` — a stuck statement is cancelled, a client gone silent mid-transaction loses its
-   session (rolled back), instead of holding locks for ever;
+   to ``B``: a stuck statement is cancelled, and a client gone silent mid-transaction loses
+   its session (rolled back), instead of holding locks for ever;
 2. last statement before COMMIT: the time since the transaction began
    (``clock_timestamp() - transaction_timestamp()``, the server's clock, the clock that
    stamped ``updated_at``); past ``B`` the write is refused (:class:`DeadlineExceededError`)
-   and rolled back. The same statement sets both timeouts to half of what is left, ``r``:
-   the COMMIT must arrive within ``r`` (or the session is terminated: rolled back), and runs
-   at most ``r`` more.
+   and rolled back. The same statement sets ``idle_in_transaction_session_timeout`` to what
+   is left of ``B``: a COMMIT that has not arrived by ``T + B`` finds its session ended.
 
-What is guaranteed, on PostgreSQL, for a transaction that began at ``T``: it is rolled back,
-or its commit record is in the WAL by ``T + B`` (plus the time to flush that record, which no
-timeout interrupts). Standbys replay in WAL order, so a row stamped ``T`` is on a standby
-before any row whose transaction committed after it. On the primary a COMMIT waiting for a
-synchronous standby is not visible until the wait ends; waits end in WAL order, except when
-one is cancelled — and the statement timeout cancels ours by ``T + B``, when PostgreSQL
-makes the transaction visible on the primary (committed locally: it warns that it may not
-be on a standby yet, and the router sees a success). So everywhere, every row this service
-writes is visible, or never will be, by ``T + B``: an overlap above ``B`` plus a poll misses
-nothing (:func:`check_overlap`, at start-up). Not covered: transactions other clients run by
-hand (an ``UPDATE`` of ``access_tokens`` in psql), clock steps of the primary, and a
-failover to a server whose clock differs (stamps then come from two clocks).
+What is guaranteed, on PostgreSQL, for a transaction that began at ``T``, whatever its client
+does (even if it dies): it is rolled back, or its commit record is written by ``T + B`` (plus
+the COMMIT's own work and the flush of that record, which no timeout interrupts). Standbys
+replay in WAL order, so on a standby a row stamped ``T`` is visible before any row whose
+transaction committed after it: a feed reading a standby with an overlap above ``B`` plus a
+poll misses nothing (:func:`check_overlap`, at start-up).
+
+On the primary a COMMIT that waits for a synchronous standby is not visible until the wait
+ends, and that wait is **not** bounded by the server: PostgreSQL disarms
+``statement_timeout`` before the commit work begins (measured: a COMMIT under a 0.5 s
+statement timeout, no standby acknowledging, waited until the client cancelled it at 5 s),
+and PostgreSQL 15 has no transaction timeout. Waits end in WAL order unless one is cancelled;
+a cancel (the client's, when its statement timeout fires: asyncpg sends one; or an
+operator's ``pg_cancel_backend``) ends the wait and makes the row visible on the primary at
+once, committed locally. So on the primary the order holds — and with it the overlap — as
+long as every abandoned COMMIT is cancelled within the overlap minus ``B``: the router's
+statement timeout does it when the client lives; a client that dies or drops its connection
+mid-COMMIT leaves the backend waiting until a standby acknowledges or the backend is
+cancelled (the router's clean-up of abandoned writes). Not covered at all: transactions
+other clients run by hand (an ``UPDATE`` of ``access_tokens`` in psql), clock steps on the
+primary, and a failover to a server whose clock differs (stamps then come from two clocks).
 
 On CockroachDB the last statement's check runs (the write is refused past ``B``) but the
 timeouts are not set: its COMMIT is bounded by the router's deadline only.
@@ -49,6 +57,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
+import asyncpg
 import structlog
 
 from service.core import consistency
@@ -64,14 +73,13 @@ _START: Final = (
     "SELECT set_config('statement_timeout', $1, true),"
     " set_config('idle_in_transaction_session_timeout', $1, true)"
 )
-# Elapsed seconds, and both timeouts set to half of what is left (at least 1 ms: 0 disables).
+# Elapsed seconds; the COMMIT must arrive within what is left (at least 1 ms: 0 disables).
 _FINISH: Final = """
 SELECT elapsed,
-       set_config('statement_timeout', share, true),
-       set_config('idle_in_transaction_session_timeout', share, true)
+       set_config('idle_in_transaction_session_timeout',
+                  greatest(1, ceil(($1::float8 - elapsed) * 1000))::int::text, true)
 FROM (SELECT extract(epoch FROM clock_timestamp() - transaction_timestamp())::float8
-             AS elapsed) AS e,
-     LATERAL (SELECT greatest(1, ceil(($1::float8 - elapsed) * 500))::int::text AS share) AS s
+             AS elapsed) AS e
 """
 _ELAPSED: Final = "SELECT extract(epoch FROM clock_timestamp() - transaction_timestamp())::float8"
 # Past every commit this server has acknowledged: the write's own included, since its
@@ -215,7 +223,13 @@ class RoutedDatabase:
             self._cockroach = cockroach
             if not cockroach:
                 await conn.execute(_START, str(max(1, math.ceil(bound * 1000))))
-            result = await op(conn)
+            try:
+                result = await op(conn)
+            except asyncpg.QueryCanceledError as exc:  # the statement timeout: the bound
+                raise DeadlineExceededError(
+                    f"a statement of the write transaction outran its {bound:g} s bound; the "
+                    "transaction was rolled back: retry it"
+                ) from exc
             if cockroach:
                 elapsed = await conn.fetchval(_ELAPSED)
             else:
