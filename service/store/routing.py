@@ -82,12 +82,12 @@ FROM (SELECT extract(epoch FROM clock_timestamp() - transaction_timestamp())::fl
              AS elapsed) AS e
 """
 _ELAPSED: Final = "SELECT extract(epoch FROM clock_timestamp() - transaction_timestamp())::float8"
-# Past every commit this server has acknowledged: the write's own included, since its
+# Past every commit this server has acknowledged (flushed): the write's own included, since its
 # COMMIT has returned. The timeline is the current WAL file's, as the probe reads it.
 _POSITION: Final = """
 SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
        pg_walfile_name(pg_current_wal_lsn()) AS wal_file,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS lsn
+       pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint AS lsn
 """
 
 
