@@ -31,6 +31,7 @@ from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
 from service.settings import Settings
 from service.store.migrations import migrate
+from tests.locality.traffic import eventually
 from tests.support.service import Credentials, TokenFactory, known_everywhere, service_env
 
 pytestmark = pytest.mark.fault
@@ -139,6 +140,27 @@ async def test_the_same_with_b_standby_walreceiver_frozen(fresh_topology: LocalT
                     untokened.append(await get_status(on_b, issued, created["id"]))
             await asyncio.to_thread(fresh_topology.resume, B_REGION)
     assert 404 in untokened, untokened
+
+
+async def test_with_the_writer_out_of_sight_a_standby_that_has_the_write_serves_it(
+    migrated_topology: LocalTopology, pair: tuple[Server, Server], credentials: Credentials
+) -> None:
+    """B cannot reach the primary: the token's read goes to A's standby, which replayed the
+    write (synchronously); with that one out of sight too, only B's own standby is left,
+    which lacks it — the read is refused (503), never answered 404."""
+    a, b = pair
+    cut_b_replication(migrated_topology)
+    primary = migrated_topology.primary
+    async with http_session(a) as on_a, http_session(b) as on_b:
+        created, token = await post(on_a, credentials, algorithm="EdDSA")
+        assert token is not None
+        migrated_topology.region(primary).proxy.blackhole()
+        await eventually(lambda: b.database.status().region(primary).state == "down", timeout=10)
+        assert await get_status(on_b, credentials, created["id"], token) == 200
+        assert await get_status(on_b, credentials, created["id"]) == 404
+        migrated_topology.region(A_REGION).proxy.blackhole()
+        await eventually(lambda: b.database.status().region(A_REGION).state == "down", timeout=10)
+        assert await get_status(on_b, credentials, created["id"], token) in (503, 504)
 
 
 async def test_a_verification_with_the_token_sees_a_key_the_cache_lacks(

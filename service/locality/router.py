@@ -439,7 +439,9 @@ class LocalityRouter(AsyncResource):
             if min_position is not None:
                 order, unsure = self._replayed_order(order, min_position)
             if not order:
-                raise self._no_read_region(max_data_age) from (last.cause if last else None)
+                raise self._no_read_region(max_data_age, min_position) from (
+                    last.cause if last else None
+                )
             try:
                 return await self._race(
                     order,
@@ -498,7 +500,13 @@ class LocalityRouter(AsyncResource):
 
         return checked
 
-    def _no_read_region(self, max_data_age: float | None) -> RegionUnavailableError:
+    def _no_read_region(
+        self, max_data_age: float | None, min_position: CommitPosition | None = None
+    ) -> RegionUnavailableError:
+        if min_position is not None and self.can_read():
+            return RegionUnavailableError(
+                "no region that holds the write this read must see can serve now; retry shortly"
+            )
         if max_data_age is not None and self.can_read():
             return RegionUnavailableError(
                 f"no region can serve data younger than {max_data_age:g} s now; retry shortly"
