@@ -56,6 +56,17 @@ async def pair(
         yield a, b
 
 
+@pytest.fixture(autouse=True)
+async def _healed(migrated_topology: LocalTopology) -> AsyncIterator[None]:
+    """After each test every link passes again and every standby has caught up, so that the
+    tests after these find the shared topology as it was (not only its proxies)."""
+    yield
+    for region in migrated_topology.regions:
+        region.proxy.pass_through()
+        region.replication_proxy.pass_through()
+    await asyncio.to_thread(migrated_topology.wait_replayed, 60.0)
+
+
 @pytest.fixture
 async def credentials(pair: tuple[Server, Server], environment: str) -> Credentials:
     issued = await TokenFactory(pair[0])([environment])
@@ -64,8 +75,8 @@ async def credentials(pair: tuple[Server, Server], environment: str) -> Credenti
 
 
 def cut_b_replication(topology: LocalTopology) -> None:
-    """B's standby stops receiving WAL (the proxy swallows it; the standby still answers).
-    The shared topology's guard puts the link back after the test."""
+    """B's standby stops receiving WAL (the proxy swallows it; the standby still answers)
+    until the test ends (:func:`_healed`)."""
     topology.region(B_REGION).replication_proxy.blackhole()
 
 
