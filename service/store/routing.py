@@ -43,9 +43,13 @@ On CockroachDB the last statement's check runs (the write is refused past ``B``)
 timeouts are not set: its COMMIT is bounded by the router's deadline only.
 
 **Reads see the writes they must** (:mod:`service.core.consistency`). After each write the
-position the writer has reached (``pg_current_wal_lsn()``, read once the COMMIT returned, so
-past the write's commit record) is kept, for the instance and for the current request, whose
-transport hands it out as a token. A read inside a request runs where the data is at or past
+position the writer has flushed (``pg_current_wal_flush_lsn()``, read once the COMMIT
+returned, so past the write's commit record) is kept, for the instance and for the current
+request, whose transport hands it out as a token. It is read in a statement of its own on
+another of the writer's connections (one more round trip per write): the router's write path
+returns the connection once COMMIT is done, and the position needs no more than the same
+server — a failover in between yields the new primary's position on its newer timeline,
+which holds everything the promotion kept. A read inside a request runs where the data is at or past
 the later of the request's token and the instance's last write. Background pollers (the
 change feed, the credential table) run outside any request and ask for nothing.
 """
