@@ -52,7 +52,8 @@ class CommitPosition:
     lsn: int
 
     def __post_init__(self) -> None:
-        if not self.system_identifier.isdigit() or int(self.system_identifier) > _MAX_U64:
+        system = self.system_identifier
+        if not (system.isascii() and system.isdigit()) or int(system) > _MAX_U64:
             raise ValueError(f"not a system identifier: {self.system_identifier!r}")
         if not 1 <= self.timeline < 2**32 or not 0 <= self.lsn <= _MAX_U64:
             raise ValueError(f"not a WAL position: timeline {self.timeline}, lsn {self.lsn}")
@@ -64,7 +65,8 @@ class CommitPosition:
 
 
 def later(a: CommitPosition | None, b: CommitPosition | None) -> CommitPosition | None:
-    """The later of two positions (of one cluster); either may be missing."""
+    """The later of two positions of one cluster (of two databases: the first); either may
+    be missing."""
     if a is None:
         return b
     if b is None or a.system_identifier != b.system_identifier:
