@@ -11,6 +11,13 @@ feed and the database still serve the calls in flight.
 A startup that fails half-way undoes only what had started. Closing is shielded from
 cancellation, each part's stop bounded by ``PART_CLOSE_TIMEOUT``, and idempotent: a second
 ``aclose()`` waits for the first. :attr:`Server.history` records what started and stopped.
+
+Draining (a rolling update): :meth:`Server.request_close` — what SIGTERM calls — first makes
+``/readyz`` answer 503 and gRPC health ``NOT_SERVING`` while every listener still serves,
+waits ``DRAIN_DELAY`` seconds so that load balancers and Kubernetes endpoints stop sending
+here, and only then unwinds the stack. The whole stop takes at most
+``DRAIN_DELAY + CLOSE_BOUND`` seconds (:data:`CLOSE_BOUND`); the chart's
+``terminationGracePeriodSeconds`` and Compose's ``stop_grace_period`` must exceed it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ SHUTDOWN_TIMEOUT: Final = 5.0
 LINGERING_TIME: Final = 1.0
 # A backstop: every part bounds its own close (HTTP and gRPC by SHUTDOWN_TIMEOUT per step).
 PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
+# The bound on the whole close after the drain delay: gRPC's and HTTP's are the long ones
+# (calls in flight get SHUTDOWN_TIMEOUT each); what is left past it is abandoned, since the
+# orchestrator's SIGKILL would end it anyway. The deploy files budget
+# DRAIN_DELAY + CLOSE_BOUND (+ the chart's preStop pause) under their stop periods.
+CLOSE_BOUND: Final = 3 * SHUTDOWN_TIMEOUT
 
 Lifecycle = Literal["new", "starting", "serving", "closing", "closed"]
 
@@ -66,6 +78,7 @@ class Server(AsyncResource):
             registry=self.registry,
         )
         self.key_records = PostgresKeyRecords(self.database)
+        self.draining = False
         self.metrics = CoreMetrics(self.registry)
         self.authenticator = Authenticator(
             PostgresTokenRecords(self.database),
@@ -84,7 +97,9 @@ class Server(AsyncResource):
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(self.key_records, on_change=self.key_cache.put)
+        self.keys = KeyService(
+            self.key_records, write_timeout=settings.write_deadline, on_change=self.key_cache.put
+        )
         self.changes = ChangeFeed(
             self.key_records,
             self.key_cache,
@@ -108,9 +123,13 @@ class Server(AsyncResource):
             max_staleness=settings.max_staleness,
             metrics=self.metrics,
         )
+        # Draining reads as "unavailable" (503, NOT_SERVING) so that traffic goes elsewhere
+        # while the listeners still answer whatever is already on its way here.
         self.readiness = Readiness(
-            can_read=self.database.can_read,
-            can_verify=lambda: self.verifier.can_serve() and self.authenticator.can_serve(),
+            can_read=lambda: not self.draining and self.database.can_read(),
+            can_verify=lambda: (
+                not self.draining and self.verifier.can_serve() and self.authenticator.can_serve()
+            ),
             is_fresh=self.changes.is_fresh,
         )
         self.http_connections = ConnectionGuard(
@@ -278,13 +297,28 @@ class Server(AsyncResource):
     async def _close(self) -> None:
         if self._state == "starting":
             await self._start_finished.wait()  # then unwind whatever it started
+        was_serving = self._state == "serving"
         self._state = "closing"
         try:
-            await self._stack.aclose()
+            if was_serving:
+                await self._drain()
+            try:
+                async with asyncio.timeout(CLOSE_BOUND):
+                    await self._stack.aclose()
+            except TimeoutError:
+                log.warning("server_close_timed_out", timeout=CLOSE_BOUND, running=self.running)
         finally:
             self._state = "closed"
             self._closed.set()
             log.info("closed", http_port=self.http_port, grpc_port=self.grpc_port)
+
+    async def _drain(self) -> None:
+        """Fail readiness, then keep serving for ``drain_delay`` while traffic moves away."""
+        self.draining = True
+        delay = self.settings.drain_delay
+        log.info("draining", delay=delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _stop(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
         try:
