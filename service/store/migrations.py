@@ -115,18 +115,40 @@ async def _server_version(conn: Any) -> str:
     return str(await conn.fetchval("SELECT version()"))
 
 
+async def read_multiregion_state(conn: Any) -> tuple[str, cockroach.MultiRegionState]:
+    """The connection's database and its multi-region state, as CockroachDB reports them."""
+    database = str(await conn.fetchval("SELECT current_database()"))
+    state = cockroach.MultiRegionState.from_rows(
+        await conn.fetch(cockroach.SHOW_DATABASE_REGIONS),
+        await conn.fetch(cockroach.SHOW_SURVIVAL_GOAL),
+        await conn.fetch(cockroach.SHOW_TABLE_LOCALITIES),
+    )
+    return database, state
+
+
 async def _make_multiregion(
     db: Database, regions: Sequence[RegionSettings], timeout: float
 ) -> None:
-    database = await db.read(lambda conn: conn.fetchval("SELECT current_database()"))
-    primary = cockroach.primary_region([(region.name, region.priority) for region in regions])
-    statements = cockroach.multiregion_statements(
-        database, [region.name for region in regions], primary
+    # Read where the statements will run (a write region), outside a transaction.
+    database, current = await db.write(
+        read_multiregion_state, idempotent=True, timeout=timeout, autocommit=True
     )
-    for statement in statements:  # each idempotent, each in its own implicit transaction
+    names = [region.name for region in regions]
+    primary = cockroach.primary_region([(region.name, region.priority) for region in regions])
+    statements = cockroach.multiregion_statements(database, names, primary, current)
+    if unlisted := cockroach.unlisted_regions(current, names):
+        log.warning("database_regions_not_configured", regions=unlisted)
+    if current.primary_region not in (None, primary):
+        log.warning("primary_region_changes", old=current.primary_region, new=primary)
+    for statement in statements:  # each in its own implicit transaction
 
         async def run(conn: Any, statement: str = statement) -> None:
             await conn.execute(statement, timeout=timeout)  # schema jobs outlast a request
 
         await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
-    log.info("multi_region_schema_applied", primary_region=primary, regions=len(regions))
+    log.info(
+        "multi_region_schema_applied",
+        primary_region=primary,
+        regions=len(regions),
+        statements=len(statements),
+    )
