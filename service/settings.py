@@ -276,7 +276,7 @@ class Settings:
             db_ca_file=db_tls.sslrootcert,
             db_cert_file=db_tls.sslcert,
             db_key_file=db_tls.sslkey,
-            write_deadline=values.optional_number("WRITE_DEADLINE", d["write_deadline"]),
+            write_deadline=values.number_or_none("WRITE_DEADLINE"),
             drain_delay=values.number("DRAIN_DELAY", d["drain_delay"], minimum=0.0),
             sql_dir=values.optional_text("SQL_DIR"),
         )
@@ -451,6 +451,10 @@ class _Values:
         if raw is not None and raw.lower() in ("off", "none", "0"):
             return None
         return self.number(key, default) if default is not None else None
+
+    def number_or_none(self, key: str) -> float | None:
+        """A number when set, else None (a default decided elsewhere)."""
+        return None if self.get(key) is None else self.number(key, 0.0)
 
     def boolean(self, key: str, default: bool) -> bool:
         raw = self.get(key)
