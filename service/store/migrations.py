@@ -9,6 +9,7 @@ script follows (see :mod:`service.store.cockroach`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from service.errors import DependencyError
 from service.settings import RegionSettings
 from service.store import cockroach
 from service.store.database import Database
@@ -109,6 +111,47 @@ async def migrate(
     if is_cockroach and regions:
         await _make_multiregion(db, regions, timeout)
     return applied
+
+
+async def pending_migrations(
+    db: Database, migrations: Sequence[Migration], *, timeout: float = DEFAULT_MIGRATION_TIMEOUT
+) -> list[str]:
+    """The versions of ``migrations`` the database has not applied; a read, so that the
+    serving role (data only) can ask."""
+
+    async def op(conn: Any) -> list[str]:
+        exists = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+        )
+        applied = (
+            {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            if exists
+            else set()
+        )
+        return [migration.version for migration in migrations if migration.version not in applied]
+
+    return await db.read(op, timeout=timeout)
+
+
+async def wait_until_applied(
+    db: Database, migrations: Sequence[Migration], *, wait: float, interval: float = 1.0
+) -> list[str]:
+    """Ask until every one of ``migrations`` is applied or ``wait`` seconds have passed;
+    return what is still pending (empty: all applied). A region that fails to answer is
+    asked again: this runs while releases and regions are still coming up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pending = [migration.version for migration in migrations]
+    while True:
+        try:
+            pending = await pending_migrations(db, migrations)
+        except DependencyError as exc:
+            log.info("schema_check_failed", error=type(exc).__name__)
+        if not pending or loop.time() + interval > deadline:
+            return pending
+        log.info("schema_waiting", pending=pending)
+        await asyncio.sleep(interval)
 
 
 async def _server_version(conn: Any) -> str:

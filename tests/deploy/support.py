@@ -161,6 +161,7 @@ MANAGED_SETTINGS = {
     "DB_CA_FILE",
     "DB_CERT_FILE",
     "DB_KEY_FILE",
+    "DRAIN_DELAY",
     "CONFIG_FILE",
 }
 
