@@ -302,15 +302,23 @@ class Server(AsyncResource):
         try:
             if was_serving:
                 await self._drain()
-            try:
-                async with asyncio.timeout(CLOSE_BOUND):
-                    await self._stack.aclose()
-            except TimeoutError:
-                log.warning("server_close_timed_out", timeout=CLOSE_BOUND, running=self.running)
+            await self._unwind_within(CLOSE_BOUND)
         finally:
             self._state = "closed"
             self._closed.set()
             log.info("closed", http_port=self.http_port, grpc_port=self.grpc_port)
+
+    async def _unwind_within(self, bound: float) -> None:
+        """Unwind the stack; past ``bound`` seconds, stop waiting for it. Not a cancellation:
+        one would end only the part stopping at that moment, and the parts below it would
+        still take their own time. What is left runs on until the process exits."""
+        unwinding = asyncio.ensure_future(self._stack.aclose())
+        # Each part's stop logs its own failure; nothing is left to retrieve.
+        unwinding.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(unwinding), bound)
+        except TimeoutError:
+            log.warning("server_close_timed_out", timeout=bound, running=self.running)
 
     async def _drain(self) -> None:
         """Fail readiness, then keep serving for ``drain_delay`` while traffic moves away."""

@@ -25,6 +25,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from harness import LocalTopology
+from service import server as server_module
 from service.server import CLOSE_BOUND, Server
 from service.settings import Settings
 from tests.support.service import service_env
@@ -162,3 +163,35 @@ async def test_while_draining_grpc_health_says_not_serving_and_calls_still_answe
 def test_a_bad_drain_delay_is_refused(migrated_topology: LocalTopology, delay: str) -> None:
     with pytest.raises(ValueError, match="SIGNING_KEYS_DRAIN_DELAY"):
         Settings.from_env(service_env(migrated_topology, drain_delay=delay))
+
+
+async def test_the_close_is_bounded_even_when_parts_below_the_slow_one_are_slow_too(
+    migrated_topology: LocalTopology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bound that only cancelled the part stopping when it expired would let each part
+    below it take its own time, past the orchestrator's stop period."""
+    monkeypatch.setattr(server_module, "CLOSE_BOUND", 0.5)
+    released = asyncio.Event()
+
+    async def wait_released() -> None:
+        await released.wait()
+
+    server = Server(Settings.from_env(service_env(migrated_topology)))
+    await server.start()
+    try:
+        # Two more parts, stopped first (the stack unwinds in reverse): a slow one, and
+        # below it one that is slower still.
+        server._started("slow below", wait_released)
+        server._started("slow on top", lambda: asyncio.sleep(1.0))
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            await server.aclose()
+        took = time.monotonic() - started
+    finally:
+        released.set()
+    print(f"\nclose with slow parts: {took:.2f} s (bound 0.5 s)")
+    assert took < 0.5 + 0.4
+    # What was abandoned still finishes once it can (here: the real parts below).
+    async with asyncio.timeout(30):
+        while server.running:
+            await asyncio.sleep(0.05)
