@@ -17,18 +17,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from harness import LocalTopology
 from service import server as server_module
+from service.grpc.generated.signingkeys import v1 as pb
 from service.server import CLOSE_BOUND, Server
 from service.settings import Settings
-from tests.support.service import service_env
+from tests.support.service import TokenFactory, service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DRAIN_DELAY = 2.0
@@ -195,3 +199,51 @@ async def test_the_close_is_bounded_even_when_parts_below_the_slow_one_are_slow_
     async with asyncio.timeout(30):
         while server.running:
             await asyncio.sleep(0.05)
+
+
+async def read_to_the_end(stream: Any) -> None:
+    """Read as a watcher does; the stream's status comes with its trailers."""
+    while await stream.recv_message() is not None:
+        pass
+    await stream.recv_trailing_metadata()
+
+
+async def test_a_close_with_a_watch_stream_and_idle_connections_open_is_quick(
+    migrated_topology: LocalTopology, environment: str
+) -> None:
+    """What a pod holds at a rolling update: a long-lived WatchSigningKeys stream (ended with
+    UNAVAILABLE, the client reconnects elsewhere) and idle keep-alive HTTP connections."""
+    settings = Settings.from_env(service_env(migrated_topology, drain_delay="0.5"))
+    server = Server(settings)
+    await server.start()
+    credentials = await TokenFactory(server)([environment])
+    assert server.grpc_port is not None
+    channel = Channel("127.0.0.1", server.grpc_port)
+    http = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{server.http_port}")
+    try:
+        async with channel.request(
+            "/signingkeys.v1.SigningKeys/WatchSigningKeys",
+            Cardinality.UNARY_STREAM,
+            pb.WatchSigningKeysRequest,
+            pb.WatchSigningKeysResponse,
+            metadata={"authorization": credentials.headers["Authorization"]},
+        ) as stream:
+            await stream.send_message(pb.WatchSigningKeysRequest(), end=True)
+            synced = await asyncio.wait_for(stream.recv_message(), 5)
+            assert synced is not None and synced.kind == pb.WatchEventKind.SYNCED
+            for _ in range(3):  # keep-alive connections left idle in the pool
+                async with http.get("/healthz") as response:
+                    assert response.status == 200
+            reading = asyncio.ensure_future(read_to_the_end(stream))
+            started = time.monotonic()
+            await server.aclose()
+            took = time.monotonic() - started
+            with pytest.raises(GRPCError) as ended:
+                await asyncio.wait_for(reading, 5)
+            assert ended.value.status is Status.UNAVAILABLE
+    finally:
+        await http.close()
+        channel.close()
+        await server.aclose()
+    print(f"\nclose with a watch stream and idle connections: {took:.2f} s (drain 0.5 s)")
+    assert 0.5 <= took < 0.5 + CLOSE_BOUND
