@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +20,7 @@ from harness import LocalTopology
 from service.server import Server
 from service.settings import Settings
 from service.tls import CertificateFiles
-from tests.support.service import service_env
+from tests.support.service import log_lines, service_env
 from tests.support.tls import CertificateAuthority
 
 RELOAD_INTERVAL = 0.05
@@ -133,7 +135,11 @@ async def test_a_rotated_secret_is_served_on_http_and_grpc_without_a_restart(
 
 
 async def test_a_pair_that_does_not_match_leaves_the_previous_certificate_serving(
-    tls_server: Server, volume: SecretVolume, ca: CertificateAuthority, tmp_path: Path
+    log_stream: io.StringIO,
+    tls_server: Server,
+    volume: SecretVolume,
+    ca: CertificateAuthority,
+    tmp_path: Path,
 ) -> None:
     assert tls_server.http_port is not None
     port = tls_server.http_port
@@ -145,6 +151,12 @@ async def test_a_pair_that_does_not_match_leaves_the_previous_certificate_servin
     for _ in range(5):
         assert await served_name(port, ca) == "CN=first"
         await asyncio.sleep(RELOAD_INTERVAL * 2)
+    failed = [
+        line for line in log_lines(log_stream) if line["event"] == "tls_certificate_reload_failed"
+    ]
+    assert failed and all(line["level"] == "warning" for line in failed)
+    key_text = wrong_key.read_text()
+    assert not any(key_text.splitlines()[1] in json.dumps(line) for line in log_lines(log_stream))
     # Then a good pair: served as soon as it is checked.
     volume.publish(*ca.issue("third", hosts=["localhost", "127.0.0.1"]))
 
