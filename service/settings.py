@@ -127,9 +127,10 @@ class Settings:
     db_ca_file: str | None = None
     db_cert_file: str | None = None
     db_key_file: str | None = None
-    # The deadline of a key or token write, apart from reads' (REQUEST_DEADLINE): on
-    # CockroachDB such a write commits to GLOBAL tables, whose commit waits out the cluster's
-    # maximum clock offset, and may need a 40001 retry on top. None: REQUEST_DEADLINE.
+    # The deadline of a key write (create, import, revoke), apart from reads'
+    # (REQUEST_DEADLINE): on CockroachDB such a write commits to a GLOBAL table, whose commit
+    # waits out the cluster's maximum clock offset, and may need a 40001 retry on top.
+    # None: REQUEST_DEADLINE (right for PostgreSQL).
     write_deadline: float | None = None
     # On SIGTERM: how long /readyz (and gRPC health) fail while the listeners still serve, so
     # that load balancers and Kubernetes endpoints stop sending before anything is closed.
@@ -178,7 +179,7 @@ class Settings:
 
     @property
     def longest_write(self) -> float:
-        """The deadline of the slowest write: a key or token write's, or any other's."""
+        """The deadline of the slowest write: a key write's, or any other's."""
         return max(self.router.request_deadline, self.write_deadline or 0.0)
 
     @property
