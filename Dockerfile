@@ -14,7 +14,11 @@
 # Checked by tests/deploy/test_dockerfile.py (parsed with BuildKit's own parser, hadolint);
 # no image is built by the test suite.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# A fixed Python release. Pin it by digest for reproducible builds:
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
+# (the digest of the image your registry serves; none is committed here: none could be
+# checked from where this file was written).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # --- build: install the package and its dependencies into a virtualenv -------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -25,12 +29,18 @@ WORKDIR /src
 # Dependencies ship as manylinux wheels for CPython 3.11 (aiohttp, asyncpg, cryptography,
 # grpclib, protobuf): no compiler is needed here either.
 RUN python -m venv /opt/signing-keys
+# The dependencies first, in a layer of their own that a source change does not rebuild,
+# each wheel checked against the lock's hashes.
+COPY deploy/requirements.lock ./
+RUN /opt/signing-keys/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+    -r requirements.lock
 # Only the service package: harness/ (local topology, fault proxies) and tests/ are
-# development tools and stay out of the image (tests/test_packaging.py checks).
+# development tools and stay out of the image (tests/test_packaging.py checks). No
+# dependency is resolved here (--no-deps), and the build backend is the locked setuptools.
 COPY pyproject.toml README.md ./
 COPY service ./service
 # Compile bytecode now: the root filesystem is read-only at run time.
-RUN /opt/signing-keys/bin/pip install --no-cache-dir . \
+RUN /opt/signing-keys/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/signing-keys/bin/pip uninstall --yes pip setuptools \
     && /opt/signing-keys/bin/python -m compileall -q /opt/signing-keys/lib
 

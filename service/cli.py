@@ -2,6 +2,7 @@
 
 signing-keys serve                 # HTTP + gRPC, configured from SIGNING_KEYS_* variables
 signing-keys migrate               # apply sql/migrations (and the CockroachDB script)
+signing-keys migrate --check --wait 600   # wait until they are applied (no DDL; exit 1 if not)
 signing-keys status                # per-region state as the router sees it (JSON)
 signing-keys status --table        # the same, as a table for people
 signing-keys token create --environment ENV --scopes read,write,verify
@@ -57,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve, settings_factory=Settings.from_env)
 
     migrate = commands.add_parser("migrate", help="apply the SQL migrations")
+    migrate.add_argument(
+        "--check", action="store_true", help="apply nothing: exit 0 once all are applied, else 1"
+    )
+    migrate.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="with --check: wait this long"
+    )
     migrate.set_defaults(handler=_migrate, settings_factory=Settings.from_env)
 
     status = commands.add_parser("status", help="show each region's state")
@@ -101,9 +108,21 @@ async def open_database(
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.store.migrations import DEFAULT_SQL_DIR, load_migrations, migrate
+    from service.store.migrations import (
+        DEFAULT_SQL_DIR,
+        load_migrations,
+        migrate,
+        wait_until_applied,
+    )
 
     migrations = load_migrations(Path(settings.sql_dir) if settings.sql_dir else DEFAULT_SQL_DIR)
+    if args.check:  # a pod's init container: the serving role, which may not run DDL
+        async with open_database(
+            settings, writable=False, timeout=min(args.wait, READY_TIMEOUT)
+        ) as database:
+            pending = await wait_until_applied(database, migrations, wait=args.wait)
+        print(json.dumps({"pending": pending}))
+        return 1 if pending else 0
     async with open_database(settings, writable=True) as database:
         applied = await migrate(database, migrations, regions=settings.regions)
     print(json.dumps({"applied": applied}))

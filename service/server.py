@@ -11,6 +11,13 @@ feed and the database still serve the calls in flight.
 A startup that fails half-way undoes only what had started. Closing is shielded from
 cancellation, each part's stop bounded by ``PART_CLOSE_TIMEOUT``, and idempotent: a second
 ``aclose()`` waits for the first. :attr:`Server.history` records what started and stopped.
+
+Draining (a rolling update): :meth:`Server.request_close` — what SIGTERM calls — first makes
+``/readyz`` answer 503 and gRPC health ``NOT_SERVING`` while every listener still serves,
+waits ``DRAIN_DELAY`` seconds so that load balancers and Kubernetes endpoints stop sending
+here, and only then unwinds the stack. The whole stop takes at most
+``DRAIN_DELAY + CLOSE_BOUND`` seconds (:data:`CLOSE_BOUND`); the chart's
+``terminationGracePeriodSeconds`` and Compose's ``stop_grace_period`` must exceed it.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
 from service.store.keys import PostgresKeyRecords
-from service.store.routing import RoutedDatabase, check_overlap
+from service.store.routing import RoutedDatabase
 from service.store.tokens import PostgresTokenRecords
 from service.tls import server_context
 
@@ -50,6 +57,11 @@ SHUTDOWN_TIMEOUT: Final = 5.0
 LINGERING_TIME: Final = 1.0
 # A backstop: every part bounds its own close (HTTP and gRPC by SHUTDOWN_TIMEOUT per step).
 PART_CLOSE_TIMEOUT: Final = 4 * SHUTDOWN_TIMEOUT
+# The bound on the whole close after the drain delay: gRPC's and HTTP's are the long ones
+# (calls in flight get SHUTDOWN_TIMEOUT each); what is left past it is abandoned, since the
+# orchestrator's SIGKILL would end it anyway. The deploy files budget
+# DRAIN_DELAY + CLOSE_BOUND (+ the chart's preStop pause) under their stop periods.
+CLOSE_BOUND: Final = 3 * SHUTDOWN_TIMEOUT
 
 Lifecycle = Literal["new", "starting", "serving", "closing", "closed"]
 
@@ -66,15 +78,11 @@ class Server(AsyncResource):
             settings=settings.router,
             registry=self.registry,
         )
-        # Write transactions are bounded by the write deadline on the server too, below the
-        # overlap both pollers re-read (the check refuses to start otherwise).
-        check_overlap(
-            settings.router.request_deadline,
-            overlap=settings.change_overlap,
-            poll_interval=settings.change_poll_interval,
-        )
-        self.store = RoutedDatabase(self.database, write_bound=settings.router.request_deadline)
+        # Write transactions are bounded on the server too, by the longest write deadline;
+        # the settings refuse a change-feed overlap that does not cover it plus a poll.
+        self.store = RoutedDatabase(self.database, write_bound=settings.longest_write)
         self.key_records = PostgresKeyRecords(self.store)
+        self.draining = False
         self.metrics = CoreMetrics(self.registry)
         self.authenticator = Authenticator(
             PostgresTokenRecords(self.store),
@@ -93,7 +101,9 @@ class Server(AsyncResource):
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(self.key_records, on_change=self.key_cache.put)
+        self.keys = KeyService(
+            self.key_records, write_timeout=settings.write_deadline, on_change=self.key_cache.put
+        )
         self.changes = ChangeFeed(
             self.key_records,
             self.key_cache,
@@ -117,9 +127,13 @@ class Server(AsyncResource):
             max_staleness=settings.max_staleness,
             metrics=self.metrics,
         )
+        # Draining reads as "unavailable" (503, NOT_SERVING) so that traffic goes elsewhere
+        # while the listeners still answer whatever is already on its way here.
         self.readiness = Readiness(
-            can_read=self.database.can_read,
-            can_verify=lambda: self.verifier.can_serve() and self.authenticator.can_serve(),
+            can_read=lambda: not self.draining and self.database.can_read(),
+            can_verify=lambda: (
+                not self.draining and self.verifier.can_serve() and self.authenticator.can_serve()
+            ),
             is_fresh=self.changes.is_fresh,
         )
         self.http_connections = ConnectionGuard(
@@ -287,13 +301,36 @@ class Server(AsyncResource):
     async def _close(self) -> None:
         if self._state == "starting":
             await self._start_finished.wait()  # then unwind whatever it started
+        was_serving = self._state == "serving"
         self._state = "closing"
         try:
-            await self._stack.aclose()
+            if was_serving:
+                await self._drain()
+            await self._unwind_within(CLOSE_BOUND)
         finally:
             self._state = "closed"
             self._closed.set()
             log.info("closed", http_port=self.http_port, grpc_port=self.grpc_port)
+
+    async def _unwind_within(self, bound: float) -> None:
+        """Unwind the stack; past ``bound`` seconds, stop waiting for it. Not a cancellation:
+        one would end only the part stopping at that moment, and the parts below it would
+        still take their own time. What is left runs on until the process exits."""
+        unwinding = asyncio.ensure_future(self._stack.aclose())
+        # Each part's stop logs its own failure; nothing is left to retrieve.
+        unwinding.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(unwinding), bound)
+        except TimeoutError:
+            log.warning("server_close_timed_out", timeout=bound, running=self.running)
+
+    async def _drain(self) -> None:
+        """Fail readiness, then keep serving for ``drain_delay`` while traffic moves away."""
+        self.draining = True
+        delay = self.settings.drain_delay
+        log.info("draining", delay=delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _stop(self, part: str, stop: Callable[[], Awaitable[None]]) -> None:
         try:

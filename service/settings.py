@@ -118,6 +118,23 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None  # mTLS: a verified client certificate is required
+    # How often the served certificate and key files are checked for a change (a renewed
+    # certificate, a rotated Kubernetes Secret); a change is loaded for new handshakes.
+    tls_reload_interval: float = 10.0
+    # TLS to the database for every region whose DSN does not say otherwise: the CA file
+    # (`sslrootcert`), and the client certificate and key (`sslcert`, `sslkey`). Merged into
+    # each DSN, so that a mounted Secret serves every region without editing the DSNs.
+    db_ca_file: str | None = None
+    db_cert_file: str | None = None
+    db_key_file: str | None = None
+    # The deadline of a key write (create, import, revoke), apart from reads'
+    # (REQUEST_DEADLINE): on CockroachDB such a write commits to a GLOBAL table, whose commit
+    # waits out the cluster's maximum clock offset, and may need a 40001 retry on top.
+    # None: REQUEST_DEADLINE (right for PostgreSQL).
+    write_deadline: float | None = None
+    # On SIGTERM: how long /readyz (and gRPC health) fail while the listeners still serve, so
+    # that load balancers and Kubernetes endpoints stop sending before anything is closed.
+    drain_delay: float = 0.0
     sql_dir: str | None = None  # where the migrations are; None: sql/ beside the package
 
     def __post_init__(self) -> None:
@@ -150,12 +167,20 @@ class Settings:
         # Replication lag needs no room: the watermark is the newest stamp the feed has read,
         # and every region replays commits in order, so a row stamped more than one write's
         # length before it committed earlier and was in the same read.
-        needed = self.router.request_deadline + self.change_poll_interval
+        needed = self.longest_write + self.change_poll_interval
         if self.change_overlap <= needed:
             raise SettingsError(
-                f"{PREFIX}CHANGE_OVERLAP={self.change_overlap} must exceed "
-                f"{PREFIX}REQUEST_DEADLINE + {PREFIX}CHANGE_POLL_INTERVAL ({needed:g})"
+                f"{PREFIX}CHANGE_OVERLAP={self.change_overlap} must exceed the longest write "
+                f"({PREFIX}REQUEST_DEADLINE or {PREFIX}WRITE_DEADLINE) + "
+                f"{PREFIX}CHANGE_POLL_INTERVAL ({needed:g})"
             )
+        if (self.db_cert_file is None) != (self.db_key_file is None):
+            raise SettingsError(f"{PREFIX}DB_CERT_FILE and {PREFIX}DB_KEY_FILE go together")
+
+    @property
+    def longest_write(self) -> float:
+        """The deadline of the slowest write: a key write's, or any other's."""
+        return max(self.router.request_deadline, self.write_deadline or 0.0)
 
     @property
     def local(self) -> RegionSettings:
@@ -165,7 +190,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: ``os.environ``) and the optional file."""
         values = _Values(os.environ if environ is None else environ)
-        regions = tuple(_parse_regions(values))
+        db_tls = _DatabaseTlsFiles(
+            sslrootcert=values.optional_text("DB_CA_FILE"),
+            sslcert=values.optional_text("DB_CERT_FILE"),
+            sslkey=values.optional_text("DB_KEY_FILE"),
+        )
+        regions = tuple(_parse_regions(values, db_tls))
         # Defaults are the dataclasses' own: declared once, there.
         default = RouterSettings()
         router = RouterSettings(
@@ -243,6 +273,12 @@ class Settings:
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),
             tls_key_file=values.optional_text("TLS_KEY_FILE"),
             tls_client_ca_file=values.optional_text("TLS_CLIENT_CA_FILE"),
+            tls_reload_interval=values.number("TLS_RELOAD_INTERVAL", d["tls_reload_interval"]),
+            db_ca_file=db_tls.sslrootcert,
+            db_cert_file=db_tls.sslcert,
+            db_key_file=db_tls.sslkey,
+            write_deadline=values.number_or_none("WRITE_DEADLINE"),
+            drain_delay=values.number("DRAIN_DELAY", d["drain_delay"], minimum=0.0),
             sql_dir=values.optional_text("SQL_DIR"),
         )
 
@@ -256,7 +292,36 @@ def region_dsn_variable(region_name: str) -> str:
     return f"{PREFIX}DSN_{region_name.upper().replace('-', '_')}"
 
 
-def _parse_regions(values: _Values) -> list[RegionSettings]:
+@dataclass(frozen=True, slots=True)
+class _DatabaseTlsFiles:
+    """The DSN parameters that ``SIGNING_KEYS_DB_*_FILE`` give every region's DSN."""
+
+    sslrootcert: str | None
+    sslcert: str | None
+    sslkey: str | None
+
+    def merge_into(self, dsn: str) -> str:
+        """``dsn`` with each file this names added, unless the DSN names its own."""
+        parts = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        present = {key for key, _ in query}
+        added = [
+            (key, value)
+            for key, value in (
+                ("sslrootcert", self.sslrootcert),
+                ("sslcert", self.sslcert),
+                ("sslkey", self.sslkey),
+            )
+            if value is not None and key not in present
+        ]
+        if not added:
+            return dsn
+        return urllib.parse.urlunsplit(
+            parts._replace(query=urllib.parse.urlencode([*query, *added], safe="/"))
+        )
+
+
+def _parse_regions(values: _Values, db_tls: _DatabaseTlsFiles) -> list[RegionSettings]:
     spec = values.required("REGIONS")
     regions = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -282,6 +347,7 @@ def _parse_regions(values: _Values) -> list[RegionSettings]:
         dsn = values.required(dsn_key)
         if not dsn.startswith(("postgres://", "postgresql://")):
             raise SettingsError(f"{PREFIX}{dsn_key} must be a postgresql:// URL")
+        dsn = db_tls.merge_into(dsn)
         _check_dsn_tls(f"{PREFIX}{dsn_key}", dsn, root_from_env=values.env("PGSSLROOTCERT"))
         regions.append(RegionSettings(name=name, cloud=cloud, dsn=dsn, priority=priority))
     return regions
@@ -306,8 +372,8 @@ def _check_dsn_tls(variable: str, dsn: str, *, root_from_env: str | None) -> Non
         params.get("sslrootcert") or root_from_env
     ):
         raise SettingsError(
-            f"{variable}: sslmode={params['sslmode']} needs sslrootcert=<file of the CA "
-            "certificates that issued the server's> in the DSN"
+            f"{variable}: sslmode={params['sslmode']} needs the CA certificates that issued "
+            f"the server's: set {PREFIX}DB_CA_FILE, or sslrootcert=<file> in the DSN"
         )
     for parameter in _TLS_FILE_PARAMETERS:
         path = params.get(parameter)
@@ -386,6 +452,10 @@ class _Values:
         if raw is not None and raw.lower() in ("off", "none", "0"):
             return None
         return self.number(key, default) if default is not None else None
+
+    def number_or_none(self, key: str) -> float | None:
+        """A number when set, else None (a default decided elsewhere)."""
+        return None if self.get(key) is None else self.number(key, 0.0)
 
     def boolean(self, key: str, default: bool) -> bool:
         raw = self.get(key)

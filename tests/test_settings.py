@@ -102,6 +102,10 @@ def test_region_dsn_variable_names() -> None:
             {"SIGNING_KEYS_REQUEST_DEADLINE": "10", "SIGNING_KEYS_CHANGE_OVERLAP": "8"},
             "SIGNING_KEYS_CHANGE_OVERLAP",
         ),
+        (
+            {"SIGNING_KEYS_WRITE_DEADLINE": "10", "SIGNING_KEYS_CHANGE_OVERLAP": "8"},
+            "SIGNING_KEYS_CHANGE_OVERLAP",
+        ),
     ],
 )
 def test_numbers_must_be_finite_and_the_change_overlap_must_cover_a_write(

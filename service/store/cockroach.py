@@ -22,13 +22,24 @@ The CockroachDB documentation these follow:
 
 Each statement is a schema change: run each one on its own (an implicit transaction), never
 several inside one explicit transaction
-(https://www.cockroachlabs.com/docs/stable/online-schema-changes). Every statement is safe
-to run again with the same arguments, so ``signing-keys migrate`` may run on every deploy.
+(https://www.cockroachlabs.com/docs/stable/online-schema-changes).
+
+A re-run issues only what differs from the database's current state
+(:class:`MultiRegionState`, read with ``SHOW REGIONS FROM DATABASE``, ``SHOW SURVIVAL GOAL
+FROM DATABASE`` and ``SHOW TABLES``), never the whole list again: ``SET PRIMARY REGION`` on a
+database that already has that primary takes CockroachDB's switch-primary path and rewrites
+zone configurations, and it and ``SURVIVE REGION FAILURE`` are refused once an operator has
+run ``CONFIGURE ZONE`` — a hook that re-ran them would fail every later upgrade. So
+``signing-keys migrate`` may run on every deploy, and on a database in the wanted state it
+changes nothing. ``SHOW REGIONS`` needs the ``admin`` role: the migration role (DDL) has it,
+the serving role (data only) does not need it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 # `SURVIVE REGION FAILURE` needs at least three database regions: a range keeps a quorum of
 # voting replicas only if no single region holds a majority of them.
@@ -52,6 +63,56 @@ GLOBAL_TABLES = ("signing_keys", "access_tokens", "heartbeat")
 # anyway, while the transaction's commit latency is already set by the GLOBAL table write.
 # With SURVIVE REGION FAILURE these tables stay available when the primary region is lost.
 PRIMARY_REGION_TABLES = ("audit_events", "idempotency_keys")
+
+GLOBAL = "GLOBAL"
+IN_PRIMARY_REGION = "REGIONAL BY TABLE IN PRIMARY REGION"
+
+# What migrations.py runs to read a MultiRegionState (each on its own; the database is the
+# connection's). `SHOW REGIONS` needs the admin role.
+SHOW_DATABASE_REGIONS = "SHOW REGIONS FROM DATABASE"
+SHOW_SURVIVAL_GOAL = "SHOW SURVIVAL GOAL FROM DATABASE"
+SHOW_TABLE_LOCALITIES = (
+    "SELECT table_name, locality FROM [SHOW TABLES] WHERE schema_name = 'public' AND type = 'table'"
+)
+
+
+def normalize_locality(text: str | None) -> str | None:
+    """A table locality as ``SHOW TABLES`` prints it, in one spelling (None: none set)."""
+    return " ".join(text.upper().split()) if text else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MultiRegionState:
+    """What a database is now: its regions, primary region, survival goal and each table's
+    locality. The default is a database that is not multi-region yet."""
+
+    primary_region: str | None = None
+    regions: frozenset[str] = frozenset()
+    survival_goal: str | None = None  # "zone" or "region"
+    localities: Mapping[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(
+        cls,
+        regions: Iterable[Mapping[str, Any]],
+        survival: Iterable[Mapping[str, Any]],
+        tables: Iterable[Mapping[str, Any]],
+    ) -> MultiRegionState:
+        """The state from the rows of the three ``SHOW_*`` queries above."""
+        region_rows = list(regions)
+        primary = next((str(row["region"]) for row in region_rows if row["primary"]), None)
+        goal = next((row["survival_goal"] for row in survival), None)
+        return cls(
+            primary_region=primary,
+            regions=frozenset(str(row["region"]) for row in region_rows),
+            survival_goal=str(goal).lower() if goal else None,
+            localities={
+                str(row["table_name"]): normalize_locality(row["locality"]) for row in tables
+            },
+        )
+
+
+NOT_MULTIREGION = MultiRegionState()
 
 
 def is_cockroach(server_version_string: str) -> bool:
@@ -77,13 +138,23 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def multiregion_statements(database: str, regions: Sequence[str], primary_region: str) -> list[str]:
-    """The statements that make ``database`` multi-region across ``regions``.
+def multiregion_statements(
+    database: str,
+    regions: Sequence[str],
+    primary_region: str,
+    current: MultiRegionState = NOT_MULTIREGION,
+) -> list[str]:
+    """The statements that take ``database`` from ``current`` to multi-region across
+    ``regions``: from a database that is not multi-region yet (the default), all of them;
+    from one already in that state, none.
 
-    Run them connected to ``database`` (the table names are unqualified). Order matters: the
-    primary region first (``ADD REGION`` needs one), then the other regions, then the survival
-    goal (which needs the regions), then table localities. With fewer than three regions the
-    survival goal stays CockroachDB's default, ``SURVIVE ZONE FAILURE``.
+    Run them connected to ``database`` (the table names are unqualified). Order matters: on a
+    new multi-region database the primary region first (``ADD REGION`` needs one), then the
+    other regions; when the primary region changes, the regions first (the new primary must
+    be a database region). Then the survival goal (which needs the regions), then table
+    localities. With fewer than three regions the survival goal is left as it is
+    (CockroachDB's default, ``SURVIVE ZONE FAILURE``). A database region that ``regions``
+    does not list is never dropped here (:func:`unlisted_regions` names them).
 
     >>> multiregion_statements("signing_keys", ["aws-us-east-1"], "aws-us-east-1")[0]
     'ALTER DATABASE "signing_keys" SET PRIMARY REGION "aws-us-east-1"'
@@ -99,22 +170,39 @@ def multiregion_statements(database: str, regions: Sequence[str], primary_region
         raise ValueError(f"primary region {primary_region!r} is not one of {names}")
 
     db = quote_identifier(database)
-    statements = [f"ALTER DATABASE {db} SET PRIMARY REGION {quote_identifier(primary_region)}"]
-    statements += [
+    set_primary = [f"ALTER DATABASE {db} SET PRIMARY REGION {quote_identifier(primary_region)}"]
+    if current.primary_region == primary_region:
+        set_primary = []
+    # A new multi-region database gets its primary region from SET PRIMARY REGION; an
+    # existing one needs a new primary added first.
+    present = current.regions | ({primary_region} if current.primary_region is None else set())
+    added = [
         f"ALTER DATABASE {db} ADD REGION IF NOT EXISTS {quote_identifier(name)}"
         for name in names
-        if name != primary_region
+        if name not in present
     ]
-    if len(names) >= REGION_SURVIVAL_MIN_REGIONS:
+    statements = (
+        [*set_primary, *added] if current.primary_region is None else [*added, *set_primary]
+    )
+    if len(names) >= REGION_SURVIVAL_MIN_REGIONS and current.survival_goal != "region":
         statements.append(f"ALTER DATABASE {db} SURVIVE REGION FAILURE")
     statements += [
-        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY GLOBAL" for table in GLOBAL_TABLES
+        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY {GLOBAL}"
+        for table in GLOBAL_TABLES
+        if current.localities.get(table) != GLOBAL
     ]
     statements += [
-        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION"
+        f"ALTER TABLE {quote_identifier(table)} SET LOCALITY {IN_PRIMARY_REGION}"
         for table in PRIMARY_REGION_TABLES
+        if current.localities.get(table) != IN_PRIMARY_REGION
     ]
     return statements
+
+
+def unlisted_regions(current: MultiRegionState, regions: Sequence[str]) -> list[str]:
+    """The database's regions that ``regions`` does not list (left in place, for a person
+    to drop: dropping a region moves data)."""
+    return sorted(current.regions - set(regions))
 
 
 def primary_region(regions: Sequence[tuple[str, int]]) -> str:

@@ -9,6 +9,7 @@ script follows (see :mod:`service.store.cockroach`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from service.errors import DependencyError
 from service.settings import RegionSettings
 from service.store import cockroach
 from service.store.database import Database
@@ -111,22 +113,85 @@ async def migrate(
     return applied
 
 
+async def pending_migrations(
+    db: Database, migrations: Sequence[Migration], *, timeout: float = DEFAULT_MIGRATION_TIMEOUT
+) -> list[str]:
+    """The versions of ``migrations`` the database has not applied; a read, so that the
+    serving role (data only) can ask."""
+
+    async def op(conn: Any) -> list[str]:
+        exists = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+        )
+        applied = (
+            {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            if exists
+            else set()
+        )
+        return [migration.version for migration in migrations if migration.version not in applied]
+
+    return await db.read(op, timeout=timeout)
+
+
+async def wait_until_applied(
+    db: Database, migrations: Sequence[Migration], *, wait: float, interval: float = 1.0
+) -> list[str]:
+    """Ask until every one of ``migrations`` is applied or ``wait`` seconds have passed;
+    return what is still pending (empty: all applied). A region that fails to answer is
+    asked again: this runs while releases and regions are still coming up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pending = [migration.version for migration in migrations]
+    while True:
+        try:
+            pending = await pending_migrations(db, migrations)
+        except DependencyError as exc:
+            log.info("schema_check_failed", error=type(exc).__name__)
+        if not pending or loop.time() + interval > deadline:
+            return pending
+        log.info("schema_waiting", pending=pending)
+        await asyncio.sleep(interval)
+
+
 async def _server_version(conn: Any) -> str:
     return str(await conn.fetchval("SELECT version()"))
+
+
+async def read_multiregion_state(conn: Any) -> tuple[str, cockroach.MultiRegionState]:
+    """The connection's database and its multi-region state, as CockroachDB reports them."""
+    database = str(await conn.fetchval("SELECT current_database()"))
+    state = cockroach.MultiRegionState.from_rows(
+        await conn.fetch(cockroach.SHOW_DATABASE_REGIONS),
+        await conn.fetch(cockroach.SHOW_SURVIVAL_GOAL),
+        await conn.fetch(cockroach.SHOW_TABLE_LOCALITIES),
+    )
+    return database, state
 
 
 async def _make_multiregion(
     db: Database, regions: Sequence[RegionSettings], timeout: float
 ) -> None:
-    database = await db.read(lambda conn: conn.fetchval("SELECT current_database()"))
-    primary = cockroach.primary_region([(region.name, region.priority) for region in regions])
-    statements = cockroach.multiregion_statements(
-        database, [region.name for region in regions], primary
+    # Read where the statements will run (a write region), outside a transaction.
+    database, current = await db.write(
+        read_multiregion_state, idempotent=True, timeout=timeout, autocommit=True
     )
-    for statement in statements:  # each idempotent, each in its own implicit transaction
+    names = [region.name for region in regions]
+    primary = cockroach.primary_region([(region.name, region.priority) for region in regions])
+    statements = cockroach.multiregion_statements(database, names, primary, current)
+    if unlisted := cockroach.unlisted_regions(current, names):
+        log.warning("database_regions_not_configured", regions=unlisted)
+    if current.primary_region not in (None, primary):
+        log.warning("primary_region_changes", old=current.primary_region, new=primary)
+    for statement in statements:  # each in its own implicit transaction
 
         async def run(conn: Any, statement: str = statement) -> None:
             await conn.execute(statement, timeout=timeout)  # schema jobs outlast a request
 
         await db.write(run, idempotent=True, timeout=timeout, autocommit=True)
-    log.info("multi_region_schema_applied", primary_region=primary, regions=len(regions))
+    log.info(
+        "multi_region_schema_applied",
+        primary_region=primary,
+        regions=len(regions),
+        statements=len(statements),
+    )

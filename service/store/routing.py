@@ -22,7 +22,7 @@ does (even if it dies): it is rolled back, or its commit record is written by ``
 the COMMIT's own work and the flush of that record, which no timeout interrupts). Standbys
 replay in WAL order, so on a standby a row stamped ``T`` is visible before any row whose
 transaction committed after it: a feed reading a standby with an overlap above ``B`` plus a
-poll misses nothing (:func:`check_overlap`, at start-up).
+poll misses nothing (the settings refuse a smaller overlap at start-up).
 
 On the primary a COMMIT that waits for a synchronous standby is not visible until the wait
 ends, and that wait is **not** bounded by the server: PostgreSQL disarms
@@ -124,18 +124,6 @@ class Router(Protocol):
         timeout: float | None = None,
         autocommit: bool = False,
     ) -> T: ...
-
-
-def check_overlap(bound: float, *, overlap: float, poll_interval: float) -> None:
-    """Refuse a change-feed overlap that does not cover the write bound plus a poll."""
-    if not bound > 0:
-        raise ValueError(f"the write transaction bound must be positive: {bound}")
-    if overlap <= bound + poll_interval:
-        raise ValueError(
-            f"the change feed's overlap ({overlap:g} s) must exceed the write transaction "
-            f"bound ({bound:g} s) plus a poll ({poll_interval:g} s), or a slow write could "
-            "be missed"
-        )
 
 
 def is_cockroach(conn: Any) -> bool:

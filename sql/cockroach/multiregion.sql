@@ -4,8 +4,13 @@
 -- when `SELECT version()` says CockroachDB; it builds them from SIGNING_KEYS_REGIONS with
 -- service/store/cockroach.py:multiregion_statements() (service/store/migrations.py decides
 -- which region is primary). This file is those statements written out for the three example
--- regions, aws-us-east-1 primary; tests/store/test_cockroach.py checks that the two agree.
--- Run them by hand only to set up or inspect a database outside the service:
+-- regions, aws-us-east-1 primary, as they apply to a database that is not multi-region yet;
+-- tests/store/test_cockroach.py checks that the two agree. On a re-run the service first reads
+-- the database's state (SHOW REGIONS FROM DATABASE, SHOW SURVIVAL GOAL FROM DATABASE, SHOW
+-- TABLES) and issues only the statements that differ: SET PRIMARY REGION on a database that
+-- already has it takes the switch-primary path and rewrites zone configurations, and it and
+-- SURVIVE REGION FAILURE are refused once anyone has run CONFIGURE ZONE.
+-- Run them by hand only to set up a new database outside the service (as a member of admin):
 --
 --   cockroach sql --url "$DSN" --file sql/cockroach/multiregion.sql
 --
@@ -16,7 +21,7 @@
 --   (https://www.cockroachlabs.com/docs/stable/multiregion-survival-goals);
 -- * each statement runs on its own, not inside an explicit transaction
 --   (https://www.cockroachlabs.com/docs/stable/online-schema-changes).
--- Every statement can be run again with the same result.
+-- Do not re-run the whole file on a database already set up: see above.
 
 -- The primary region must be set before other regions can be added
 -- (https://www.cockroachlabs.com/docs/stable/alter-database).

@@ -78,6 +78,7 @@ def load_yaml(path: Path) -> Any:
 # --- What the service reads ----------------------------------------------------------------
 
 _VALUE_READERS = {
+    "number_or_none",
     "required",
     "text",
     "optional_text",
@@ -157,6 +158,10 @@ MANAGED_SETTINGS = {
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
     "TLS_CLIENT_CA_FILE",
+    "DB_CA_FILE",
+    "DB_CERT_FILE",
+    "DB_KEY_FILE",
+    "DRAIN_DELAY",
     "CONFIG_FILE",
 }
 

@@ -230,3 +230,75 @@ def test_yamllint_accepts_the_file() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout
+
+
+def node_flags(service: Mapping[str, Any]) -> dict[str, str]:
+    return dict(
+        arg.removeprefix("--").split("=", 1)
+        for arg in service["command"]
+        if arg.startswith("--") and "=" in arg
+    )
+
+
+def test_every_node_has_the_max_offset_for_global_tables_and_fixed_memory(
+    compose: dict[str, Any],
+) -> None:
+    """CockroachDB recommends --max-offset=250ms with GLOBAL tables; fractions of the host's
+    memory (`.25`) on three nodes of one host would oversubscribe it."""
+    services = compose["services"]
+    for name in cockroach_nodes(compose):
+        flags = node_flags(services[name])
+        assert flags["max-offset"] == "250ms", name
+        for flag in ("cache", "max-sql-memory"):
+            assert re.fullmatch(r"\d+(MiB|GiB|MB|GB)", flags[flag]), (name, flags[flag])
+        assert services[name].get("mem_limit"), name
+    for name, service in app_services(compose).items():
+        assert service.get("mem_limit"), name
+
+
+def test_the_stop_period_exceeds_the_drain_delay_and_the_close_bound(
+    compose: dict[str, Any],
+) -> None:
+    from service.server import CLOSE_BOUND
+
+    for name, service in app_services(compose).items():
+        if service.get("command") == ["migrate"]:
+            continue
+        grace = float(service["stop_grace_period"].removesuffix("s"))
+        assert grace > settings_of(service).drain_delay + CLOSE_BOUND, name
+
+
+def test_writes_have_a_deadline_that_fits_global_table_commits(compose: dict[str, Any]) -> None:
+    for name, service in app_services(compose).items():
+        settings = settings_of(service)
+        assert settings.write_deadline is not None, name
+        assert settings.write_deadline > settings.router.request_deadline, name
+
+
+def dsn_users(service: Mapping[str, Any]) -> set[str]:
+    return {
+        urlsplit(str(service["environment"][region_dsn_variable(region)])).username or ""
+        for region in REGIONS
+    }
+
+
+def test_migrate_runs_as_the_ddl_role_and_the_instances_as_the_data_role(
+    compose: dict[str, Any],
+) -> None:
+    init_script = INIT_SCRIPT.read_text()
+    for name, service in app_services(compose).items():
+        expected = (
+            "signing_keys_migrator"
+            if service.get("command") == ["migrate"]
+            else ("signing_keys_app")
+        )
+        assert dsn_users(service) == {expected}, name
+        assert f'="{expected}"' in init_script  # the init script creates that role
+
+
+def test_init_waits_for_the_regions_the_service_is_configured_with(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    (init,) = [s for n, s in services.items() if s.get("entrypoint") and "init" in n]
+    assert init["environment"]["COCKROACH_REGIONS"].split(",") == list(REGIONS)

@@ -7,6 +7,7 @@ and compare it with what the package, its settings and its HTTP routes actually 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -17,7 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from service.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, Settings
 from tests.deploy.support import (
@@ -235,3 +238,103 @@ def test_the_image_python_satisfies_requires_python() -> None:
         match = re.fullmatch(r"(?:docker\.io/(?:library/)?)?python:(\d+\.\d+)[\w.-]*", image)
         assert match, f"unexpected base image {image}"
         assert requires.contains(match.group(1) + ".0"), f"{image} vs requires-python {requires}"
+
+
+# --- dependencies: a hashed lock, in a layer of their own ------------------------------------
+
+LOCK = REPO / "deploy" / "requirements.lock"
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """name → (version, hashes), from the lock's `name==version --hash=…` entries."""
+    text = LOCK.read_text().replace("\\\n", " ")
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split()
+        name, version = requirement.split("==")
+        hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=")]
+        assert len(options) == len(hashes), f"{line}: only --hash options belong here"
+        entries[canonicalize_name(name)] = (version, hashes)
+    return entries
+
+
+def runtime_closure() -> dict[str, str]:
+    """The package's runtime dependencies, transitively, for CPython 3.11 on Linux, with the
+    versions installed here (the ones the tests run with)."""
+    environment = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.14",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "os_name": "posix",
+    }
+    found: dict[str, str] = {}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(text) for text in project["dependencies"]]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        distribution = importlib.metadata.distribution(name)
+        found[name] = distribution.version
+        extras = ("", *requirement.extras)
+        for text in distribution.requires or []:
+            child = Requirement(text)
+            if child.marker is None or any(
+                child.marker.evaluate({**environment, "extra": extra}) for extra in extras
+            ):
+                todo.append(child)
+    return found
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    entries = locked()
+    closure = runtime_closure()
+    assert set(entries) - {"setuptools"} == set(closure)
+    for name, (version, hashes) in entries.items():
+        assert hashes, f"{name} has no hash"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+        if name in closure:
+            assert version == closure[name], f"{name}: locked {version}, tested {closure[name]}"
+
+
+def test_the_locked_versions_satisfy_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    entries = locked()
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    for text in wanted:
+        requirement = Requirement(text)
+        version, _ = entries[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version, prereleases=True), (text, version)
+
+
+def test_dependencies_install_from_the_lock_before_the_source_is_copied() -> None:
+    """So a source change rebuilds only the last layers, and pip resolves nothing."""
+    build = stages(parse())[0]
+    copies = [" ".join(c.value) for c in build if c.cmd == "COPY"]
+    runs = [" ".join(c.value) for c in build if c.cmd == "RUN"]
+    lock_copy = next(i for i, c in enumerate(copies) if "requirements.lock" in c)
+    source_copy = next(i for i, c in enumerate(copies) if c.startswith("service "))
+    assert lock_copy < source_copy
+    (locked_install,) = [r for r in runs if "-r requirements.lock" in r]
+    assert "--require-hashes" in locked_install and "--only-binary=:all:" in locked_install
+    (package_install,) = [r for r in runs if re.search(r"pip install [^|]* \.( |$)", r)]
+    assert "--no-deps" in package_install and "--no-build-isolation" in package_install
+    order = [c for c in build if c.cmd in ("COPY", "RUN")]
+    install_at = next(i for i, c in enumerate(order) if "-r requirements.lock" in " ".join(c.value))
+    source_at = next(i for i, c in enumerate(order) if " ".join(c.value).startswith("service "))
+    assert install_at < source_at
+
+
+def test_base_images_name_a_release_not_a_moving_tag() -> None:
+    for command in parse():
+        if command.cmd == "ARG" and command.value[0].startswith("PYTHON_IMAGE="):
+            image = command.value[0].split("=", 1)[1]
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", image)

@@ -281,17 +281,50 @@ def test_the_schema_refuses_unsafe_or_inconsistent_values(values: dict[str, Any]
 # --- The rendered release against the service ----------------------------------------------
 
 
+DB_FILE_SETTINGS = (f"{PREFIX}DB_CA_FILE", f"{PREFIX}DB_CERT_FILE", f"{PREFIX}DB_KEY_FILE")
+
+
+def mounted_secret(doc: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str:
+    """The Secret (``name/key``) that the file at ``path`` in ``container`` comes from."""
+    volumes = {volume["name"]: volume for volume in pod_spec(doc)["volumes"]}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix) and "secret" in volumes[mount["name"]]:
+            secret = volumes[mount["name"]]["secret"]
+            relative = path.removeprefix(prefix)
+            items = {item["path"]: item["key"] for item in secret.get("items", [])}
+            assert mount.get("readOnly") is True, path
+            return f"{secret['secretName']}/{items.get(relative, relative)}"
+    raise AssertionError(f"{path} is on no mounted Secret of {container['name']}")
+
+
+def workload_containers(docs: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Any]]:
+    """(workload, container) for every container and init container of our image."""
+    pairs = []
+    for doc in [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]:
+        spec = pod_spec(doc)
+        pairs += [(doc, c) for c in [*spec.get("initContainers", []), *spec["containers"]]]
+    return pairs
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_service_accepts_the_rendered_configuration(
-    rendered: Render, variant: str, service_variables: ServiceVariables
+    rendered: Render,
+    variant: str,
+    service_variables: ServiceVariables,
+    tmp_path: Path,
 ) -> None:
     docs = rendered("helm4", variant)
     maps = config_maps(docs)
     values = values_for(variant)
-    workloads = [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]
-    for workload in workloads:
-        (container,) = pod_spec(workload)["containers"]
+    readable = tmp_path / "mounted.pem"
+    readable.write_text("a file the Secret would hold")
+    for workload, container in workload_containers(docs):
         env = container_env(container, maps)
+        for name in DB_FILE_SETTINGS:
+            if name in env:  # mounted from a Secret here; the service checks it is readable
+                mounted_secret(workload, container, env[name])
+                env[name] = str(readable)
         unknown = {n for n in env if not service_variables.is_read(n)}
         assert not unknown, f"{workload['kind']} sets variables the service never reads: {unknown}"
         settings = Settings.from_env(env)
@@ -312,8 +345,10 @@ def test_dsns_come_only_from_secrets(rendered: Render, variant: str) -> None:
         region_dsn_variable(r["name"]): (r["dsnSecret"]["name"], r["dsnSecret"]["key"])
         for r in values["regions"]
     }
-    for workload in [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]:
-        (container,) = pod_spec(workload)["containers"]
+    migration = {
+        name: (values["migrations"]["dsnSecretName"], key) for name, (_, key) in expected.items()
+    }
+    for workload, container in workload_containers(docs):
         refs = {
             item["name"]: (
                 item["valueFrom"]["secretKeyRef"]["name"],
@@ -322,7 +357,8 @@ def test_dsns_come_only_from_secrets(rendered: Render, variant: str) -> None:
             for item in container["env"]
             if "valueFrom" in item
         }
-        assert refs == expected
+        # The migration Job connects as the DDL role; every serving container as the data role.
+        assert refs == (migration if workload["kind"] == "Job" else expected)
     for name, data in config_maps(docs).items():
         assert not any(key.startswith(f"{PREFIX}DSN_") for key in data), name
 
@@ -369,10 +405,9 @@ def test_service_ports_and_selectors_reach_the_pods(rendered: Render, variant: s
     assert {p["name"] for p in service["spec"]["ports"]} == {"http", "grpc"}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
-        for doc in by_kind(docs, kind):
-            selector = doc["spec"]["selector" if kind != "NetworkPolicy" else "podSelector"]
-            assert selector["matchLabels"].items() <= pod_labels.items(), kind
+    for doc in [*by_kind(docs, "PodDisruptionBudget"), *serving_policies(docs)]:
+        selector = doc["spec"]["selector" if doc["kind"] != "NetworkPolicy" else "podSelector"]
+        assert selector["matchLabels"].items() <= pod_labels.items(), doc["kind"]
     for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
@@ -387,7 +422,7 @@ def test_only_serving_pods_are_selected(rendered: Render, variant: str) -> None:
     selectors += [
         d["spec"]["selector"]["matchLabels"] for d in by_kind(docs, "PodDisruptionBudget")
     ]
-    selectors += [d["spec"]["podSelector"]["matchLabels"] for d in by_kind(docs, "NetworkPolicy")]
+    selectors += [d["spec"]["podSelector"]["matchLabels"] for d in serving_policies(docs)]
     others = [j["spec"]["template"]["metadata"]["labels"] for j in by_kind(docs, "Job")]
     others += [p["metadata"]["labels"] for p in by_kind(docs, "Pod")]
     assert others, "the helm test pod is always rendered"
@@ -396,9 +431,18 @@ def test_only_serving_pods_are_selected(rendered: Render, variant: str) -> None:
             assert not selector.items() <= labels.items(), (selector, labels)
 
 
+def serving_policies(docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The NetworkPolicies of the serving pods (the Job's and the test pod's have their own)."""
+    return [
+        doc
+        for doc in by_kind(docs, "NetworkPolicy")
+        if "app.kubernetes.io/component" not in doc["spec"]["podSelector"]["matchLabels"]
+    ]
+
+
 def test_a_network_policy_lets_helm_test_and_prometheus_in(rendered: Render) -> None:
     docs = rendered("helm4", "values-aws-us-east-1.yaml")
-    (policy,) = by_kind(docs, "NetworkPolicy")
+    (policy,) = serving_policies(docs)
     (rule,) = policy["spec"]["ingress"]
     test_pod = one(docs, "Pod")["metadata"]["labels"]
     pod_peers = [

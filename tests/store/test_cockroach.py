@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,125 @@ def test_the_primary_region_is_the_lowest_priority_then_the_first_listed() -> No
     assert cockroach.primary_region([("a-1", 2), ("b-1", 1), ("c-1", 1)]) == "b-1"
     with pytest.raises(ValueError, match="at least one region"):
         cockroach.primary_region([])
+
+
+# --- re-runs: only what differs from the database's recorded state -------------------------
+# Rows as CockroachDB's SHOW REGIONS FROM DATABASE, SHOW SURVIVAL GOAL FROM DATABASE and
+# SHOW TABLES return them (the columns of CockroachDB's documentation for those statements).
+
+
+def region_rows(primary: str | None, *others: str) -> list[dict[str, object]]:
+    names = ([primary] if primary else []) + list(others)
+    return [
+        {
+            "database": "signing_keys",
+            "region": name,
+            "primary": name == primary,
+            "secondary": False,
+            "zones": [f"{name}a"],
+        }
+        for name in names
+    ]
+
+
+def table_rows(**localities: str | None) -> list[dict[str, object]]:
+    return [
+        {
+            "schema_name": "public",
+            "table_name": table,
+            "type": "table",
+            "owner": "signing_keys_migrator",
+            "estimated_row_count": 0,
+            "locality": locality,
+        }
+        for table, locality in localities.items()
+    ]
+
+
+DONE_TABLES: dict[str, str | None] = {
+    "signing_keys": "GLOBAL",
+    "access_tokens": "GLOBAL",
+    "heartbeat": "GLOBAL",
+    "audit_events": "REGIONAL BY TABLE IN PRIMARY REGION",
+    "idempotency_keys": "REGIONAL BY TABLE IN PRIMARY REGION",
+    "schema_migrations": "REGIONAL BY TABLE IN PRIMARY REGION",
+}
+FRESH_TABLES = dict.fromkeys(DONE_TABLES)  # not multi-region yet: no locality
+
+
+def state(
+    primary: str | None, others: tuple[str, ...], goal: str | None, tables: Mapping[str, str | None]
+) -> cockroach.MultiRegionState:
+    survival = [{"database": "signing_keys", "survival_goal": goal}] if goal else []
+    return cockroach.MultiRegionState.from_rows(
+        region_rows(primary, *others), survival, table_rows(**tables)
+    )
+
+
+def test_a_database_already_in_the_wanted_state_gets_no_statement() -> None:
+    """What an upgrade's hook meets: nothing to do, so nothing CONFIGURE ZONE could refuse."""
+    current = state("aws-us-east-1", ("gcp-us-central1", "aws-eu-west-1"), "region", DONE_TABLES)
+    assert multiregion_statements("signing_keys", THREE, "aws-us-east-1", current) == []
+
+
+def test_a_database_that_is_not_multi_region_gets_every_statement() -> None:
+    current = state(None, (), None, FRESH_TABLES)
+    assert current == cockroach.MultiRegionState(localities=current.localities)
+    assert multiregion_statements(
+        "signing_keys", THREE, "aws-us-east-1", current
+    ) == multiregion_statements("signing_keys", THREE, "aws-us-east-1")
+
+
+def test_a_run_cut_short_resumes_where_it_stopped() -> None:
+    """Primary set, one region added, the job killed: the rest only, no SET PRIMARY REGION."""
+    current = state("aws-us-east-1", ("gcp-us-central1",), "zone", FRESH_TABLES)
+    assert multiregion_statements("signing_keys", THREE, "aws-us-east-1", current) == [
+        'ALTER DATABASE "signing_keys" ADD REGION IF NOT EXISTS "aws-eu-west-1"',
+        'ALTER DATABASE "signing_keys" SURVIVE REGION FAILURE',
+        'ALTER TABLE "signing_keys" SET LOCALITY GLOBAL',
+        'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
+        'ALTER TABLE "heartbeat" SET LOCALITY GLOBAL',
+        'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
+        'ALTER TABLE "idempotency_keys" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
+    ]
+
+
+def test_a_new_region_is_added_and_nothing_else_is_touched() -> None:
+    current = state("aws-us-east-1", ("gcp-us-central1", "aws-eu-west-1"), "region", DONE_TABLES)
+    assert multiregion_statements(
+        "signing_keys", [*THREE, "azure-westeurope"], "aws-us-east-1", current
+    ) == ['ALTER DATABASE "signing_keys" ADD REGION IF NOT EXISTS "azure-westeurope"']
+
+
+def test_a_changed_primary_is_switched_after_its_region_is_added() -> None:
+    current = state("aws-us-east-1", ("gcp-us-central1",), "zone", DONE_TABLES)
+    assert multiregion_statements("signing_keys", THREE, "aws-eu-west-1", current) == [
+        'ALTER DATABASE "signing_keys" ADD REGION IF NOT EXISTS "aws-eu-west-1"',
+        'ALTER DATABASE "signing_keys" SET PRIMARY REGION "aws-eu-west-1"',
+        'ALTER DATABASE "signing_keys" SURVIVE REGION FAILURE',
+    ]
+
+
+def test_a_table_whose_locality_was_changed_by_hand_is_put_back() -> None:
+    tables = {**DONE_TABLES, "access_tokens": "REGIONAL BY ROW", "audit_events": "GLOBAL"}
+    current = state("aws-us-east-1", ("gcp-us-central1", "aws-eu-west-1"), "REGION", tables)
+    assert multiregion_statements("signing_keys", THREE, "aws-us-east-1", current) == [
+        'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
+        'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
+    ]
+
+
+def test_a_database_region_no_longer_configured_is_reported_not_dropped() -> None:
+    current = state(
+        "aws-us-east-1", ("gcp-us-central1", "aws-eu-west-1", "old-region"), "region", DONE_TABLES
+    )
+    statements = multiregion_statements("signing_keys", THREE, "aws-us-east-1", current)
+    assert statements == []
+    assert cockroach.unlisted_regions(current, THREE) == ["old-region"]
+
+
+def test_localities_are_compared_in_one_spelling() -> None:
+    assert cockroach.normalize_locality("regional by table in  primary region") == (
+        "REGIONAL BY TABLE IN PRIMARY REGION"
+    )
+    assert cockroach.normalize_locality(None) is None

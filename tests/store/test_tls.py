@@ -208,3 +208,50 @@ def test_tls_files_the_dsn_needs_are_checked_at_start_up(
     message = str(refused.value)
     assert DSN_VARIABLE in message and named in message
     assert PASSWORD not in message
+
+
+def files_env(postgres: TlsPostgres) -> dict[str, str]:
+    """The chart's way: the DSN says only ``sslmode``; the mounted Secret's files come from
+    ``SIGNING_KEYS_DB_*_FILE``, one setting for every region."""
+    return {
+        **env(postgres.dsn(sslmode="verify-full")),
+        "SIGNING_KEYS_DB_CA_FILE": str(postgres.ca.cert_file),
+        "SIGNING_KEYS_DB_CERT_FILE": str(postgres.client_cert),
+        "SIGNING_KEYS_DB_KEY_FILE": str(postgres.client_key),
+    }
+
+
+async def test_verify_full_with_the_database_file_settings_connects_without_a_home_directory(
+    tls_postgres: TlsPostgres, no_home: None
+) -> None:
+    async with Server(Settings.from_env(files_env(tls_postgres))) as server:
+        assert await server.database.wait_ready(writable=True, timeout=10)
+        encrypted = await server.database.read(
+            lambda conn: conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        )
+        assert encrypted is True
+
+
+def test_a_file_the_dsn_names_wins_over_the_database_file_settings(
+    tls_postgres: TlsPostgres, no_home: None
+) -> None:
+    own_ca = str(tls_postgres.stranger_ca.cert_file)
+    settings = Settings.from_env(
+        {
+            **files_env(tls_postgres),
+            DSN_VARIABLE: tls_postgres.dsn(sslmode="verify-full", sslrootcert=own_ca),
+        }
+    )
+    query = settings.regions[0].dsn.split("?", 1)[1].split("&")
+    assert f"sslrootcert={own_ca}" in query
+    assert f"sslcert={tls_postgres.client_cert}" in query
+    assert sum(item.startswith("sslrootcert=") for item in query) == 1
+
+
+def test_a_database_ca_file_that_cannot_be_read_is_refused_at_start_up(
+    tls_postgres: TlsPostgres, no_home: None
+) -> None:
+    with pytest.raises(SettingsError, match=r"sslrootcert file '/nonexistent/ca\.crt'"):
+        Settings.from_env(
+            {**files_env(tls_postgres), "SIGNING_KEYS_DB_CA_FILE": "/nonexistent/ca.crt"}
+        )

@@ -23,7 +23,7 @@ from service.core.changes import ChangeFeed
 from service.core.keycache import KeyCache
 from service.errors import DeadlineExceededError, DependencyError
 from service.store.keys import PostgresKeyRecords
-from service.store.routing import RoutedDatabase, check_overlap
+from service.store.routing import RoutedDatabase
 from tests.locality.rig import running
 from tests.support.service import rows
 
@@ -178,11 +178,3 @@ async def test_a_client_silent_past_the_bound_loses_its_transaction(
     await run_write(database, stalls)
     assert len(attempts) == 2, "the first attempt failed as a lost connection and was retried"
     assert not await stored(migrated_topology, attempts[0])
-
-
-def test_the_bound_must_stay_below_the_overlap() -> None:
-    check_overlap(2.0, overlap=5.0, poll_interval=0.2)
-    with pytest.raises(ValueError, match="overlap"):
-        check_overlap(2.0, overlap=2.1, poll_interval=0.2)
-    with pytest.raises(ValueError, match="positive"):
-        check_overlap(0.0, overlap=5.0, poll_interval=0.2)
