@@ -246,6 +246,22 @@ def _scanning_stop(hygiene: Hygiene) -> Callable[[LocalTopology], None]:
     return stop
 
 
+def hide_traceback_locals() -> None:
+    """Unconfigured, structlog renders for development: with ``rich`` installed (schemathesis
+    brings it), an exception's traceback shows every frame's local variables — a gRPC
+    call's metadata, ``Authorization`` included. The service's own configuration
+    (:func:`service.logs.configure_logging`) renders plain tracebacks; tests that leave
+    structlog unconfigured get the same here. ``reset_defaults`` reinstalls the very
+    renderer changed here, so this holds for the whole run."""
+    for processor in structlog.get_config()["processors"]:
+        formatter: Any = getattr(processor, "_exception_formatter", None)
+        if hasattr(formatter, "show_locals"):
+            formatter.show_locals = False
+    default: Any = getattr(structlog.dev, "default_exception_formatter", None)
+    if hasattr(default, "show_locals"):
+        default.show_locals = False
+
+
 # --- The database ----------------------------------------------------------------------------
 
 TABLES: Final = """
@@ -323,6 +339,7 @@ _PLUGIN: Final = "secret-hygiene"
 def pytest_configure(config: pytest.Config) -> None:
     hygiene = Hygiene()
     hygiene.install()
+    hide_traceback_locals()
     config.pluginmanager.register(HygienePlugin(hygiene), _PLUGIN)
 
 
