@@ -295,13 +295,13 @@ async def test_a_key_of_another_environment_answers_exactly_like_a_missing_key_o
     its own): the answer is the one for an id that exists nowhere, status and body, on
     every route that takes a key id. Naming A is 403 whether or not the key exists."""
     missing = secrets.token_urlsafe(24)
+    caller = world.callers["other_environment"]
+    assert caller is not None
     for method, path in HTTP_RULES:
         if "{id}" not in path:
             continue
         answers = {}
         for key in (world.read_key, world.revoke_key, missing):
-            caller = world.callers["other_environment"]
-            assert caller is not None
             url = path.replace("{id}", key)
             async with http.request(method, url, headers=caller.headers) as response:
                 answers[key] = (response.status, (await response.text()).replace(key, "<id>"))
@@ -315,6 +315,13 @@ async def test_a_key_of_another_environment_answers_exactly_like_a_missing_key_o
         assert answers[world.read_key][0] == 404
         named_answers = {answers[k + "/named"] for k in (world.read_key, missing)}
         assert len(named_answers) == 1 and next(iter(named_answers))[0] == 403, named_answers
+    # Nor do the lists: environment B's list and JWK Set hold none of A's keys.
+    async with http.get(KEYS + "?status=all", headers=caller.headers) as response:
+        assert (response.status, (await response.json())["data"]) == (200, [])
+    async with http.get(
+        f"/v1/environments/{world.env_b}/jwks.json", headers=caller.headers
+    ) as response:
+        assert (response.status, (await response.json())["keys"]) == (200, [])
     # The keys are untouched: the revoke above reached nothing.
     correct = world.callers["correct"]
     assert correct is not None
