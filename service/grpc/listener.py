@@ -15,14 +15,16 @@ What grpclib does not bound about a connection is bounded by a :class:`Connectio
 as the HTTP listener bounds aiohttp's: at most ``max_per_client`` connections from one
 address (IPv6: one /64, as the authentication limits count), and a connection must deliver
 its first complete request headers (an HTTP/2 ``HEADERS`` frame, and its ``CONTINUATION``
-frames, up to ``END_HEADERS``) within ``header_timeout`` of opening, or be closed: a client
-that sends the preface, settings and pings but never a request (a slowloris over HTTP/2)
-holds nothing for long. Once a request has arrived, a connection may idle for as long as its
+frames, up to ``END_HEADERS``) within ``header_timeout`` of being accepted, or be closed: a
+client that sends the preface, settings and pings but never a request (a slowloris over
+HTTP/2) holds nothing for long. The deadline starts in :meth:`Listener.accept`, so it bounds
+a TLS handshake too (the event loop runs one before the connection's protocol exists, and
+would give it 60 s). Once a request has arrived, a connection may idle for as long as its
 client likes (gRPC channels are long-lived); the per-address cap bounds how many.
 
->>> listener = await bind_listener("127.0.0.1", 0)
 >>> guard = ConnectionGuard(max_per_client=256, header_timeout=10.0)
 >>> guard.install(grpclib_server)
+>>> listener = await bind_listener("127.0.0.1", 0, guard=guard)
 >>> await grpclib_server.start(sock=listener)
 >>> listener.port
 """
@@ -35,6 +37,7 @@ import contextlib
 import socket
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 import grpclib
@@ -108,27 +111,29 @@ class GuardedConnection(asyncio.Protocol):
         self._guard = guard
         self._inner = inner
         self._transport: asyncio.Transport | None = None
+        self._fd: int | None = None
         self.client: str | None = None
         self._counted = False
         self._scanner: RequestHeadScanner | None = RequestHeadScanner()
-        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream server's transport
         peer = transport.get_extra_info("peername")
         self.client = client_key(str(peer[0])) if peer else None
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else None
         if not self._guard._admit(self):
+            self._guard._disarm(self._fd)
             self._transport.abort()  # grpclib never hears of it
             return
         self._counted = True
         self._inner.connection_made(transport)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self._guard.header_timeout, self._head_too_slow)
+        self._guard._made(self._fd, self._transport, self.client)
 
     def data_received(self, data: bytes) -> None:
         if self._scanner is not None and self._scanner.feed(data):
             self._scanner = None  # a request has arrived: from now on, bytes pass unread
-            self._disarm()
+            self._guard._disarm(self._fd)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -141,24 +146,22 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._scanner is not None:
+            self._guard._disarm(self._fd)
         if not self._counted:
             return
         self._counted = False
         self._guard._release(self)
         self._inner.connection_lost(exc)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
 
-    def _head_too_slow(self) -> None:
-        self._deadline = None
-        if self._scanner is None or self._transport is None:
-            return
-        self._guard._dropped("header_timeout", self.client)
-        self._transport.abort()
+@dataclass(slots=True)
+class _Deadline:
+    """A connection's deadline for its first request, and how to end it when it passes."""
+
+    timer: asyncio.TimerHandle
+    close: Callable[[], bool]  # True if it ended an open connection
+    client: str | None
 
 
 class ConnectionGuard:
@@ -180,6 +183,7 @@ class ConnectionGuard:
         self.header_timeout = header_timeout
         self._by_client: collections.Counter[str | None] = collections.Counter()
         self._open = 0
+        self._deadlines: dict[int, _Deadline] = {}  # by file descriptor
         dropped = Counter(
             "signing_keys_grpc_connections_dropped",
             "gRPC connections closed by the listener, by reason (no complete request headers "
@@ -222,6 +226,62 @@ class ConnectionGuard:
         server._protocol_factory = self.protocol_factory(factory)
         return True
 
+    def accepted(self, conn: socket.socket) -> None:
+        """``conn`` has just been accepted: its deadline starts now, before a TLS handshake
+        (which the event loop runs before the connection's protocol hears of it)."""
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            return  # gone already
+        ref = weakref.ref(conn)
+
+        def close() -> bool:
+            accepted = ref()
+            if accepted is None or accepted.fileno() == -1:
+                return False  # closed already (a failed handshake, say)
+            with contextlib.suppress(OSError):  # the peer may have gone already
+                accepted.shutdown(socket.SHUT_RDWR)
+            return True
+
+        # A descriptor is reused as soon as it is closed: whatever deadline it had was
+        # another connection's.
+        self._disarm(conn.fileno())
+        self._start(conn.fileno(), close, client_key(str(peer[0])) if peer else None)
+
+    def _made(self, fd: int | None, transport: asyncio.Transport, client: str | None) -> None:
+        """The connection on ``fd`` has a transport: when its deadline passes (started at
+        its accept, or now if it was not accepted through a guarded :class:`Listener`),
+        abort that."""
+
+        def close() -> bool:
+            if transport.is_closing():
+                return False
+            transport.abort()
+            return True
+
+        deadline = self._deadlines.get(fd) if fd is not None else None
+        if deadline is not None:
+            deadline.close = close
+        else:
+            self._start(fd, close, client)
+
+    def _start(self, fd: int | None, close: Callable[[], bool], client: str | None) -> None:
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.header_timeout, self._expired, fd)
+        self._deadlines[fd] = _Deadline(timer, close, client)
+
+    def _disarm(self, fd: int | None) -> None:
+        deadline = self._deadlines.pop(fd, None) if fd is not None else None
+        if deadline is not None:
+            deadline.timer.cancel()
+
+    def _expired(self, fd: int) -> None:
+        deadline = self._deadlines.pop(fd, None)
+        if deadline is not None and deadline.close():
+            self._dropped("header_timeout", deadline.client)
+
     def _admit(self, connection: GuardedConnection) -> bool:
         client = connection.client
         if client is not None and self._by_client[client] >= self.max_per_client:
@@ -252,6 +312,7 @@ class Listener(socket.socket):
     ) -> None:
         super().__init__(family, kind, proto, fileno)
         self._connections: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.guard: ConnectionGuard | None = None  # told of every connection accepted
 
     @property
     def port(self) -> int:
@@ -266,6 +327,8 @@ class Listener(socket.socket):
     def accept(self) -> tuple[socket.socket, object]:
         conn, address = super().accept()
         self._connections.add(conn)
+        if self.guard is not None:
+            self.guard.accepted(conn)
         return conn, address
 
     def end_connections(self) -> int:
@@ -281,15 +344,17 @@ class Listener(socket.socket):
         return ended
 
 
-async def bind_listener(host: str, port: int) -> Listener:
+async def bind_listener(host: str, port: int, *, guard: ConnectionGuard | None = None) -> Listener:
     """A :class:`Listener` bound to ``host``:``port`` (port 0: any free port), as asyncio's
     ``create_server`` binds: address reuse on, IPv6 sockets IPv6-only. One socket, on the first
-    address ``host`` resolves to."""
+    address ``host`` resolves to. With a ``guard``, each connection's deadline for its first
+    request starts as it is accepted, so that it bounds a TLS handshake too."""
     infos = await asyncio.get_running_loop().getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     family, kind, proto, _, address = infos[0]
     listener = Listener(family, kind, proto)
+    listener.guard = guard
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

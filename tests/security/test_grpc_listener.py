@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
@@ -19,6 +21,7 @@ from service.grpc.listener import RequestHeadScanner
 from service.server import Server
 from service.settings import Settings
 from tests.support.service import service_env
+from tests.support.tls import write_self_signed
 
 HEADER_TIMEOUT = 0.5
 MAX_PER_CLIENT = 3
@@ -173,6 +176,43 @@ async def test_one_client_address_holds_at_most_the_cap_and_others_are_not_affec
     finally:
         for _, writer in held:
             writer.close()
+
+
+async def test_with_tls_a_stalled_handshake_is_bounded_by_the_header_timeout_too(
+    migrated_topology: LocalTopology, tmp_path: Path
+) -> None:
+    """The event loop runs a TLS handshake before the connection's protocol exists (and
+    gives it 60 s); the deadline starts at the accept, so a client that connects and never
+    says hello is closed like one that never sends a request — and a real TLS client still
+    calls."""
+    cert_file, key_file = write_self_signed(tmp_path)
+    settings = Settings.from_env(
+        service_env(
+            migrated_topology,
+            grpc_header_timeout=str(HEADER_TIMEOUT),
+            tls_cert_file=str(cert_file),
+            tls_key_file=str(key_file),
+        )
+    )
+    async with Server(settings) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.grpc_port)
+        try:
+            elapsed = await seconds_until_closed(reader)
+        finally:
+            writer.close()
+        assert HEADER_TIMEOUT * 0.9 <= elapsed < HEADER_TIMEOUT + 4.0
+        assert dropped(server, "header_timeout") == 1
+        client = ssl.create_default_context(cafile=str(cert_file))
+        client.set_alpn_protocols(["h2"])
+        channel = Channel("localhost", server.grpc_port, ssl=client)
+        try:
+            health = HealthStub(channel)
+            await health.Check(HealthCheckRequest())
+            await asyncio.sleep(HEADER_TIMEOUT * 3)
+            await health.Check(HealthCheckRequest())
+        finally:
+            channel.close()
+        assert dropped(server, "header_timeout") == 1, "the TLS client was not cut off"
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 9, 10, 1000])
