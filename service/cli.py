@@ -5,6 +5,7 @@ signing-keys migrate               # apply sql/migrations (and the CockroachDB s
 signing-keys migrate --check --wait 600   # wait until they are applied (no DDL; exit 1 if not)
 signing-keys status                # per-region state as the router sees it (JSON)
 signing-keys status --table        # the same, as a table for people
+signing-keys status --raw-errors   # errors as the driver wrote them (hosts, ports, names)
 signing-keys token create --environment ENV --scopes read,write,verify
 """
 
@@ -68,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show each region's state")
     status.add_argument("--table", action="store_true", help="a table for people instead of JSON")
+    status.add_argument(
+        "--raw-errors",
+        action="store_true",
+        help="show each region's last error as the driver wrote it, hosts and ports included "
+        "(by default they are redacted, so the output can be pasted anywhere)",
+    )
     status.set_defaults(handler=_status, settings_factory=Settings.from_env)
 
     token = commands.add_parser("token", help="access-token administration")
@@ -130,18 +137,28 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from service.http.ops import redacted_region_status
+
     wait = settings.router.probe_timeout * 2
     async with open_database(settings, writable=False, timeout=wait) as database:
         status = database.status()
         if args.table:
-            print(format_status(status))
+            print(format_status(status, raw_errors=args.raw_errors))
         else:
-            print(json.dumps(status.to_dict(), indent=2, default=str))
+            shown = (
+                status.to_dict() if args.raw_errors else redacted_region_status(status.to_dict())
+            )
+            print(json.dumps(shown, indent=2, default=str))
     return 0
 
 
-def format_status(status: RouterStatus) -> str:
-    """The router's status as a table: one line per region, and what needs attention."""
+def format_status(status: RouterStatus, *, raw_errors: bool = False) -> str:
+    """The router's status as a table: one line per region, and what needs attention.
+
+    A region's last error is redacted (no host, port or quoted name: status output ends up
+    in tickets and CI logs) unless ``raw_errors``."""
+    from service.http.ops import redact_error
+
     rows = [("REGION", "CLOUD", "STATE", "ROLE", "TIMELINE", "DATA AGE", "RTT", "NOTES")]
     for region in status.regions:
         notes = []
@@ -162,7 +179,7 @@ def format_status(status: RouterStatus) -> str:
         if region.held_down:
             notes.append("held down")
         if region.state == "down" and region.last_error:
-            notes.append(region.last_error)
+            notes.append(region.last_error if raw_errors else str(redact_error(region.last_error)))
         rows.append(
             (
                 region.name,

@@ -71,3 +71,6 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by ours (configurable: off / sampled / all).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The HTTP/2 header codec under grpclib logs every header it encodes or decodes at debug
+    # level, Authorization (an access token's secret) included: never below info.
+    logging.getLogger("hpack").setLevel(max(logging.INFO, root.level))

@@ -85,6 +85,8 @@ class Settings:
     grpc_host: str = "0.0.0.0"  # noqa: S104
     grpc_port: int = DEFAULT_GRPC_PORT
     grpc_enabled: bool = True
+    grpc_header_timeout: float = 10.0
+    grpc_max_connections_per_client: int = 256
     router: RouterSettings = field(default_factory=RouterSettings)
     log_level: str = "info"
     access_log: AccessLogMode = "sampled"
@@ -222,6 +224,10 @@ class Settings:
             grpc_host=values.text("GRPC_HOST", d["grpc_host"]),
             grpc_port=values.integer("GRPC_PORT", d["grpc_port"], minimum=0, maximum=65535),
             grpc_enabled=values.boolean("GRPC_ENABLED", d["grpc_enabled"]),
+            grpc_header_timeout=values.number("GRPC_HEADER_TIMEOUT", d["grpc_header_timeout"]),
+            grpc_max_connections_per_client=values.integer(
+                "GRPC_MAX_CONNECTIONS_PER_CLIENT", d["grpc_max_connections_per_client"], minimum=1
+            ),
             router=router,
             log_level=values.choice("LOG_LEVEL", d["log_level"], LOG_LEVELS),
             access_log=values.choice("ACCESS_LOG", d["access_log"], get_args(AccessLogMode)),  # type: ignore[arg-type]

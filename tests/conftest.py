@@ -17,7 +17,7 @@ import pytest
 
 from harness import LocalTopology
 
-pytest_plugins = ["tests.support.service"]
+pytest_plugins = ["tests.support.service", "tests.support.hygiene"]
 
 _SHARED = pytest.StashKey[LocalTopology]()
 _SHARED_PRIMARY = pytest.StashKey[str]()

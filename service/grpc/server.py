@@ -19,6 +19,8 @@ knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed(
 ``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
 service: the client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size
 limit, the client's address for per-client limits, and the shutdown gate (:class:`CallGate`).
+Its connections are capped per client address and must send a first request in time
+(:class:`~service.grpc.listener.ConnectionGuard`, around grpclib's own protocol).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
@@ -57,7 +59,7 @@ from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
 from service.grpc.health import RegionEvents, readiness_health
 from service.grpc.limits import PREFIX_BYTES, SizeLimit, decode_headers_as_latin1
-from service.grpc.listener import Listener, bind_listener
+from service.grpc.listener import ConnectionGuard, Listener, bind_listener
 from service.grpc.metrics import GrpcMetrics
 from service.grpc.servicer import SigningKeysServicer
 from service.lifecycle import AsyncResource
@@ -218,6 +220,12 @@ class GrpcServer(AsyncResource):
             config=Configuration(http2_stream_window_size=window),
         )
         decode_headers_as_latin1(self._server)
+        self.connection_guard = ConnectionGuard(
+            max_per_client=settings.grpc_max_connections_per_client,
+            header_timeout=settings.grpc_header_timeout,
+            registry=registry,
+        )
+        self.connection_guard.install(self._server)
         if requires_client_certificate(settings):
             listen(self._server, RecvRequest, ClientCertificateRule())
         self.gate = CallGate()
@@ -247,7 +255,7 @@ class GrpcServer(AsyncResource):
             raise RuntimeError(f"the gRPC server is {self._state}; start it once")
         host = self.settings.grpc_host if host is None else host
         port = self.settings.grpc_port if port is None else port
-        listener = await bind_listener(host, port)
+        listener = await bind_listener(host, port, guard=self.connection_guard)
         try:
             await self._server.start(sock=listener, ssl=server_context(self.settings, alpn=["h2"]))
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from aiohttp import web
@@ -43,12 +44,18 @@ async def region_status(request: web.Request) -> web.Response:
     """Which region serves reads and writes, and each region's state, to anyone (load
     balancers and dashboards ask without credentials); RTTs, lag, load and the last errors
     only to a caller whose access token holds the ``read`` scope. Wrong credentials are
-    401, as everywhere."""
+    401, as everywhere.
+
+    No access token is an operator's (a ``read`` token is a tenant's), so the last errors are
+    shown redacted (:func:`redact_error`): the kind of failure, never a host, a port or the
+    server's words about names. The driver's full text is for whoever holds the DSNs:
+    ``signing-keys status --raw-errors``."""
     status = request.app[appkeys.REGIONS].status().to_dict()
     detailed = (
         "Authorization" in request.headers and Scope.READ in (await principal(request)).scopes
     )
-    response = json_response({"data": status if detailed else public_region_status(status)})
+    shown = redacted_region_status(status) if detailed else public_region_status(status)
+    response = json_response({"data": shown})
     # The answer depends on the credentials: no shared cache may serve one caller's to another.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Vary"] = "Authorization"
@@ -68,6 +75,57 @@ def public_region_status(status: dict[str, Any]) -> dict[str, Any]:
 
 PUBLIC_STATUS_FIELDS: Final = ("local_region", "read_region", "write_region")
 PUBLIC_REGION_FIELDS: Final = ("name", "cloud", "state", "role")
+
+
+def redacted_region_status(status: dict[str, Any]) -> dict[str, Any]:
+    """The router's status with every region's ``last_error`` passed through
+    :func:`redact_error`: what a tenant's ``read`` token and the CLI's default output show."""
+    return {
+        **status,
+        "regions": [
+            {**region, "last_error": redact_error(region.get("last_error"))}
+            for region in status["regions"]
+        ],
+    }
+
+
+# What a driver or operating-system message may name, most specific first: each is replaced
+# by a placeholder so that what failed (refused, timed out, authentication, …) stays readable.
+# The router already strips DSNs and passwords; these are the hosts, ports, socket paths and
+# quoted names (users, databases) that remain in asyncpg's and PostgreSQL's own words.
+_REDACTIONS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE), "<url>"),
+    (re.compile(r"\"[^\"]*\"|'[^']*'"), "<redacted>"),
+    (re.compile(r"\[[^\]\s]*\](?::\d+)?"), "<address>"),
+    (re.compile(r"(?:/[\w.@-]+){2,}/?"), "<path>"),
+    (
+        re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f.]*(?:%\w+)?", re.IGNORECASE),
+        "<address>",
+    ),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<address>"),
+    (re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]*(?::\d+)?\b", re.IGNORECASE), "<host>"),
+    (
+        re.compile(r"\b(host|hostaddr|user|dbname|database)(\s*[=:]\s*)\S+", re.IGNORECASE),
+        r"\1\2<redacted>",
+    ),
+    (re.compile(r"\bport(\s*[=:]\s*|\s+)\d+", re.IGNORECASE), r"port\1<port>"),
+    (re.compile(r"(<address>|<host>|<redacted>)(\s*,\s*)\d{1,5}\b"), r"\1\2<port>"),
+)
+
+
+def redact_error(error: str | None) -> str | None:
+    """``error`` (a region's last error, as the router describes it) without the hosts,
+    ports, socket paths and quoted names a driver message carries: for anyone but the
+    holder of the DSNs.
+
+    >>> redact_error("ConnectionRefusedError: [Errno 111] Connect call failed ('10.0.0.7', 5432)")
+    'ConnectionRefusedError: [Errno 111] Connect call failed (<redacted>, <port>)'
+    """
+    if error is None:
+        return None
+    for pattern, placeholder in _REDACTIONS:
+        error = pattern.sub(placeholder, error)
+    return error
 
 
 @routes.get("/metrics")
