@@ -17,10 +17,12 @@ Only grpclib's public API runs the server (checked against grpclib 0.4.9):
 ``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
 knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
 ``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
-service: the client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size
-limit, the client's address for per-client limits, and the shutdown gate (:class:`CallGate`).
-Its connections are capped per client address and must send a first request in time
-(:class:`~service.grpc.listener.ConnectionGuard`, around grpclib's own protocol).
+service: the connection guard's note that a connection has made its first request, the
+client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size limit, the
+client's address for per-client limits, and the shutdown gate (:class:`CallGate`). Its
+connections are capped per client address and must send a first request in time
+(:class:`~service.grpc.listener.ConnectionGuard`, told of each connection by the listening
+socket and of each request by that event).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
@@ -225,6 +227,8 @@ class GrpcServer(AsyncResource):
             header_timeout=settings.grpc_header_timeout,
             registry=registry,
         )
+        # First of the RecvRequest listeners, so that none can stop the event before it (the
+        # gate does, for a call it refuses): a refused call is a request all the same.
         self.connection_guard.install(self._server)
         if requires_client_certificate(settings):
             listen(self._server, RecvRequest, ClientCertificateRule())

@@ -17,7 +17,6 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 from harness import LocalTopology
-from service.grpc.listener import RequestHeadScanner
 from service.server import Server
 from service.settings import Settings
 from tests.support.service import service_env
@@ -213,23 +212,3 @@ async def test_with_tls_a_stalled_handshake_is_bounded_by_the_header_timeout_too
         finally:
             channel.close()
         assert dropped(server, "header_timeout") == 1, "the TLS client was not cut off"
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 7, 9, 10, 1000])
-def test_the_scanner_finds_the_end_of_the_first_request_head_however_the_bytes_arrive(
-    chunk: int,
-) -> None:
-    stream = (
-        PREFACE
-        + SETTINGS
-        + PING
-        + frame(0x1, 0x0, 1, b"h" * 20)  # HEADERS without END_HEADERS
-        + frame(0x9, 0x0, 1, b"c" * 5)  # CONTINUATION, the block goes on
-        + frame(0x9, 0x4, 1, b"e" * 3)  # CONTINUATION with END_HEADERS: complete
-    )
-    scanner = RequestHeadScanner()
-    seen = [scanner.feed(stream[at : at + chunk]) for at in range(0, len(stream), chunk)]
-    assert seen[-1] is True
-    assert not any(seen[:-1]), "not before the last byte of the head"
-    empty = RequestHeadScanner()
-    assert empty.feed(PREFACE + frame(0x1, 0x4, 1, b"")) is True
