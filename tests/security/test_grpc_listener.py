@@ -1,6 +1,6 @@
-"""The gRPC port's connection limits, over real sockets: a connection must send a complete
-request head in time (HTTP/2 slowloris), and one client address holds a bounded number of
-connections; a client that has made a request may idle on its connection."""
+"""The gRPC port's connection limits, over real sockets: a connection must make its first
+call in time (HTTP/2 slowloris), and one client address holds a bounded number of
+connections; a client that has made a call may idle on its connection."""
 
 from __future__ import annotations
 
