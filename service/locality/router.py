@@ -6,8 +6,11 @@ that measures the standbys' data age (:mod:`service.locality.heartbeat`), picks 
 operation an ordered list of regions (:mod:`service.locality.choice`) and runs the operation
 there within the caller's deadline: a read moves on (or hedges) when a region is unreachable
 or slow; a write moves on only when it provably did not commit, or when the caller says it
-is idempotent. A read may ask for data no older than a bound (:meth:`LocalityRouter.read`'s
-``max_data_age``) and learn how old what it read was (:meth:`LocalityRouter.read_with_age`).
+is idempotent. A PostgreSQL primary with too few synchronous standbys streaming takes no
+writes (they are refused at once, not left to hang in SyncRep), and the server backend of a
+write the router gives up on is terminated from another connection. A read may ask for data
+no older than a bound (:meth:`LocalityRouter.read`'s ``max_data_age``) and learn how old what
+it read was (:meth:`LocalityRouter.read_with_age`).
 
 Connections are returned to their pool without asyncpg's reset query (a round trip per
 operation): operations must not leave session state behind — no plain ``SET`` (use
@@ -64,6 +67,17 @@ Kind = Literal["read", "write"]
 
 APPLICATION_NAME = "signing-keys"
 HEARTBEAT_APPLICATION_NAME = "signing-keys heartbeat"
+ENDER_APPLICATION_NAME = "signing-keys backend-ender"
+# Ends one backend of this role that the router gave up on (never the caller's own): the
+# pid was read from the abandoned connection, and a pid is not reused within the seconds
+# this takes on any ordinary system. No row: the backend had ended already.
+END_BACKEND_SQL = """
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE pid = $1 AND usename = current_user AND pid <> pg_backend_pid()
+"""
+END_BACKEND_PATIENCE = 60.0  # seconds to keep trying to reach the region to end a backend
+END_BACKEND_RETRY_CAP = 1.0
+END_BACKEND_DRAIN = 1.0  # seconds a closing router waits for backends still being ended
 DEFAULT_SLOW_MARGIN = 0.1  # seconds of extra RTT that demote a region when hedging is off
 DEFAULT_CLOSE_TIMEOUT = 1.0
 MAX_INACTIVE_CONNECTION_LIFETIME = 60.0
@@ -89,17 +103,27 @@ class _AttemptFailed(Exception):
 class _InFlight:
     """One running attempt, so that it can be cut short when its region goes down."""
 
-    __slots__ = ("aborted", "kind", "phase", "timeout")
+    __slots__ = ("aborted", "kind", "phase", "pid", "timeout")
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self.timeout: asyncio.Timeout | None = None
         self.phase: Literal["acquire", "run", "commit"] = "acquire"
         self.aborted = False
+        self.pid: int | None = None  # the server backend of a write, once it has one
 
     def abort(self) -> None:
         """End the attempt now with a timeout, unless its COMMIT is already on the wire."""
-        if self.timeout is None or self.phase == "commit" or self.timeout.expired():
+        if self.phase != "commit":
+            self._cut()
+
+    def abandon(self) -> None:
+        """End the attempt now, even with its COMMIT on the wire: its region cannot
+        acknowledge it (no synchronous standby). A cut COMMIT is ambiguous, never a success."""
+        self._cut()
+
+    def _cut(self) -> None:
+        if self.timeout is None or self.timeout.expired():
             return
         try:
             self.timeout.reschedule(asyncio.get_running_loop().time())
@@ -213,6 +237,7 @@ class LocalityRouter(AsyncResource):
         self._split_brain: tuple[str, ...] = ()
         self._heartbeat: HeartbeatWriter | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._enders: set[asyncio.Task[None]] = set()
         self._listeners: list[Listener] = []
         self._serving: tuple[str | None, str | None] | None = None
         self._lifecycle: _Lifecycle = "new"
@@ -309,11 +334,17 @@ class LocalityRouter(AsyncResource):
         return await asyncpg.create_pool(region.dsn, **kwargs)
 
     async def _shutdown(self) -> None:
+        if self._enders:
+            # Backends of writes given up on just before the close: end them if it is quick.
+            await asyncio.wait(set(self._enders), timeout=END_BACKEND_DRAIN)
         tasks = [
-            task
-            for region in self._regions.values()
-            for task in (region.task, region.warming)
-            if task is not None
+            *self._enders,
+            *(
+                task
+                for region in self._regions.values()
+                for task in (region.task, region.warming)
+                if task is not None
+            ),
         ]
         if self._heartbeat_task is not None:
             tasks.append(self._heartbeat_task)
@@ -337,6 +368,8 @@ class LocalityRouter(AsyncResource):
             region.pool.terminate()
 
     def _terminate_all(self) -> None:
+        for ender in self._enders:
+            ender.cancel()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._heartbeat is not None:
@@ -671,6 +704,10 @@ class LocalityRouter(AsyncResource):
             try:
                 async with asyncio.timeout(budget) as attempt.timeout:
                     conn = await pool.acquire(timeout=min(self._settings.acquire_timeout, budget))
+                    if kind == "write":
+                        # Known before anything is sent, so that a backend this attempt
+                        # abandons can be ended from another connection.
+                        attempt.pid = conn.get_server_pid()
                     attempt.phase = "run"
                     if kind == "read":
                         result = await op(conn)
@@ -690,6 +727,7 @@ class LocalityRouter(AsyncResource):
                         await tx.commit()
             except asyncio.CancelledError:
                 _terminate(conn)
+                self._end_abandoned(region, attempt)
                 outcome = "cancelled"
                 raise
             except Exception as exc:
@@ -699,6 +737,7 @@ class LocalityRouter(AsyncResource):
                     failure = Failure.CONNECTION  # no connection at all: e.g. auth refused
                 if failure in (Failure.CONNECTION, Failure.TIMEOUT):
                     _terminate(conn)
+                    self._end_abandoned(region, attempt)
                 elif conn is not None:
                     begin_failed = phase == "run" and tx is not None and not tx_open
                     await self._settle(region, conn, tx, tx_open=tx_open, clean=not begin_failed)
@@ -732,6 +771,65 @@ class LocalityRouter(AsyncResource):
             region.attempts.discard(attempt)
             metrics.in_flight.dec()
             metrics.observe(kind, outcome, loop.time() - started)
+
+    def _end_abandoned(self, region: _Region, attempt: _InFlight) -> None:
+        """A write given up on with its connection dropped: its server backend may live on —
+        a COMMIT waiting in SyncRep ignores its client's departure and keeps its locks and
+        its connection slot — so end it from a connection of our own, in the background."""
+        if attempt.kind != "write" or attempt.pid is None or attempt.phase == "acquire":
+            return
+        pid, attempt.pid = attempt.pid, None
+        task = asyncio.create_task(self._end_backend(region, pid), name=f"end-backend-{pid}")
+        self._enders.add(task)
+        task.add_done_callback(self._enders.discard)
+
+    async def _end_backend(self, region: _Region, pid: int) -> None:
+        """``pg_terminate_backend(pid)`` in ``region``, retried while the region is out of
+        reach, for at most :data:`END_BACKEND_PATIENCE` seconds. Termination, not a cancel: a
+        cancelled SyncRep wait reports the COMMIT as done, and the caller must not learn
+        otherwise than "ambiguous" (we have dropped that connection anyway)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + END_BACKEND_PATIENCE
+        connect = self._connect or asyncpg.connect
+        timeout = max(self._settings.probe_timeout, self._settings.connect_timeout)
+        tries = 0
+        while True:
+            conn: Any = None
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await connect(
+                        region.settings.dsn,
+                        timeout=timeout,
+                        command_timeout=timeout,
+                        server_settings={"application_name": ENDER_APPLICATION_NAME},
+                    )
+                    ended = await conn.fetchval(END_BACKEND_SQL, pid)
+                # Gone after a failed try: most likely that try ended it and its answer was
+                # lost (the timeout covers connect and query alike).
+                outcome = "ended" if ended or tries else "gone"
+                self._metrics.backends_ended.labels(region.name, outcome).inc()
+                if outcome == "ended":
+                    log.warning("abandoned_backend_ended", region=region.name, pid=pid)
+                else:
+                    log.debug("abandoned_backend_gone", region=region.name, pid=pid)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                tries += 1
+                if loop.time() >= give_up_at:
+                    self._metrics.backends_ended.labels(region.name, "failed").inc()
+                    log.warning(
+                        "abandoned_backend_not_ended",
+                        region=region.name,
+                        pid=pid,
+                        tries=tries,
+                        error=describe_error(exc),
+                    )
+                    return
+            finally:
+                _terminate(conn)
+            await asyncio.sleep(min(END_BACKEND_RETRY_CAP, self._settings.probe_interval * tries))
 
     async def _settle(
         self, region: _Region, conn: Any, tx: Any, *, tx_open: bool, clean: bool
@@ -777,6 +875,7 @@ class LocalityRouter(AsyncResource):
 
     async def _probed(self, region: _Region, result: ProbeResult) -> None:
         before = region.facts()
+        was_short = region.health.sync_short
         now = self._clock()
         if result.ok:
             age = None if result.writable else self._standby_age(region, result)
@@ -794,6 +893,8 @@ class LocalityRouter(AsyncResource):
         else:
             region.health.record_failure(now, result.error or "probe failed")
         self._update_gauges(region)
+        if result.ok and region.health.sync_short != was_short:
+            self._sync_changed(region)
         await self._health_changed(region, before, cause=result.error)
         if result.ok and result.writable and result.lsn is not None and region.fence is None:
             self._replication.observe_primary(result.started_at, result.lsn)
@@ -813,6 +914,34 @@ class LocalityRouter(AsyncResource):
             primary_known=self._has_writable(other_than=region.name),
         )
         return None if lag is None else DataAge(lag, result.started_at, "wal")
+
+    def _sync_changed(self, region: _Region) -> None:
+        """The region's synchronous standbys went below what a COMMIT needs, or came back."""
+        health = region.health
+        if not health.sync_short:
+            log.warning(
+                "region_sync_restored",
+                region=region.name,
+                sync_standbys=health.sync_standbys,
+                sync_required=health.sync_required,
+            )
+            self._reevaluate(force_notify=True)
+            return
+        log.error(
+            "region_sync_short",
+            region=region.name,
+            sync_standbys=health.sync_standbys,
+            sync_required=health.sync_required,
+            synchronous_standby_names=health.sync_names,
+            detail="writes are refused until enough synchronous standbys stream again",
+        )
+        # Writes under way there would wait in SyncRep until their deadline: end them now.
+        # One whose COMMIT is on the wire ends ambiguous (it committed locally, perhaps), and
+        # its backend is terminated so that it holds no locks or connection slot meanwhile.
+        for attempt in list(region.attempts):
+            if attempt.kind == "write":
+                attempt.abandon()
+        self._reevaluate(force_notify=True)
 
     def _refence(self) -> bool:
         """Decide again which regions are fenced; log, count and act on every change.
@@ -1027,6 +1156,7 @@ class LocalityRouter(AsyncResource):
         health = region.health
         self._metrics.region_up.labels(region.name).set(1 if health.is_up else 0)
         self._metrics.region_writable.labels(region.name).set(1 if health.writable else 0)
+        self._metrics.region_sync_short.labels(region.name).set(1 if health.sync_short else 0)
         if health.rtt is not None:
             self._metrics.region_rtt.labels(region.name).set(health.rtt)
         if health.data_age is not None:
@@ -1046,7 +1176,11 @@ class LocalityRouter(AsyncResource):
         once the heartbeat table exists there."""
         if self._lifecycle not in ("starting", "running"):
             return None
-        order = self._write_order()
+        # The heartbeat commits locally (synchronous_commit = local), so a primary whose
+        # synchronous standbys are gone still takes it: a standby streaming asynchronously
+        # keeps a measured age.
+        views, now = self._views()
+        order = write_order(views, self._policy, now, durable=False)
         if not order:
             return None
         region = self._regions[order[0]]
@@ -1081,6 +1215,7 @@ class LocalityRouter(AsyncResource):
             slow=health.slow,
             fenced=region.fence is not None and region.fence in READ_FENCES,
             split_brain=region.fence == "split_brain",
+            sync_short=health.is_up and health.sync_short,
         )
 
     def _read_order(self) -> tuple[str, ...]:
@@ -1150,6 +1285,8 @@ class LocalityRouter(AsyncResource):
                 ),
                 receiver=region.health.receiver_status,
                 receiver_silence_seconds=region.health.receiver_silence,
+                sync_standbys=region.health.sync_standbys,
+                sync_required=region.health.sync_required,
             )
             for region, view in zip(self._regions.values(), views, strict=True)
         )
@@ -1189,6 +1326,19 @@ class LocalityRouter(AsyncResource):
             return (
                 f"{' and '.join(foreign)} writable but another database (system identifier "
                 f"not {self._lineage.system_identifier}): never used"
+            )
+        short = [
+            region
+            for region in self._regions.values()
+            if region.health.is_up and region.health.sync_short and region.fence is None
+        ]
+        if short:
+            return "; ".join(
+                f"{region.name} cannot acknowledge a write durably: "
+                f"{region.health.sync_standbys} synchronous standby(s) streaming, "
+                f"{region.health.sync_required} needed (synchronous_standby_names = "
+                f"{region.health.sync_names!r}); writes are refused until enough are back"
+                for region in short
             )
         return None
 
