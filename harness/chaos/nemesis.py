@@ -29,7 +29,7 @@ import structlog
 
 from harness.chaos.history import FaultRecord, History
 from harness.chaos.instances import ServiceInstance
-from harness.cluster import ROLE, LocalTopology
+from harness.cluster import ROLE, LocalTopology, PromotionRefusedError
 from harness.proxy import FaultProxy
 
 log = structlog.get_logger(__name__)
@@ -192,7 +192,20 @@ async def _crash_failover(
     rec.details["old_primary"] = old
     await world.call(world.topology.kill, old)
     await asyncio.sleep(rng.uniform(0.2, 1.0))
-    rec.details["new_primary"] = await world.call(world.topology.failover)
+    await _failover(world, old, rec)
+
+
+async def _failover(world: World, old: str, rec: FaultRecord) -> None:
+    """Promote as the topology's rule allows. A refusal (too few of the synchronous standbys
+    running to be sure of every acknowledged write) is what a careful HA manager does too:
+    the old primary is brought back instead, and the refusal recorded."""
+    try:
+        rec.details["new_primary"] = await world.call(world.topology.failover)
+    except PromotionRefusedError as exc:
+        rec.details["promotion_refused"] = str(exc)
+        log.warning("nemesis_promotion_refused", old_primary=old, error=str(exc))
+        if not world.running(old):
+            await world.call(world.topology.restart, old)
 
 
 async def _switchover(
@@ -203,7 +216,7 @@ async def _switchover(
     old = world.topology.primary
     rec.unavailable = [old]
     rec.details["old_primary"] = old
-    rec.details["new_primary"] = await world.call(world.topology.failover)
+    await _failover(world, old, rec)
 
 
 async def _rejoin_old_primary(world: World, target: str | None, rec: FaultRecord) -> None:

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from harness import LocalTopology
-from harness.cluster import ROLE
+from harness.cluster import ROLE, PromotionRefusedError, promotion_quorum
 from service.errors import (
     AmbiguousCommitError,
     DeadlineExceededError,
@@ -158,6 +158,37 @@ async def test_the_probe_counts_the_synchronous_standbys_streaming(
     assert "ANY 1" in result.sync_names
 
 
+@pytest.mark.parametrize(
+    ("listed", "count", "reachable", "quorum"),
+    [
+        (["b", "c"], 1, ["b", "c"], ["b", "c"]),  # ANY 1 of 2: both needed
+        (["b", "c", "d"], 2, ["c", "d"], ["c", "d"]),  # ANY 2 of 3: any 2
+        (["b", "c", "d"], 2, ["b", "c", "d", "e"], ["b", "c", "d"]),  # e acknowledged nothing
+        (["b", "c", "d"], 3, ["d"], ["d"]),  # ANY 3 of 3: each holds everything
+    ],
+)
+def test_promotion_chooses_among_a_quorum_that_meets_every_acknowledgement(
+    listed: list[str], count: int, reachable: list[str], quorum: list[str]
+) -> None:
+    assert promotion_quorum(listed, count, reachable) == quorum
+
+
+@pytest.mark.parametrize(
+    ("listed", "count", "reachable"),
+    [
+        (["b", "c"], 1, ["c"]),  # b may hold the only copy of a write
+        (["b", "c", "d"], 1, ["b", "c", "e"]),
+        (["b", "c", "d"], 2, ["d"]),
+        ([], 1, ["b"]),  # asynchronous: nobody is known to hold anything
+    ],
+)
+def test_promotion_is_refused_without_that_quorum(
+    listed: list[str], count: int, reachable: list[str]
+) -> None:
+    with pytest.raises(PromotionRefusedError, match="refusing to promote"):
+        promotion_quorum(listed, count, reachable)
+
+
 async def _ignore(_result: ProbeResult) -> None:
     return None
 
@@ -266,3 +297,40 @@ async def test_writes_given_up_in_syncrep_leave_no_backend_behind(
         ended_after=f"{max(w.ended for w in done) - cut:.2f} s",
         backends_gone_after=f"{cleared - cut:.2f} s",
     )
+
+
+@pytest.mark.fault
+async def test_the_acknowledging_standby_down_at_promotion_loses_no_acknowledged_write(
+    fresh_topology: LocalTopology,
+) -> None:
+    """ANY 1 of two standbys, and only GCP receiving WAL: GCP alone acknowledges. With GCP
+    down too when the primary dies, promoting the most advanced *running* standby (EU) would
+    lose every one of those writes: the promotion is refused, loudly, and leaves the topology
+    as it was. With GCP back, the promotion picks it, and no acknowledged write is lost."""
+    topo = fresh_topology
+    table = new_table()
+    async with running(topo) as router:
+        await create_rows(router, topo, table, count=1)
+        await asyncio.to_thread(topo.region(AWS_EU).replication_proxy.blackhole)
+        acknowledged = list(range(100, 120))
+        for key in acknowledged:
+            await router.write(insert_row(table, key), idempotent=False)
+    assert set(acknowledged) <= keys_on(topo, GCP, table)
+    assert not set(acknowledged) & keys_on(topo, AWS_EU, table)
+
+    await asyncio.to_thread(topo.kill, GCP)
+    await asyncio.to_thread(topo.kill, LOCAL)
+    with pytest.raises(PromotionRefusedError, match=f"only {AWS_EU} is"):
+        await asyncio.to_thread(topo.failover)
+    assert topo.primary == LOCAL
+    assert topo.role(AWS_EU) == "standby"  # nothing was promoted
+    assert topo.query(AWS_EU, "SELECT pg_is_in_recovery()") == [(True,)]
+
+    await asyncio.to_thread(topo.restart, GCP)
+    await asyncio.to_thread(topo.region(AWS_EU).replication_proxy.pass_through)
+    promoted = await asyncio.to_thread(topo.failover)
+    assert promoted == GCP
+    assert set(acknowledged) <= keys_on(topo, promoted, table)
+    # The other standby follows the new primary and so catches up on them as well.
+    await asyncio.to_thread(topo.wait_replayed)
+    assert set(acknowledged) <= keys_on(topo, AWS_EU, table)
