@@ -40,6 +40,7 @@ from service.errors import (
     RegionUnavailableError,
 )
 from service.lifecycle import AsyncResource
+from service.locality.budget import RetryBudget, attempt_budget
 from service.locality.choice import (
     ChoicePolicy,
     RegionView,
@@ -84,6 +85,11 @@ MAX_INACTIVE_CONNECTION_LIFETIME = 60.0
 BACKOFF_BASE = 0.005
 BACKOFF_CAP = 0.2
 LAG_WINDOW_MIN = 30.0
+RETRY_BUDGET_WINDOW = 10.0  # seconds of requests and retries the retry budget looks at
+# Retries after these failures draw from the retry budget: the ones a brownout produces.
+# A serialization failure is the database asking for a retry of a write that did nothing
+# and a read-only region is a role change to correct: neither multiplies load.
+_BUDGETED = frozenset({Failure.CONNECTION, Failure.TIMEOUT, Failure.AMBIGUOUS})
 _Lifecycle = Literal["new", "starting", "running", "closing", "closed"]
 
 
@@ -91,13 +97,34 @@ class _AttemptFailed(Exception):
     """One attempt on one region failed in a way the router can act on."""
 
     def __init__(
-        self, region: str, failure: Failure, cause: BaseException, *, maybe_committed: bool
+        self,
+        region: str,
+        failure: Failure,
+        cause: BaseException,
+        *,
+        maybe_committed: bool,
+        aborted: bool = False,
     ) -> None:
         super().__init__(f"{region}: {failure.value}: {describe_error(cause)}")
         self.region = region
         self.failure = failure
         self.cause = cause
         self.maybe_committed = maybe_committed
+        self.aborted = aborted  # cut short by the router: its region went down or was fenced
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether trying again draws from the retry budget: a failure of the attempt's own
+        (a region the router had just seen go down is left, not retried)."""
+        return self.failure in _BUDGETED and not self.aborted
+
+
+class _RetryRefused(Exception):
+    """The retry budget is spent: the request ends with the failure it had."""
+
+    def __init__(self, failed: _AttemptFailed) -> None:
+        super().__init__(str(failed))
+        self.failed = failed
 
 
 class _InFlight:
@@ -238,6 +265,11 @@ class LocalityRouter(AsyncResource):
         self._heartbeat: HeartbeatWriter | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._enders: set[asyncio.Task[None]] = set()
+        self._retry_budget = RetryBudget(
+            ratio=settings.retry_budget_ratio,
+            minimum_per_second=settings.retry_budget_min_per_second,
+            window=RETRY_BUDGET_WINDOW,
+        )
         self._listeners: list[Listener] = []
         self._serving: tuple[str | None, str | None] | None = None
         self._lifecycle: _Lifecycle = "new"
@@ -396,6 +428,7 @@ class LocalityRouter(AsyncResource):
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        hedge: bool = True,
     ) -> T:
         """Run the read-only ``op`` where it is best served, within ``timeout`` seconds.
 
@@ -404,11 +437,19 @@ class LocalityRouter(AsyncResource):
         read moves to a fresher region (or the writer) otherwise. Without it, a standby older
         than the router's ``max_replica_lag`` serves only when nothing fresher is up.
 
+        ``hedge``: whether a second region may start the same read when the first has not
+        answered within the hedge delay. Right for point reads (cheap, and latency is what
+        matters); pass ``False`` for page scans, which take longer than the delay anyway
+        and would then run twice — a slow or hung region then gets half of what remains.
+
         Raises :class:`RegionUnavailableError` when no region can serve reads (within
-        ``max_data_age``, when given) and :class:`DeadlineExceededError` when time runs
-        out; errors of ``op`` itself (bad SQL, domain errors) propagate unchanged.
+        ``max_data_age``, when given) or the retry budget is spent, and
+        :class:`DeadlineExceededError` when time runs out; errors of ``op`` itself (bad
+        SQL, domain errors) propagate unchanged.
         """
-        result, _ = await self.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+        result, _ = await self.read_with_age(
+            op, timeout=timeout, max_data_age=max_data_age, hedge=hedge
+        )
         return result
 
     async def read_with_age(
@@ -417,6 +458,7 @@ class LocalityRouter(AsyncResource):
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        hedge: bool = True,
     ) -> tuple[T, float]:
         """:meth:`read`, and how old the data it read may be: ``(result, age)``.
 
@@ -431,14 +473,15 @@ class LocalityRouter(AsyncResource):
         if max_data_age is not None and not max_data_age >= 0:
             raise ValueError(f"max_data_age must be a number of seconds >= 0: {max_data_age}")
         budget = self._settings.request_deadline if timeout is None else timeout
+        self._retry_budget.request(self._clock())
         try:
-            return await self._read(op, budget, max_data_age)
+            return await self._read(op, budget, max_data_age, hedge=hedge)
         except DependencyError as exc:
             self._metrics.failures.labels("read", exc.type).inc()
             raise
 
     async def _read(
-        self, op: Operation[T], budget: float, max_data_age: float | None
+        self, op: Operation[T], budget: float, max_data_age: float | None, *, hedge: bool
     ) -> tuple[T, float]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -457,9 +500,14 @@ class LocalityRouter(AsyncResource):
                     deadline,
                     budget,
                     max_data_age=max_data_age,
+                    hedge=hedge,
                 )
+            except _RetryRefused as refused:
+                raise self._retries_spent("read", refused.failed) from refused.failed.cause
             except _AttemptFailed as failed:
                 last = failed
+            if not self._may_retry(last):
+                raise self._retries_spent("read", last) from last.cause
             self._metrics.retries.labels("read", last.failure.value).inc()
             delay = _backoff(round_number)
             round_number += 1
@@ -485,6 +533,7 @@ class LocalityRouter(AsyncResource):
         budget: float,
         *,
         max_data_age: float | None,
+        hedge: bool,
     ) -> tuple[T, float]:
         """Try ``order`` in turn; raise the last failure if all fail.
 
@@ -493,10 +542,12 @@ class LocalityRouter(AsyncResource):
         so on down the list, and the first answer wins. (A read slower than the hedge delay
         everywhere thus costs one attempt per region; point reads are far faster than that.)
         Each attempt's data age is taken when it starts; with ``max_data_age`` a candidate
-        whose data has grown too old by then is passed over.
+        whose data has grown too old by then is passed over. Moving on after a failure is a
+        retry, and draws from the retry budget (:class:`_RetryRefused` when it is spent);
+        a hedge does not (at most one per region, and only for reads that ask for it).
         """
         loop = asyncio.get_running_loop()
-        hedge_delay = self._settings.hedge_delay
+        hedge_delay = self._settings.hedge_delay if hedge else None
         pending = list(order)
         running: dict[asyncio.Task[T], str] = {}  # in launch order
         ages: dict[asyncio.Task[T], float] = {}
@@ -556,6 +607,9 @@ class LocalityRouter(AsyncResource):
                         raise exc  # type: ignore[misc]
                     last = exc
                 if not running and pending:
+                    assert last is not None
+                    if not self._may_retry(last):
+                        raise _RetryRefused(last)
                     launch()
             assert last is not None
             raise last
@@ -590,6 +644,7 @@ class LocalityRouter(AsyncResource):
         if autocommit and not idempotent:
             raise ValueError("an autocommit write may commit in part: it must be idempotent")
         budget = self._settings.request_deadline if timeout is None else timeout
+        self._retry_budget.request(self._clock())
         try:
             return await self._write(
                 op, idempotent=idempotent, budget=budget, autocommit=autocommit
@@ -626,9 +681,14 @@ class LocalityRouter(AsyncResource):
                 self._raise_write_deadline(budget, maybe_committed, last)
             name = next((name for name in order if name not in failed_regions), order[0])
             region = self._regions[name]
+            share = attempt_budget(
+                remaining,
+                cap=self._settings.write_attempt_timeout,
+                others_left=any(other not in failed_regions for other in order if other != name),
+            )
             try:
                 return await self._attempt(
-                    region, op, kind="write", budget=remaining, autocommit=autocommit
+                    region, op, kind="write", budget=share, autocommit=autocommit
                 )
             except _AttemptFailed as failed:
                 last = failed
@@ -644,6 +704,13 @@ class LocalityRouter(AsyncResource):
                 await self._found_read_only(region)
             elif last.failure in (Failure.CONNECTION, Failure.TIMEOUT):
                 failed_regions.add(name)
+            if not self._may_retry(last):
+                if maybe_committed:
+                    raise AmbiguousCommitError(
+                        "the write may have committed before its region failed, and the retry "
+                        "budget is spent; repeat it with the same idempotency key"
+                    ) from last.cause
+                raise self._retries_spent("write", last) from last.cause
             self._metrics.retries.labels("write", last.failure.value).inc()
             # Serialization failures are routine under contention: metrics count them.
             (log.debug if last.failure is Failure.SERIALIZATION else log.info)(
@@ -658,6 +725,26 @@ class LocalityRouter(AsyncResource):
             if loop.time() + delay >= deadline:
                 self._raise_write_deadline(budget, maybe_committed, last)
             await asyncio.sleep(delay)
+
+    def _may_retry(self, failed: _AttemptFailed) -> bool:
+        """Whether the retry budget allows trying again after ``failed`` (counted if so)."""
+        return not failed.budgeted or self._retry_budget.try_retry(self._clock())
+
+    def _retries_spent(self, kind: Kind, failed: _AttemptFailed) -> RegionUnavailableError:
+        self._metrics.retries_refused.labels(kind).inc()
+        log.warning(
+            "retry_budget_spent",
+            kind=kind,
+            region=failed.region,
+            reason=failed.failure.value,
+            error=describe_error(failed.cause),
+        )
+        percent = round(self._settings.retry_budget_ratio * 100)
+        return RegionUnavailableError(
+            f"the {kind} failed in {failed.region} ({failed.failure.value}) and is not retried: "
+            f"regions are failing for many requests, and retries are limited to {percent}% of "
+            "them; retry later"
+        )
 
     @staticmethod
     def _raise_write_deadline(
@@ -760,7 +847,11 @@ class LocalityRouter(AsyncResource):
                     or failure in (Failure.CONNECTION, Failure.TIMEOUT, Failure.AMBIGUOUS)
                 )
                 raise _AttemptFailed(
-                    region.name, failure, exc, maybe_committed=maybe_committed
+                    region.name,
+                    failure,
+                    exc,
+                    maybe_committed=maybe_committed,
+                    aborted=attempt.aborted,
                 ) from exc
             await self._release(region, conn)
             outcome = "ok"
@@ -778,6 +869,8 @@ class LocalityRouter(AsyncResource):
         its connection slot — so end it from a connection of our own, in the background."""
         if attempt.kind != "write" or attempt.pid is None or attempt.phase == "acquire":
             return
+        if region.health.engine != "postgresql":
+            return  # CockroachDB ends a session's transaction when its connection closes
         pid, attempt.pid = attempt.pid, None
         task = asyncio.create_task(self._end_backend(region, pid), name=f"end-backend-{pid}")
         self._enders.add(task)

@@ -186,7 +186,7 @@ class PostgresKeyRecords:
             )
             return [_key(row) for row in rows]
 
-        return await self._db.read(op, timeout=timeout)
+        return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
 
     async def revoke(
         self,
@@ -290,4 +290,9 @@ class PostgresKeyRecords:
             )
             return [_key(row) for row in rows]
 
-        return await self._db.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+        return await self._db.read_with_age(
+            op,
+            timeout=timeout,
+            max_data_age=max_data_age,
+            hedge=False,  # a page scan
+        )

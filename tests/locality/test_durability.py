@@ -193,7 +193,7 @@ async def _ignore(_result: ProbeResult) -> None:
     return None
 
 
-# -- on the real topology ----------------------------------------------------------------------
+# -- on the real topology -------------------------------------------------------------------------
 
 
 @pytest.mark.fault
