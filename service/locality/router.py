@@ -69,12 +69,12 @@ Kind = Literal["read", "write"]
 APPLICATION_NAME = "signing-keys"
 HEARTBEAT_APPLICATION_NAME = "signing-keys heartbeat"
 ENDER_APPLICATION_NAME = "signing-keys backend-ender"
-# Ends one backend of this role that the router gave up on (never the caller's own): the
+# Ends backends of this role that the router gave up on (never the caller's own): each
 # pid was read from the abandoned connection, and a pid is not reused within the seconds
 # this takes on any ordinary system. No row: the backend had ended already.
-END_BACKEND_SQL = """
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-WHERE pid = $1 AND usename = current_user AND pid <> pg_backend_pid()
+END_BACKENDS_SQL = """
+SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE pid = ANY($1::int[]) AND usename = current_user AND pid <> pg_backend_pid()
 """
 END_BACKEND_PATIENCE = 60.0  # seconds to keep trying to reach the region to end a backend
 END_BACKEND_RETRY_CAP = 1.0
@@ -179,6 +179,8 @@ class _Region:
         self.attempts: set[_InFlight] = set()
         self.metrics: RegionMetrics | None = None
         self.fence: FenceReason | None = None
+        self.abandoned: set[int] = set()  # backends of abandoned writes still to be ended
+        self.ender: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -264,7 +266,6 @@ class LocalityRouter(AsyncResource):
         self._split_brain: tuple[str, ...] = ()
         self._heartbeat: HeartbeatWriter | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._enders: set[asyncio.Task[None]] = set()
         self._retry_budget = RetryBudget(
             ratio=settings.retry_budget_ratio,
             minimum_per_second=settings.retry_budget_min_per_second,
@@ -366,17 +367,15 @@ class LocalityRouter(AsyncResource):
         return await asyncpg.create_pool(region.dsn, **kwargs)
 
     async def _shutdown(self) -> None:
-        if self._enders:
+        enders = {region.ender for region in self._regions.values() if region.ender}
+        if enders:
             # Backends of writes given up on just before the close: end them if it is quick.
-            await asyncio.wait(set(self._enders), timeout=END_BACKEND_DRAIN)
+            await asyncio.wait(enders, timeout=END_BACKEND_DRAIN)
         tasks = [
-            *self._enders,
-            *(
-                task
-                for region in self._regions.values()
-                for task in (region.task, region.warming)
-                if task is not None
-            ),
+            task
+            for region in self._regions.values()
+            for task in (region.task, region.warming, region.ender)
+            if task is not None
         ]
         if self._heartbeat_task is not None:
             tasks.append(self._heartbeat_task)
@@ -400,14 +399,12 @@ class LocalityRouter(AsyncResource):
             region.pool.terminate()
 
     def _terminate_all(self) -> None:
-        for ender in self._enders:
-            ender.cancel()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._heartbeat is not None:
             self._heartbeat.close()
         for region in self._regions.values():
-            for task in (region.task, region.warming):
+            for task in (region.task, region.warming, region.ender):
                 if task is not None:
                     task.cancel()
             if region.prober is not None:
@@ -814,7 +811,7 @@ class LocalityRouter(AsyncResource):
                         await tx.commit()
             except asyncio.CancelledError:
                 _terminate(conn)
-                self._end_abandoned(region, attempt)
+                self._end_abandoned(region, attempt, gave_up=True)
                 outcome = "cancelled"
                 raise
             except Exception as exc:
@@ -824,7 +821,7 @@ class LocalityRouter(AsyncResource):
                     failure = Failure.CONNECTION  # no connection at all: e.g. auth refused
                 if failure in (Failure.CONNECTION, Failure.TIMEOUT):
                     _terminate(conn)
-                    self._end_abandoned(region, attempt)
+                    self._end_abandoned(region, attempt, gave_up=failure is Failure.TIMEOUT)
                 elif conn is not None:
                     begin_failed = phase == "run" and tx is not None and not tx_open
                     await self._settle(region, conn, tx, tx_open=tx_open, clean=not begin_failed)
@@ -863,66 +860,93 @@ class LocalityRouter(AsyncResource):
             metrics.in_flight.dec()
             metrics.observe(kind, outcome, loop.time() - started)
 
-    def _end_abandoned(self, region: _Region, attempt: _InFlight) -> None:
+    def _end_abandoned(self, region: _Region, attempt: _InFlight, *, gave_up: bool) -> None:
         """A write given up on with its connection dropped: its server backend may live on —
         a COMMIT waiting in SyncRep ignores its client's departure and keeps its locks and
-        its connection slot — so end it from a connection of our own, in the background."""
+        its connection slot — so end it from a connection of our own, in the background.
+
+        ``gave_up``: the router ended the attempt (deadline, abort, cancellation); else the
+        connection failed under it, which leaves a backend behind only if its COMMIT was
+        already sent (a server that died took its backends with it).
+        """
         if attempt.kind != "write" or attempt.pid is None or attempt.phase == "acquire":
+            return
+        if not gave_up and attempt.phase != "commit":
             return
         if region.health.engine != "postgresql":
             return  # CockroachDB ends a session's transaction when its connection closes
-        pid, attempt.pid = attempt.pid, None
-        task = asyncio.create_task(self._end_backend(region, pid), name=f"end-backend-{pid}")
-        self._enders.add(task)
-        task.add_done_callback(self._enders.discard)
+        region.abandoned.add(attempt.pid)
+        attempt.pid = None
+        if region.ender is None or region.ender.done():
+            region.ender = asyncio.create_task(
+                self._end_backends(region), name=f"end-backends-{region.name}"
+            )
 
-    async def _end_backend(self, region: _Region, pid: int) -> None:
-        """``pg_terminate_backend(pid)`` in ``region``, retried while the region is out of
-        reach, for at most :data:`END_BACKEND_PATIENCE` seconds. Termination, not a cancel: a
-        cancelled SyncRep wait reports the COMMIT as done, and the caller must not learn
-        otherwise than "ambiguous" (we have dropped that connection anyway)."""
+    async def _end_backends(self, region: _Region) -> None:
+        """``pg_terminate_backend`` for every pid in ``region.abandoned``, one connection for
+        all of them, retried while the region is out of reach for at most
+        :data:`END_BACKEND_PATIENCE` seconds. Termination, not a cancel: a cancelled SyncRep
+        wait reports the COMMIT as done, and the caller must learn nothing but "ambiguous"
+        (its connection is dropped anyway)."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + END_BACKEND_PATIENCE
-        connect = self._connect or asyncpg.connect
         timeout = max(self._settings.probe_timeout, self._settings.connect_timeout)
         tries = 0
-        while True:
-            conn: Any = None
-            try:
-                async with asyncio.timeout(timeout):
-                    conn = await connect(
-                        region.settings.dsn,
-                        timeout=timeout,
-                        command_timeout=timeout,
-                        server_settings={"application_name": ENDER_APPLICATION_NAME},
-                    )
-                    ended = await conn.fetchval(END_BACKEND_SQL, pid)
-                # Gone after a failed try: most likely that try ended it and its answer was
-                # lost (the timeout covers connect and query alike).
-                outcome = "ended" if ended or tries else "gone"
-                self._metrics.backends_ended.labels(region.name, outcome).inc()
-                if outcome == "ended":
-                    log.warning("abandoned_backend_ended", region=region.name, pid=pid)
-                else:
-                    log.debug("abandoned_backend_gone", region=region.name, pid=pid)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+        while region.abandoned:
+            pids = sorted(region.abandoned)
+            rows = await self._terminate_backends(region, pids, timeout)
+            if rows is None:
                 tries += 1
                 if loop.time() >= give_up_at:
-                    self._metrics.backends_ended.labels(region.name, "failed").inc()
+                    region.abandoned.difference_update(pids)
+                    self._metrics.backends_ended.labels(region.name, "failed").inc(len(pids))
                     log.warning(
-                        "abandoned_backend_not_ended",
-                        region=region.name,
-                        pid=pid,
-                        tries=tries,
-                        error=describe_error(exc),
+                        "abandoned_backends_not_ended", region=region.name, pids=pids, tries=tries
                     )
                     return
-            finally:
-                _terminate(conn)
-            await asyncio.sleep(min(END_BACKEND_RETRY_CAP, self._settings.probe_interval * tries))
+                await asyncio.sleep(
+                    min(END_BACKEND_RETRY_CAP, self._settings.probe_interval * tries)
+                )
+                continue
+            region.abandoned.difference_update(pids)
+            ended = [row[0] for row in rows if row[1]]
+            # Gone after a failed try: most likely that try ended it and its answer was lost
+            # (the timeout covers connect and query alike); else it had ended by itself.
+            gone = len(pids) - len(ended)
+            self._metrics.backends_ended.labels(region.name, "ended").inc(
+                len(ended) + (gone if tries else 0)
+            )
+            if not tries:
+                self._metrics.backends_ended.labels(region.name, "gone").inc(gone)
+            if ended:
+                log.warning("abandoned_backends_ended", region=region.name, pids=ended)
+            tries = 0
+            give_up_at = loop.time() + END_BACKEND_PATIENCE
+
+    async def _terminate_backends(
+        self, region: _Region, pids: list[int], timeout: float
+    ) -> list[Any] | None:
+        """One try at ending ``pids`` in ``region``: (pid, ended) rows, or None if it failed."""
+        connect = self._connect or asyncpg.connect
+        conn: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await connect(
+                    region.settings.dsn,
+                    timeout=timeout,
+                    command_timeout=timeout,
+                    server_settings={"application_name": ENDER_APPLICATION_NAME},
+                )
+                return list(await conn.fetch(END_BACKENDS_SQL, pids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug(
+                "abandoned_backends_unreachable", region=region.name, error=describe_error(exc)
+            )
+            return None
+        finally:
+            _terminate(conn)
 
     async def _settle(
         self, region: _Region, conn: Any, tx: Any, *, tx_open: bool, clean: bool
