@@ -335,9 +335,13 @@ async def _restore_replication(world: World, target: str | None, rec: FaultRecor
 async def _rogue_promotion(
     world: World, target: str | None, rng: random.Random, rec: FaultRecord
 ) -> None:
-    """A standby promoted while the primary still runs, nobody fenced."""
-    rec.unavailable = [str(target)]
-    rec.details["old_primary"] = target  # the rogue: wiped and rejoined on heal
+    """A standby promoted while the primary still runs, nobody fenced. The old primary is
+    the rogue (on the old timeline, fenced by the service): wiped and rejoined on heal. (It
+    used to record the promoted standby, whose rejoin fails — it is the primary — which left
+    the rogue in place for the rest of the run.)"""
+    old = world.topology.primary
+    rec.unavailable = [old]
+    rec.details["old_primary"] = old
     await world.call(world.topology.rogue_promote, str(target))
 
 
