@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from harness import LocalTopology
+from harness import DEFAULT_REGIONS, LocalTopology
 from harness.cluster import ROLE, PromotionRefusedError, promotion_quorum
 from service.errors import (
     AmbiguousCommitError,
@@ -334,3 +334,19 @@ async def test_the_acknowledging_standby_down_at_promotion_loses_no_acknowledged
     # The other standby follows the new primary and so catches up on them as well.
     await asyncio.to_thread(topo.wait_replayed)
     assert set(acknowledged) <= keys_on(topo, AWS_EU, table)
+
+
+@pytest.mark.fault
+def test_with_no_standby_left_the_primary_stays_synchronous() -> None:
+    """Two regions: after a failover the new primary has no standby. It must not acknowledge
+    writes alone (synchronous_standby_names '' would, and the next failover would lose them):
+    it names the old primary, so a COMMIT waits until that rejoins."""
+    with LocalTopology(regions=DEFAULT_REGIONS[:2]) as topo:
+        topo.kill(LOCAL)
+        assert topo.failover() == GCP
+        names = topo.query(GCP, "SHOW synchronous_standby_names")[0][0]
+        assert LOCAL in names
+        with pytest.raises(TimeoutError):
+            topo.query(GCP, "CREATE TABLE alone (x int)", timeout=0.5)
+        topo.rejoin(LOCAL)
+        topo.query(GCP, "CREATE TABLE together (x int)", timeout=10.0)
