@@ -15,7 +15,12 @@ any event loop exists::
         topo.rogue_promote("gcp-us-central1")        # split brain: the old primary stays up
         topo.fork("aws-eu-west-1")                   # split brain on one timeline
 
-Replication is synchronous (``remote_apply``, ``ANY 1`` of the standbys). Each region has two
+Replication is synchronous (``remote_apply``, ``ANY k`` of the standbys, ``k`` = 1 unless
+``sync_count`` says otherwise) and never silently asynchronous: with no standby left to name,
+the primary still names the other regions, so its COMMITs wait (and the service refuses
+writes) until one is back. A promotion picks only a standby that holds every acknowledged
+write (:func:`promotion_quorum`), and refuses with :class:`PromotionRefusedError` when it
+cannot tell one. Each region has two
 proxies: ``proxy``, the service's own network path to it, and ``replication_proxy``, its path
 to its upstream while it is a standby (its ``primary_conninfo`` names that proxy, which the
 harness points at whichever server is the primary, as an HA manager moves a virtual IP). So a
@@ -107,6 +112,38 @@ host    all          {SUPERUSER}    {HOST}/32   trust
 host    replication  {SUPERUSER}    {HOST}/32   trust
 host    all          all         {HOST}/32      scram-sha-256
 """
+
+
+class PromotionRefusedError(TopologyError):
+    """No standby can be promoted without risking an acknowledged write."""
+
+
+def promotion_quorum(listed: Sequence[str], count: int, reachable: Sequence[str]) -> list[str]:
+    """The standbys among which a promotion must choose, or :class:`PromotionRefusedError`.
+
+    With ``ANY count`` of the ``listed`` standbys, every acknowledged write is on ``count`` of
+    them, so any ``len(listed) - count + 1`` of them include at least one that has it; on one
+    timeline the most advanced of those (by replay position) has every acknowledged write.
+    Fewer than that reachable: the ones missing may hold the only copies, and no choice is
+    safe. (An empty list means asynchronous replication, which this topology never runs.)
+    """
+    if not listed:
+        raise PromotionRefusedError(
+            "refusing to promote: the primary named no synchronous standby, so no standby is "
+            "known to hold every acknowledged write"
+        )
+    needed = len(listed) - count + 1
+    present = [name for name in listed if name in reachable]
+    if len(present) < needed:
+        missing = [name for name in listed if name not in reachable]
+        raise PromotionRefusedError(
+            f"refusing to promote: writes were acknowledged by ANY {count} of "
+            f"{', '.join(listed)}, so {needed} of them must be reachable to be sure of holding "
+            f"every acknowledged write; only {', '.join(present) or 'none'} "
+            f"{'is' if len(present) == 1 else 'are'} ({', '.join(missing)} down or not a "
+            "standby). Bring one back, or accept the loss by promoting by hand."
+        )
+    return present
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +244,8 @@ class LocalTopology:
         self,
         regions: Sequence[RegionSpec] = DEFAULT_REGIONS,
         base_dir: str | os.PathLike[str] | None = None,
+        *,
+        sync_count: int = 1,
     ) -> None:
         names = [spec.name for spec in regions]
         if not names:
@@ -218,6 +257,9 @@ class LocalTopology:
                 raise ValueError(f"region name {spec.name!r}: lower-case letters, digits and '-'")
             if not _CLOUD_NAME.match(spec.cloud):
                 raise ValueError(f"cloud {spec.cloud!r}: letters, digits, '-' and '_'")
+        if sync_count < 1:
+            raise ValueError("sync_count: a COMMIT waits for at least one standby")
+        self._sync_count = sync_count
         self._specs = tuple(regions)
         self._parent_dir = Path(base_dir) if base_dir is not None else default_parent_dir()
         self._lock = threading.RLock()
@@ -477,7 +519,11 @@ class LocalTopology:
             role = self._roles[name]
             primary = self._servers[self._primary]
             if role == "primary":
-                running = [n for n in self._sync if self._servers[n].is_running]
+                running = [
+                    n
+                    for n in self._sync
+                    if self._servers[n].is_running and self._roles[n] == "standby"
+                ]
                 if running:
                     self._wait_streaming(running)
             elif role == "standby" and primary.is_running:
@@ -487,22 +533,28 @@ class LocalTopology:
             log.info("topology_restarted", region=name, role=role)
 
     def failover(self) -> str:
-        """Fence the primary, promote the most advanced running standby; return its name."""
+        """Fence the primary and promote the most advanced standby of the quorum that holds
+        every acknowledged write (:func:`promotion_quorum`); return its name.
+
+        Raises :class:`PromotionRefusedError`, leaving the primary as it was (fenced only
+        if it was already), when too few of its synchronous standbys are running.
+        """
         with self._lock:
             self._check_running()
             started = time.monotonic()
-            self._fence(self._primary)
             candidates = self._running_standbys()
             if not candidates:
                 raise TopologyError("failover: no running standby to promote")
-            lsns = {name: self._replay_lsn(name) for name in candidates}
-            order = {name: index for index, name in enumerate(self.region_names)}
-            best = max(candidates, key=lambda name: (lsns[name], -order[name]))
+            quorum = promotion_quorum(self._sync, self._sync_count, candidates)
+            self._fence(self._primary)
+            best = self._most_advanced(quorum)
             self._promote(best, candidates, started)
             return best
 
     def promote(self, name: str) -> None:
-        """Fence the primary and promote the standby ``name`` (which must be running)."""
+        """Fence the primary and promote the standby ``name`` (which must be running), once
+        it has replayed all the primary wrote (when the primary runs); refused, as by
+        :meth:`failover`, when ``name`` cannot be shown to hold every acknowledged write."""
         with self._lock:
             self._check_running()
             if name == self._primary:
@@ -510,8 +562,28 @@ class LocalTopology:
             if self._roles[name] != "standby" or not self._server(name).is_running:
                 raise TopologyError(f"{name} is not a running standby")
             started = time.monotonic()
+            candidates = self._running_standbys()
+            quorum = promotion_quorum(self._sync, self._sync_count, candidates)
+            if self._servers[self._primary].is_running:
+                with contextlib.suppress(TopologyError, TimeoutError):
+                    self.wait_replayed(standbys=[name])
             self._fence(self._primary)
-            self._promote(name, self._running_standbys(), started)
+            lsns = {other: self._replay_lsn(other) for other in {*quorum, name}}
+            behind = [other for other in quorum if lsns[other] > lsns[name]]
+            if behind:
+                raise PromotionRefusedError(
+                    f"refusing to promote {name}: {', '.join(behind)} replayed more "
+                    f"({format_lsn(max(lsns.values()))} against {format_lsn(lsns[name])}), so "
+                    f"{name} may lack acknowledged writes; the primary {self._primary} is "
+                    "fenced: call failover() to promote the most advanced"
+                )
+            self._promote(name, candidates, started)
+
+    def _most_advanced(self, names: Sequence[str]) -> str:
+        """The one of ``names`` that replayed the most WAL (ties: the first region)."""
+        lsns = {name: self._replay_lsn(name) for name in names}
+        order = {name: index for index, name in enumerate(self.region_names)}
+        return max(names, key=lambda name: (lsns[name], -order[name]))
 
     def rogue_promote(self, name: str, *, old_primary_commits: bool = False) -> None:
         """Promote the standby ``name`` without fencing the primary, which stays up, reachable
@@ -685,10 +757,22 @@ class LocalTopology:
         primary = self._servers[self._primary]
         self._sql_run(_wait_streaming(primary.port, list(names), timeout), timeout + 5.0)
 
+    @property
+    def synchronous_standbys(self) -> tuple[str, ...]:
+        """The standbys the primary names in ``synchronous_standby_names`` (``ANY k`` of them)."""
+        return tuple(self._sync)
+
     def _set_sync(self, names: Sequence[str]) -> None:
         ordered = [name for name in self.region_names if name in names]
+        if not ordered:
+            # Never '' (asynchronous: acknowledged writes lost at the next failover): name the
+            # other regions, none streaming now, so that COMMITs wait until one is back.
+            ordered = [name for name in self.region_names if name != self._primary]
         self._sync = ordered
-        value = "ANY 1 (" + ", ".join(f'"{name}"' for name in ordered) + ")" if ordered else ""
+        value = ""
+        if ordered:
+            listed = ", ".join(f'"{name}"' for name in ordered)
+            value = f"ANY {self._sync_count} ({listed})"
         port = self._servers[self._primary].port
         self._sql_run(_alter_system(port, {"synchronous_standby_names": value}))
         self._sql_run(_wait_sync_applied(port, ordered, 5.0), 10.0)
@@ -776,6 +860,11 @@ def default_parent_dir() -> Path:
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         return shm
     return Path(tempfile.gettempdir())
+
+
+def format_lsn(lsn: int) -> str:
+    """The inverse of :func:`parse_lsn`: 0x16B374D848 → ``'16/B374D848'``."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def parse_lsn(text: str) -> int:

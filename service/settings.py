@@ -68,8 +68,17 @@ class RouterSettings:
     hedge_delay: float | None = 0.1
     pool_min_size: int = 1
     pool_max_size: int = 10
+    # A write attempt's longest share of the deadline while another writable region is left
+    # to try: a hung region leaves the rest of the deadline to the next one.
+    write_attempt_timeout: float = 0.8
+    # Retries (after a failed attempt; not hedges) per 10 s: at most this share of the
+    # requests begun, plus the floor below — so that a brownout does not multiply the load.
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_second: float = 10.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.retry_budget_ratio <= 1.0:
+            raise SettingsError(f"{PREFIX}RETRY_BUDGET_RATIO must be within 0..1")
         if self.pool_min_size > self.pool_max_size:
             raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must not exceed {PREFIX}POOL_MAX_SIZE")
 
@@ -214,6 +223,15 @@ class Settings:
             hedge_delay=values.optional_number("HEDGE_DELAY", default.hedge_delay),
             pool_min_size=values.integer("POOL_MIN_SIZE", default.pool_min_size, minimum=0),
             pool_max_size=values.integer("POOL_MAX_SIZE", default.pool_max_size, minimum=1),
+            write_attempt_timeout=values.number(
+                "WRITE_ATTEMPT_TIMEOUT", default.write_attempt_timeout
+            ),
+            retry_budget_ratio=values.number(
+                "RETRY_BUDGET_RATIO", default.retry_budget_ratio, minimum=0.0, maximum=1.0
+            ),
+            retry_budget_min_per_second=values.number(
+                "RETRY_BUDGET_MIN_PER_SECOND", default.retry_budget_min_per_second, minimum=0.0
+            ),
         )
         d = _defaults(cls)
         return cls(

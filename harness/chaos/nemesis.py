@@ -29,7 +29,7 @@ import structlog
 
 from harness.chaos.history import FaultRecord, History
 from harness.chaos.instances import ServiceInstance
-from harness.cluster import ROLE, LocalTopology
+from harness.cluster import ROLE, LocalTopology, PromotionRefusedError
 from harness.proxy import FaultProxy
 
 log = structlog.get_logger(__name__)
@@ -192,7 +192,20 @@ async def _crash_failover(
     rec.details["old_primary"] = old
     await world.call(world.topology.kill, old)
     await asyncio.sleep(rng.uniform(0.2, 1.0))
-    rec.details["new_primary"] = await world.call(world.topology.failover)
+    await _failover(world, old, rec)
+
+
+async def _failover(world: World, old: str, rec: FaultRecord) -> None:
+    """Promote as the topology's rule allows. A refusal (too few of the synchronous standbys
+    running to be sure of every acknowledged write) is what a careful HA manager does too:
+    the old primary is brought back instead, and the refusal recorded."""
+    try:
+        rec.details["new_primary"] = await world.call(world.topology.failover)
+    except PromotionRefusedError as exc:
+        rec.details["promotion_refused"] = str(exc)
+        log.warning("nemesis_promotion_refused", old_primary=old, error=str(exc))
+        if not world.running(old):
+            await world.call(world.topology.restart, old)
 
 
 async def _switchover(
@@ -203,7 +216,7 @@ async def _switchover(
     old = world.topology.primary
     rec.unavailable = [old]
     rec.details["old_primary"] = old
-    rec.details["new_primary"] = await world.call(world.topology.failover)
+    await _failover(world, old, rec)
 
 
 async def _rejoin_old_primary(world: World, target: str | None, rec: FaultRecord) -> None:
@@ -322,9 +335,13 @@ async def _restore_replication(world: World, target: str | None, rec: FaultRecor
 async def _rogue_promotion(
     world: World, target: str | None, rng: random.Random, rec: FaultRecord
 ) -> None:
-    """A standby promoted while the primary still runs, nobody fenced."""
-    rec.unavailable = [str(target)]
-    rec.details["old_primary"] = target  # the rogue: wiped and rejoined on heal
+    """A standby promoted while the primary still runs, nobody fenced. The old primary is
+    the rogue (on the old timeline, fenced by the service): wiped and rejoined on heal. (It
+    used to record the promoted standby, whose rejoin fails — it is the primary — which left
+    the rogue in place for the rest of the run.)"""
+    old = world.topology.primary
+    rec.unavailable = [old]
+    rec.details["old_primary"] = old
     await world.call(world.topology.rogue_promote, str(target))
 
 

@@ -17,7 +17,10 @@ standby whose data is older than ``max_replica_lag`` is left out while a fresher
 up; when none is, reads go to the freshest first (an answer from old data beats none: the
 caller that cannot accept it asks for ``max_data_age``). With ``max_data_age`` only regions
 whose data age is known to be within it qualify, in the usual order. Writes go only to
-regions that are up, writable, not fenced and not in a split brain.
+regions that are up, writable, not fenced and not in a split brain, and that can acknowledge
+a write durably: a PostgreSQL primary whose synchronous standbys are not streaming would hold
+every COMMIT in SyncRep until the caller gave up, so it takes no writes until they are back
+(``sync_short``; the heartbeat, committed locally on purpose, still goes there).
 
 A region's *data age* grows from its last measurement (:func:`data_age`): the unfenced
 writer's is 0; a standby's is its measured age plus the time since; a region in a split
@@ -48,6 +51,7 @@ class RegionView:
     slow: bool = False  # lost hedged races: it answers later than the others
     fenced: bool = False  # no reads, no writes (see service.locality.fencing)
     split_brain: bool = False  # one of several writable regions on one timeline: no writes
+    sync_short: bool = False  # too few synchronous standbys streaming to acknowledge a COMMIT
 
     @property
     def is_writer(self) -> bool:
@@ -91,9 +95,19 @@ def read_order(
     return tuple(sorted(ordered, key=lambda name: ages[name]))
 
 
-def write_order(regions: Sequence[RegionView], policy: ChoicePolicy, now: float) -> tuple[str, ...]:
-    """The regions a write may go to, best first (up, writable and trusted ones only)."""
-    candidates = [region for region in regions if region.up and region.is_writer]
+def write_order(
+    regions: Sequence[RegionView], policy: ChoicePolicy, now: float, *, durable: bool = True
+) -> tuple[str, ...]:
+    """The regions a write may go to, best first (up, writable and trusted ones only).
+
+    ``durable``: only those that can acknowledge it on their synchronous standbys now;
+    without it, also a primary whose standbys are missing (for writes that commit locally).
+    """
+    candidates = [
+        region
+        for region in regions
+        if region.up and region.is_writer and not (durable and region.sync_short)
+    ]
     return _ordered(candidates, regions, policy, now)
 
 

@@ -59,10 +59,27 @@ class ProbeResult:
     heartbeat_age: float | None = None
     receiver_status: str | None = None  # pg_stat_wal_receiver.status (standbys)
     receiver_silence: float | None = None  # seconds since the walreceiver last heard upstream
+    # A primary's synchronous replication: how many standbys a COMMIT must wait for (0: none,
+    # commits are acknowledged locally) and how many synchronous standbys stream now (None:
+    # not a primary, or the role may not see pg_stat_replication).
+    sync_required: int | None = None
+    sync_standbys: int | None = None
+    sync_names: str | None = None  # synchronous_standby_names, as the primary reports it
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def sync_short(self) -> bool:
+        """A writable PostgreSQL region whose COMMITs would wait for synchronous standbys that
+        are not there: each would hang in SyncRep until someone gives up on it."""
+        return (
+            self.writable
+            and self.sync_required is not None
+            and self.sync_standbys is not None
+            and self.sync_standbys < self.sync_required
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,10 @@ class RegionHealth:
         self.has_heartbeat = False
         self.receiver_status: str | None = None
         self.receiver_silence: float | None = None
+        self.sync_required: int | None = None
+        self.sync_standbys: int | None = None
+        self.sync_names: str | None = None
+        self.sync_short = False
         self.last_error: str | None = None
         self.recovered_at: float | None = None
         self.lost_races = 0
@@ -144,6 +165,10 @@ class RegionHealth:
             self.has_heartbeat = probe.has_heartbeat
             self.receiver_status = probe.receiver_status
             self.receiver_silence = probe.receiver_silence
+            self.sync_required = probe.sync_required
+            self.sync_standbys = probe.sync_standbys
+            self.sync_names = probe.sync_names
+            self.sync_short = probe.sync_short
         if rtt is not None:
             self.rtt = rtt if self.rtt is None else self.rtt + RTT_SMOOTHING * (rtt - self.rtt)
         first = not self.probed
@@ -213,6 +238,7 @@ class RegionHealth:
         """
         changed = self.writable
         self.writable = False
+        self.sync_short = False
         return changed
 
     def _restart_hold_down(self, now: float) -> None:

@@ -90,6 +90,26 @@ class RouterMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.backends_ended = Counter(
+            "signing_keys_router_abandoned_backends",
+            "Server backends of writes the router gave up on, by what ending them found: "
+            "ended (terminated), gone (already ended), failed (region out of reach).",
+            ["region", "outcome"],
+            registry=self.registry,
+        )
+        self.region_sync_short = Gauge(
+            "signing_keys_region_sync_short",
+            "1 while a PostgreSQL primary has fewer synchronous standbys streaming than a "
+            "COMMIT needs (writes refused there), else 0.",
+            ["region"],
+            registry=self.registry,
+        )
+        self.retries_refused = Counter(
+            "signing_keys_router_retries_refused",
+            "Retries not made because the retry budget was spent, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.failures = Counter(
             "signing_keys_router_failures",
             "Operations that failed with a routing error, by kind and error type.",

@@ -13,6 +13,11 @@ promotion until the next checkpoint); on a standby, the timeline its walreceiver
 receiving, or while it has none, the newest of its last restartpoint's timeline and the
 timeline that wrote the newest heartbeat it replayed.
 
+On a primary it also tells how many synchronous standbys stream now
+(``pg_stat_replication``) against how many a COMMIT waits for (``synchronous_standby_names``
+and ``synchronous_commit``): a primary short of them would hold every write in SyncRep, so
+the router refuses writes there at once instead.
+
 On CockroachDB the probe reads the heartbeat row of the GLOBAL heartbeat table: a gateway
 that cannot reach its ranges still answers ``SELECT 1``, but not that read.
 """
@@ -20,6 +25,7 @@ that cannot reach its ranges still answers ``SELECT 1``, but not that read.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -41,6 +47,10 @@ MIN_PROBE_GAP = 0.01  # seconds between probes even when requests keep asking fo
 # taken against clock_timestamp(), not the transaction's start (now()), and floored at zero
 # when read (_age): the walreceiver may hear upstream after the statement began, which once
 # read -0.0014 s. (SQL's greatest() would turn an unknown NULL age into 0.)
+# sync_standbys counts the walsenders a COMMIT may count on now: streaming, and chosen as
+# synchronous (sync_state 'sync' under FIRST, 'quorum' under ANY; 'potential' and 'async'
+# ones acknowledge nothing). It is NULL when the role may not read the rows (no pg_monitor):
+# unknown, never taken for zero.
 _POSTGRES_PROBE = """
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE WHEN pg_is_in_recovery() THEN NULL
@@ -57,6 +67,14 @@ SELECT pg_is_in_recovery() AS in_recovery,
            AS receiver_silence,
        CASE WHEN pg_is_in_recovery() AND receiver.received_tli IS NULL
             THEN (SELECT timeline_id FROM pg_control_checkpoint()) END AS checkpoint_timeline,
+       current_setting('synchronous_standby_names') AS sync_names,
+       current_setting('synchronous_commit') AS sync_commit,
+       CASE WHEN NOT pg_is_in_recovery() THEN (
+            SELECT CASE WHEN bool_or(sync_state IS NULL) THEN NULL
+                        ELSE count(*) FILTER (
+                            WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum'))
+                   END::int
+            FROM pg_stat_replication) END AS sync_standbys,
        {heartbeat}
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS receiver ON true
 """
@@ -72,6 +90,22 @@ _WITHOUT_HEARTBEAT = """
        to_regclass('heartbeat') IS NOT NULL AS has_heartbeat"""
 POSTGRES_PROBE = _POSTGRES_PROBE.format(heartbeat=_WITH_HEARTBEAT)
 POSTGRES_PROBE_NO_HEARTBEAT = _POSTGRES_PROBE.format(heartbeat=_WITHOUT_HEARTBEAT)
+
+
+# synchronous_standby_names: "FIRST 2 (a, b, c)", "ANY 1 (a, b)", "2 (a, b)" (FIRST), or a
+# plain list "a, b" / "*" (FIRST 1).
+_SYNC_COUNT = re.compile(r"^\s*(?:(?:FIRST|ANY)\s+)?(\d+)\s*\(", re.IGNORECASE)
+# synchronous_commit levels at which a COMMIT does not wait for any standby.
+_LOCAL_COMMIT = frozenset({"off", "local"})
+
+
+def required_sync_standbys(names: str, commit: str) -> int:
+    """How many synchronous standbys a COMMIT waits for on a primary with these settings
+    (``synchronous_standby_names``, ``synchronous_commit``): 0 when it waits for none."""
+    if commit.strip().lower() in _LOCAL_COMMIT or not names.strip():
+        return 0
+    match = _SYNC_COUNT.match(names)
+    return int(match.group(1)) if match else 1
 
 
 def _age(seconds: float | None) -> float | None:
@@ -203,6 +237,7 @@ class RegionProber:
             )
         else:
             timeline = timeline_of_wal_file(row["wal_file"])
+        sync_names = str(row["sync_names"])
         self._has_heartbeat = bool(row["has_heartbeat"])
         return ProbeResult(
             started_at=started,
@@ -218,6 +253,11 @@ class RegionProber:
             heartbeat_age=_age(row["heartbeat_age"]),
             receiver_status=row["receiver_status"],
             receiver_silence=_age(row["receiver_silence"]),
+            sync_required=(
+                None if in_recovery else required_sync_standbys(sync_names, row["sync_commit"])
+            ),
+            sync_standbys=row["sync_standbys"],
+            sync_names=None if in_recovery else sync_names,
         )
 
     async def _fetch_postgres(self, conn: Any) -> Any:

@@ -6,10 +6,12 @@ that measures the standbys' data age (:mod:`service.locality.heartbeat`), picks 
 operation an ordered list of regions (:mod:`service.locality.choice`) and runs the operation
 there within the caller's deadline: a read moves on (or hedges) when a region is unreachable
 or slow; a write moves on only when it provably did not commit, or when the caller says it
-is idempotent. A read may ask for data no older than a bound (:meth:`LocalityRouter.read`'s
-``max_data_age``) and learn how old what it read was (:meth:`LocalityRouter.read_with_age`);
-it may also ask to see a commit position (``min_position``: read your writes,
-:mod:`service.locality.positions`).
+is idempotent. A PostgreSQL primary with too few synchronous standbys streaming takes no
+writes (they are refused at once, not left to hang in SyncRep), and the server backend of a
+write the router gives up on is terminated from another connection. A read may ask for data
+no older than a bound (:meth:`LocalityRouter.read`'s ``max_data_age``) and learn how old what
+it read was (:meth:`LocalityRouter.read_with_age`); it may also ask to see a commit position
+(``min_position``: read your writes, :mod:`service.locality.positions`).
 
 Connections are returned to their pool without asyncpg's reset query (a round trip per
 operation): operations must not leave session state behind — no plain ``SET`` (use
@@ -40,6 +42,7 @@ from service.errors import (
     RegionUnavailableError,
 )
 from service.lifecycle import AsyncResource
+from service.locality.budget import RetryBudget, attempt_budget
 from service.locality.choice import (
     ChoicePolicy,
     RegionView,
@@ -68,12 +71,28 @@ Kind = Literal["read", "write"]
 
 APPLICATION_NAME = "signing-keys"
 HEARTBEAT_APPLICATION_NAME = "signing-keys heartbeat"
+ENDER_APPLICATION_NAME = "signing-keys backend-ender"
+# Ends backends of this role that the router gave up on (never the caller's own): each
+# pid was read from the abandoned connection, and a pid is not reused within the seconds
+# this takes on any ordinary system. No row: the backend had ended already.
+END_BACKENDS_SQL = """
+SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE pid = ANY($1::int[]) AND usename = current_user AND pid <> pg_backend_pid()
+"""
+END_BACKEND_PATIENCE = 60.0  # seconds to keep trying to reach the region to end a backend
+END_BACKEND_RETRY_CAP = 1.0
+END_BACKEND_DRAIN = 1.0  # seconds a closing router waits for backends still being ended
 DEFAULT_SLOW_MARGIN = 0.1  # seconds of extra RTT that demote a region when hedging is off
 DEFAULT_CLOSE_TIMEOUT = 1.0
 MAX_INACTIVE_CONNECTION_LIFETIME = 60.0
 BACKOFF_BASE = 0.005
 BACKOFF_CAP = 0.2
 LAG_WINDOW_MIN = 30.0
+RETRY_BUDGET_WINDOW = 10.0  # seconds of requests and retries the retry budget looks at
+# Retries after these failures draw from the retry budget: the ones a brownout produces.
+# A serialization failure is the database asking for a retry of a write that did nothing
+# and a read-only region is a role change to correct: neither multiplies load.
+_BUDGETED = frozenset({Failure.CONNECTION, Failure.TIMEOUT, Failure.AMBIGUOUS})
 _Lifecycle = Literal["new", "starting", "running", "closing", "closed"]
 
 
@@ -81,29 +100,60 @@ class _AttemptFailed(Exception):
     """One attempt on one region failed in a way the router can act on."""
 
     def __init__(
-        self, region: str, failure: Failure, cause: BaseException, *, maybe_committed: bool
+        self,
+        region: str,
+        failure: Failure,
+        cause: BaseException,
+        *,
+        maybe_committed: bool,
+        aborted: bool = False,
     ) -> None:
         super().__init__(f"{region}: {failure.value}: {describe_error(cause)}")
         self.region = region
         self.failure = failure
         self.cause = cause
         self.maybe_committed = maybe_committed
+        self.aborted = aborted  # cut short by the router: its region went down or was fenced
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether trying again draws from the retry budget: a failure of the attempt's own
+        (a region the router had just seen go down is left, not retried)."""
+        return self.failure in _BUDGETED and not self.aborted
+
+
+class _RetryRefused(Exception):
+    """The retry budget is spent: the request ends with the failure it had."""
+
+    def __init__(self, failed: _AttemptFailed) -> None:
+        super().__init__(str(failed))
+        self.failed = failed
 
 
 class _InFlight:
     """One running attempt, so that it can be cut short when its region goes down."""
 
-    __slots__ = ("aborted", "kind", "phase", "timeout")
+    __slots__ = ("aborted", "kind", "phase", "pid", "timeout")
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self.timeout: asyncio.Timeout | None = None
         self.phase: Literal["acquire", "run", "commit"] = "acquire"
         self.aborted = False
+        self.pid: int | None = None  # the server backend of a write, once it has one
 
     def abort(self) -> None:
         """End the attempt now with a timeout, unless its COMMIT is already on the wire."""
-        if self.timeout is None or self.phase == "commit" or self.timeout.expired():
+        if self.phase != "commit":
+            self._cut()
+
+    def abandon(self) -> None:
+        """End the attempt now, even with its COMMIT on the wire: its region cannot
+        acknowledge it (no synchronous standby). A cut COMMIT is ambiguous, never a success."""
+        self._cut()
+
+    def _cut(self) -> None:
+        if self.timeout is None or self.timeout.expired():
             return
         try:
             self.timeout.reschedule(asyncio.get_running_loop().time())
@@ -133,6 +183,8 @@ class _Region:
         self.metrics: RegionMetrics | None = None
         self.fence: FenceReason | None = None
         self.lsn: int | None = None  # the last probe's replay (standby) or write position
+        self.abandoned: set[int] = set()  # backends of abandoned writes still to be ended
+        self.ender: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -218,6 +270,11 @@ class LocalityRouter(AsyncResource):
         self._split_brain: tuple[str, ...] = ()
         self._heartbeat: HeartbeatWriter | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._retry_budget = RetryBudget(
+            ratio=settings.retry_budget_ratio,
+            minimum_per_second=settings.retry_budget_min_per_second,
+            window=RETRY_BUDGET_WINDOW,
+        )
         self._listeners: list[Listener] = []
         self._serving: tuple[str | None, str | None] | None = None
         self._lifecycle: _Lifecycle = "new"
@@ -314,10 +371,14 @@ class LocalityRouter(AsyncResource):
         return await asyncpg.create_pool(region.dsn, **kwargs)
 
     async def _shutdown(self) -> None:
+        enders = {region.ender for region in self._regions.values() if region.ender}
+        if enders:
+            # Backends of writes given up on just before the close: end them if it is quick.
+            await asyncio.wait(enders, timeout=END_BACKEND_DRAIN)
         tasks = [
             task
             for region in self._regions.values()
-            for task in (region.task, region.warming)
+            for task in (region.task, region.warming, region.ender)
             if task is not None
         ]
         if self._heartbeat_task is not None:
@@ -347,7 +408,7 @@ class LocalityRouter(AsyncResource):
         if self._heartbeat is not None:
             self._heartbeat.close()
         for region in self._regions.values():
-            for task in (region.task, region.warming):
+            for task in (region.task, region.warming, region.ender):
                 if task is not None:
                     task.cancel()
             if region.prober is not None:
@@ -369,6 +430,7 @@ class LocalityRouter(AsyncResource):
         timeout: float | None = None,
         max_data_age: float | None = None,
         min_position: CommitPosition | None = None,
+        hedge: bool = True,
     ) -> T:
         """Run the read-only ``op`` where it is best served, within ``timeout`` seconds.
 
@@ -383,12 +445,22 @@ class LocalityRouter(AsyncResource):
         :class:`~service.errors.InvalidConsistencyTokenError`; on CockroachDB it changes
         nothing.
 
+        ``hedge``: whether a second region may start the same read when the first has not
+        answered within the hedge delay. Right for point reads (cheap, and latency is what
+        matters); pass ``False`` for page scans, which take longer than the delay anyway
+        and would then run twice — a slow or hung region then gets half of what remains.
+
         Raises :class:`RegionUnavailableError` when no region can serve reads (within
-        ``max_data_age``, when given) and :class:`DeadlineExceededError` when time runs
-        out; errors of ``op`` itself (bad SQL, domain errors) propagate unchanged.
+        ``max_data_age``, when given) or the retry budget is spent, and
+        :class:`DeadlineExceededError` when time runs out; errors of ``op`` itself (bad
+        SQL, domain errors) propagate unchanged.
         """
         result, _ = await self.read_with_age(
-            op, timeout=timeout, max_data_age=max_data_age, min_position=min_position
+            op,
+            timeout=timeout,
+            max_data_age=max_data_age,
+            min_position=min_position,
+            hedge=hedge,
         )
         return result
 
@@ -399,6 +471,7 @@ class LocalityRouter(AsyncResource):
         timeout: float | None = None,
         max_data_age: float | None = None,
         min_position: CommitPosition | None = None,
+        hedge: bool = True,
     ) -> tuple[T, float]:
         """:meth:`read`, and how old the data it read may be: ``(result, age)``.
 
@@ -415,8 +488,9 @@ class LocalityRouter(AsyncResource):
         budget = self._settings.request_deadline if timeout is None else timeout
         if min_position is not None:
             check_cluster(min_position, self._lineage.system_identifier)
+        self._retry_budget.request(self._clock())
         try:
-            return await self._read(op, budget, max_data_age, min_position)
+            return await self._read(op, budget, max_data_age, min_position, hedge=hedge)
         except DependencyError as exc:
             self._metrics.failures.labels("read", exc.type).inc()
             raise
@@ -427,6 +501,8 @@ class LocalityRouter(AsyncResource):
         budget: float,
         max_data_age: float | None,
         min_position: CommitPosition | None = None,
+        *,
+        hedge: bool = True,
     ) -> tuple[T, float]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -451,9 +527,14 @@ class LocalityRouter(AsyncResource):
                     budget,
                     max_data_age=max_data_age,
                     check=(min_position, unsure) if unsure and min_position else None,
+                    hedge=hedge,
                 )
+            except _RetryRefused as refused:
+                raise self._retries_spent("read", refused.failed) from refused.failed.cause
             except _AttemptFailed as failed:
                 last = failed
+            if not self._may_retry(last):
+                raise self._retries_spent("read", last) from last.cause
             self._metrics.retries.labels("read", last.failure.value).inc()
             delay = _backoff(round_number)
             round_number += 1
@@ -523,6 +604,7 @@ class LocalityRouter(AsyncResource):
         *,
         max_data_age: float | None,
         check: tuple[CommitPosition, frozenset[str]] | None = None,
+        hedge: bool,
     ) -> tuple[T, float]:
         """Try ``order`` in turn; raise the last failure if all fail.
 
@@ -533,10 +615,12 @@ class LocalityRouter(AsyncResource):
         Each attempt's data age is taken when it starts; with ``max_data_age`` a candidate
         whose data has grown too old by then is passed over. With ``check``, the regions it
         names are first asked whether they have replayed its position (and passed over,
-        as a failed attempt, when not).
+        as a failed attempt, when not). Moving on after a failure is a retry, and draws from
+        the retry budget (:class:`_RetryRefused` when it is spent); a hedge does not (at most
+        one per region, and only for reads that ask for it).
         """
         loop = asyncio.get_running_loop()
-        hedge_delay = self._settings.hedge_delay
+        hedge_delay = self._settings.hedge_delay if hedge else None
         pending = list(order)
         running: dict[asyncio.Task[T], str] = {}  # in launch order
         ages: dict[asyncio.Task[T], float] = {}
@@ -599,6 +683,9 @@ class LocalityRouter(AsyncResource):
                         raise exc  # type: ignore[misc]
                     last = exc
                 if not running and pending:
+                    assert last is not None
+                    if not self._may_retry(last):
+                        raise _RetryRefused(last)
                     launch()
             assert last is not None
             raise last
@@ -633,6 +720,7 @@ class LocalityRouter(AsyncResource):
         if autocommit and not idempotent:
             raise ValueError("an autocommit write may commit in part: it must be idempotent")
         budget = self._settings.request_deadline if timeout is None else timeout
+        self._retry_budget.request(self._clock())
         try:
             return await self._write(
                 op, idempotent=idempotent, budget=budget, autocommit=autocommit
@@ -669,9 +757,14 @@ class LocalityRouter(AsyncResource):
                 self._raise_write_deadline(budget, maybe_committed, last)
             name = next((name for name in order if name not in failed_regions), order[0])
             region = self._regions[name]
+            share = attempt_budget(
+                remaining,
+                cap=self._settings.write_attempt_timeout,
+                others_left=any(other not in failed_regions for other in order if other != name),
+            )
             try:
                 return await self._attempt(
-                    region, op, kind="write", budget=remaining, autocommit=autocommit
+                    region, op, kind="write", budget=share, autocommit=autocommit
                 )
             except _AttemptFailed as failed:
                 last = failed
@@ -687,6 +780,13 @@ class LocalityRouter(AsyncResource):
                 await self._found_read_only(region)
             elif last.failure in (Failure.CONNECTION, Failure.TIMEOUT):
                 failed_regions.add(name)
+            if not self._may_retry(last):
+                if maybe_committed:
+                    raise AmbiguousCommitError(
+                        "the write may have committed before its region failed, and the retry "
+                        "budget is spent; repeat it with the same idempotency key"
+                    ) from last.cause
+                raise self._retries_spent("write", last) from last.cause
             self._metrics.retries.labels("write", last.failure.value).inc()
             # Serialization failures are routine under contention: metrics count them.
             (log.debug if last.failure is Failure.SERIALIZATION else log.info)(
@@ -701,6 +801,26 @@ class LocalityRouter(AsyncResource):
             if loop.time() + delay >= deadline:
                 self._raise_write_deadline(budget, maybe_committed, last)
             await asyncio.sleep(delay)
+
+    def _may_retry(self, failed: _AttemptFailed) -> bool:
+        """Whether the retry budget allows trying again after ``failed`` (counted if so)."""
+        return not failed.budgeted or self._retry_budget.try_retry(self._clock())
+
+    def _retries_spent(self, kind: Kind, failed: _AttemptFailed) -> RegionUnavailableError:
+        self._metrics.retries_refused.labels(kind).inc()
+        log.warning(
+            "retry_budget_spent",
+            kind=kind,
+            region=failed.region,
+            reason=failed.failure.value,
+            error=describe_error(failed.cause),
+        )
+        percent = round(self._settings.retry_budget_ratio * 100)
+        return RegionUnavailableError(
+            f"the {kind} failed in {failed.region} ({failed.failure.value}) and is not retried: "
+            f"regions are failing for many requests, and retries are limited to {percent}% of "
+            "them; retry later"
+        )
 
     @staticmethod
     def _raise_write_deadline(
@@ -747,6 +867,10 @@ class LocalityRouter(AsyncResource):
             try:
                 async with asyncio.timeout(budget) as attempt.timeout:
                     conn = await pool.acquire(timeout=min(self._settings.acquire_timeout, budget))
+                    if kind == "write":
+                        # Known before anything is sent, so that a backend this attempt
+                        # abandons can be ended from another connection.
+                        attempt.pid = conn.get_server_pid()
                     attempt.phase = "run"
                     if kind == "read":
                         result = await op(conn)
@@ -766,6 +890,7 @@ class LocalityRouter(AsyncResource):
                         await tx.commit()
             except asyncio.CancelledError:
                 _terminate(conn)
+                self._end_abandoned(region, attempt, gave_up=True)
                 outcome = "cancelled"
                 raise
             except Exception as exc:
@@ -775,6 +900,7 @@ class LocalityRouter(AsyncResource):
                     failure = Failure.CONNECTION  # no connection at all: e.g. auth refused
                 if failure in (Failure.CONNECTION, Failure.TIMEOUT):
                     _terminate(conn)
+                    self._end_abandoned(region, attempt, gave_up=failure is Failure.TIMEOUT)
                 elif conn is not None:
                     begin_failed = phase == "run" and tx is not None and not tx_open
                     await self._settle(region, conn, tx, tx_open=tx_open, clean=not begin_failed)
@@ -797,7 +923,11 @@ class LocalityRouter(AsyncResource):
                     or failure in (Failure.CONNECTION, Failure.TIMEOUT, Failure.AMBIGUOUS)
                 )
                 raise _AttemptFailed(
-                    region.name, failure, exc, maybe_committed=maybe_committed
+                    region.name,
+                    failure,
+                    exc,
+                    maybe_committed=maybe_committed,
+                    aborted=attempt.aborted,
                 ) from exc
             await self._release(region, conn)
             outcome = "ok"
@@ -808,6 +938,94 @@ class LocalityRouter(AsyncResource):
             region.attempts.discard(attempt)
             metrics.in_flight.dec()
             metrics.observe(kind, outcome, loop.time() - started)
+
+    def _end_abandoned(self, region: _Region, attempt: _InFlight, *, gave_up: bool) -> None:
+        """A write given up on with its connection dropped: its server backend may live on —
+        a COMMIT waiting in SyncRep ignores its client's departure and keeps its locks and
+        its connection slot — so end it from a connection of our own, in the background.
+
+        ``gave_up``: the router ended the attempt (deadline, abort, cancellation); else the
+        connection failed under it, which leaves a backend behind only if its COMMIT was
+        already sent (a server that died took its backends with it).
+        """
+        if attempt.kind != "write" or attempt.pid is None or attempt.phase == "acquire":
+            return
+        if not gave_up and attempt.phase != "commit":
+            return
+        if region.health.engine != "postgresql":
+            return  # CockroachDB ends a session's transaction when its connection closes
+        region.abandoned.add(attempt.pid)
+        attempt.pid = None
+        if region.ender is None or region.ender.done():
+            region.ender = asyncio.create_task(
+                self._end_backends(region), name=f"end-backends-{region.name}"
+            )
+
+    async def _end_backends(self, region: _Region) -> None:
+        """``pg_terminate_backend`` for every pid in ``region.abandoned``, one connection for
+        all of them, retried while the region is out of reach for at most
+        :data:`END_BACKEND_PATIENCE` seconds. Termination, not a cancel: a cancelled SyncRep
+        wait reports the COMMIT as done, and the caller must learn nothing but "ambiguous"
+        (its connection is dropped anyway)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + END_BACKEND_PATIENCE
+        timeout = max(self._settings.probe_timeout, self._settings.connect_timeout)
+        tries = 0
+        while region.abandoned:
+            pids = sorted(region.abandoned)
+            rows = await self._terminate_backends(region, pids, timeout)
+            if rows is None:
+                tries += 1
+                if loop.time() >= give_up_at:
+                    region.abandoned.difference_update(pids)
+                    self._metrics.backends_ended.labels(region.name, "failed").inc(len(pids))
+                    log.warning(
+                        "abandoned_backends_not_ended", region=region.name, pids=pids, tries=tries
+                    )
+                    return
+                await asyncio.sleep(
+                    min(END_BACKEND_RETRY_CAP, self._settings.probe_interval * tries)
+                )
+                continue
+            region.abandoned.difference_update(pids)
+            ended = [row[0] for row in rows if row[1]]
+            # Gone after a failed try: most likely that try ended it and its answer was lost
+            # (the timeout covers connect and query alike); else it had ended by itself.
+            gone = len(pids) - len(ended)
+            self._metrics.backends_ended.labels(region.name, "ended").inc(
+                len(ended) + (gone if tries else 0)
+            )
+            if not tries:
+                self._metrics.backends_ended.labels(region.name, "gone").inc(gone)
+            if ended:
+                log.warning("abandoned_backends_ended", region=region.name, pids=ended)
+            tries = 0
+            give_up_at = loop.time() + END_BACKEND_PATIENCE
+
+    async def _terminate_backends(
+        self, region: _Region, pids: list[int], timeout: float
+    ) -> list[Any] | None:
+        """One try at ending ``pids`` in ``region``: (pid, ended) rows, or None if it failed."""
+        connect = self._connect or asyncpg.connect
+        conn: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await connect(
+                    region.settings.dsn,
+                    timeout=timeout,
+                    command_timeout=timeout,
+                    server_settings={"application_name": ENDER_APPLICATION_NAME},
+                )
+                return list(await conn.fetch(END_BACKENDS_SQL, pids))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug(
+                "abandoned_backends_unreachable", region=region.name, error=describe_error(exc)
+            )
+            return None
+        finally:
+            _terminate(conn)
 
     async def _settle(
         self, region: _Region, conn: Any, tx: Any, *, tx_open: bool, clean: bool
@@ -853,6 +1071,7 @@ class LocalityRouter(AsyncResource):
 
     async def _probed(self, region: _Region, result: ProbeResult) -> None:
         before = region.facts()
+        was_short = region.health.sync_short
         now = self._clock()
         if result.ok:
             region.lsn = result.lsn
@@ -871,6 +1090,8 @@ class LocalityRouter(AsyncResource):
         else:
             region.health.record_failure(now, result.error or "probe failed")
         self._update_gauges(region)
+        if result.ok and region.health.sync_short != was_short:
+            self._sync_changed(region)
         await self._health_changed(region, before, cause=result.error)
         if result.ok and result.writable and result.lsn is not None and region.fence is None:
             self._replication.observe_primary(result.started_at, result.lsn)
@@ -890,6 +1111,34 @@ class LocalityRouter(AsyncResource):
             primary_known=self._has_writable(other_than=region.name),
         )
         return None if lag is None else DataAge(lag, result.started_at, "wal")
+
+    def _sync_changed(self, region: _Region) -> None:
+        """The region's synchronous standbys went below what a COMMIT needs, or came back."""
+        health = region.health
+        if not health.sync_short:
+            log.warning(
+                "region_sync_restored",
+                region=region.name,
+                sync_standbys=health.sync_standbys,
+                sync_required=health.sync_required,
+            )
+            self._reevaluate(force_notify=True)
+            return
+        log.error(
+            "region_sync_short",
+            region=region.name,
+            sync_standbys=health.sync_standbys,
+            sync_required=health.sync_required,
+            synchronous_standby_names=health.sync_names,
+            detail="writes are refused until enough synchronous standbys stream again",
+        )
+        # Writes under way there would wait in SyncRep until their deadline: end them now.
+        # One whose COMMIT is on the wire ends ambiguous (it committed locally, perhaps), and
+        # its backend is terminated so that it holds no locks or connection slot meanwhile.
+        for attempt in list(region.attempts):
+            if attempt.kind == "write":
+                attempt.abandon()
+        self._reevaluate(force_notify=True)
 
     def _refence(self) -> bool:
         """Decide again which regions are fenced; log, count and act on every change.
@@ -1104,6 +1353,7 @@ class LocalityRouter(AsyncResource):
         health = region.health
         self._metrics.region_up.labels(region.name).set(1 if health.is_up else 0)
         self._metrics.region_writable.labels(region.name).set(1 if health.writable else 0)
+        self._metrics.region_sync_short.labels(region.name).set(1 if health.sync_short else 0)
         if health.rtt is not None:
             self._metrics.region_rtt.labels(region.name).set(health.rtt)
         if health.data_age is not None:
@@ -1123,7 +1373,11 @@ class LocalityRouter(AsyncResource):
         once the heartbeat table exists there."""
         if self._lifecycle not in ("starting", "running"):
             return None
-        order = self._write_order()
+        # The heartbeat commits locally (synchronous_commit = local), so a primary whose
+        # synchronous standbys are gone still takes it: a standby streaming asynchronously
+        # keeps a measured age.
+        views, now = self._views()
+        order = write_order(views, self._policy, now, durable=False)
         if not order:
             return None
         region = self._regions[order[0]]
@@ -1158,6 +1412,7 @@ class LocalityRouter(AsyncResource):
             slow=health.slow,
             fenced=region.fence is not None and region.fence in READ_FENCES,
             split_brain=region.fence == "split_brain",
+            sync_short=health.is_up and health.sync_short,
         )
 
     def _read_order(self) -> tuple[str, ...]:
@@ -1227,6 +1482,8 @@ class LocalityRouter(AsyncResource):
                 ),
                 receiver=region.health.receiver_status,
                 receiver_silence_seconds=region.health.receiver_silence,
+                sync_standbys=region.health.sync_standbys,
+                sync_required=region.health.sync_required,
             )
             for region, view in zip(self._regions.values(), views, strict=True)
         )
@@ -1266,6 +1523,19 @@ class LocalityRouter(AsyncResource):
             return (
                 f"{' and '.join(foreign)} writable but another database (system identifier "
                 f"not {self._lineage.system_identifier}): never used"
+            )
+        short = [
+            region
+            for region in self._regions.values()
+            if region.health.is_up and region.health.sync_short and region.fence is None
+        ]
+        if short:
+            return "; ".join(
+                f"{region.name} cannot acknowledge a write durably: "
+                f"{region.health.sync_standbys} synchronous standby(s) streaming, "
+                f"{region.health.sync_required} needed (synchronous_standby_names = "
+                f"{region.health.sync_names!r}); writes are refused until enough are back"
+                for region in short
             )
         return None
 

@@ -37,6 +37,9 @@ class RegionStatus:
     data_age_source: AgeSource | None = None  # how lag_seconds was measured (standbys)
     receiver: str | None = None  # a standby's walreceiver status, e.g. "streaming"
     receiver_silence_seconds: float | None = None  # since it last heard upstream (at probe)
+    # A PostgreSQL primary's synchronous standbys streaming now, and how many a COMMIT needs.
+    sync_standbys: int | None = None
+    sync_required: int | None = None
 
     @property
     def role(self) -> str:
@@ -65,6 +68,8 @@ class RegionStatus:
                 if self.receiver_silence_seconds is None
                 else round(self.receiver_silence_seconds, 3)
             ),
+            "sync_standbys": self.sync_standbys,
+            "sync_required": self.sync_required,
             "in_flight": self.in_flight,
             "last_error": self.last_error,
             "since": round(self.since, 3),
@@ -79,7 +84,7 @@ class RouterStatus:
 
     ``timeline`` and ``system_identifier`` are what the router has learned of the PostgreSQL
     cluster (the highest timeline seen); ``writes_refused`` says why no region takes writes
-    when one claims it could (fenced, or a split brain).
+    when one claims it could (fenced, a split brain, or too few synchronous standbys).
     """
 
     regions: tuple[RegionStatus, ...]

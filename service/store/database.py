@@ -23,8 +23,11 @@ Operation = Callable[[Any], Awaitable[T]]
 class Database(Protocol):
     """Runs store operations somewhere that can serve them."""
 
-    async def read(self, op: Operation[T], *, timeout: float | None = None) -> T:
-        """Run a read-only ``op`` on a region that can serve reads."""
+    async def read(
+        self, op: Operation[T], *, timeout: float | None = None, hedge: bool = True
+    ) -> T:
+        """Run a read-only ``op`` on a region that can serve reads (``hedge``: a second
+        region may start it too if the first is slow — for point reads, not page scans)."""
         ...
 
     async def read_with_age(
@@ -33,6 +36,7 @@ class Database(Protocol):
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        hedge: bool = True,
     ) -> tuple[T, float]:
         """Run a read-only ``op`` where the data is at most ``max_data_age`` seconds old (any
         readable region when ``None``); return its result and that age (``inf``: unknown)."""

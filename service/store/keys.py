@@ -186,7 +186,7 @@ class PostgresKeyRecords:
             )
             return [_key(row) for row in rows]
 
-        return await self._db.read(op, timeout=timeout)
+        return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
 
     async def revoke(
         self,
@@ -290,4 +290,8 @@ class PostgresKeyRecords:
             )
             return [_key(row) for row in rows]
 
-        return await self._db.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+        # A poll since a watermark reads a few rows and bounds how soon a revocation is
+        # enforced: hedged, like a point read. A full scan (a snapshot, the first poll) is not.
+        return await self._db.read_with_age(
+            op, timeout=timeout, max_data_age=max_data_age, hedge=since is not None
+        )

@@ -105,6 +105,7 @@ class Router(Protocol):
         timeout: float | None = None,
         max_data_age: float | None = None,
         min_position: CommitPosition | None = None,
+        hedge: bool = True,
     ) -> T: ...
 
     async def read_with_age(
@@ -114,6 +115,7 @@ class Router(Protocol):
         timeout: float | None = None,
         max_data_age: float | None = None,
         min_position: CommitPosition | None = None,
+        hedge: bool = True,
     ) -> tuple[T, float]: ...
 
     async def write(
@@ -165,8 +167,10 @@ class RoutedDatabase:
             return None
         return later(scope.required, self._written)
 
-    async def read(self, op: Operation[T], *, timeout: float | None = None) -> T:
-        result, _ = await self.read_with_age(op, timeout=timeout)
+    async def read(
+        self, op: Operation[T], *, timeout: float | None = None, hedge: bool = True
+    ) -> T:
+        result, _ = await self.read_with_age(op, timeout=timeout, hedge=hedge)
         return result
 
     async def read_with_age(
@@ -175,11 +179,12 @@ class RoutedDatabase:
         *,
         timeout: float | None = None,
         max_data_age: float | None = None,
+        hedge: bool = True,
     ) -> tuple[T, float]:
         wanted = self.required()
         try:
             return await self._router.read_with_age(
-                op, timeout=timeout, max_data_age=max_data_age, min_position=wanted
+                op, timeout=timeout, max_data_age=max_data_age, min_position=wanted, hedge=hedge
             )
         except InvalidConsistencyTokenError:
             scope = consistency.current()
@@ -189,7 +194,9 @@ class RoutedDatabase:
             # (rebuilt under it): that history is gone, and so is the promise about it.
             log.warning("commit_position_forgotten", position=str(wanted))
             self._written = None
-            return await self._router.read_with_age(op, timeout=timeout, max_data_age=max_data_age)
+            return await self._router.read_with_age(
+                op, timeout=timeout, max_data_age=max_data_age, hedge=hedge
+            )
 
     async def write(
         self,

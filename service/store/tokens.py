@@ -103,4 +103,4 @@ class PostgresTokenRecords:
             )
             return [_token(row) for row in rows]
 
-        return await self._db.read(op, timeout=timeout)
+        return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
