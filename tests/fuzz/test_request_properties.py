@@ -12,6 +12,7 @@ accepted.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from service.core import crypto
+from service.core import crypto, times
 from service.core.json import loads
+from service.core.models import is_valid_id
 from service.core.requests import (
     CreateKeyRequest,
     ImportKeyRequest,
@@ -33,6 +35,7 @@ from service.core.requests import (
     WatchRequest,
 )
 from service.errors import InvalidRequestError
+from service.http.openapi import ID_PATTERN, openapi_document
 from tests.fuzz.budget import examples
 from tests.fuzz.mutations import json_values, mutated_bytes, mutated_text
 
@@ -92,7 +95,7 @@ def _check_accepted(result: tuple[crypto.Algorithm, bytes] | None) -> None:
 
 
 @given(text=mutated_text([*PEMS, PEMS[0] + PRIVATE_PEM]) | st.text(max_size=300))
-@examples(bounded=300)
+@examples(bounded=150)
 def test_pem_text_is_a_usable_public_key_or_invalid(text: str) -> None:
     result = _accepted_or_refused(lambda: crypto.parse_customer_public_key(text))
     _check_accepted(result)
@@ -120,7 +123,7 @@ def mutated_jwks(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @given(jwk=mutated_jwks() | st.dictionaries(st.text(max_size=4), json_values(), max_size=6))
-@examples(bounded=200)
+@examples(bounded=100)
 @example(jwk={**JWKS[0], "p": "AQAB", "q": "AQAB"})  # RSA private parts without d
 @example(jwk={**JWKS[0], "e": "AQABAA"})  # a 2^24-ish exponent, not 65537
 @example(jwk={"kty": [[[[[[["RSA"]]]]]]]})
@@ -148,7 +151,7 @@ def _members(body: Any, allowed: tuple[str, ...]) -> dict[str, Any] | None:
 
 
 @given(raw=mutated_bytes(_BODIES) | st.binary(max_size=200))
-@examples(bounded=300)
+@examples(bounded=200)
 @example(raw=b"[" * 50_000)
 @example(raw=b'{"expires_at": 1.0e400}')
 @example(raw=b'{"expires_at": -62135596800}')
@@ -184,7 +187,7 @@ _VALUES = json_values(max_leaves=6) | st.text(max_size=140) | st.sampled_from(["
 
 
 @given(data=st.data())
-@examples(bounded=150)
+@examples(bounded=100)
 def test_every_request_value_validates_any_field(data: st.DataObject) -> None:
     """Whatever values a transport decodes (JSON of any type, query strings, protobuf
     strings), each request is built or refused with InvalidRequestError; a built one holds
@@ -233,3 +236,28 @@ def test_every_request_value_validates_any_field(data: st.DataObject) -> None:
         lambda: WatchRequest.parse(environment_id=draw("environment_id"), after=draw("after"))
     )
     _accepted_or_refused(lambda: JwksRequest.parse(environment_id=draw("environment_id")))
+
+
+def _body_property(path: str, name: str) -> dict[str, Any]:
+    operation = openapi_document()["paths"][path]["post"]
+    schema: dict[str, Any] = operation["requestBody"]["content"]["application/json"]["schema"]
+    return dict(schema["properties"][name])
+
+
+@given(
+    text=st.text(alphabet="0123456789", min_size=1, max_size=13)
+    | st.integers(0, 10**13).map(str)
+    | st.text(max_size=13)
+)
+@examples(bounded=200)
+@example(text=str(times.LATEST))
+@example(text=str(times.LATEST + 1))
+@example(text="0" * 12)
+@example(text="1\n")
+def test_the_documented_shapes_are_the_parsers(text: str) -> None:
+    """The OpenAPI document's patterns (as JSON Schema reads them, the whole string) accept
+    exactly what the core accepts: a schema-valid request is never refused for its shape."""
+    expires_at = _body_property("/system/v1/signing-keys", "expires_at")["pattern"]
+    accepted = _accepted_or_refused(lambda: times.parse_unix(text, "expires_at")) is not None
+    assert (re.fullmatch(expires_at, text) is not None) == accepted
+    assert (re.fullmatch(ID_PATTERN, text) is not None) == is_valid_id(text)
