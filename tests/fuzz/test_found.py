@@ -3,12 +3,16 @@ HTTP server: the failures were the wire's)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+
 import aiohttp
 import pytest
 
 from service.core.requests import CreateKeyRequest, ImportKeyRequest
 from service.core.times import EPOCH
-from tests.support.service import Credentials
+from service.server import Server
+from tests.support.service import Credentials, errors_logged
 
 pytestmark = pytest.mark.fuzz
 
@@ -66,3 +70,27 @@ def test_a_whole_json_number_is_an_integer_time() -> None:
     for value in (1.5, float("inf"), -1.0, 1e300, True):
         with pytest.raises(ValueError, match="expires_at"):
             CreateKeyRequest.parse(expires_at=value)
+
+
+async def test_a_malformed_request_head_is_the_clients_mistake_not_an_error_log(
+    server: Server, log_stream: io.StringIO
+) -> None:
+    """aiohttp answers a head it cannot parse with 400 and logs it at error level with a
+    traceback whose message quotes the offending header line: any client could fill the
+    error log at will, and a bad byte in an Authorization header put its secret there."""
+    secret = "s3cr3t-" + "x" * 20
+    head = (
+        f"GET {KEYS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer skt_AAAAAAAAAAAAAAAA:{secret}"
+        "\x01\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+    try:
+        writer.write(head.encode("latin-1"))
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"400"
+    logged = log_stream.getvalue()
+    assert secret not in logged, logged[-2000:]
+    assert errors_logged(log_stream) == []
