@@ -117,7 +117,7 @@ def _as_upb_reads(message: betterproto.Message, twin: ProtobufMessage) -> None:
 
 
 @given(request=requests(_seeds(_KEY_ID, "a.b.c")))
-@examples(bounded=300)
+@examples(bounded=200)
 @example(request=("ImportSigningKey", b"\x1a\x01\x80"))  # bad UTF-8 in a string
 @example(request=("ListSigningKeys", b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"))  # -1
 @example(request=("GetSigningKey", b"\x12\x02id" * 3000))  # over the size limit
@@ -232,7 +232,7 @@ def damaged_fields(draw: st.DrawFn, seed: bytes, request_type: type[betterproto.
 
 
 @given(data=st.data())
-@examples(bounded=150)
+@examples(bounded=100)
 def test_every_decoded_request_ends_in_a_clean_status(
     world: World, runner: asyncio.Runner, data: st.DataObject
 ) -> None:

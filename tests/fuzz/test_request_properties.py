@@ -123,7 +123,7 @@ def mutated_jwks(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @given(jwk=mutated_jwks() | st.dictionaries(st.text(max_size=4), json_values(), max_size=6))
-@examples(bounded=100)
+@examples(bounded=60)
 @example(jwk={**JWKS[0], "p": "AQAB", "q": "AQAB"})  # RSA private parts without d
 @example(jwk={**JWKS[0], "e": "AQABAA"})  # a 2^24-ish exponent, not 65537
 @example(jwk={"kty": [[[[[[["RSA"]]]]]]]})
@@ -187,7 +187,7 @@ _VALUES = json_values(max_leaves=6) | st.text(max_size=140) | st.sampled_from(["
 
 
 @given(data=st.data())
-@examples(bounded=100)
+@examples(bounded=60)
 def test_every_request_value_validates_any_field(data: st.DataObject) -> None:
     """Whatever values a transport decodes (JSON of any type, query strings, protobuf
     strings), each request is built or refused with InvalidRequestError; a built one holds
@@ -249,7 +249,7 @@ def _body_property(path: str, name: str) -> dict[str, Any]:
     | st.integers(0, 10**13).map(str)
     | st.text(max_size=13)
 )
-@examples(bounded=200)
+@examples(bounded=150)
 @example(text=str(times.LATEST))
 @example(text=str(times.LATEST + 1))
 @example(text="0" * 12)
