@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
-.PHONY: help run test lint format proto bench bench-tools postgres node clean
+.PHONY: help run test lint format proto bench bench-tools postgres node clean fuzz
 
 help:
 	@echo "make run    - start the local three-region topology and the service"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint   - ruff (lint + format check) and mypy strict"
 	@echo "make proto  - regenerate the gRPC code from protos/"
 	@echo "make bench  - run the benchmarks under tests/perf/"
+	@echo "make fuzz   - the long fuzz run of tests/fuzz/ (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per operation/property)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,16 @@ $(DEPLOY_TOOLS): tests/deploy/tools-requirements.txt tests/deploy/tools.py $(STA
 
 test: $(STAMP) postgres $(JS_DEPS) $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long run of tests/fuzz/: schemathesis against the live API from its /openapi.json and
+# the Hypothesis properties of the parsers, FUZZ_EXAMPLES cases per API operation and per
+# property, from a fresh seed (printed; FUZZ_SEED=N replays schemathesis's). `make test`
+# runs the same tests bounded and derandomized.
+FUZZ_EXAMPLES ?= 1000
+FUZZ_SEED ?=
+fuzz: $(STAMP) postgres
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest tests/fuzz -m fuzz -s --timeout=0 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service harness tests

@@ -15,7 +15,6 @@ The transports bind the client's address to :data:`CLIENT_ADDRESS` for each requ
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import contextvars
 import hashlib
@@ -99,7 +98,9 @@ def parse_authorization(header: str | None) -> tuple[str, str]:
     if scheme.lower() == "basic":
         try:
             value = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:
+            # binascii.Error, UnicodeDecodeError, and the plain ValueError b64decode raises
+            # for a non-ASCII character (HTTP hands such a byte over as Latin-1 or UTF-8).
             raise UnauthenticatedError("malformed Basic credentials") from None
     elif scheme.lower() != "bearer":
         raise UnauthenticatedError("unsupported authorization scheme: use Basic or Bearer")

@@ -136,6 +136,15 @@ def no_private_material(**fields: object) -> None:
         crypto.refuse_private_material(value, name)
 
 
+def whole_number(value: object) -> object:
+    """A JSON number without a fraction (``1.0``, ``1e3``) as the integer it is: JSON does not
+    tell the two spellings apart, and neither does JSON Schema's ``integer`` (the OpenAPI
+    document's type for such fields). Anything else is returned as it came."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _idempotency_key(value: object) -> str | None:
     text = optional_text(value, IDEMPOTENCY_KEY)
     if text is not None and not _IDEMPOTENCY_KEY.fullmatch(text):
@@ -176,7 +185,7 @@ class CreateKeyRequest:
                 if algorithm is None
                 else crypto.parse_algorithm(algorithm),
                 name=optional_text(name, "name"),
-                expires_at=times.parse_unix(expires_at, "expires_at"),
+                expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
             ),
             idempotency_key=_idempotency_key(idempotency_key),
         )
@@ -216,7 +225,7 @@ class ImportKeyRequest:
         if not isinstance(public_key, str | dict):
             raise InvalidRequestError("public_key must be a PEM string or a JWK object")
         name_text = optional_text(name, "name")
-        expiry = times.parse_unix(expires_at, "expires_at")
+        expiry = times.parse_unix(whole_number(expires_at), "expires_at")
         KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
         return cls(
             environment_id=environment(environment_id),

@@ -33,6 +33,10 @@ from service.http.json import json_response
 log = structlog.get_logger(__name__)
 
 PREFIX: Final = "/system/v1/signing-keys"
+# One key: any segment but "import", whose path is the import route's alone. Without the
+# exclusion GET and DELETE of .../import would be a look-up of a key named "import", and a
+# 405 there would list them in Allow although the API documents only POST.
+KEY_PATH: Final = PREFIX + "/{id:(?!import$)[^{}/]+}"
 
 routes = web.RouteTableDef()
 
@@ -109,7 +113,7 @@ async def import_key(request: web.Request) -> web.Response:
     return with_consistency_token(json_response({"data": key_json(key)}, status=201))
 
 
-@routes.get(PREFIX + "/{id}")
+@routes.get(KEY_PATH)
 async def get_key(request: web.Request) -> web.Response:
     caller = await principal(request)
     key = await request.app[appkeys.KEYS].get(
@@ -138,7 +142,7 @@ async def get_public_key(request: web.Request) -> web.Response:
     )
 
 
-@routes.delete(PREFIX + "/{id}")
+@routes.delete(KEY_PATH)
 async def revoke_key(request: web.Request) -> web.Response:
     caller = await principal(request)
     await request.app[appkeys.KEYS].revoke(caller, key_ref(request))

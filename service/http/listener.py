@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter
 
 from service.core.auth import client_key
@@ -108,6 +110,30 @@ class GuardedConnection(asyncio.Protocol):
         self._transport.abort()
 
 
+class ProtocolLog:
+    """aiohttp's logger for one connection, minus its error log for a request head it cannot
+    parse: aiohttp answers that 400 itself, and logs it at error level with a traceback that
+    quotes the offending header line, so any client could fill the error log at will, and a
+    stray byte in an ``Authorization`` header put its secret in the log. Such a head is the
+    client's mistake: logged at debug, by its type only. Everything else goes to aiohttp's
+    logger unchanged."""
+
+    def __init__(self, inner: logging.Logger) -> None:
+        self._inner = inner
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        self._inner.debug(*args, **kwargs)
+
+    def exception(self, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            log.debug("http_bad_request_head", error_type=type(exc_info).__name__)
+            return
+        self._inner.exception(*args, exc_info=exc_info, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # any other logging call aiohttp may make
+        return getattr(self._inner, name)
+
+
 class ConnectionGuard:
     """The connections one HTTP listener holds, by client address, and their head deadlines.
 
@@ -147,7 +173,14 @@ class ConnectionGuard:
 
     def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], Any]:
         """A protocol factory for ``loop.create_server``: ``inner``'s protocol, guarded."""
-        return lambda: GuardedConnection(self, inner())
+
+        def guarded() -> GuardedConnection:
+            protocol = inner()
+            if isinstance(getattr(protocol, "logger", None), logging.Logger):
+                cast(Any, protocol).logger = ProtocolLog(cast(Any, protocol).logger)
+            return GuardedConnection(self, protocol)
+
+        return guarded
 
     async def serve(
         self,

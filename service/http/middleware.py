@@ -159,9 +159,13 @@ async def _handle(
             raise
         reason = exc.reason or "error"
         error_type = reason.lower().replace(" ", "_")
-        return error_response(
+        response = error_response(
             exc.status, error_type, [f"{reason}: {request.method} {request.path}"]
         )
+        if "Allow" in exc.headers:
+            # A 405 must say which methods the resource has (RFC 9110, 15.5.6).
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except asyncio.CancelledError:
         raise
     except Exception:

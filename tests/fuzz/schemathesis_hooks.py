@@ -1,0 +1,51 @@
+"""Schemathesis hooks for the OpenAPI fuzz run: the rules that JSON Schema cannot state
+portably, so that "a schema-valid request is accepted" and "a schema-invalid one is
+refused" stay checked promises everywhere else.
+
+Loaded by the ``hooks`` setting of ``tests/fuzz/schemathesis.toml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+IMPORT_OPERATION = "POST /system/v1/signing-keys/import"
+
+
+@schemathesis.hook
+def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
+    """A key's ``name`` must be printable text (``str.isprintable``: no control, format,
+    private-use, unassigned or separator character other than the space). The document's
+    pattern says the portable part (no C0/C1 controls, no line separators); the rest needs
+    Unicode categories, which an ECMA-262 pattern without flags cannot name. Such bodies
+    are dropped rather than sent as "valid"."""
+    name = body.get("name") if isinstance(body, dict) else None
+    return not isinstance(name, str) or name.isprintable()
+
+
+@schemathesis.hook
+def filter_headers(context: schemathesis.HookContext, headers: Any) -> bool:
+    """Whitespace around a header's value is not part of it (RFC 9110, 5.5): HTTP strips it
+    before the service reads the value, so ``Idempotency-Key: "k "`` arrives as the valid
+    ``k``, and a case sent as "invalid" would be a valid one. Such cases are dropped."""
+    values = headers.values() if isinstance(headers, dict) else ()
+    return not any(isinstance(value, str) and value != value.strip(" \t") for value in values)
+
+
+@schemathesis.hook
+def filter_failure(
+    context: schemathesis.HookContext,
+    failure: Any,
+    case: Any,
+    response: schemathesis.Response,
+) -> bool:
+    """Whether a PEM text or a JWK object is a usable public key is beyond JSON Schema: a
+    schema-valid import may be refused with 400. Every other check still applies to it."""
+    refused_import = (
+        case.operation.label == IMPORT_OPERATION
+        and response.status_code == 400
+        and type(failure).__name__ == "RejectedPositiveData"
+    )
+    return not refused_import
