@@ -111,6 +111,30 @@ _ENV_PARAMS = [
     _param("environment_id", "query", _ENVIRONMENT_CHOICE, required=False),
 ]
 _ID_PARAM = _param("id", "path", _ID, required=True)
+# Read your writes: a write answers a token; sent back, a request's reads see that write.
+_CONSISTENCY_TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{28}$"}
+_CONSISTENCY_CHOICE: Final = {
+    "type": "string",
+    "pattern": "^([A-Za-z0-9_-]{28})?$",
+    "description": "Empty is the same as absent.",
+}
+_CONSISTENCY_PARAM = _param(
+    "X-Consistency-Token",
+    "header",
+    _CONSISTENCY_CHOICE,
+    required=False,
+    description="A token a write answered with: this request's reads see that write. "
+    "Malformed, or from another database: 400 invalid_consistency_token.",
+)
+_WRITE_TOKEN: Final = {
+    "X-Consistency-Token": {
+        "description": "Send it back (on any instance) so that later reads see this write; "
+        "absent on CockroachDB, whose reads always do.",
+        "required": False,
+        "schema": _CONSISTENCY_TOKEN,
+    }
+}
+
 _STATUS_PARAM = _param(
     "status",
     "query",
@@ -369,7 +393,7 @@ def _key_op(
         responses,
         (*_AUTHENTICATED_ERRORS, *errors),
         security=_AUTH,
-        parameters=[*params, *_ENV_PARAMS],
+        parameters=[*params, *_ENV_PARAMS, _CONSISTENCY_PARAM],
         **extra,
     )
 
@@ -385,7 +409,7 @@ def openapi_document() -> dict[str, Any]:
             "/system/v1/signing-keys": {
                 "post": _key_op(
                     "Create a signing key; the private key is returned once.",
-                    {"201": _response("Created.", _data(_CREATED_KEY))},
+                    {"201": _response("Created.", _data(_CREATED_KEY), **_WRITE_TOKEN)},
                     (409,),
                     parameters=[idempotency],
                     requestBody=_json_body(_KEY_SPEC),
@@ -416,7 +440,7 @@ def openapi_document() -> dict[str, Any]:
             "/system/v1/signing-keys/import": {
                 "post": _key_op(
                     "Import a customer-supplied public key (PEM or JWK).",
-                    {"201": _response("Imported.", _data(key_ref))},
+                    {"201": _response("Imported.", _data(key_ref), **_WRITE_TOKEN)},
                     (409,),
                     parameters=[idempotency],
                     requestBody=_json_body(
@@ -441,7 +465,7 @@ def openapi_document() -> dict[str, Any]:
                 "delete": _key_op(
                     "Revoke (delete) a signing key; revoking twice is harmless. The record "
                     "stays, shown by get and list with status=revoked or status=all.",
-                    {"204": _response("Revoked.", {})},
+                    {"204": _response("Revoked.", {}, **_WRITE_TOKEN)},
                     (404,),
                     parameters=[_ID_PARAM],
                 ),
@@ -460,6 +484,7 @@ def openapi_document() -> dict[str, Any]:
                     {"200": _response("The verdict.", _data(_VERDICT))},
                     (*_AUTHENTICATED_ERRORS, *_BODY_ERRORS),
                     security=_AUTH,
+                    parameters=[_CONSISTENCY_PARAM],
                     requestBody=_json_body(
                         {
                             "token": {
@@ -515,6 +540,7 @@ def openapi_document() -> dict[str, Any]:
                     parameters=[
                         _param("environment_id", "path", _ID, required=True),
                         _param("If-None-Match", "header", required=False),
+                        _CONSISTENCY_PARAM,
                     ],
                 )
             },
