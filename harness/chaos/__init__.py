@@ -3,7 +3,7 @@
 Three service instances, one per region, under mixed load while a nemesis applies faults;
 every operation is recorded with its invocation and completion time, and the history is
 checked afterwards. ``make chaos`` runs it for ten minutes; ``tests/chaos/test_chaos.py``
-runs 60 s of it with the faults the service handles today.
+runs 90 s of it with the faults the service handles (every fault of the table today).
 
 - :mod:`harness.chaos.history` — the record (operations, faults, observations, final state)
   and its JSON form;

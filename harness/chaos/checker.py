@@ -476,8 +476,12 @@ def check_watch_lag(history: History, bounds: Bounds) -> tuple[list[Violation], 
     each acknowledged create (revoke), every subscriber live throughout the watch
     bound after the acknowledgement must have received an event carrying the key (carrying
     it revoked) by the end of that bound — before the acknowledgement counts too, as a
-    change may be visible before its writer hears back. Cannot know: delays shorter than the
-    bound, or anything about subscribers that were reconnecting (convergence covers those).
+    change may be visible before its writer hears back. The bound holds only while a
+    writable region was serving throughout it: with none (a switchover or failover under
+    way, every writer cut off), no region's data is young enough for the change feed, which
+    then waits rather than serve stale data; convergence still checks those changes. Cannot
+    know: delays shorter than the bound, or anything about subscribers that were
+    reconnecting (convergence covers those).
     """
     known = acknowledged(history)
     live = _live_watchers(history)
@@ -497,6 +501,8 @@ def check_watch_lag(history: History, bounds: Bounds) -> tuple[list[Violation], 
     ):
         for key, op in sorted(table.items(), key=lambda item: item[1].end):
             due = op.end + bounds.watch
+            if not _writer_serving(history, op.end, due):
+                continue
             for watcher, intervals in sorted(live.items()):
                 if not any(a <= op.end and due <= b for a, b in intervals):
                     continue
@@ -800,6 +806,20 @@ def _subtract(
         if y > b:
             out.append((b, y))
     return out
+
+
+def _writer_serving(history: History, start: float, end: float) -> bool:
+    """Whether one region was serving and writable throughout ``[start, end]`` (the change
+    feed's data is young only while some region writes heartbeats)."""
+    for region in history.meta.regions:
+        if not _serving(history, region, start, end):
+            continue
+        samples = [sample for sample in history.regions if sample.region == region]
+        before = [sample for sample in samples if sample.t <= start][-1:]
+        during = [sample for sample in samples if start < sample.t <= end]
+        if not samples or all(sample.writable for sample in [*before, *during]):
+            return True
+    return False
 
 
 def _serving(history: History, region: str, start: float, end: float) -> bool:

@@ -1,10 +1,9 @@
-"""Sixty seconds of chaos (issue 10) with the faults the service handles today.
+"""Ninety seconds of chaos (issue 10) with the faults the service handles.
 
 Three service instances (real processes, one per region) under mixed load while the nemesis
 applies the ``handled`` faults of the table at random, with a fixed seed; the checker must
-find no violation. Left out, and why (``make chaos`` runs it; the README lists what it
-finds): ``unfenced-old-primary`` — the service does not fence an old primary that comes
-back, so one instance reads stale data from it and its writes hang there.
+find no violation. Every fault of the table is handled today, the paused server, the cut
+replication link, the rogue promotion and the unfenced old primary included.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from harness.chaos.runner import RunOptions, run
 
 SEED = 20261202
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(170)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(260)]
 
 
 def _alive(pid: int) -> bool:
@@ -31,15 +30,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def test_sixty_seconds_of_handled_faults_leave_no_violation(tmp_path: Path) -> None:
+async def test_ninety_seconds_of_handled_faults_leave_no_violation(tmp_path: Path) -> None:
     options = RunOptions(
-        seconds=60,
+        # A round of the deck deals every kind once; the two that must hold 6-9 s (a rogue
+        # promotion, an unfenced old primary) make a round last about 70 s.
+        seconds=90,
         seed=SEED,
         faults=("handled",),
         out=tmp_path / "history.json",
         quiet=2.0,
         final_reads=50,
-        # Shorter than make chaos's, so that every kind of fault is dealt within the minute.
+        # Shorter than make chaos's, so that every kind of fault is dealt within the run.
         nemesis_gap=(0.5, 2.0),
         nemesis_duration=(1.5, 4.0),
     )

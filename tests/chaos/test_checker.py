@@ -446,6 +446,35 @@ def test_a_watcher_that_was_reconnecting_is_not_held_to_the_bound() -> None:
     assert check_watch_lag(history, BOUNDS)[0] == []
 
 
+def test_the_watch_bound_waits_while_no_writable_region_serves() -> None:
+    """A switchover under way: the writer is stopped, the change feed finds no young data
+    anywhere. The bound resumes once a writer serves again."""
+    history = new_history(final={"k1": "active", "k2": "active"})
+    history.regions = [
+        RegionSample(t=0.0, region="a", reachable=True, writable=True),
+        RegionSample(t=0.0, region="b", reachable=True, writable=False, streaming=True),
+    ]
+    history.faults.append(
+        FaultRecord(
+            index=0,
+            name="switchover",
+            target=None,
+            started=1.2,
+            applied=2.5,
+            healing=4.0,
+            healed=4.0,
+            unavailable=["a"],
+        )
+    )
+    watch_session(history, "w", 0.0, 30.0)
+    create(history, "k1", 1.0, 1.1)
+    event(history, "w", 3.8, "k1", "active")  # 2.7 s: no writer served in between
+    assert check_watch_lag(history, BOUNDS)[0] == []
+    create(history, "k2", 10.0, 10.1)
+    event(history, "w", 13.0, "k2", "active")  # a writer served throughout: late
+    assert kinds(check_watch_lag(history, BOUNDS)[0]) == ["watch_lag"]
+
+
 def test_a_watch_replica_that_differs_from_the_final_state_diverges() -> None:
     history = new_history(final={"k1": "revoked", "k2": "active"})
     history.final.replicas = {"w": {"k1": "active", "k3": "active"}}
