@@ -49,13 +49,13 @@ def synthetic() -> Report:
     report.rows.append(
         ratio_row(
             "HTTP verify <RS256> & co",
-            [30_000.0],
+            [30_000.0, 31_000.0, 14_000.0],
             bare,
             p50_ms=1.0,
             p99_ms=2.0,
             target=">= 0.7",
-            correct=False,
-            note="1 wrong run(s)",
+            correct_runs=[False, False, True],
+            note="2 wrong run(s)",
         )
     )
     report.rows.append(
@@ -86,8 +86,10 @@ def test_ratio_is_median_over_baseline_median() -> None:
 
 def test_a_wrong_answer_counts_as_zero_whatever_its_speed() -> None:
     row = synthetic().row("HTTP verify <RS256> & co")
-    assert row.rps == 0.0
+    assert row.runs == (0.0, 0.0, 14_000.0)
+    assert row.rps == 0.0  # the median of two zeroed fast runs and one right one
     assert row.ratio == 0.0
+    assert not row.correct
     assert row.meets_target is False
 
 

@@ -23,8 +23,8 @@ SCHEMA = "signing-keys-bench/1"
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One scenario's medians. ``correct`` false means a load run saw a wrong status or a
-    wrong body: its rate then counts as zero, whatever the load generator measured."""
+    """One scenario's medians. ``correct`` false means some load run saw a wrong status or
+    a wrong body: that run's rate counts as zero, whatever the load generator measured."""
 
     scenario: str
     rps: float | None
@@ -84,12 +84,14 @@ def ratio_row(
     p50_ms: float | None,
     p99_ms: float | None,
     target: str | None = None,
-    correct: bool = True,
+    correct_runs: Sequence[bool] | None = None,
     note: str = "",
 ) -> Row:
-    """A service row: the median of its rates, divided by its baseline's median. A wrong
-    answer makes the rate (and so the ratio) zero."""
-    rps = median(rates) if correct else 0.0
+    """A service row: the median of its runs' rates, divided by its baseline's median. A run
+    with a wrong (or failed) answer counts as zero, however fast it was."""
+    correct = list(correct_runs) if correct_runs is not None else [True] * len(rates)
+    counted = [rate if ok else 0.0 for rate, ok in zip(rates, correct, strict=True)]
+    rps = median(counted)
     ratio = rps / baseline.rps if baseline.rps else None
     return Row(
         scenario,
@@ -99,8 +101,8 @@ def ratio_row(
         baseline=baseline.scenario,
         ratio=ratio,
         target=target,
-        correct=correct,
-        runs=tuple(rates),
+        correct=all(correct),
+        runs=tuple(counted),
         note=note,
     )
 
@@ -133,14 +135,16 @@ def _ratio_text(row: Row) -> str:
     return f"{row.ratio:.2f}x{suffix}"
 
 
-def _verdict(row: Row) -> str:
+def _verdict(row: Row, width: int = 110) -> str:
+    """The last column: target verdict and note, cut to ``width`` (the JSON has it all)."""
     if not row.correct:
-        return f"WRONG OR FAILED ANSWERS, rate counted as 0: {row.note}"
-    meets = row.meets_target
-    if meets is None:
-        return row.note
-    verdict = "meets target" if meets else "misses target"
-    return f"{verdict}; {row.note}" if row.note else verdict
+        text = f"WRONG OR FAILED ANSWERS (such runs count as 0): {row.note}"
+    elif row.meets_target is None:
+        text = row.note
+    else:
+        verdict = "meets target" if row.meets_target else "misses target"
+        text = f"{verdict}; {row.note}" if row.note else verdict
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def render_table(report: Report) -> str:
