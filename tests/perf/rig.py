@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,13 +138,13 @@ class Rig:
 
     @contextmanager
     def service(
-        self, *, direct: bool = True, wrapper: Sequence[str] = ()
+        self, *, direct: bool = True, ready_within: float = 60.0
     ) -> Iterator[ServiceProcess]:
         """A ``serve`` process from this checkout, ready (``/readyz`` 200) when yielded."""
         http_port, grpc_port = free_port(), free_port()
         env = self.env(direct=direct, http_port=http_port, grpc_port=grpc_port)
         proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "service.cli", "serve"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -152,7 +152,7 @@ class Rig:
         )
         service = ServiceProcess(proc, http_port, grpc_port)
         try:
-            wait_for_http(f"{service.base}/readyz")
+            wait_for_http(f"{service.base}/readyz", ready_within)
             yield service
         finally:
             proc.terminate()
