@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -68,6 +69,7 @@ from tests.perf.rig import (
 VERIFY_PATH = "/signingkeys.v1.SigningKeys/VerifyToken"
 MEMORY_ENVIRONMENT = "env-bench-memory"
 CREATION_RATE = 5.0
+JWKS_SETTLE = 4.0  # twice the default request deadline
 CREATION_CONNECTIONS = 8
 
 
@@ -103,6 +105,10 @@ class Scenario:
     run: Callable[[], Awaitable[Sample]]
     baseline: str | None = None
     target: str | None = None
+    # Seconds to wait after a run: the service finishes requests whose clients have gone
+    # (wrk closes its connections at the end), and a slow scenario's tail would otherwise
+    # land on the next one. The request deadline bounds that tail.
+    settle: float = 0.0
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -284,6 +290,13 @@ class Bench:
                     ">= 0.6" if algorithm == "RS256" else None,
                 )
             )
+        list_url = f"{service.base}/system/v1/signing-keys?environment_id={ENVIRONMENT}"
+
+        def list_check(status: int, body: bytes) -> bool:
+            data = (_json(body) or {}).get("data")
+            return status == 200 and isinstance(data, list) and len(data) >= len(ALGORITHMS)
+
+        add(Scenario("HTTP list keys (page of 25)", on_wrk(self.http(list_url, list_check)), small))
         jwks_url = f"{service.base}/v1/environments/{JWKS_ENVIRONMENT}/jwks.json"
         count = self.options.jwks_keys
 
@@ -296,6 +309,7 @@ class Bench:
                 on_wrk(self.http(jwks_url, jwks_check)),
                 jwks_bare,
                 ">= 0.5",
+                settle=JWKS_SETTLE,
             )
         )
         add(
@@ -304,15 +318,9 @@ class Bench:
                 on_wrk(self.http(jwks_url, lambda s, b: s == 304, headers={"If-None-Match": etag})),
                 small,
                 ">= 0.7",
+                settle=JWKS_SETTLE,
             )
         )
-        list_url = f"{service.base}/system/v1/signing-keys?environment_id={ENVIRONMENT}"
-
-        def list_check(status: int, body: bytes) -> bool:
-            data = (_json(body) or {}).get("data")
-            return status == 200 and isinstance(data, list) and len(data) >= len(ALGORITHMS)
-
-        add(Scenario("HTTP list keys (page of 25)", on_wrk(self.http(list_url, list_check)), small))
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -323,11 +331,13 @@ class Bench:
         (``/readyz``), would otherwise fail or slow the next scenario."""
         for scenario in self.scenarios:
             await scenario.run()
+            await asyncio.sleep(scenario.settle)
             await _drain(drain)
         for number in range(self.options.rounds):
             started = time.monotonic()
             for scenario in self.scenarios:
                 sample = await scenario.run()
+                await asyncio.sleep(scenario.settle)
                 await _drain(drain)
                 scenario.samples.append(sample)
                 if not sample.correct:
@@ -706,6 +716,8 @@ def main() -> int:
             print(f"{tool} is missing: `make bench-tools` (apt-get install wrk nghttp2-client)")
             return 1
     options = Options.from_env(dict(os.environ))
+    # SIGTERM unwinds like Ctrl-C, so the topology and the servers are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # The topology's own progress lines would bury the table.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(
