@@ -69,6 +69,24 @@ def rss_kib(pid: int) -> dict[str, int]:
     return figures
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, *, busy_below: float = 0.15, timeout: float = 120.0) -> None:
+    """Until the process uses less than ``busy_below`` of a core over half a second: the
+    service keeps working on requests whose clients have left (aiohttp does not cancel
+    them), and CPU-bound work (a large JWKS) does not even notice its deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < busy_below * 0.5:
+            return
+
+
 def metric(url: str, name: str) -> float | None:
     with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():

@@ -64,6 +64,7 @@ from tests.perf.rig import (
     rss_kib,
     topology,
     wait_for_http,
+    wait_idle,
 )
 
 VERIFY_PATH = "/signingkeys.v1.SigningKeys/VerifyToken"
@@ -324,21 +325,22 @@ class Bench:
 
     # -- rounds ------------------------------------------------------------------------------
 
-    async def load_rounds(self, drain: list[str]) -> None:
+    async def load_rounds(self, drain: list[str], pids: list[int]) -> None:
         """A discarded warm-up run of every scenario (pools, caches, allocator), then the
-        rounds. After each run, ``drain`` URLs must answer 200: a server still working through
-        the last run's queue, or whose router still counts regions down after a slow run
-        (``/readyz``), would otherwise fail or slow the next scenario."""
+        rounds. After each run, the servers (``pids``) must be idle and ``drain`` URLs must
+        answer 200: a server still working through the last run's abandoned requests, or
+        whose router still counts regions down after a slow run (``/readyz``), would
+        otherwise fail or slow the next scenario."""
         for scenario in self.scenarios:
             await scenario.run()
             await asyncio.sleep(scenario.settle)
-            await _drain(drain)
+            await _drain(drain, pids)
         for number in range(self.options.rounds):
             started = time.monotonic()
             for scenario in self.scenarios:
                 sample = await scenario.run()
                 await asyncio.sleep(scenario.settle)
-                await _drain(drain)
+                await _drain(drain, pids)
                 scenario.samples.append(sample)
                 if not sample.correct:
                     print(f"  WRONG {scenario.name}: {sample}", flush=True)
@@ -582,7 +584,9 @@ async def _phase(report: Report, name: str, work: Coroutine[Any, Any, None]) -> 
     print(f"  {name}: {time.monotonic() - started:.0f}s", flush=True)
 
 
-async def _drain(urls: list[str]) -> None:
+async def _drain(urls: list[str], pids: list[int]) -> None:
+    for pid in pids:
+        await asyncio.to_thread(wait_idle, pid)
     for url in urls:
         await asyncio.to_thread(wait_for_http, url, 120.0)
 
@@ -692,7 +696,9 @@ async def run(options: Options) -> Report:
                 await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{http_port}/small")
                 bare_base = f"http://127.0.0.1:{http_port}"
                 bench.define(service, bare_base, grpc_port, etag)
-                await bench.load_rounds([f"{service.base}/readyz", f"{bare_base}/small"])
+                await bench.load_rounds(
+                    [f"{service.base}/readyz", f"{bare_base}/small"], [service.pid, bare.pid]
+                )
             finally:
                 bare.terminate()
                 await bare.wait()
