@@ -12,7 +12,10 @@ import pytest
 
 from tests.perf.loads import Sample, log_percentiles, parse_h2load, parse_wrk
 from tests.perf.report import (
+    MET,
+    MISSED,
     SCHEMA,
+    WRONG,
     NotMeasured,
     Report,
     Row,
@@ -140,9 +143,12 @@ def test_svg_is_well_formed_with_one_bar_per_ratio(tmp_path: Path) -> None:
     bars = [r for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     assert len(bars) == 4
     widths = {bar.find(f"{SVG}title").text: float(bar.get("width", "0")) for bar in bars}  # type: ignore[union-attr]
-    # A longer ratio draws a longer bar; the wrong row is red.
+    # A longer ratio draws a longer bar; the colour says target met, missed or wrong.
     assert widths["0.75x of bare aiohttp, small JSON"] > widths["0.07x of bare aiohttp, small JSON"]
-    assert any(bar.get("fill") == "#c0392b" for bar in bars)
+    fills = {bar.find(f"{SVG}title").text: bar.get("fill") for bar in bars}  # type: ignore[union-attr]
+    assert fills["0.00x of bare aiohttp, small JSON"] == WRONG
+    assert fills["0.07x of bare aiohttp, small JSON"] == MISSED
+    assert fills["0.75x of bare aiohttp, small JSON"] == MET
     assert render_svg(synthetic()) == path.read_text()
 
 

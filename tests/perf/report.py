@@ -214,6 +214,7 @@ def write_json(report: Report, path: Path) -> None:
 
 # -- SVG -------------------------------------------------------------------------------------
 
+WRONG, MISSED, MET = "#c0392b", "#e67e22", "#2e86c1"
 BAR_HEIGHT = 18
 GAP = 6
 LABEL_WIDTH = 260
@@ -222,8 +223,9 @@ MARGIN = 10
 
 
 def render_svg(report: Report) -> str:
-    """A horizontal bar per row that has a ratio; a dashed line at each row's target; rows
-    whose answers were wrong drawn as zero in red. Plain SVG: no library needed."""
+    """A horizontal bar per row that has a ratio, a dashed line at its target: blue meets
+    it, orange misses it, red had wrong answers (counted as zero). Plain SVG: a dozen lines
+    do not need a plotting library."""
     rows = [row for row in report.rows if row.ratio is not None]
     top = 2 * BAR_HEIGHT + MARGIN
     height = top + len(rows) * (BAR_HEIGHT + GAP) + 2 * MARGIN
@@ -236,6 +238,9 @@ def render_svg(report: Report) -> str:
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{MARGIN}" y="{BAR_HEIGHT}" font-weight="bold">'
         f"{escape(f'ratio to the same-run baseline ({report.mode}, {report.started})')}</text>",
+        f'<text x="{width - MARGIN}" y="{BAR_HEIGHT}" text-anchor="end">'
+        f'<tspan fill="{MET}">meets target</tspan> · <tspan fill="{MISSED}">misses</tspan> · '
+        f'<tspan fill="{WRONG}">wrong answers</tspan> · dashed: target</text>',
     ]
     one = LABEL_WIDTH + scale
     parts.append(
@@ -247,7 +252,7 @@ def render_svg(report: Report) -> str:
         y = top + index * (BAR_HEIGHT + GAP)
         ratio = row.ratio or 0.0
         meets = row.meets_target
-        colour = "#c0392b" if not row.correct or meets is False else "#2e86c1"
+        colour = WRONG if not row.correct else MISSED if meets is False else MET
         parts.append(
             f'<text x="{LABEL_WIDTH - 6}" y="{y + BAR_HEIGHT - 5}" text-anchor="end">'
             f"{escape(row.scenario)}</text>"
