@@ -75,10 +75,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def background_cpu(pid: int, seconds: float = 2.0) -> float:
+    """The share of a core a process uses with no load on it (its pollers and probes)."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
 def wait_idle(pid: int, *, busy_below: float = 0.15, timeout: float = 120.0) -> None:
     """Until the process uses less than ``busy_below`` of a core over half a second: the
     service keeps working on requests whose clients have left (aiohttp does not cancel
-    them), and CPU-bound work (a large JWKS) does not even notice its deadline."""
+    them), and CPU-bound work (a large JWKS) does not even notice its deadline. Pass its
+    :func:`background_cpu` plus a margin when it is busy on its own."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         before = cpu_seconds(pid)

@@ -60,6 +60,7 @@ from tests.perf.rig import (
     ROOT,
     Rig,
     ServiceProcess,
+    background_cpu,
     free_port,
     rss_kib,
     topology,
@@ -344,16 +345,20 @@ class Bench:
         answer 200: a server still working through the last run's abandoned requests, or
         whose router still counts regions down after a slow run (``/readyz``), would
         otherwise fail or slow the next scenario."""
+        idle = {pid: await asyncio.to_thread(background_cpu, pid) + 0.15 for pid in pids}
+        self.report.machine["service CPU with no load (share of a core)"] = round(
+            idle[pids[0]] - 0.15, 2
+        )
         for scenario in self.scenarios:
             await scenario.run()
             await asyncio.sleep(scenario.settle)
-            await _drain(drain, pids)
+            await _drain(drain, idle)
         for number in range(self.options.rounds):
             started = time.monotonic()
             for scenario in self.scenarios:
                 sample = await scenario.run()
                 await asyncio.sleep(scenario.settle)
-                await _drain(drain, pids)
+                await _drain(drain, idle)
                 scenario.samples.append(sample)
                 if not sample.correct:
                     print(f"  WRONG {scenario.name}: {sample}", flush=True)
@@ -597,9 +602,9 @@ async def _phase(report: Report, name: str, work: Coroutine[Any, Any, None]) -> 
     print(f"  {name}: {time.monotonic() - started:.0f}s", flush=True)
 
 
-async def _drain(urls: list[str], pids: list[int]) -> None:
-    for pid in pids:
-        await asyncio.to_thread(wait_idle, pid)
+async def _drain(urls: list[str], idle: dict[int, float]) -> None:
+    for pid, busy_below in idle.items():
+        await asyncio.to_thread(functools.partial(wait_idle, pid, busy_below=busy_below))
     for url in urls:
         await asyncio.to_thread(wait_for_http, url, 120.0)
 
