@@ -11,14 +11,15 @@ PYTEST_ARGS ?=
 
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
-.PHONY: help run test lint format proto bench bench-tools postgres node clean fuzz
+.PHONY: help run test lint format proto bench bench-tools profile postgres node clean fuzz
 
 help:
 	@echo "make run    - start the local three-region topology and the service"
 	@echo "make test   - install what the tests need and run them"
 	@echo "make lint   - ruff (lint + format check) and mypy strict"
 	@echo "make proto  - regenerate the gRPC code from protos/"
-	@echo "make bench  - run the benchmarks under tests/perf/"
+	@echo "make bench  - the benchmark table under tests/perf/ (BENCH_QUICK=1: a few minutes)"
+	@echo "make profile - where the hot paths' time goes (py-spy)"
 	@echo "make fuzz   - the long fuzz run of tests/fuzz/ (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per operation/property)"
 
 $(STAMP): pyproject.toml
@@ -98,8 +99,14 @@ bench-tools:
 		echo "wrk and h2load are missing: run 'sudo apt-get install -y wrk nghttp2-client'" >&2; exit 1; \
 	fi
 
+# One table (scenario, req/s, p50, p99, baseline, ratio), also written as JSON and an SVG
+# chart under bench-results/. BENCH_QUICK=1 for a run of a few minutes; see tests/perf/suite.py.
 bench: $(STAMP) postgres bench-tools
 	$(BIN)/python -m tests.perf
+
+# py-spy samples the service while one hot path is loaded at a time; prints the top frames.
+profile: $(STAMP) postgres bench-tools
+	$(BIN)/python -m tests.perf.profile
 
 # Jepsen-style chaos test (harness/chaos/): three instances under mixed load, a nemesis of
 # every fault the harness offers, the history checked afterwards. Exits non-zero on any

@@ -1,27 +1,14 @@
-"""``make bench``: every benchmark under tests/perf, each printing its figures and ratios."""
+"""``make bench``: the one-table benchmark (tests/perf/suite.py).
+
+The older single-purpose benchmarks still run alone: ``python -m tests.perf.grpc_bench``
+(GetSigningKey against betterproto and upb floors) and ``python -m tests.perf.b64_bench``.
+"""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 
-import tests.perf
-
-
-def main() -> int:
-    names = sorted(
-        info.name
-        for info in pkgutil.iter_modules(tests.perf.__path__)
-        if info.name.endswith("_bench")
-    )
-    failures = 0
-    for name in names:
-        print(f"\n=== {name} ===", flush=True)
-        module = importlib.import_module(f"tests.perf.{name}")
-        failures += 1 if module.main() else 0
-    return 1 if failures else 0
-
+from tests.perf import suite
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite.main())
