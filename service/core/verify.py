@@ -201,7 +201,9 @@ class TokenVerifier:
             and scope.required is not None
             and self._misses.take(principal.token_id)
         ):
-            return await self._look_up(kid)
+            # No region at or past the token's position: say so (503, retry), rather than
+            # answer unknown_key for a key the caller knows was written.
+            return await self._look_up(kid, unavailable_is_unknown=False)
         cached = self._cache.get(kid)
         if cached is not None:
             return cached
@@ -213,11 +215,13 @@ class TokenVerifier:
             return None
         return await self._look_up(kid)
 
-    async def _look_up(self, kid: str) -> CachedKey | None:
+    async def _look_up(self, kid: str, *, unavailable_is_unknown: bool = True) -> CachedKey | None:
         self._metrics.key_lookups.inc()
         try:
             record = await self._records.get(kid)
         except RegionUnavailableError:
+            if not unavailable_is_unknown:
+                raise
             return None
         if record is None:
             self._cache.mark_unknown(kid)

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_private_key
 
-from service.core import crypto
+from service.core import consistency, crypto
 from service.core.changes import ChangeFeed
+from service.core.consistency import CommitPosition, encode_token
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.metrics import CoreMetrics
@@ -664,3 +665,19 @@ def test_forged_segments_are_base64url_json() -> None:
     """The handmade tokens above are well-formed where they mean to be."""
     header = handmade({"alg": "EdDSA", "kid": "k"}, {"exp": 1}).split(".")[0]
     assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "EdDSA", "kid": "k"}
+
+
+async def test_a_token_whose_write_no_region_can_show_is_unavailable_not_unknown(
+    world: World,
+) -> None:
+    """With a consistency token the verifier asks the database, not the cache; when no
+    region can answer at or past the token, the caller hears "try again" (503), not
+    ``unknown_key`` for a key it knows was written (the chaos checker saw exactly that)."""
+    created = await world.key()
+    token = world.sign(created)
+    consistency.bind(encode_token(CommitPosition("7301234567890123456", 1, 1)))
+    world.records.unavailable = True
+    with pytest.raises(RegionUnavailableError):
+        await world.verify(token)
+    consistency.bind(None)  # without a token the cache answers, as before
+    assert (await world.verify(token)).valid
