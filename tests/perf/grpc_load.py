@@ -14,31 +14,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 
+from tests.perf.loads import RawCodec
+
 PATH = "/signingkeys.v1.SigningKeys/GetSigningKey"
-
-
-class _Raw(CodecBase):
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return data
 
 
 async def load(
     port: int, body: bytes, authorization: str, duration: float, concurrency: int
 ) -> dict[str, float]:
     message = body[5:]  # drop the gRPC frame prefix: grpclib adds its own
-    channel = Channel("127.0.0.1", port, codec=_Raw())
+    channel = Channel("127.0.0.1", port, codec=RawCodec())
     ok = failed = 0
     stop = time.monotonic() + duration
 

@@ -72,7 +72,7 @@ class GrpcCase:
     check: Callable[[bytes], bool]
 
 
-class _Raw(CodecBase):
+class RawCodec(CodecBase):
     """grpclib codec passing bytes through: the sampler checks replies with upb itself."""
 
     __content_subtype__ = "proto"
@@ -248,7 +248,7 @@ async def h2load(case: GrpcCase, seconds: float) -> Sample:
 async def _sample_grpc(case: GrpcCase, stop: asyncio.Event) -> tuple[int, int, str]:
     count = bad = 0
     first_bad = ""
-    channel = Channel("127.0.0.1", case.port, codec=_Raw())
+    channel = Channel("127.0.0.1", case.port, codec=RawCodec())
     try:
         while not stop.is_set():
             count += 1

@@ -651,7 +651,7 @@ async def _grpc_reply(port: int, message: bytes, authorization: str) -> bytes:
     from grpclib.client import Channel
     from grpclib.const import Cardinality
 
-    channel = Channel("127.0.0.1", port, codec=loads._Raw())
+    channel = Channel("127.0.0.1", port, codec=loads.RawCodec())
     try:
         async with channel.request(
             GET_KEY_PATH,
