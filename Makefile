@@ -115,10 +115,11 @@ CHAOS_SECONDS ?= 600
 CHAOS_SEED ?= $(shell date +%s)
 CHAOS_FAULTS ?= all
 CHAOS_OUT ?= $(or $(TMPDIR),/tmp)/signing-keys-chaos-$(CHAOS_SEED).json
+CHAOS_LOGS ?= $(or $(TMPDIR),/tmp)/signing-keys-chaos-$(CHAOS_SEED)-logs
 .PHONY: chaos
 chaos: $(STAMP) postgres
 	$(BIN)/python -m harness.chaos run --seconds $(CHAOS_SECONDS) --seed $(CHAOS_SEED) \
-		--faults $(CHAOS_FAULTS) --out $(CHAOS_OUT)
+		--faults $(CHAOS_FAULTS) --out $(CHAOS_OUT) --logs $(CHAOS_LOGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
