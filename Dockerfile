@@ -14,11 +14,11 @@
 # Checked by tests/deploy/test_dockerfile.py (parsed with BuildKit's own parser, hadolint);
 # no image is built by the test suite.
 
-# A fixed Python release. Pin it by digest for reproducible builds:
-#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
-# (the digest of the image your registry serves; none is committed here: none could be
-# checked from where this file was written).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# A fixed Python release, pinned by digest for reproducible builds: the multi-arch index
+# Docker Hub published for python:3.11.15-slim-bookworm (built 2026-08-05; amd64 and arm64
+# among its platforms). A digest never moves; to take a newer base, change both together:
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.N-slim-bookworm@sha256:<digest> .
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 
 # --- build: install the package and its dependencies into a virtualenv -------------------
 FROM ${PYTHON_IMAGE} AS build
