@@ -37,6 +37,7 @@ from service.core.requests import (
 from service.core.times import EARLIEST, LATEST
 from service.core.verify import REASONS
 from service.errors import ServiceError
+from service.http.errors import WWW_AUTHENTICATE
 from service.settings import Settings
 
 
@@ -153,16 +154,33 @@ _ENVIRONMENT_CHOICE: Final = {
     "maxLength": 128,
     "description": "An environment id; empty is the same as absent.",
 }
+_CONFLICT: Final = (
+    " The header, the query parameter and the body's or path's environment_id, when more "
+    "than one is given, must name the same environment: else 400."
+)
 _ENV_PARAMS = [
     _param(
         "X-Environment-Id",
         "header",
         _ENVIRONMENT_CHOICE,
         required=False,
-        description="The environment; needed only when the token covers several.",
+        description="The environment; needed only when the token covers several." + _CONFLICT,
     ),
-    _param("environment_id", "query", _ENVIRONMENT_CHOICE, required=False),
+    _param(
+        "environment_id",
+        "query",
+        _ENVIRONMENT_CHOICE,
+        required=False,
+        description="The environment, as X-Environment-Id." + _CONFLICT,
+    ),
 ]
+_LOCATION: Final = {
+    "Location": {
+        "description": "The key's path (its get).",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^/system/v1/signing-keys/[^/]+$"},
+    }
+}
 _ID_PARAM = _param("id", "path", _ID, required=True)
 # Read your writes: a write answers a token; sent back, a request's reads see that write.
 _CONSISTENCY_TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{28}$"}
@@ -439,15 +457,29 @@ _ERROR: Final = _object(
             "items": {"type": "string"},
             "description": "What failed, for people (never a secret).",
         },
+        "request_id": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,64}$",
+            "description": "The request's id, as in the X-Request-Id header.",
+        },
     },
-    ["type", "messages"],
-    description="An error: a machine-readable type and human messages.",
-    example={"type": "not_found", "messages": ["signing key not found"]},
+    description="An error: a machine-readable type, human messages, the request's id.",
+    example={
+        "type": "not_found",
+        "messages": ["signing key not found"],
+        "request_id": "5f0c2a9e81d4b7c3",
+    },
 )
 _ERROR_BODY: Final = _object(
     {"error": _ref("Error")},
     description="Every error answer's body.",
-    example={"error": {"type": "not_found", "messages": ["signing key not found"]}},
+    example={
+        "error": {
+            "type": "not_found",
+            "messages": ["signing key not found"],
+            "request_id": "5f0c2a9e81d4b7c3",
+        }
+    },
 )
 
 
@@ -565,9 +597,9 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
         "Missing or wrong credentials.",
         {
             "WWW-Authenticate": {
-                "description": "The schemes the service accepts.",
+                "description": "The schemes the service accepts: Basic and Bearer.",
                 "required": True,
-                "schema": {"type": "string", "const": 'Basic realm="signing-keys"'},
+                "schema": {"type": "string", "const": WWW_AUTHENTICATE},
             }
         },
     ),
@@ -686,7 +718,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": _key_op(
                     "createSigningKey",
                     "Create a signing key; the private key is returned once.",
-                    {"201": _ok("Created.", "CreatedSigningKeyResponse", **_WRITE_TOKEN)},
+                    {
+                        "201": _ok(
+                            "Created.", "CreatedSigningKeyResponse", **_WRITE_TOKEN, **_LOCATION
+                        )
+                    },
                     (409,),
                     parameters=[idempotency],
                     requestBody=_request_body("CreateSigningKeyRequest", required=False),
@@ -721,7 +757,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": _key_op(
                     "importSigningKey",
                     "Import a customer-supplied public key (PEM or JWK).",
-                    {"201": _ok("Imported.", "SigningKeyResponse", **_WRITE_TOKEN)},
+                    {"201": _ok("Imported.", "SigningKeyResponse", **_WRITE_TOKEN, **_LOCATION)},
                     (409,),
                     parameters=[idempotency],
                     requestBody=_request_body("ImportSigningKeyRequest", required=True),
@@ -761,7 +797,7 @@ def openapi_document() -> dict[str, Any]:
                     {"200": _ok("The verdict.", "VerdictResponse")},
                     (*_AUTHENTICATED_ERRORS, *_BODY_ERRORS),
                     security=_AUTH,
-                    parameters=[_CONSISTENCY_PARAM],
+                    parameters=[*_ENV_PARAMS, _CONSISTENCY_PARAM],
                     requestBody=_request_body("VerifyTokenRequest", required=True),
                 )
             },
@@ -784,6 +820,8 @@ def openapi_document() -> dict[str, Any]:
                             required=False,
                             description="ETags of sets the caller holds: 304 if current.",
                         ),
+                        # The header only: a query parameter would share the path's name.
+                        _ENV_PARAMS[0],
                         _CONSISTENCY_PARAM,
                     ],
                 )
