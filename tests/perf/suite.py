@@ -62,6 +62,7 @@ from tests.perf.rig import (
     Rig,
     ServiceProcess,
     background_cpu,
+    cpu_seconds,
     free_port,
     rss_kib,
     topology,
@@ -531,10 +532,16 @@ class Bench:
             for case, _ in cases:  # warm-up, not counted
                 await loads.wrk(case, self.options.seconds)
                 await _drain(drain, idle)
+            busy = dict.fromkeys(pids, 0.0)  # CPU seconds each process spent under load
             for _ in range(self.options.rounds):
                 for case, samples in cases:
+                    before = {pid: cpu_seconds(pid) for pid in pids}
                     samples.append(await loads.wrk(case, self.options.seconds))
+                    for pid in pids:
+                        busy[pid] += cpu_seconds(pid) - before[pid]
                     await _drain(drain, idle)
+            loaded = self.options.rounds * self.options.seconds
+            shares = [busy[pid] / loaded for pid in pids]
         one_name = "HTTP verify RS256, 1 worker"
         one_row = Row(
             one_name,
@@ -554,7 +561,11 @@ class Bench:
                 p99_ms=_median_of([s.p99_ms for s in two_workers]),
                 target=">= 1.6",
                 correct_runs=[s.correct for s in two_workers],
-                note=f"wrk and PostgreSQL share the machine's {os.cpu_count()} cores",
+                note=(
+                    f"cores busy while loaded: 1 worker {shares[0]:.2f}, 2 workers "
+                    f"{' + '.join(f'{share:.2f}' for share in shares[1:])}; wrk and "
+                    f"PostgreSQL share the machine's {os.cpu_count()} cores"
+                ),
             )
         )
 
