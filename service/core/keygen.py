@@ -29,7 +29,8 @@ from typing import Final
 
 import structlog
 
-from service.core.crypto import Algorithm, KeyPair, generate_key_pair
+from service.core import crypto
+from service.core.crypto import Algorithm, KeyPair
 from service.errors import DependencyError
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class KeyGenerator:
             log.warning("keygen_at_capacity", pending=self._pending, algorithm=algorithm)
             raise DependencyError(AT_CAPACITY.format(pending=self._pending))
         loop = asyncio.get_running_loop()
-        submitted = self._executor.submit(generate_key_pair, algorithm)
+        submitted = self._executor.submit(crypto.generate_key_pair, algorithm)
         self._pending += 1
         # Counted until the thread is done with it, not until the caller stops waiting: a
         # caller that gives up cannot stop a generation already running, and the bound is

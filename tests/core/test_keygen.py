@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.core import crypto, keygen
+from service.core import crypto
 from service.core.keygen import KeyGenerator
 from service.errors import DependencyError
 from service.http.errors import service_error_response
@@ -33,7 +33,7 @@ def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
         assert release.wait(30), "the test never released the generation"
         return real(algorithm)
 
-    monkeypatch.setattr(keygen, "generate_key_pair", blocked)
+    monkeypatch.setattr(crypto, "generate_key_pair", blocked)
     yield release
     release.set()
 
@@ -91,7 +91,7 @@ async def test_the_loop_keeps_answering_while_rsa_keys_are_generated(
         rsa.generate_private_key(public_exponent=65537, key_size=4096)
         return algorithm
 
-    monkeypatch.setattr(keygen, "generate_key_pair", rsa_4096)
+    monkeypatch.setattr(crypto, "generate_key_pair", rsa_4096)
     generator = KeyGenerator(threads=2, queue=4)
     stalls: list[float] = []
     done = asyncio.Event()
