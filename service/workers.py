@@ -132,23 +132,30 @@ class Supervisor:
     async def _keep(self, worker: Worker) -> None:
         """Keep a process in ``worker``'s slot until the shutdown."""
         while not self._stopping.is_set():
-            process = await asyncio.create_subprocess_exec(*self._command(worker.index))
-            worker.process, worker.exit_code = process, None
-            worker.starts += 1
             started = time.monotonic()
-            log.info("worker_started", worker=worker.index, pid=process.pid, starts=worker.starts)
-            code = await process.wait()
-            worker.exit_code = code
-            if self._stopping.is_set():
-                return
-            delay = worker.backoff.after(time.monotonic() - started)
-            log.warning(
-                "worker_exited",
-                worker=worker.index,
-                pid=process.pid,
-                exit_code=code,
-                restart_in=delay,
-            )
+            try:
+                process = await asyncio.create_subprocess_exec(*self._command(worker.index))
+            except OSError:  # no process (out of memory, of pids): try again later
+                delay = worker.backoff.after(0.0)
+                log.exception("worker_not_started", worker=worker.index, retry_in=delay)
+            else:
+                worker.process, worker.exit_code = process, None
+                worker.starts += 1
+                log.info(
+                    "worker_started", worker=worker.index, pid=process.pid, starts=worker.starts
+                )
+                code = await process.wait()
+                worker.exit_code = code
+                if self._stopping.is_set():
+                    return
+                delay = worker.backoff.after(time.monotonic() - started)
+                log.warning(
+                    "worker_exited",
+                    worker=worker.index,
+                    pid=process.pid,
+                    exit_code=code,
+                    restart_in=delay,
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 

@@ -27,7 +27,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from harness import LocalTopology
 from service.server import CLOSE_BOUND
 from service.settings import Settings, SettingsError, usable_cpus
-from service.workers import Backoff
+from service.workers import Backoff, Supervisor
 from tests.support.service import service_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,16 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"
+
+
+def ignores(pid: int, signum: int) -> bool:
+    """Whether a process ignores a signal (``SigIgn`` of its status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) & (1 << (signum - 1)))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
@@ -91,6 +101,56 @@ def test_workers_setting(migrated_topology: LocalTopology) -> None:
     # Port 0 would give each worker a port of its own.
     with pytest.raises(SettingsError, match="SIGNING_KEYS_WORKERS=2 needs fixed ports"):
         Settings.from_env({**service_env(migrated_topology), "SIGNING_KEYS_WORKERS": "2"})
+
+
+GRACEFUL = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+DEAF = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+
+
+async def test_the_supervisor_replaces_an_exited_worker_and_stops_all() -> None:
+    """Stand-in workers: the first exits at once each time, the second waits for SIGTERM."""
+    supervisor = Supervisor(
+        workers=2,
+        stop_bound=10.0,
+        command=lambda index: [
+            sys.executable,
+            "-c",
+            GRACEFUL + ("sys.exit(3)" if index == 1 else "time.sleep(60)"),
+        ],
+        backoff=lambda: Backoff(first=0.05, maximum=0.1),
+    )
+    running = asyncio.create_task(supervisor.run())
+
+    async def restarted() -> bool:
+        return supervisor.workers[0].starts >= 3 and supervisor.workers[1].starts == 1
+
+    await eventually(restarted)
+    supervisor.request_stop()
+    async with asyncio.timeout(10):
+        code = await running
+    assert supervisor.workers[1].exit_code == 0  # stopped by the forwarded SIGTERM
+    assert code == 1  # the other's last exit was 3
+
+
+async def test_a_worker_that_ignores_sigterm_is_killed_at_the_bound() -> None:
+    supervisor = Supervisor(
+        workers=1,
+        stop_bound=0.5,
+        command=lambda _: [sys.executable, "-c", DEAF + "time.sleep(60)"],
+    )
+    running = asyncio.create_task(supervisor.run())
+
+    async def ignoring_sigterm() -> bool:  # else the SIGTERM would come before its SIG_IGN
+        return bool(supervisor.pids) and ignores(supervisor.pids[0], signal.SIGTERM)
+
+    await eventually(ignoring_sigterm)
+    stopping = time.monotonic()
+    supervisor.request_stop()
+    async with asyncio.timeout(10):
+        code = await running
+    assert 0.5 <= time.monotonic() - stopping < 5
+    assert supervisor.workers[0].exit_code == -signal.SIGKILL
+    assert code == 1
 
 
 # --- the real process -------------------------------------------------------------------------
