@@ -26,8 +26,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import betterproto
 import structlog
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
+from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
 
 from service.core import consistency
@@ -47,7 +46,7 @@ from service.core.requests import (
 from service.core.verify import TokenVerifier
 from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
 from service.grpc import messages
-from service.grpc.errors import ERROR_TYPE_METADATA, error_status
+from service.grpc.errors import error_status, grpc_error
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.messages import absent
 
@@ -176,7 +175,7 @@ class SigningKeysServicer:
         self, stream: Stream[RequestT, ReplyT], method: str, *, unary: bool = True
     ) -> AsyncIterator[Call[RequestT, ReplyT]]:
         if not self._accepting:
-            raise GRPCError(Status.UNAVAILABLE, "the server is shutting down; retry elsewhere")
+            raise grpc_error(DependencyError("the server is shutting down; retry elsewhere"))
         started = time.perf_counter()
         metadata = stream.metadata
         call_id = choose_request_id(
@@ -202,10 +201,7 @@ class SigningKeysServicer:
                 expired = remaining is not None and remaining <= 0
                 outcome = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
                 raise
-            except GRPCError as exc:  # refused by the codec or the size limit
-                outcome = exc.status.name
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a domain error, or refused by the codec or size limit
                 failure = error_status(exc)
                 outcome = failure.status.name
                 if failure.is_internal:
@@ -217,7 +213,8 @@ class SigningKeysServicer:
                 await stream.send_trailing_metadata(
                     status=failure.status,
                     status_message=failure.message,
-                    metadata={ERROR_TYPE_METADATA: failure.error_type},
+                    status_details=failure.details,
+                    metadata=failure.metadata(),
                 )
             finally:
                 if unary:
