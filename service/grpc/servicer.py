@@ -248,7 +248,7 @@ class SigningKeysServicer:
                 environment_id=absent(request.environment_id),
                 algorithm=absent(request.algorithm),
                 name=absent(request.name),
-                expires_at=absent(request.expires_at),
+                expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
             ),
         )
@@ -261,18 +261,18 @@ class SigningKeysServicer:
         self, request: pb.ImportSigningKeyRequest, call: Call[Any, Any]
     ) -> pb.ImportSigningKeyResponse:
         caller = await call.principal()
-        key = await self._keys.import_key(
+        imported = await self._keys.import_key(
             caller,
             ImportKeyRequest.parse(
                 public_key=messages.public_key(request),
                 environment_id=absent(request.environment_id),
                 algorithm=absent(request.algorithm),
                 name=absent(request.name),
-                expires_at=absent(request.expires_at),
+                expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
             ),
         )
-        return pb.ImportSigningKeyResponse(key=messages.signing_key(key))
+        return pb.ImportSigningKeyResponse(key=messages.signing_key(imported.key))
 
     async def _get(
         self, request: pb.GetSigningKeyRequest, call: Call[Any, Any]
@@ -342,6 +342,12 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
+
+
+def unset_time(value: str) -> str | None:
+    """A time field of a request: proto3's default (``""``) and ``"0"`` both mean "not
+    given" — ``"0"`` is what a client sends for a zero timestamp, never a wish for 1970."""
+    return None if value in ("", "0") else value
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

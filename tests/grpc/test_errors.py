@@ -66,7 +66,8 @@ def decoded(error: BaseException) -> status_pb2.Status:
     stock client reads it (``google.rpc.Status.FromString``)."""
     mapped = error_status(error)
     blob = status_details_codec().encode(mapped.status, mapped.message, mapped.details)
-    return status_pb2.Status.FromString(blob)
+    status: status_pb2.Status = status_pb2.Status.FromString(blob)
+    return status
 
 
 def unpacked(status: status_pb2.Status) -> dict[str, object]:

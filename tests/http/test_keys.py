@@ -321,8 +321,10 @@ async def test_a_token_for_several_environments_must_name_one(
 ) -> None:
     both = await issue_token(["env-multi-a", "env-multi-b"])
     async with http.post(KEYS, headers=both.headers) as response:
-        assert response.status == 403
-        assert "X-Environment-Id" in (await response.json())["error"]["messages"][0]
+        assert response.status == 400, "a missing argument, not a refusal"
+        error = (await response.json())["error"]
+        assert (error["type"], error["field"]) == ("environment_required", "environment_id")
+        assert "X-Environment-Id" in error["messages"][0]
     headers = {"X-Environment-Id": "env-multi-b"}
     async with http.post(KEYS, headers={**both.headers, **headers}) as response:
         assert response.status == 201
