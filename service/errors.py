@@ -174,10 +174,9 @@ class AmbiguousCommitError(DependencyError, type="ambiguous_commit"):
     """A write may or may not have committed; repeat it with the same idempotency key."""
 
 
-class KeyUnavailableError(DependencyError, type="key_unavailable"):
-    """Whether the token's key exists cannot be told now (no region answered the look-up,
-    or the key may be newer than this instance's copy of the keys): try again shortly. The
-    token is not valid until then."""
+class KeyUnavailableError(RegionUnavailableError, type="key_unavailable"):
+    """Whether the token's key exists cannot be told now: no region answered its look-up.
+    Try again shortly; the token is not valid until then."""
 
 
 class DeadlineExceededError(DependencyError, TimeoutError, type="deadline_exceeded"):
