@@ -160,7 +160,7 @@ _KEY_SPEC = {
         "maximum": LATEST,
         "pattern": digits_at_most(LATEST),
         "description": f"Unix seconds, {EARLIEST} to {LATEST} (years 1970-9999): a whole "
-        "number or a string of ASCII digits.",
+        "number or a string of ASCII digits; a time already passed is 400.",
     },
 }
 
@@ -186,7 +186,7 @@ _KEY: Final[dict[str, Any]] = {
         "created_at": {**_UNIX, "description": "Unix seconds, as a string."},
         "environment_id": _ID,
         "algorithm": _ALGORITHM,
-        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "status": {"type": "string", "enum": ["active", "revoked", "expired"]},
         "source": {"type": "string", "enum": ["generated", "imported"]},
         "name": {"type": ["string", "null"]},
         "fingerprint": {
@@ -228,7 +228,7 @@ _PUBLIC_KEY = {
     "properties": {
         "id": _ID,
         "algorithm": _ALGORITHM,
-        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "status": {"type": "string", "enum": ["active", "revoked", "expired"]},
         "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "pem": {"type": "string", "pattern": "^-----BEGIN PUBLIC KEY-----\n"},
         "jwk": _JWK,
@@ -318,14 +318,30 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
     403: ("Forbidden", "The token lacks the scope or the environment.", {}),
     404: ("NotFound", "No such key (in an environment the token may see).", {}),
     408: ("RequestTimeout", "The request body did not arrive in time.", {}),
-    409: ("Conflict", "The Idempotency-Key was used for another request.", {}),
+    409: (
+        "Conflict",
+        "The Idempotency-Key already created a key, named in error.key_id (its private key "
+        "is not shown again).",
+        {},
+    ),
     413: ("PayloadTooLarge", "The body (or the token) is too large.", {}),
+    422: (
+        "IdempotencyKeyMismatch",
+        "The Idempotency-Key was used for a different request (error.key_id names its key).",
+        {},
+    ),
     429: (
         "TooManyRequests",
-        "Too many failed authentications from this client or for this token id.",
+        "Too many failed authentications from this client or for this token id, or (verify)"
+        " too many look-ups of key ids this instance does not hold: retry after Retry-After.",
         _RETRY_AFTER,
     ),
-    503: ("Unavailable", "No region can serve the request now.", _RETRY_AFTER),
+    503: (
+        "Unavailable",
+        "No region can serve the request now; for verify, key_unavailable: whether the "
+        "token's key exists cannot be told now (the token is not valid until a retry says).",
+        _RETRY_AFTER,
+    ),
     504: ("DeadlineExceeded", "The database did not answer in time.", {}),
 }
 # What every authenticated operation may answer, whatever it does.
@@ -345,6 +361,9 @@ def _error_responses() -> dict[str, Any]:
                     "properties": {
                         "type": {"type": "string", "pattern": "^[a-z_]+$"},
                         "messages": {"type": "array", "items": {"type": "string"}},
+                        "field": {"type": "string", "description": "The field at fault."},
+                        "key_id": {"type": "string", "description": "The key concerned."},
+                        "environment_id": {"type": "string"},
                     },
                 }
             },
@@ -410,7 +429,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": _key_op(
                     "Create a signing key; the private key is returned once.",
                     {"201": _response("Created.", _data(_CREATED_KEY), **_WRITE_TOKEN)},
-                    (409,),
+                    (409, 422),
                     parameters=[idempotency],
                     requestBody=_json_body(_KEY_SPEC),
                 ),
@@ -440,8 +459,15 @@ def openapi_document() -> dict[str, Any]:
             "/system/v1/signing-keys/import": {
                 "post": _key_op(
                     "Import a customer-supplied public key (PEM or JWK).",
-                    {"201": _response("Imported.", _data(key_ref), **_WRITE_TOKEN)},
-                    (409,),
+                    {
+                        "201": _response("Imported.", _data(key_ref), **_WRITE_TOKEN),
+                        "200": _response(
+                            "A replay (same Idempotency-Key, same request): the key stored then.",
+                            _data(key_ref),
+                            **_WRITE_TOKEN,
+                        ),
+                    },
+                    (422,),
                     parameters=[idempotency],
                     requestBody=_json_body(
                         {
