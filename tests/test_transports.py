@@ -22,6 +22,7 @@ from grpclib.exceptions import GRPCError
 
 from service.core import crypto
 from service.core.models import Scope
+from service.errors import ERROR_KINDS
 from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
 from tests.support.service import Credentials, TokenFactory
@@ -350,10 +351,19 @@ MISTAKES = (
         "several environments and no choice",
         ("GET", KEYS, {}, None),
         ("ListSigningKeys", pb.ListSigningKeysRequest()),
-        403,
-        "forbidden",
+        400,
+        "environment_required",
         caller="two_environments",
         message_contains="several environments",
+    ),
+    invalid(
+        "an expiry in the past",
+        ("POST", KEYS, {}, {"algorithm": "EdDSA", "expires_at": "1000000000"}),
+        (
+            "CreateSigningKey",
+            pb.CreateSigningKeyRequest(algorithm="EdDSA", expires_at="1000000000"),
+        ),
+        "expires_at is in the past",
     ),
 )
 
@@ -429,6 +439,8 @@ async def test_the_same_mistake_gets_the_same_answer_over_http_and_grpc(
         table.append((mistake.name, by_http, by_grpc))
         assert by_http.status == mistake.status, (mistake.name, by_http)
         assert by_grpc.status is GRPC_STATUS_OF_HTTP[mistake.status], (mistake.name, by_grpc)
+        kind = ERROR_KINDS[mistake.error_type]  # the one table both transports read
+        assert (kind.http_status, kind.grpc_code) == (mistake.status, by_grpc.status.name)
         assert by_http.error_type == by_grpc.error_type == mistake.error_type, mistake.name
         assert "; ".join(by_http.messages) == by_grpc.messages[0], mistake.name
         assert mistake.message_contains in by_grpc.messages[0], (mistake.name, by_grpc)

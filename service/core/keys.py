@@ -18,18 +18,33 @@ import structlog
 from service.core import crypto
 from service.core.crypto import Algorithm
 from service.core.keygen import KeyGenerator
-from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
-from service.core.ports import IdempotencyClaim, KeyRecords
+from service.core.models import (
+    AuditEvent,
+    CreatedKey,
+    ImportedKey,
+    Principal,
+    Scope,
+    SigningKey,
+)
+from service.core.ports import IdempotencyClaim, InsertOutcome, KeyRecords
 from service.core.requests import (
+    IDEMPOTENCY_KEY,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
     KeySpec,
     KeyStatusFilter,
     ListKeysRequest,
+    field,
     statuses,
 )
-from service.errors import ConflictError, InternalError, InvalidRequestError, NotFoundError
+from service.errors import (
+    ConflictError,
+    IdempotencyKeyMismatchError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -87,19 +102,22 @@ class KeyService:
         stored = await self._insert(principal, key, "create", claim)
         return CreatedKey(key=stored, private_key_pem=pair.private_pem)
 
-    async def import_key(self, principal: Principal, request: ImportKeyRequest) -> SigningKey:
-        """Store a customer-supplied public key (PEM or JWK)."""
+    async def import_key(self, principal: Principal, request: ImportKeyRequest) -> ImportedKey:
+        """Store a customer-supplied public key (PEM or JWK); repeated with its idempotency
+        key, the key the first request stored."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.WRITE, environment_id)
-        found, der = crypto.parse_customer_public_key(request.public_key)
+        found, der = field("public_key", crypto.parse_customer_public_key, request.public_key)
         if request.algorithm is not None and request.algorithm != found:
             raise InvalidRequestError(
-                f"algorithm {request.algorithm!r} does not match the key ({found})"
+                f"algorithm {request.algorithm!r} does not match the key ({found})",
+                field="algorithm",
             )
         spec = KeySpec(algorithm=found, name=request.name, expires_at=request.expires_at)
         claim = _claim(request.idempotency_key, spec, der)
         key = self._new_key(environment_id, spec, found, der, "imported")
-        return await self._insert(principal, key, "import", claim)
+        stored = await self._insert(principal, key, "import", claim)
+        return ImportedKey(key=stored, replayed=stored.id != key.id)
 
     async def get(self, principal: Principal, ref: KeyRef) -> SigningKey:
         """The key, if it has the status ``ref`` asks for (by default: active)."""
@@ -176,12 +194,7 @@ class KeyService:
             key, audit=audit, idempotency=claim, timeout=self._write_timeout
         )
         if outcome.replayed_key_id is not None:
-            if not outcome.request_matches:
-                raise ConflictError("this Idempotency-Key was already used for another request")
-            raise ConflictError(
-                f"this Idempotency-Key already created signing key {outcome.replayed_key_id}; "
-                "its private key was returned once, by that request, and is not stored"
-            )
+            return await self._replayed(key.environment_id, outcome, action)
         if outcome.key is None:  # pragma: no cover - the store returns one or the other
             raise InternalError("the key was not stored")
         self._changed(outcome.key)
@@ -193,6 +206,35 @@ class KeyService:
             action=action,
         )
         return outcome.key
+
+    async def _replayed(
+        self, environment_id: str, outcome: InsertOutcome, action: Literal["create", "import"]
+    ) -> SigningKey:
+        """The answer to a request whose idempotency key an earlier request took: a
+        different request is refused; the same import gets the key it stored; the same
+        create is refused naming its key, since the private key was shown once and is gone."""
+        key_id = outcome.replayed_key_id
+        assert key_id is not None
+        ids = {"key_id": key_id, "environment_id": environment_id}
+        if not outcome.request_matches:
+            raise IdempotencyKeyMismatchError(
+                f"this {IDEMPOTENCY_KEY} was already used for a different request",
+                field="idempotency_key",
+                metadata=ids,
+            )
+        if action == "create":
+            raise ConflictError(
+                f"this {IDEMPOTENCY_KEY} already created signing key {key_id}; "
+                "its private key was returned once, by that request, and is not stored",
+                metadata=ids,
+            )
+        # The write that took the claim stored the key with it, at or before the position
+        # this request's reads now wait for: the read finds it, revoked or not.
+        stored = await self._records.get(key_id, environment_id=environment_id)
+        if stored is None:  # pragma: no cover - the claim and the key commit together
+            raise InternalError("the key this idempotency key stored was not found")
+        log.info("signing_key_import_replayed", key_id=key_id, environment_id=environment_id)
+        return stored
 
 
 def _audit(

@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from service.core import times
 from service.core.crypto import Algorithm
-from service.errors import InvalidRequestError, PermissionDeniedError
+from service.errors import EnvironmentRequiredError, InvalidRequestError, PermissionDeniedError
 
 KeyStatus = Literal["active", "revoked"]
+# What a key is shown as: its stored status, or "expired" for an active key whose expiry
+# has passed (nothing is stored when it passes; reads work it out).
+ShownStatus = Literal["active", "revoked", "expired"]
 KeySource = Literal["generated", "imported"]
 Api = Literal["http", "grpc", "cli"]
 
@@ -60,6 +64,14 @@ class SigningKey:
     def is_active(self) -> bool:
         return self.status == "active"
 
+    def status_at(self, now: float) -> ShownStatus:
+        """The status to show at ``now`` (Unix seconds): ``expired`` once an active key's
+        ``expires_at`` has passed, as verification and the JWK Set already treat it."""
+        expires_at = self.expires_at
+        if self.status == "active" and expires_at is not None and times.seconds(expires_at) <= now:
+            return "expired"
+        return self.status
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreatedKey:
@@ -67,6 +79,15 @@ class CreatedKey:
 
     key: SigningKey
     private_key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportedKey:
+    """The answer to an import: the stored key, and whether an earlier request with the same
+    idempotency key stored it (a replay: nothing new was stored)."""
+
+    key: SigningKey
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,9 +130,11 @@ class Principal:
             return requested
         if len(self.environments) == 1:
             return next(iter(self.environments))
-        raise PermissionDeniedError(
+        # A missing argument, not a refusal: the token may well cover the one meant.
+        raise EnvironmentRequiredError(
             "this access token covers several environments: name one with the "
-            "X-Environment-Id header or the environment_id parameter"
+            "X-Environment-Id header or the environment_id parameter",
+            field="environment_id",
         )
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
@@ -37,6 +39,33 @@ _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Strict decimal: int() also takes " 5", "1_0", "+5" and non-ASCII digits such as "٣".
 _DECIMAL: Final = re.compile(r"[0-9]{1,9}")
+
+T = TypeVar("T")
+
+
+def field(name: str, check: Callable[[object], T], value: object) -> T:
+    """``check(value)``, an :class:`InvalidRequestError` it raises naming ``name`` as the
+    field at fault (gRPC ``BadRequest``, HTTP ``error.field``): the request's field name,
+    as the proto and the JSON body spell it."""
+    try:
+        return check(value)
+    except InvalidRequestError as exc:
+        if exc.field is None:
+            exc.field = name
+        raise
+
+
+def refuse_past_expiry(expires_at: datetime | None, now: float | None = None) -> None:
+    """A key may not be stored already expired: an expiry in the past is a mistake (a
+    milliseconds value read as seconds would be in the future; one in seconds, minutes ago,
+    is a clock or arithmetic error), and it would store a key that verifies nothing."""
+    if expires_at is not None and times.seconds(expires_at) <= (
+        time.time() if now is None else now
+    ):
+        raise InvalidRequestError(
+            "expires_at is in the past: give a future time in Unix seconds, or none",
+            field="expires_at",
+        )
 
 
 def choose_request_id(offered: object) -> str:
@@ -116,15 +145,20 @@ class KeySpec:
 
     def __post_init__(self) -> None:
         if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
-            raise InvalidRequestError(f"name must be at most {MAX_NAME_LENGTH} characters")
+            raise InvalidRequestError(
+                f"name must be at most {MAX_NAME_LENGTH} characters", field="name"
+            )
         if self.name is not None and not self.name.isprintable():
-            raise InvalidRequestError("name must be printable text (no control characters)")
-        crypto.refuse_private_material(self.name, "name")
+            raise InvalidRequestError(
+                "name must be printable text (no control characters)", field="name"
+            )
+        field("name", lambda name: crypto.refuse_private_material(name, "name"), self.name)
         if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise InvalidRequestError("expires_at must carry a time zone")
+            raise InvalidRequestError("expires_at must carry a time zone", field="expires_at")
         if self.expires_at is not None and not times.is_in_range(self.expires_at):
             raise InvalidRequestError(
-                f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}"
+                f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}",
+                field="expires_at",
             )
 
 
@@ -133,7 +167,11 @@ def no_private_material(**fields: object) -> None:
     :func:`~service.core.crypto.refuse_private_material`). Checked before any other rule, so
     that no other message can echo part of the value."""
     for name, value in fields.items():
-        crypto.refuse_private_material(value, name)
+        try:
+            crypto.refuse_private_material(value, name)
+        except InvalidRequestError as exc:
+            exc.field = "idempotency_key" if name == IDEMPOTENCY_KEY else name
+            raise
 
 
 def whole_number(value: object) -> object:
@@ -146,12 +184,27 @@ def whole_number(value: object) -> object:
 
 
 def _idempotency_key(value: object) -> str | None:
-    text = optional_text(value, IDEMPOTENCY_KEY)
+    text = field("idempotency_key", lambda v: optional_text(v, IDEMPOTENCY_KEY), value)
     if text is not None and not _IDEMPOTENCY_KEY.fullmatch(text):
         raise InvalidRequestError(
-            f"{IDEMPOTENCY_KEY} must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+            f"{IDEMPOTENCY_KEY} must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+            field="idempotency_key",
         )
     return text
+
+
+def _algorithm(value: object) -> Algorithm:
+    return field("algorithm", crypto.parse_algorithm, value)
+
+
+def _expiry(value: object) -> datetime | None:
+    moment = field("expires_at", lambda v: times.parse_unix(whole_number(v), "expires_at"), value)
+    refuse_past_expiry(moment)
+    return moment
+
+
+def _environment(value: object) -> str | None:
+    return field("environment_id", environment, value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,13 +232,11 @@ class CreateKeyRequest:
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         return cls(
-            environment_id=environment(environment_id),
+            environment_id=_environment(environment_id),
             spec=KeySpec(
-                algorithm=crypto.DEFAULT_ALGORITHM
-                if algorithm is None
-                else crypto.parse_algorithm(algorithm),
-                name=optional_text(name, "name"),
-                expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
+                algorithm=crypto.DEFAULT_ALGORITHM if algorithm is None else _algorithm(algorithm),
+                name=field("name", lambda v: optional_text(v, "name"), name),
+                expires_at=_expiry(expires_at),
             ),
             idempotency_key=_idempotency_key(idempotency_key),
         )
@@ -221,16 +272,20 @@ class ImportKeyRequest:
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         if public_key is None or public_key == "":
-            raise InvalidRequestError("public_key is required (a PEM string or a JWK object)")
+            raise InvalidRequestError(
+                "public_key is required (a PEM string or a JWK object)", field="public_key"
+            )
         if not isinstance(public_key, str | dict):
-            raise InvalidRequestError("public_key must be a PEM string or a JWK object")
-        name_text = optional_text(name, "name")
-        expiry = times.parse_unix(whole_number(expires_at), "expires_at")
+            raise InvalidRequestError(
+                "public_key must be a PEM string or a JWK object", field="public_key"
+            )
+        name_text = field("name", lambda v: optional_text(v, "name"), name)
+        expiry = _expiry(expires_at)
         KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
         return cls(
-            environment_id=environment(environment_id),
+            environment_id=_environment(environment_id),
             public_key=public_key,
-            algorithm=None if algorithm is None else crypto.parse_algorithm(algorithm),
+            algorithm=None if algorithm is None else _algorithm(algorithm),
             name=name_text,
             expires_at=expiry,
             idempotency_key=_idempotency_key(idempotency_key),
@@ -254,11 +309,11 @@ class KeyRef:
     def parse(
         cls, *, key_id: object, environment_id: object = None, status: object = None
     ) -> KeyRef:
-        text = optional_text(key_id, "signing key id") or ""
+        text = field("id", lambda v: optional_text(v, "signing key id"), key_id) or ""
         return cls(
-            environment_id=environment(environment_id),
-            key_id=check_id(text),
-            status=status_filter(status),
+            environment_id=_environment(environment_id),
+            key_id=field("id", lambda v: check_id(str(v)), text),
+            status=field("status", status_filter, status),
         )
 
 
@@ -282,10 +337,14 @@ class ListKeysRequest:
         status: object = None,
     ) -> ListKeysRequest:
         return cls(
-            environment_id=environment(environment_id),
-            limit=count(limit, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
-            page=count(page, "page", default=1, low=1, high=MAX_PAGE),
-            status=status_filter(status),
+            environment_id=_environment(environment_id),
+            limit=field(
+                "limit",
+                lambda v: count(v, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
+                limit,
+            ),
+            page=field("page", lambda v: count(v, "page", default=1, low=1, high=MAX_PAGE), page),
+            status=field("status", status_filter, status),
         )
 
 
@@ -308,12 +367,12 @@ class VerifyRequest:
         subject: object = None,
     ) -> VerifyRequest:
         if not isinstance(token, str) or not token:
-            raise InvalidRequestError("token is required: a compact JWT string")
+            raise InvalidRequestError("token is required: a compact JWT string", field="token")
         return cls(
             token=token,
-            environment_id=environment(environment_id),
-            audience=expectation(audience, "audience"),
-            subject=expectation(subject, "subject"),
+            environment_id=_environment(environment_id),
+            audience=field("audience", lambda v: expectation(v, "audience"), audience),
+            subject=field("subject", lambda v: expectation(v, "subject"), subject),
         )
 
 
@@ -326,7 +385,10 @@ class WatchRequest:
 
     @classmethod
     def parse(cls, *, environment_id: object = None, after: object = None) -> WatchRequest:
-        return cls(environment_id=environment(environment_id), after=optional_text(after, "after"))
+        return cls(
+            environment_id=_environment(environment_id),
+            after=field("after", lambda v: optional_text(v, "after"), after),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,5 +399,9 @@ class JwksRequest:
 
     @classmethod
     def parse(cls, *, environment_id: object) -> JwksRequest:
-        text = optional_text(environment_id, "environment id") or ""
-        return cls(environment_id=check_id(text, "environment id"))
+        text = field("environment_id", lambda v: optional_text(v, "environment id"), environment_id)
+        return cls(
+            environment_id=field(
+                "environment_id", lambda v: check_id(str(v), "environment id"), text or ""
+            )
+        )

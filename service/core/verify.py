@@ -40,9 +40,11 @@ from service.core.ports import KeyRecords
 from service.core.ratelimit import KeyedBuckets
 from service.core.requests import JwksRequest, VerifyRequest
 from service.errors import (
+    KeyUnavailableError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RegionUnavailableError,
+    TooManyRequestsError,
 )
 
 log = structlog.get_logger(__name__)
@@ -163,7 +165,7 @@ class TokenVerifier:
             raise _Invalid("malformed")
         if not is_valid_id(kid):
             raise _Invalid("unknown_key")  # no key has such an id: no need to look
-        key = await self._resolve(principal, kid)
+        key = await self._resolve(principal, kid, payload)
         if key is None or not _may_see(principal, key, environment_id):
             raise _Invalid("unknown_key")
         record = key.record
@@ -190,7 +192,9 @@ class TokenVerifier:
             claims=payload,
         )
 
-    async def _resolve(self, principal: Principal, kid: str) -> CachedKey | None:
+    async def _resolve(
+        self, principal: Principal, kid: str, payload: dict[str, Any]
+    ) -> CachedKey | None:
         scope = consistency.current()
         # The caller passed a consistency token: the cache may be older than the write it
         # names (the change feed has not polled since), so ask the database, which reads at
@@ -203,26 +207,44 @@ class TokenVerifier:
         ):
             # No region at or past the token's position: say so (503, retry), rather than
             # answer unknown_key for a key the caller knows was written.
-            return await self._look_up(kid, unavailable_is_unknown=False)
+            return await self._look_up(kid)
         cached = self._cache.get(kid)
         if cached is not None:
             return cached
-        if (
-            self._cache.complete
-            or self._cache.is_known_unknown(kid)
-            or not self._misses.take(principal.token_id)
+        if self._cache.is_known_unknown(kid) or (
+            self._cache.complete and not self._may_be_newer_than_cache(payload)
         ):
             return None
+        # Only the database can tell; when it cannot be asked, the answer is "try again"
+        # (fail closed), never unknown_key, which a caller reads as "forged".
+        if not self._misses.take(principal.token_id):
+            raise TooManyRequestsError(
+                "too many look-ups of key ids this instance does not hold; retry later",
+                retry_after=self._misses.wait(principal.token_id),
+            )
         return await self._look_up(kid)
 
-    async def _look_up(self, kid: str, *, unavailable_is_unknown: bool = True) -> CachedKey | None:
+    def _may_be_newer_than_cache(self, payload: dict[str, Any]) -> bool:
+        """Whether the token was issued (``iat``, else ``nbf``) recently enough that its
+        key may have been created after the cache last heard of changes: on another
+        instance, since the change feed's last poll. Such a miss is looked up rather than
+        answered ``unknown_key`` from the cache."""
+        issued = payload.get("iat", payload.get("nbf"))
+        if isinstance(issued, bool) or not isinstance(issued, int | float):
+            return False
+        now = self._clock()
+        return now - self._feed.staleness() - self._skew <= issued <= now + self._skew
+
+    async def _look_up(self, kid: str) -> CachedKey | None:
         self._metrics.key_lookups.inc()
         try:
             record = await self._records.get(kid)
-        except RegionUnavailableError:
-            if not unavailable_is_unknown:
+        except RegionUnavailableError as exc:
+            if isinstance(exc, KeyUnavailableError):
                 raise
-            return None
+            raise KeyUnavailableError(
+                "no region answered the look-up of the token's key; retry shortly"
+            ) from exc
         if record is None:
             self._cache.mark_unknown(kid)
             return None

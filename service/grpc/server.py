@@ -44,7 +44,6 @@ import structlog
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
 from prometheus_client import CollectorRegistry
@@ -54,9 +53,9 @@ from service.core.changes import ChangeFeed
 from service.core.keys import KeyService
 from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
-from service.errors import UnauthenticatedError
+from service.errors import DependencyError, UnauthenticatedError
 from service.grpc.codec import StrictCodec, protobuf_twins
-from service.grpc.errors import ERROR_TYPE_METADATA
+from service.grpc.errors import error_status, grpc_error, status_details_codec
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
 from service.grpc.health import RegionEvents, readiness_health
@@ -159,15 +158,17 @@ class ClientCertificateRule:
 
 
 async def _refuse_without_certificate(stream: Stream[Any, Any]) -> None:
+    failure = error_status(UnauthenticatedError(CERTIFICATE_REQUIRED))
     await stream.send_trailing_metadata(
-        status=Status.UNAUTHENTICATED,
-        status_message=CERTIFICATE_REQUIRED,
-        metadata={ERROR_TYPE_METADATA: UnauthenticatedError.type},
+        status=failure.status,
+        status_message=failure.message,
+        status_details=failure.details,
+        metadata=failure.metadata(),
     )
 
 
 async def _refuse(stream: Stream[Any, Any]) -> None:
-    raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+    raise grpc_error(DependencyError(SHUTTING_DOWN))
 
 
 async def _end_unavailable(stream: Stream[Any, Any]) -> None:
@@ -219,6 +220,8 @@ class GrpcServer(AsyncResource):
                 max_message_bytes=self.max_message_bytes,
                 twins=protobuf_twins(pb, signing_keys_pb2),
             ),
+            # google.rpc.Status in grpc-status-details-bin (given a codec, grpclib picks none).
+            status_details_codec=status_details_codec(),
             config=Configuration(http2_stream_window_size=window),
         )
         decode_headers_as_latin1(self._server)

@@ -26,8 +26,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import betterproto
 import structlog
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
+from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
 
 from service.core import consistency
@@ -47,7 +46,7 @@ from service.core.requests import (
 from service.core.verify import TokenVerifier
 from service.errors import DeadlineExceededError, DependencyError, InvalidRequestError
 from service.grpc import messages
-from service.grpc.errors import ERROR_TYPE_METADATA, error_status
+from service.grpc.errors import error_status, grpc_error
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.messages import absent
 
@@ -176,7 +175,7 @@ class SigningKeysServicer:
         self, stream: Stream[RequestT, ReplyT], method: str, *, unary: bool = True
     ) -> AsyncIterator[Call[RequestT, ReplyT]]:
         if not self._accepting:
-            raise GRPCError(Status.UNAVAILABLE, "the server is shutting down; retry elsewhere")
+            raise grpc_error(DependencyError("the server is shutting down; retry elsewhere"))
         started = time.perf_counter()
         metadata = stream.metadata
         call_id = choose_request_id(
@@ -202,10 +201,7 @@ class SigningKeysServicer:
                 expired = remaining is not None and remaining <= 0
                 outcome = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
                 raise
-            except GRPCError as exc:  # refused by the codec or the size limit
-                outcome = exc.status.name
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a domain error, or refused by the codec or size limit
                 failure = error_status(exc)
                 outcome = failure.status.name
                 if failure.is_internal:
@@ -217,7 +213,8 @@ class SigningKeysServicer:
                 await stream.send_trailing_metadata(
                     status=failure.status,
                     status_message=failure.message,
-                    metadata={ERROR_TYPE_METADATA: failure.error_type},
+                    status_details=failure.details,
+                    metadata=failure.metadata(),
                 )
             finally:
                 if unary:
@@ -251,7 +248,7 @@ class SigningKeysServicer:
                 environment_id=absent(request.environment_id),
                 algorithm=absent(request.algorithm),
                 name=absent(request.name),
-                expires_at=absent(request.expires_at),
+                expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
             ),
         )
@@ -264,18 +261,18 @@ class SigningKeysServicer:
         self, request: pb.ImportSigningKeyRequest, call: Call[Any, Any]
     ) -> pb.ImportSigningKeyResponse:
         caller = await call.principal()
-        key = await self._keys.import_key(
+        imported = await self._keys.import_key(
             caller,
             ImportKeyRequest.parse(
                 public_key=messages.public_key(request),
                 environment_id=absent(request.environment_id),
                 algorithm=absent(request.algorithm),
                 name=absent(request.name),
-                expires_at=absent(request.expires_at),
+                expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
             ),
         )
-        return pb.ImportSigningKeyResponse(key=messages.signing_key(key))
+        return pb.ImportSigningKeyResponse(key=messages.signing_key(imported.key))
 
     async def _get(
         self, request: pb.GetSigningKeyRequest, call: Call[Any, Any]
@@ -345,6 +342,12 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
+
+
+def unset_time(value: str) -> str | None:
+    """A time field of a request: proto3's default (``""``) and ``"0"`` both mean "not
+    given" — ``"0"`` is what a client sends for a zero timestamp, never a wish for 1970."""
+    return None if value in ("", "0") else value
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

@@ -11,6 +11,7 @@ a get and missing from the list, unless ``?status=revoked`` or ``?status=all`` a
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -49,7 +50,7 @@ def key_json(key: SigningKey) -> dict[str, Any]:
         "created_at": unix_seconds(key.created_at),
         "environment_id": key.environment_id,
         "algorithm": key.algorithm,
-        "status": key.status,
+        "status": key.status_at(time.time()),
         "source": key.source,
         "name": key.name,
         "fingerprint": key.fingerprint,
@@ -109,7 +110,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def import_key(request: web.Request) -> web.Response:
     caller = await principal(request)
     body = await read_object(request, frozenset({"public_key", "algorithm", "name", "expires_at"}))
-    key = await request.app[appkeys.KEYS].import_key(
+    imported = await request.app[appkeys.KEYS].import_key(
         caller,
         ImportKeyRequest.parse(
             environment_id=environment(request),
@@ -118,7 +119,10 @@ async def import_key(request: web.Request) -> web.Response:
             **body,
         ),
     )
-    return with_consistency_token(created_response(key_json(key)))
+    # A replay (same Idempotency-Key, same request) created nothing: 200 with the key stored.
+    if imported.replayed:
+        return with_consistency_token(json_response({"data": key_json(imported.key)}, status=200))
+    return with_consistency_token(created_response(key_json(imported.key)))
 
 
 @routes.get(KEY_PATH)
@@ -141,7 +145,7 @@ async def get_public_key(request: web.Request) -> web.Response:
             "data": {
                 "id": key.id,
                 "algorithm": key.algorithm,
-                "status": key.status,
+                "status": key.status_at(time.time()),
                 "fingerprint": key.fingerprint,
                 "pem": crypto.public_key_pem(key.public_key),
                 "jwk": crypto.public_jwk(key.public_key, kid=key.id, algorithm=key.algorithm),

@@ -218,7 +218,10 @@ _STATUS_PARAM = _param(
 # (open: a newer service may answer an algorithm this document does not know).
 _ALGORITHM_CHOICE = {"type": "string", "enum": list(ALGORITHMS)}
 _ALGORITHM = _open_enum(ALGORITHMS, "The JWS algorithm the key signs with (alg).")
-_KEY_STATUS = _open_enum(("active", "revoked"), "Whether the key may verify tokens.")
+_KEY_STATUS = _open_enum(
+    ("active", "revoked", "expired"),
+    "Whether the key may verify tokens (expired: its expires_at has passed).",
+)
 _EXAMPLE_ID: Final = "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4E5"
 _EXAMPLE_PEM: Final = (
     "-----BEGIN PUBLIC KEY-----\n"
@@ -247,7 +250,7 @@ _KEY_SPEC = {
         "maximum": LATEST,
         "pattern": digits_at_most(LATEST),
         "description": f"Unix seconds, {EARLIEST} to {LATEST} (years 1970-9999): a whole "
-        "number or a string of ASCII digits.",
+        "number or a string of ASCII digits; a time already passed is 400.",
     },
 }
 
@@ -462,6 +465,9 @@ _ERROR: Final = _object(
             "pattern": "^[A-Za-z0-9._-]{1,64}$",
             "description": "The request's id, as in the X-Request-Id header.",
         },
+        "field": {"type": "string", "description": "The request field at fault."},
+        "key_id": {"type": "string", "description": "The key concerned."},
+        "environment_id": {"type": "string", "description": "The environment concerned."},
     },
     description="An error: a machine-readable type, human messages, the request's id.",
     example={
@@ -606,15 +612,31 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
     403: ("Forbidden", "The token lacks the scope or the environment.", {}),
     404: ("NotFound", "No such key (in an environment the token may see).", {}),
     408: ("RequestTimeout", "The request body did not arrive in time.", {}),
-    409: ("Conflict", "The Idempotency-Key was used for another request.", {}),
+    409: (
+        "Conflict",
+        "The Idempotency-Key already created a key, named in error.key_id (its private key "
+        "is not shown again).",
+        {},
+    ),
     413: ("PayloadTooLarge", "The body (or the token) is too large.", {}),
+    422: (
+        "IdempotencyKeyMismatch",
+        "The Idempotency-Key was used for a different request (error.key_id names its key).",
+        {},
+    ),
     429: (
         "TooManyRequests",
-        "Too many failed authentications from this client or for this token id.",
+        "Too many failed authentications from this client or for this token id, or (verify)"
+        " too many look-ups of key ids this instance does not hold: retry after Retry-After.",
+        _RETRY_AFTER,
+    ),
+    503: (
+        "Unavailable",
+        "No region can serve the request now; for verify, key_unavailable: whether the "
+        "token's key exists cannot be told now (the token is not valid until a retry says).",
         _RETRY_AFTER,
     ),
     500: ("InternalError", "A failure of the service's own; the body says no more.", {}),
-    503: ("Unavailable", "No region can serve the request now.", _RETRY_AFTER),
     504: ("DeadlineExceeded", "The database did not answer in time.", {}),
 }
 # What every operation may answer, whatever it does; and every authenticated one.
@@ -723,7 +745,7 @@ def openapi_document() -> dict[str, Any]:
                             "Created.", "CreatedSigningKeyResponse", **_WRITE_TOKEN, **_LOCATION
                         )
                     },
-                    (409,),
+                    (409, 422),
                     parameters=[idempotency],
                     requestBody=_request_body("CreateSigningKeyRequest", required=False),
                 ),
@@ -757,8 +779,15 @@ def openapi_document() -> dict[str, Any]:
                 "post": _key_op(
                     "importSigningKey",
                     "Import a customer-supplied public key (PEM or JWK).",
-                    {"201": _ok("Imported.", "SigningKeyResponse", **_WRITE_TOKEN, **_LOCATION)},
-                    (409,),
+                    {
+                        "201": _ok("Imported.", "SigningKeyResponse", **_WRITE_TOKEN, **_LOCATION),
+                        "200": _ok(
+                            "A replay (same Idempotency-Key, same request): the key stored then.",
+                            "SigningKeyResponse",
+                            **_WRITE_TOKEN,
+                        ),
+                    },
+                    (422,),
                     parameters=[idempotency],
                     requestBody=_request_body("ImportSigningKeyRequest", required=True),
                 )

@@ -8,7 +8,12 @@ import pytest
 
 from service.core.auth import hash_secret, new_access_token, parse_authorization
 from service.core.models import Principal, Scope
-from service.errors import InvalidRequestError, PermissionDeniedError, UnauthenticatedError
+from service.errors import (
+    EnvironmentRequiredError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 
 def test_basic_and_bearer_forms_carry_the_same_credentials() -> None:
@@ -61,5 +66,7 @@ def test_a_principal_needs_both_the_scope_and_the_environment() -> None:
     with pytest.raises(PermissionDeniedError, match="environment"):
         principal.require(Scope.READ, "c")
     assert principal.default_environment("b") == "b"
-    with pytest.raises(PermissionDeniedError, match="several"):
+    with pytest.raises(EnvironmentRequiredError, match="several") as missing:
         principal.default_environment(None)
+    assert (missing.value.type, missing.value.field) == ("environment_required", "environment_id")
+    assert not isinstance(missing.value, PermissionDeniedError), "a missing argument: 400"

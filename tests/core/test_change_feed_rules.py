@@ -62,9 +62,10 @@ class Instance:
 
     async def create(self, env: str = A) -> SigningKey:
         pem = crypto.public_key_pem(PUBLIC_DER)
-        return await self.writer.import_key(
+        imported = await self.writer.import_key(
             ADMIN, ImportKeyRequest(environment_id=env, public_key=pem)
         )
+        return imported.key
 
     def cached(self, key_id: str) -> SigningKey | None:
         entry = self.cache.get(key_id)

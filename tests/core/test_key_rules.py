@@ -24,6 +24,7 @@ from service.core.requests import (
 )
 from service.errors import (
     ConflictError,
+    IdempotencyKeyMismatchError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -112,7 +113,7 @@ async def test_create_stores_the_public_half_and_returns_the_private_half_once(
 async def test_import_stores_a_customer_key_with_the_algorithm_it_implies(
     service: KeyService, records: MemoryKeyRecords
 ) -> None:
-    key = await service.import_key(ADMIN, import_(A, public_pem("ES256"), name="theirs"))
+    key = (await service.import_key(ADMIN, import_(A, public_pem("ES256"), name="theirs"))).key
     assert (key.algorithm, key.source, key.name) == ("ES256", "imported", "theirs")
     assert [event.action for event in records.audit_trail(key.id)] == ["import"]
     with pytest.raises(InvalidRequestError, match="does not match"):
@@ -209,7 +210,7 @@ def test_an_id_that_cannot_be_ours_never_becomes_a_key_ref(bad: object) -> None:
 async def test_list_pages_are_one_based_newest_first_and_empty_past_the_end(
     service: KeyService,
 ) -> None:
-    keys = [(await service.import_key(ADMIN, import_(A, public_pem()))).id for _ in range(5)]
+    keys = [(await service.import_key(ADMIN, import_(A, public_pem()))).key.id for _ in range(5)]
     newest = list(reversed(keys))
     assert [k.id for k in await service.list(ADMIN, page(A, limit=2, number=1))] == newest[:2]
     assert [k.id for k in await service.list(ADMIN, page(A, limit=2, number=3))] == newest[4:]
@@ -288,6 +289,10 @@ async def test_a_repeated_create_names_the_first_key_and_stores_nothing(
     first = await service.create(ADMIN, create(A, spec, idempotency_key="req-42"))
     with pytest.raises(ConflictError) as replay:
         await service.create(ADMIN, create(A, spec, idempotency_key="req-42"))
+    assert replay.value.type == "conflict"
+    assert replay.value.metadata == {"key_id": first.key.id, "environment_id": A}, (
+        "the key is named in a field, not only in the words"
+    )
     assert first.key.id in str(replay.value)
     assert "private key was returned once" in str(replay.value)
     assert len(records) == 1
@@ -298,9 +303,12 @@ async def test_an_idempotency_key_reused_for_another_request_is_a_conflict(
 ) -> None:
     first = await service.create(ADMIN, create(A, idempotency_key="k"))
     for other in [KeySpec(algorithm="ES256"), KeySpec(algorithm="EdDSA", name="renamed")]:
-        with pytest.raises(ConflictError, match="another request") as conflict:
+        with pytest.raises(IdempotencyKeyMismatchError, match="different request") as mismatch:
             await service.create(ADMIN, create(A, other, idempotency_key="k"))
-        assert first.key.id not in str(conflict.value)
+        assert mismatch.value.type == "idempotency_key_mismatch"
+        assert mismatch.value.field == "idempotency_key"
+        assert mismatch.value.metadata["key_id"] == first.key.id
+        assert first.key.id not in str(mismatch.value)
     assert len(records) == 1
 
 
@@ -326,14 +334,15 @@ async def test_an_import_is_idempotent_on_the_key_material(
 ) -> None:
     pem = public_pem()
     first = await service.import_key(ADMIN, import_(A, pem, idempotency_key="imp"))
-    with pytest.raises(ConflictError) as replay:
-        await service.import_key(ADMIN, import_(A, pem, idempotency_key="imp"))
-    assert first.id in str(replay.value)
-    with pytest.raises(ConflictError, match="another request"):
+    assert not first.replayed
+    replay = await service.import_key(ADMIN, import_(A, pem, idempotency_key="imp"))
+    assert replay.replayed and replay.key == first.key, "the stored key, as a success"
+    with pytest.raises(IdempotencyKeyMismatchError, match="different request"):
         await service.import_key(ADMIN, import_(A, public_pem(), idempotency_key="imp"))
-    with pytest.raises(ConflictError, match="another request"):
+    with pytest.raises(IdempotencyKeyMismatchError, match="different request"):
         await service.create(ADMIN, create(A, idempotency_key="imp"))
     assert len(records) == 1
+    assert [event.action for event in records.audit_trail(first.key.id)] == ["import"]
 
 
 async def test_an_expiry_is_part_of_the_request_an_idempotency_key_stands_for(
@@ -344,7 +353,7 @@ async def test_an_expiry_is_part_of_the_request_an_idempotency_key_stands_for(
         ADMIN, create(A, KeySpec(algorithm="EdDSA", expires_at=later), idempotency_key="e")
     )
     later_still = KeySpec(algorithm="EdDSA", expires_at=later + timedelta(seconds=1))
-    with pytest.raises(ConflictError, match="another request"):
+    with pytest.raises(IdempotencyKeyMismatchError, match="different request"):
         await service.create(ADMIN, create(A, later_still, idempotency_key="e"))
 
 
@@ -445,8 +454,10 @@ def test_a_key_spec_built_in_code_refuses_a_private_key_in_its_name() -> None:
 async def test_one_public_pem_block_with_whitespace_around_it_is_still_a_key(
     service: KeyService, pem: str
 ) -> None:
-    key = await service.import_key(ADMIN, ImportKeyRequest.parse(environment_id=A, public_key=pem))
-    assert crypto.public_key_pem(key.public_key) == PUBLIC_PEM
+    imported = await service.import_key(
+        ADMIN, ImportKeyRequest.parse(environment_id=A, public_key=pem)
+    )
+    assert crypto.public_key_pem(imported.key.public_key) == PUBLIC_PEM
 
 
 @pytest.mark.parametrize(
@@ -464,3 +475,57 @@ async def test_one_public_pem_block_with_whitespace_around_it_is_still_a_key(
 def test_anything_beside_one_public_pem_block_is_refused(pem: str) -> None:
     with pytest.raises(InvalidRequestError, match="exactly one PEM block"):
         crypto.parse_customer_public_key(pem)
+
+
+# Expiry: never stored already passed, shown as passed.
+
+
+@pytest.mark.parametrize("expires_at", [0, "1", 1_000_000_000, "-5"])
+def test_an_expiry_in_the_past_is_refused_naming_the_field(expires_at: object) -> None:
+    for parse in (
+        lambda: CreateKeyRequest.parse(expires_at=expires_at),
+        lambda: ImportKeyRequest.parse(public_key=public_pem(), expires_at=expires_at),
+    ):
+        with pytest.raises(InvalidRequestError, match="expires_at") as refused:
+            parse()
+        assert refused.value.field == "expires_at"
+
+
+def test_a_future_expiry_is_taken() -> None:
+    later = int(datetime.now().timestamp()) + 3600
+    spec = CreateKeyRequest.parse(expires_at=later).spec
+    assert spec.expires_at is not None and int(spec.expires_at.timestamp()) == later
+
+
+async def test_an_active_key_past_its_expiry_is_shown_expired(
+    service: KeyService, clock: ManualClock
+) -> None:
+    soon = clock() + timedelta(seconds=10)
+    key = (await service.create(ADMIN, create(A, KeySpec(expires_at=soon)))).key
+    assert key.status_at(soon.timestamp() - 1) == "active"
+    assert key.status_at(soon.timestamp()) == "expired"
+    revoked = await service.revoke(ADMIN, ref(A, key.id))
+    assert revoked.status_at(soon.timestamp() + 1) == "revoked", "revocation says more"
+    forever = (await service.create(ADMIN, create(A))).key
+    assert forever.status_at(1e12) == "active"
+
+
+@pytest.mark.parametrize(
+    ("parse", "field"),
+    [
+        (lambda: CreateKeyRequest.parse(algorithm="HS256"), "algorithm"),
+        (lambda: CreateKeyRequest.parse(name="n" * 201), "name"),
+        (lambda: CreateKeyRequest.parse(idempotency_key="has space"), "idempotency_key"),
+        (lambda: CreateKeyRequest.parse(environment_id="a/b"), "environment_id"),
+        (lambda: ImportKeyRequest.parse(public_key=""), "public_key"),
+        (lambda: KeyRef.parse(key_id="a/b"), "id"),
+        (lambda: ListKeysRequest.parse(limit="0"), "limit"),
+        (lambda: ListKeysRequest.parse(status="gone"), "status"),
+    ],
+)
+def test_a_refused_request_names_the_field_at_fault(
+    parse: Callable[[], object], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        parse()
+    assert refused.value.field == field

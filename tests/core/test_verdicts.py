@@ -31,7 +31,13 @@ from service.core.metrics import CoreMetrics
 from service.core.models import AuditEvent, CreatedKey, Principal, Scope
 from service.core.requests import CreateKeyRequest, JwksRequest, KeyRef, KeySpec, VerifyRequest
 from service.core.verify import REASONS, Reason, TokenVerifier, Verification
-from service.errors import PayloadTooLargeError, PermissionDeniedError, RegionUnavailableError
+from service.errors import (
+    KeyUnavailableError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RegionUnavailableError,
+    TooManyRequestsError,
+)
 from tests.support.memory import ManualClock, MemoryKeyRecords
 
 A, B = "env-a", "env-b"
@@ -563,19 +569,30 @@ async def test_when_the_cache_cannot_hold_every_key_a_miss_is_looked_up_once() -
     assert world.lookups() == 2, "an unknown kid is remembered briefly"
 
 
-async def test_a_caller_flooding_unknown_kids_runs_out_of_lookups() -> None:
+async def test_a_caller_flooding_unknown_kids_runs_out_of_lookups_and_hears_retry_later() -> None:
+    """Past the caller's miss budget the verifier cannot tell whether the key exists: it
+    says "too many requests, retry after …" (429 / RESOURCE_EXHAUSTED), never
+    ``unknown_key``, and never ``valid``."""
     world = build(cache_size=1)
-    await world.key()
-    await world.key()
+    created = [await world.key(), await world.key()]
     await world.feed.poll_once()
     assert not world.cache.complete
-    for i in range(10):
+    [evicted] = [key for key in created if world.cache.get(key.key.id) is None]
+    for i in range(2):
         token = handmade({"alg": "EdDSA", "kid": f"flood{i}"}, {"exp": world.now() + 60})
         assert (await world.verify(token)).reason == "unknown_key"
     assert world.lookups() == 2, "the miss budget: two a second"
+    for i in range(3):
+        token = handmade({"alg": "EdDSA", "kid": f"more{i}"}, {"exp": world.now() + 60})
+        with pytest.raises(TooManyRequestsError) as limited:
+            await world.verify(token)
+        assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 1
+    with pytest.raises(TooManyRequestsError):  # nor is a real key answered unknown
+        await world.verify(world.sign(evicted))
+    assert world.lookups() == 2
     world.clock.advance(1.0)
     token = handmade({"alg": "EdDSA", "kid": "later"}, {"exp": world.now() + 60})
-    await world.verify(token)
+    assert (await world.verify(token)).reason == "unknown_key"
     assert world.lookups() == 3
 
 
@@ -609,14 +626,57 @@ async def test_before_the_first_successful_poll_nothing_verifies() -> None:
         await world.verify(world.sign(created))
 
 
-async def test_an_outage_during_a_cache_miss_answers_unknown_key() -> None:
+async def test_an_outage_during_a_cache_miss_says_retry_not_unknown_key() -> None:
+    """No region answers the look-up: ``key_unavailable`` (503 / UNAVAILABLE, with a retry
+    hint), since the key may well exist; it used to be ``unknown_key``."""
     world = build(cache_size=1)
     first = await world.key()
     await world.key()
     await world.feed.poll_once()
     assert world.cache.get(first.key.id) is None
     world.records.unavailable = True
-    assert (await world.verify(world.sign(first))).reason == "unknown_key"
+    with pytest.raises(KeyUnavailableError) as unavailable:
+        await world.verify(world.sign(first))
+    assert unavailable.value.type == "key_unavailable" and unavailable.value.retry_after
+    world.records.unavailable = False
+    assert (await world.verify(world.sign(first))).valid, "and once a region answers, valid"
+
+
+async def test_a_key_created_on_another_instance_since_the_last_poll_verifies() -> None:
+    """The cache holds every key it has heard of, but a key created moments ago on another
+    instance arrives only with the next poll: a token issued since then (``iat``) is looked
+    up rather than answered ``unknown_key`` from the cache (which it used to be)."""
+    world = build()
+    await world.feed.poll_once()
+    assert world.cache.complete
+    elsewhere = KeyService(world.records)  # another instance: this cache hears nothing
+    request = CreateKeyRequest(environment_id=A, spec=KeySpec(algorithm="EdDSA"))
+    created = await elsewhere.create(principal(), request)
+    assert world.cache.get(created.key.id) is None
+    fresh = world.sign(created, {"iat": world.now()})
+    assert (await world.verify(fresh)).valid
+    assert world.lookups() == 1
+    forged = handmade(
+        {"alg": "EdDSA", "kid": "neverMade"}, {"exp": world.now() + 60, "iat": world.now()}
+    )
+    assert (await world.verify(forged)).reason == "unknown_key", "the database is the truth"
+    old = handmade(
+        {"alg": "EdDSA", "kid": "neverMade2"}, {"exp": world.now() + 60, "iat": world.now() - 600}
+    )
+    assert (await world.verify(old)).reason == "unknown_key"
+    assert world.lookups() == 2, "a token issued before the cache's data: no look-up"
+
+
+async def test_a_fresh_token_whose_key_cannot_be_looked_up_is_unavailable() -> None:
+    """The same miss with no region answering: retry later, not ``unknown_key``."""
+    world = build()
+    await world.feed.poll_once()
+    created = await KeyService(world.records).create(
+        principal(), CreateKeyRequest(environment_id=A, spec=KeySpec(algorithm="EdDSA"))
+    )
+    world.records.unavailable = True
+    with pytest.raises(KeyUnavailableError):
+        await world.verify(world.sign(created, {"iat": world.now()}))
 
 
 # JWKS.

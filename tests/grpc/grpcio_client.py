@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import jwt
 from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -54,6 +55,32 @@ def code_of(call: Any) -> str:
     except grpc.RpcError as error:
         return str(error.code().name)
     return "OK"
+
+
+def details_of(call: Any) -> dict[str, Any]:
+    """What a stock client reads of a failure's ``grpc-status-details-bin``: the bytes from
+    the trailing metadata, parsed as ``google.rpc.Status`` (as ``grpc_status.rpc_status``
+    does), its details unpacked."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        trailers = dict(error.trailing_metadata() or ())
+        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        seen: dict[str, Any] = {"code": status.code, "error_type": trailers.get("error-type")}
+        for detail in status.details:
+            info, retry, bad = (
+                error_details_pb2.ErrorInfo(),
+                error_details_pb2.RetryInfo(),
+                error_details_pb2.BadRequest(),
+            )
+            if detail.Unpack(info):
+                seen["reason"], seen["metadata"] = info.reason, dict(info.metadata)
+            elif detail.Unpack(retry):
+                seen["retry_seconds"] = retry.retry_delay.seconds
+            elif detail.Unpack(bad):
+                seen["fields"] = [v.field for v in bad.field_violations]
+        return seen
+    return {}
 
 
 def main(port: int, authorization: str) -> dict[str, Any]:
@@ -152,6 +179,17 @@ def main(port: int, authorization: str) -> dict[str, Any]:
                 lambda: stub.VerifyToken(pb.VerifyTokenRequest(token="a" * 200_000), metadata=md)
             ),
         }
+        once = pb.CreateSigningKeyRequest(algorithm="EdDSA", idempotency_key="grpcio-once")
+        first = stub.CreateSigningKey(once, metadata=md, timeout=10)
+        seen["details"] = {
+            "replay": details_of(lambda: stub.CreateSigningKey(once, metadata=md, timeout=10)),
+            "bad_algorithm": details_of(
+                lambda: stub.CreateSigningKey(
+                    pb.CreateSigningKeyRequest(algorithm="HS256"), metadata=md
+                )
+            ),
+        }
+        seen["replayed_key_id"] = first.key.id
     return seen
 
 

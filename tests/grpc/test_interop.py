@@ -66,3 +66,9 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
         "bad_algorithm": "INVALID_ARGUMENT",
         "oversized": "RESOURCE_EXHAUSTED",
     }
+    # google.rpc.Status from grpc-status-details-bin, parsed with the stock protobuf types.
+    replay = seen["details"]["replay"]
+    assert (replay["code"], replay["reason"], replay["error_type"]) == (6, "conflict", "conflict")
+    assert replay["metadata"]["key_id"] == seen["replayed_key_id"]
+    bad = seen["details"]["bad_algorithm"]
+    assert (bad["code"], bad["reason"], bad["fields"]) == (3, "invalid_parameters", ["algorithm"])

@@ -17,6 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from google.rpc import error_details_pb2
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
@@ -102,16 +103,53 @@ async def test_create_refuses_bad_input_with_invalid_argument(
         assert error.message
 
 
-async def test_a_repeated_idempotency_key_creates_nothing_and_says_already_exists(
-    stub: pb.SigningKeysStub, md: dict[str, str]
+def error_info(error: GRPCError) -> error_details_pb2.ErrorInfo:
+    """The ``ErrorInfo`` grpclib's client decoded from ``grpc-status-details-bin``."""
+    [info] = [d for d in error.details or () if isinstance(d, error_details_pb2.ErrorInfo)]
+    return info
+
+
+def field_violations(error: GRPCError) -> list[str]:
+    return [
+        violation.field
+        for detail in error.details or ()
+        if isinstance(detail, error_details_pb2.BadRequest)
+        for violation in detail.field_violations
+    ]
+
+
+async def test_a_repeated_idempotency_key_creates_nothing_and_names_the_key_it_created(
+    stub: pb.SigningKeysStub, md: dict[str, str], environment: str
 ) -> None:
     request = pb.CreateSigningKeyRequest(idempotency_key="grpc-create-1")
     first = await stub.create_signing_key(request, metadata=md)
     error = await status_of(stub.create_signing_key(request, metadata=md))
     assert error.status is Status.ALREADY_EXISTS
     assert error.message is not None and first.key.id in error.message
+    info = error_info(error)
+    assert info.reason == "conflict" and info.domain == "signingkeys.v1"
+    assert dict(info.metadata) == {"key_id": first.key.id, "environment_id": environment}
+    other = pb.CreateSigningKeyRequest(idempotency_key="grpc-create-1", algorithm="ES256")
+    mismatch = await status_of(stub.create_signing_key(other, metadata=md))
+    assert mismatch.status is Status.FAILED_PRECONDITION
+    assert error_info(mismatch).reason == "idempotency_key_mismatch"
+    assert field_violations(mismatch) == ["idempotency_key"]
     listed = await stub.list_signing_keys(pb.ListSigningKeysRequest(), metadata=md)
     assert [key.id for key in listed.keys] == [first.key.id]
+
+
+async def test_an_expiry_of_zero_is_unset_and_one_in_the_past_is_refused(
+    stub: pb.SigningKeysStub, md: dict[str, str]
+) -> None:
+    unset = await stub.create_signing_key(
+        pb.CreateSigningKeyRequest(algorithm="EdDSA", expires_at="0"), metadata=md
+    )
+    assert unset.key.expires_at == "", "a zero timestamp means none, not 1970"
+    past = pb.CreateSigningKeyRequest(algorithm="EdDSA", expires_at=str(int(time.time()) - 5))
+    error = await status_of(stub.create_signing_key(past, metadata=md))
+    assert error.status is Status.INVALID_ARGUMENT
+    assert error.message is not None and "in the past" in error.message
+    assert field_violations(error) == ["expires_at"]
 
 
 async def test_an_error_carries_its_type_in_the_trailing_metadata(
@@ -130,6 +168,10 @@ async def test_an_error_carries_its_type_in_the_trailing_metadata(
     assert raised.value.status is Status.INVALID_ARGUMENT
     assert stream.trailing_metadata is not None
     assert stream.trailing_metadata["error-type"] == "invalid_parameters"
+    # The details grpclib's client decoded (the raw trailer, as grpcio hands it over, is
+    # read back with google.rpc.Status.FromString in tests/grpc/grpcio_client.py).
+    assert error_info(raised.value).reason == "invalid_parameters"
+    assert field_violations(raised.value) == ["algorithm"]
 
 
 # --- Import -------------------------------------------------------------------------------
@@ -334,7 +376,9 @@ async def test_scopes_and_environments_are_enforced_as_over_http(
 
     both = metadata(await issue_token([environment, "env-elsewhere"]))
     ambiguous = await status_of(stub.get_signing_key(own, metadata=both))
-    assert ambiguous.status is Status.PERMISSION_DENIED, "a multi-environment token must name one"
+    assert ambiguous.status is Status.INVALID_ARGUMENT, "a multi-environment token must name one"
+    assert error_info(ambiguous).reason == "environment_required"
+    assert field_violations(ambiguous) == ["environment_id"]
     assert (await stub.get_signing_key(cross, metadata=both)).key.id == key.id
 
 
@@ -389,11 +433,15 @@ async def test_verify_token_bad_requests(
 ) -> None:
     for request in (
         pb.VerifyTokenRequest(),
-        pb.VerifyTokenRequest(token="a" * 9000),  # over SIGNING_KEYS_MAX_TOKEN_BYTES
         pb.VerifyTokenRequest(token="a.b.c", audience="x" * 513),
     ):
         error = await status_of(stub.verify_token(request, metadata=md))
         assert error.status is Status.INVALID_ARGUMENT, request
+    # Over SIGNING_KEYS_MAX_TOKEN_BYTES: a size limit, as HTTP's 413 payload_too_large.
+    oversized = pb.VerifyTokenRequest(token="a" * 9000)
+    error = await status_of(stub.verify_token(oversized, metadata=md))
+    assert error.status is Status.RESOURCE_EXHAUSTED
+    assert error_info(error).reason == "payload_too_large"
     elsewhere = pb.VerifyTokenRequest(token="a.b.c", environment_id="env-not-mine")
     assert (await status_of(stub.verify_token(elsewhere, metadata=md))).status is (
         Status.PERMISSION_DENIED
@@ -584,3 +632,50 @@ async def test_an_unexpected_failure_is_internal_and_leaks_nothing(
             channel.close()
     assert error.status is Status.INTERNAL
     assert error.message == "internal error"
+
+
+async def test_a_malformed_environment_id_is_invalid_argument_on_every_method(
+    stub: pb.SigningKeysStub, md: dict[str, str], channel: Channel
+) -> None:
+    """As over HTTP (400): the environment's format is checked before anything else is
+    decided about it, never answered PERMISSION_DENIED."""
+    bad = "bad env/../x"
+    calls = [
+        stub.create_signing_key(pb.CreateSigningKeyRequest(environment_id=bad), metadata=md),
+        stub.import_signing_key(
+            pb.ImportSigningKeyRequest(environment_id=bad, pem="x"), metadata=md
+        ),
+        stub.get_signing_key(pb.GetSigningKeyRequest(environment_id=bad, id="k"), metadata=md),
+        stub.list_signing_keys(pb.ListSigningKeysRequest(environment_id=bad), metadata=md),
+        stub.revoke_signing_key(
+            pb.RevokeSigningKeyRequest(environment_id=bad, id="k"), metadata=md
+        ),
+        stub.verify_token(pb.VerifyTokenRequest(environment_id=bad, token="a.b.c"), metadata=md),
+    ]
+    for call in calls:
+        error = await status_of(call)
+        assert error.status is Status.INVALID_ARGUMENT, error
+        assert field_violations(error) == ["environment_id"]
+    async with channel.request(
+        WATCH,
+        Cardinality.UNARY_STREAM,
+        pb.WatchSigningKeysRequest,
+        pb.WatchSigningKeysResponse,
+        metadata=md,
+    ) as stream:
+        await stream.send_message(pb.WatchSigningKeysRequest(environment_id=bad), end=True)
+        with pytest.raises(GRPCError) as raised:
+            await stream.recv_message()
+    assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+async def test_an_import_repeated_with_its_idempotency_key_returns_the_stored_key(
+    stub: pb.SigningKeysStub, md: dict[str, str]
+) -> None:
+    pem = crypto.public_key_pem(crypto.generate_key_pair("EdDSA").public_der)
+    request = pb.ImportSigningKeyRequest(pem=pem, idempotency_key="grpc-import-1")
+    first = await stub.import_signing_key(request, metadata=md)
+    again = await stub.import_signing_key(request, metadata=md)
+    assert again.key == first.key
+    listed = await stub.list_signing_keys(pb.ListSigningKeysRequest(), metadata=md)
+    assert [key.id for key in listed.keys] == [first.key.id]

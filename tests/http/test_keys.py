@@ -233,13 +233,65 @@ async def test_idempotency_key_makes_a_repeated_create_safe(
         assert response.status == 409
         error = (await response.json())["error"]
     assert error["type"] == "conflict"
+    assert error["key_id"] == first["id"], "the key it created, in a field of its own"
+    assert error["environment_id"] == environment
     assert first["id"] in error["messages"][0]
     async with http.post(
         KEYS, headers={**auth.headers, **headers}, json={"algorithm": "ES256"}
     ) as response:
-        assert response.status == 409
-        assert "another request" in (await response.json())["error"]["messages"][0]
+        assert response.status == 422, "a different request: not a replay"
+        error = (await response.json())["error"]
+    assert (error["type"], error["field"]) == ("idempotency_key_mismatch", "idempotency_key")
+    assert "different request" in error["messages"][0]
     assert await key_count(migrated_topology, environment) == 1
+
+
+async def test_an_import_repeated_with_its_idempotency_key_returns_the_stored_key(
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+    migrated_topology: LocalTopology,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    headers = {**auth.headers, "Idempotency-Key": "import-once-1"}
+    async with http.post(f"{KEYS}/import", headers=headers, json={"public_key": pem}) as response:
+        assert response.status == 201
+        first = (await response.json())["data"]
+    async with http.post(f"{KEYS}/import", headers=headers, json={"public_key": pem}) as response:
+        assert response.status == 200, "nothing new was stored: the stored key, as a success"
+        again = (await response.json())["data"]
+    assert again == first
+    async with http.post(
+        f"{KEYS}/import", headers=headers, json={"public_key": pem, "name": "other"}
+    ) as response:
+        assert response.status == 422
+        assert (await response.json())["error"]["key_id"] == first["id"]
+    assert await key_count(migrated_topology, environment) == 1
+
+
+async def test_an_expiry_in_the_past_is_refused_and_a_passed_one_shows_expired(
+    http: aiohttp.ClientSession, auth: Credentials, environment: str
+) -> None:
+    for expires_at in (0, int(time.time()) - 60):
+        async with http.post(KEYS, headers=auth.headers, json={"expires_at": expires_at}) as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+        assert (error["type"], error["field"]) == ("invalid_parameters", "expires_at")
+        assert "in the past" in error["messages"][0]
+    soon = int(time.time()) + 2
+    key = await create(http, auth, expires_at=soon)
+    assert key["status"] == "active"
+    await asyncio.sleep(max(0.0, soon - time.time()) + 0.1)
+    for path in (f"{KEYS}/{key['id']}", f"{KEYS}/{key['id']}/public-key"):
+        async with http.get(path, headers=auth.headers) as response:
+            assert (await response.json())["data"]["status"] == "expired", path
 
 
 async def test_import_pem_and_jwk_then_look_up_the_public_key(
@@ -321,8 +373,10 @@ async def test_a_token_for_several_environments_must_name_one(
 ) -> None:
     both = await issue_token(["env-multi-a", "env-multi-b"])
     async with http.post(KEYS, headers=both.headers) as response:
-        assert response.status == 403
-        assert "X-Environment-Id" in (await response.json())["error"]["messages"][0]
+        assert response.status == 400, "a missing argument, not a refusal"
+        error = (await response.json())["error"]
+        assert (error["type"], error["field"]) == ("environment_required", "environment_id")
+        assert "X-Environment-Id" in error["messages"][0]
     headers = {"X-Environment-Id": "env-multi-b"}
     async with http.post(KEYS, headers={**both.headers, **headers}) as response:
         assert response.status == 201
@@ -396,6 +450,14 @@ async def test_a_token_for_several_environments_must_name_one(
             400,
             "invalid_parameters",
             "environment id",
+        ),
+        (
+            "POST",
+            KEYS,
+            {"json": {"expires_at": 1}},
+            400,
+            "invalid_parameters",
+            "expires_at is in the past",
         ),
         ("GET", "/system/v1/nothing-here", {}, 404, "not_found", "GET"),
         ("PUT", KEYS, {}, 405, "method_not_allowed", "PUT"),

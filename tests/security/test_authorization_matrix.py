@@ -88,8 +88,15 @@ class Rule:
         return not self.needs
 
     def expect(
-        self, case: Case, *, unauthenticated: int | Status, denied: int | Status
+        self,
+        case: Case,
+        *,
+        unauthenticated: int | Status,
+        denied: int | Status,
+        unnamed: int | Status,
     ) -> int | Status:
+        """``unnamed``: the answer to a token of several environments that names none (a
+        missing argument, not a refusal)."""
         if case == "correct":
             return self.ok
         if self.public:
@@ -98,8 +105,8 @@ class Rule:
             return unauthenticated
         if case in MISSING_SCOPE:
             return denied if self.needs <= {MISSING_SCOPE[case]} else self.ok
-        if case == "several_environments" and self.environment_optional:
-            return self.ok
+        if case == "several_environments":
+            return self.ok if self.environment_optional else unnamed
         return denied
 
 
@@ -281,7 +288,7 @@ async def test_http_authorization_matrix(
             async with http.request(method, url, headers=headers, json=body) as response:
                 got = response.status
                 text = await response.text()
-            wanted = rule.expect(case, unauthenticated=401, denied=403)
+            wanted = rule.expect(case, unauthenticated=401, denied=403, unnamed=400)
             if got != wanted:
                 mismatches.append(f"{method} {path} [{case}]: {got}, expected {wanted}: {text}")
     assert len(routes) * len(CASES) >= 22 * 8, "the matrix shrank: were routes lost?"
@@ -474,7 +481,10 @@ async def test_grpc_authorization_matrix(server: Server, channel: Channel, world
                 channel, path, method, grpc_request(world, path, case), world.callers[case]
             )
             wanted = rule.expect(
-                case, unauthenticated=Status.UNAUTHENTICATED, denied=Status.PERMISSION_DENIED
+                case,
+                unauthenticated=Status.UNAUTHENTICATED,
+                denied=Status.PERMISSION_DENIED,
+                unnamed=Status.INVALID_ARGUMENT,
             )
             if answer.status != wanted:
                 mismatches.append(
