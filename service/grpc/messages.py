@@ -13,7 +13,8 @@ fields here, so the two cannot drift.
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_args
 
 import betterproto
@@ -56,11 +57,31 @@ def absent(value: T) -> T | None:
 
 
 def signing_key(key: Key) -> pb.SigningKey:
-    return pb.SigningKey(**_key_fields(key))
+    message = pb.SigningKey(**_key_fields(key))
+    for name, seconds in _timestamps(key):
+        setattr(message, name, datetime.fromtimestamp(seconds, UTC))
+    return message
 
 
 def signing_key_upb(key: Key) -> pb2.SigningKey:
-    return pb2.SigningKey(**_key_fields(key))
+    message = pb2.SigningKey(**_key_fields(key))
+    for name, seconds in _timestamps(key):
+        getattr(message, name).FromSeconds(seconds)
+    return message
+
+
+def _timestamps(key: Key) -> Iterator[tuple[str, int]]:
+    """Every time also as a Timestamp, the same whole (clamped) second as its string; unset
+    where the string is empty."""
+    for name, moment in (
+        ("create_time", key.created_at),
+        ("update_time", key.updated_at),
+        ("revoke_time", key.revoked_at),
+        ("expire_time", key.expires_at),
+    ):
+        text = unix(moment)
+        if text:
+            yield name, int(text)
 
 
 def _key_fields(key: Key) -> dict[str, Any]:
