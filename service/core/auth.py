@@ -7,6 +7,13 @@ fast hash and a constant-time comparison, against the records the
 whether or not the id exists. An unknown id is compared against a dummy hash, so it takes
 the same steps as a wrong secret, and the two get the same answer.
 
+A credential that authenticated is remembered (:class:`VerifiedCredentials`) by a keyed
+digest of its whole ``Authorization`` value, beside the very record it matched: the next
+request with the same value skips parsing, hashing and comparing, but only while the
+credential table still holds that same record — a poll that reads the token revoked,
+changed or gone replaces it, and the next request is checked in full. A failure is never
+remembered, so a flood of wrong secrets adds nothing to it.
+
 Failed authentications are limited per client address and per token id
 (:class:`FailureLimits`): past the limit the answer is 429 (``RESOURCE_EXHAUSTED``).
 The transports bind the client's address to :data:`CLIENT_ADDRESS` for each request.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -26,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+import cachetools
 import structlog
 
 from service.core.credentials import CredentialTable
@@ -53,6 +62,9 @@ _CREDENTIAL = re.compile(r"[\x21-\x7e]+")
 # How many client addresses and token ids the failure limits remember (least recent forgotten).
 DEFAULT_LIMITED_KEYS: Final = 10_000
 INVALID_CREDENTIALS: Final = "invalid access token id or secret"
+# How many credentials that authenticated are remembered (least recent forgotten): tokens
+# are few, and a client usually sends one spelling of its credentials.
+DEFAULT_VERIFIED_CREDENTIALS: Final = 10_000
 
 # The address of the client whose request is being served: bound by the transport for the
 # request's task, as the request id is bound for logging; None outside a request.
@@ -112,6 +124,7 @@ def parse_authorization(header: str | None) -> tuple[str, str]:
     return token_id, secret
 
 
+@functools.lru_cache(maxsize=DEFAULT_LIMITED_KEYS)
 def client_key(address: str) -> str:
     """What the per-client limit counts by: an IPv4 address, or an IPv6 address's /64 (one
     host is commonly given a whole /64, and could otherwise pick a fresh address per try)."""
@@ -166,6 +179,55 @@ class FailureLimits:
         return self._tokens.wait(token_id)
 
 
+class VerifiedCredentials:
+    """``Authorization`` values that authenticated, with the token record each matched.
+
+    Keyed by a BLAKE2b digest under a key drawn at start, so the header itself (which holds
+    the secret) is not what the cache keeps, and nobody can choose values that collide. An
+    entry counts only while the table holds the same record — the same object, or one equal
+    in every field (a secret hash, scopes, environments, revocation, stamp): any change the
+    table reads makes the next request check in full — and for at most ``ttl`` seconds;
+    bounded to ``size`` entries, least recently used forgotten.
+    """
+
+    def __init__(
+        self, *, ttl: float, size: int = DEFAULT_VERIFIED_CREDENTIALS, clock: Callable[[], float]
+    ) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: cachetools.LRUCache[bytes, tuple[AccessToken, float]] = cachetools.LRUCache(
+            maxsize=size
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def digest(self, header: str) -> bytes:
+        # surrogatepass: a header a transport decoded leniently still has one digest.
+        raw = header.encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(raw, digest_size=32, key=self._key).digest()
+
+    def get(self, digest: bytes, table: CredentialTable) -> AccessToken | None:
+        """The record ``digest`` authenticated with, if the table still holds exactly it."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        token, expires = entry
+        current = table.get(token.id)
+        if current is not token and current is not None and current == token:
+            # The same record read again (a poll's overlap re-reads recent changes).
+            self._entries[digest] = (current, expires)
+            token = current
+        if current is token and token.revoked_at is None and self._clock() < expires:
+            return token
+        self._entries.pop(digest, None)
+        return None
+
+    def put(self, digest: bytes, token: AccessToken) -> None:
+        self._entries[digest] = (token, self._clock() + self._ttl)
+
+
 class Authenticator(AsyncResource):
     """Turns an (id, secret) pair into a :class:`Principal`, from the credential table.
 
@@ -175,7 +237,9 @@ class Authenticator(AsyncResource):
     ``cache_ttl`` only. When no region can answer, the records last read keep serving for up
     to ``max_staleness`` seconds (last known good, like the keys); past that, authentication
     fails closed with 503. Without ``limits``, failures are counted but never limited (the
-    command line, which only issues tokens).
+    command line, which only issues tokens). Credentials that authenticated are remembered
+    (:class:`VerifiedCredentials`) for at most ``cache_ttl``, and only while the table
+    holds the record they matched.
 
     >>> async with Authenticator(records, cache_ttl=30, max_staleness=300,
     ...                          poll_interval=0.2, overlap=5.0, limits=limits) as auth:
@@ -210,6 +274,7 @@ class Authenticator(AsyncResource):
         )
         # What an unknown id is compared against: the same work as a wrong secret.
         self._dummy_hash = hash_secret(secrets.token_urlsafe(32))
+        self.verified = VerifiedCredentials(ttl=cache_ttl, clock=clock)
 
     def __repr__(self) -> str:
         return f"<Authenticator {self.credentials!r} limits={self._limits!r}>"
@@ -229,23 +294,24 @@ class Authenticator(AsyncResource):
     ) -> Principal:
         client = CLIENT_ADDRESS.get()
         self._refuse_limited_client(client)
+        self._refuse_stale()
+        return _principal(self._check(token_id, secret, client), api, request_id)
+
+    def _refuse_stale(self) -> None:
         if not self.can_serve():
             raise RegionUnavailableError(
                 "access tokens cannot be checked: no region has answered for too long"
             )
+
+    def _check(self, token_id: str, secret: str, client: str | None) -> AccessToken:
+        """The record ``token_id:secret`` authenticates as; raises on any failure."""
         shaped = _TOKEN_ID.fullmatch(token_id) is not None
         token = self.credentials.get(token_id) if shaped else None
         # Compare even when the id is unknown, so that timing does not tell which ids exist.
         expected = token.secret_hash if token is not None else self._dummy_hash
         matches = hmac.compare_digest(expected, hash_secret(secret))
         if token is not None and matches and token.revoked_at is None:
-            return Principal(
-                token_id=token.id,
-                scopes=token.scopes,
-                environments=token.environments,
-                api=api,
-                request_id=request_id,
-            )
+            return token
         reason = "unknown_token" if token is None else "revoked" if matches else "wrong_secret"
         raise self._failure(
             UnauthenticatedError(INVALID_CREDENTIALS),
@@ -259,12 +325,23 @@ class Authenticator(AsyncResource):
     ) -> Principal:
         client = CLIENT_ADDRESS.get()
         self._refuse_limited_client(client)
+        digest = None
+        if header and len(header) <= MAX_CREDENTIAL_LENGTH:
+            digest = self.verified.digest(header)
+            known = self.verified.get(digest, self.credentials)
+            # Stale records: the full path below refuses, in the same order as on a miss.
+            if known is not None and self.can_serve():
+                return _principal(known, api, request_id)
         try:
             token_id, secret = parse_authorization(header)
         except UnauthenticatedError as exc:
             reason = "missing" if not header else "malformed"
             raise self._failure(exc, reason, client=client) from None
-        return await self.authenticate(token_id, secret, api=api, request_id=request_id)
+        self._refuse_stale()
+        token = self._check(token_id, secret, client)
+        if digest is not None:
+            self.verified.put(digest, token)
+        return _principal(token, api, request_id)
 
     def _refuse_limited_client(self, client: str | None) -> None:
         if self._limits is None:
@@ -319,3 +396,13 @@ class Authenticator(AsyncResource):
                 await self.credentials.poll_once()
         log.info("access_token_issued", token_id=token.id, scopes=sorted(token.scopes))
         return token, secret
+
+
+def _principal(token: AccessToken, api: Api, request_id: str | None) -> Principal:
+    return Principal(
+        token_id=token.id,
+        scopes=token.scopes,
+        environments=token.environments,
+        api=api,
+        request_id=request_id,
+    )

@@ -5,7 +5,9 @@ sent for a string field becomes an ``int`` in a ``str`` attribute, and stray byt
 skipped. So every request for one of our betterproto messages is first parsed by the
 protobuf runtime (upb, a compliant parser, about a microsecond for our small messages) and,
 once betterproto has decoded it, its fields are checked against their declared types. The
-health and reflection services use protobuf messages and get the first check only.
+messages of the hot RPCs, and of health and reflection, are protobuf's own: parsed once,
+by upb, which keeps a declared field sent with the wrong wire type as an *unknown* field —
+refused here too, as betterproto's messages are.
 
 Oversized requests are refused here too (``RESOURCE_EXHAUSTED``, as grpc-core does), but
 only once their bytes are in memory; :mod:`service.grpc.limits` refuses them earlier, from
@@ -22,6 +24,7 @@ from typing import Any, Final, cast
 
 import betterproto
 from google.protobuf.message import Message as ProtobufMessage
+from google.protobuf.unknown_fields import UnknownFieldSet
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
@@ -71,6 +74,19 @@ def protobuf_twins(
         if isinstance(cls, type) and issubclass(cls, betterproto.Message):
             twins[cls] = getattr(pb2_module, name)
     return twins
+
+
+def check_wire_types(message: ProtobufMessage) -> None:
+    """Raise :class:`MalformedMessageError` if a declared field came with the wrong wire type
+    (upb keeps it as an unknown field). Fields of numbers the message does not declare are
+    skipped, as proto3 asks. Top level only: no request of ours nests a message."""
+    unknown = UnknownFieldSet(message)
+    if not len(unknown):
+        return
+    declared = message.DESCRIPTOR.fields_by_number
+    for item in unknown:
+        if item.field_number in declared:
+            raise MalformedMessageError(f"field {item.field_number} has the wrong wire type")
 
 
 def check_types(message: betterproto.Message) -> None:
@@ -137,6 +153,8 @@ class StrictCodec(ProtoCodec):
             message = message_type.FromString(data)
             if isinstance(message, betterproto.Message):
                 check_types(message)
+            elif isinstance(message, ProtobufMessage):
+                check_wire_types(message)
         except Exception:
             # Whatever a parser raises on bytes a caller chose (DecodeError, EOFError
             # mid-varint, KeyError on a wire type betterproto does not expect, …) is the

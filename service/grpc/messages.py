@@ -3,11 +3,17 @@
 Pure functions: no I/O, no rules beyond the encoding. Field semantics mirror the HTTP API
 (:mod:`service.http.keys`): times are strings of Unix seconds, the private key is base64 of
 its PEM, and an empty string means "not given".
+
+Messages are betterproto's (the Python client API), except for the hot RPCs' replies, which
+the server builds with the protobuf runtime (upb; the ``*_upb`` functions): it decodes and
+encodes them in C, once (see :mod:`service.grpc.servicer`). Both are built from the same
+fields here, so the two cannot drift.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_args
 
@@ -18,9 +24,10 @@ from service.core.json import dumps, loads
 from service.core.models import KeySource, KeyStatus
 from service.core.models import SigningKey as Key
 from service.core.times import unix_seconds
-from service.core.verify import REASONS
+from service.core.verify import REASONS, Verification
 from service.errors import InvalidRequestError
 from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.generated.signingkeys.v1 import signing_keys_pb2 as pb2
 
 T = TypeVar("T")
 
@@ -50,9 +57,22 @@ def absent(value: T) -> T | None:
 
 
 def signing_key(key: Key) -> pb.SigningKey:
-    message = _signing_key(key)
-    # Every time also as a Timestamp, the same whole (clamped) second as its string; unset
-    # where the string is empty.
+    message = pb.SigningKey(**_key_fields(key))
+    for name, seconds in _timestamps(key):
+        setattr(message, name, datetime.fromtimestamp(seconds, UTC))
+    return message
+
+
+def signing_key_upb(key: Key) -> pb2.SigningKey:
+    message = pb2.SigningKey(**_key_fields(key))
+    for name, seconds in _timestamps(key):
+        getattr(message, name).FromSeconds(seconds)
+    return message
+
+
+def _timestamps(key: Key) -> Iterator[tuple[str, int]]:
+    """Every time also as a Timestamp, the same whole (clamped) second as its string; unset
+    where the string is empty."""
     for name, moment in (
         ("create_time", key.created_at),
         ("update_time", key.updated_at),
@@ -61,25 +81,24 @@ def signing_key(key: Key) -> pb.SigningKey:
     ):
         text = unix(moment)
         if text:
-            setattr(message, name, datetime.fromtimestamp(int(text), UTC))
-    return message
+            yield name, int(text)
 
 
-def _signing_key(key: Key) -> pb.SigningKey:
-    return pb.SigningKey(
-        id=key.id,
-        created_at=unix(key.created_at),
-        environment_id=key.environment_id,
-        algorithm=key.algorithm,
-        status=_STATUS[key.status],
-        source=_SOURCE[key.source],
-        name=key.name or "",
-        fingerprint=key.fingerprint,
-        public_key=crypto.public_key_pem(key.public_key),
-        updated_at=unix(key.updated_at),
-        revoked_at=unix(key.revoked_at),
-        expires_at=unix(key.expires_at),
-    )
+def _key_fields(key: Key) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "created_at": unix(key.created_at),
+        "environment_id": key.environment_id,
+        "algorithm": key.algorithm,
+        "status": _STATUS[key.status],
+        "source": _SOURCE[key.source],
+        "name": key.name or "",
+        "fingerprint": key.fingerprint,
+        "public_key": crypto.public_key_pem(key.public_key),
+        "updated_at": unix(key.updated_at),
+        "revoked_at": unix(key.revoked_at),
+        "expires_at": unix(key.expires_at),
+    }
 
 
 def private_key(pem: bytes) -> str:
@@ -101,6 +120,17 @@ def invalid_reason(reason: str | None) -> pb.InvalidReason:
     if reason is None:
         return pb.InvalidReason.from_string("UNSPECIFIED")
     return _REASON[reason]
+
+
+def verification_upb(verdict: Verification) -> pb2.VerifyTokenResponse:
+    return pb2.VerifyTokenResponse(
+        valid=verdict.valid,
+        reason=invalid_reason(verdict.reason),
+        reason_text=verdict.reason or "",
+        key_id=verdict.key_id or "",
+        environment_id=verdict.environment_id or "",
+        claims_json=claims_json(verdict.claims),
+    )
 
 
 def watch_kind(kind: str) -> pb.WatchEventKind:

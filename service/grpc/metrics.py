@@ -7,6 +7,8 @@ all) — a line per call would cost as much as serving it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -40,11 +42,21 @@ class GrpcMetrics(CallObserver):
                 ["method"],
                 registry,
             )
+        # Label children resolved once per (method, status), as HTTP's are per route:
+        # .labels() takes a lock and builds tuples on every call. Bounded: methods are the
+        # services', statuses grpclib's.
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def finished(self, method: str, status: str, elapsed: float, request_id: str) -> None:
         if self._requests is not None and self._latency is not None:
-            self._requests.labels(method, status).inc()
-            self._latency.labels(method).observe(elapsed)
+            children = self._children.get((method, status))
+            if children is None:
+                children = self._children[method, status] = (
+                    self._requests.labels(method, status),
+                    self._latency.labels(method),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
         unary = method != "WatchSigningKeys"
         notable = status in ("INTERNAL", "UNKNOWN") or (unary and elapsed >= self._slow)
         if is_access_logged(self._access_log, self._sample_rate, notable=notable):

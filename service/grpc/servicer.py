@@ -48,6 +48,7 @@ from service.errors import DeadlineExceededError, DependencyError, InvalidReques
 from service.grpc import messages
 from service.grpc.errors import error_status, grpc_error
 from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.generated.signingkeys.v1 import signing_keys_pb2 as pb2
 from service.grpc.messages import absent
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,10 @@ CONSISTENCY_METADATA: Final = "x-consistency-token"
 REQUEST_ID_METADATA: Final = "x-request-id"
 SERVICE_NAME: Final = "signingkeys.v1.SigningKeys"
 _SERVER_STREAMS: Final = frozenset({"WatchSigningKeys"})
+# The hot RPCs' messages are the protobuf runtime's (upb): the codec parses them once, in C,
+# strictly, and encodes the reply in C. betterproto (the Python client API) would parse each
+# request a second time, in Python, and encode the reply in Python.
+_UPB_METHODS: Final = frozenset({"GetSigningKey", "VerifyToken"})
 
 RequestT = TypeVar("RequestT", bound=betterproto.Message)
 ReplyT = TypeVar("ReplyT", bound=betterproto.Message)
@@ -164,8 +169,8 @@ class SigningKeysServicer:
             f"/{SERVICE_NAME}/{name}": Handler(
                 func,
                 Cardinality.UNARY_STREAM if name in _SERVER_STREAMS else Cardinality.UNARY_UNARY,
-                getattr(pb, f"{name}Request"),
-                getattr(pb, f"{name}Response"),
+                getattr(pb2 if name in _UPB_METHODS else pb, f"{name}Request"),
+                getattr(pb2 if name in _UPB_METHODS else pb, f"{name}Response"),
             )
             for name, func in handlers.items()
         }
@@ -275,15 +280,15 @@ class SigningKeysServicer:
         return pb.ImportSigningKeyResponse(key=messages.signing_key(imported.key))
 
     async def _get(
-        self, request: pb.GetSigningKeyRequest, call: Call[Any, Any]
-    ) -> pb.GetSigningKeyResponse:
+        self, request: pb2.GetSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb2.GetSigningKeyResponse:
         ref = KeyRef.parse(
             key_id=request.id,
             environment_id=absent(request.environment_id),
             status=absent(request.status),
         )
         key = await self._keys.get(await call.principal(), ref)
-        return pb.GetSigningKeyResponse(key=messages.signing_key(key))
+        return pb2.GetSigningKeyResponse(key=messages.signing_key_upb(key))
 
     async def _list(
         self, request: pb.ListSigningKeysRequest, call: Call[Any, Any]
@@ -308,8 +313,8 @@ class SigningKeysServicer:
         return pb.RevokeSigningKeyResponse(key=messages.signing_key(key))
 
     async def _verify(
-        self, request: pb.VerifyTokenRequest, call: Call[Any, Any]
-    ) -> pb.VerifyTokenResponse:
+        self, request: pb2.VerifyTokenRequest, call: Call[Any, Any]
+    ) -> pb2.VerifyTokenResponse:
         verdict = await self._verifier.verify(
             await call.principal(),
             VerifyRequest.parse(
@@ -319,14 +324,7 @@ class SigningKeysServicer:
                 subject=absent(request.subject),
             ),
         )
-        return pb.VerifyTokenResponse(
-            valid=verdict.valid,
-            reason=messages.invalid_reason(verdict.reason),
-            reason_text=verdict.reason or "",
-            key_id=verdict.key_id or "",
-            environment_id=verdict.environment_id or "",
-            claims_json=messages.claims_json(verdict.claims),
-        )
+        return messages.verification_upb(verdict)
 
     async def _watch(
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]

@@ -129,7 +129,10 @@ async def _handle(
     try:
         if certificate_required:
             _require_client_certificate(request)
-        if request.body_exists:
+        if request.body_exists and request.content.is_eof():
+            # Already in whole (a small body arrives with its head): no timer to arm.
+            await request.read()
+        elif request.body_exists:
             # Read whole here, within its timeout, so that no handler waits on a slow client
             # (the body is bounded by the application's client_max_size; handlers get it
             # from aiohttp's cache).

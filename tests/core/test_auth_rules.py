@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from service.core.auth import CLIENT_ADDRESS, Authenticator, FailureLimits, hash_secret
+from service.core import auth as auth_module
+from service.core.auth import (
+    CLIENT_ADDRESS,
+    Authenticator,
+    FailureLimits,
+    VerifiedCredentials,
+    hash_secret,
+)
 from service.core.metrics import CoreMetrics
 from service.core.models import Scope
 from service.errors import (
@@ -332,3 +339,110 @@ async def test_issuing_on_a_table_never_read_reads_it_so_the_token_works_at_once
     auth = await authenticator(tokens, clock, loaded=False)
     token, secret = await auth.issue([Scope.READ], ["env-a"])
     assert (await auth.authenticate(token.id, secret, api="http")).token_id == token.id
+
+
+# --- Credentials that authenticated, remembered --------------------------------------------
+
+
+def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count full credential checks: each hashes the presented secret once."""
+    calls = [0]
+
+    def counted(secret: str) -> bytes:
+        calls[0] += 1
+        return hash_secret(secret)
+
+    monkeypatch.setattr(auth_module, "hash_secret", counted)
+    return calls
+
+
+async def test_a_credential_that_authenticated_is_not_checked_in_full_again(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every request parsed, hashed and compared its credentials."""
+    token, secret = await auth.issue([Scope.READ], ["env-a"])
+    header = f"Bearer {token.id}:{secret}"
+    hashes = counting_hashes(monkeypatch)
+    first = await auth.authenticate_header(header, api="http", request_id="r1")
+    again = await auth.authenticate_header(header, api="grpc", request_id="r2")
+    assert hashes[0] == 1, "the second request was answered from what the first proved"
+    assert (again.token_id, again.scopes, again.environments) == (
+        first.token_id,
+        first.scopes,
+        first.environments,
+    )
+    assert (again.api, again.request_id) == ("grpc", "r2"), "the principal is the request's"
+
+
+async def test_a_remembered_credential_is_refused_once_the_table_reads_its_revocation(
+    auth: Authenticator, tokens: MemoryTokenRecords, clock: ManualClock
+) -> None:
+    revoked, revoked_secret = await auth.issue([Scope.READ], ["env-a"])
+    deleted, deleted_secret = await auth.issue([Scope.READ], ["env-a"])
+    headers = {
+        revoked.id: f"Bearer {revoked.id}:{revoked_secret}",
+        deleted.id: f"Bearer {deleted.id}:{deleted_secret}",
+    }
+    for _ in range(2):
+        for header in headers.values():
+            await auth.authenticate_header(header, api="http")
+    await poll(auth, clock)  # re-reads both records (within the overlap): still good
+    for header in headers.values():
+        await auth.authenticate_header(header, api="http")
+    tokens.revoke(revoked.id)
+    await poll(auth, clock)
+    with pytest.raises(UnauthenticatedError):
+        await auth.authenticate_header(headers[revoked.id], api="http")
+    tokens.delete(deleted.id)
+    clock.advance(CACHE_TTL)
+    await auth.credentials.poll_once()  # a resync: the deleted row is gone from the table
+    with pytest.raises(UnauthenticatedError):
+        await auth.authenticate_header(headers[deleted.id], api="http")
+
+
+async def test_a_wrong_secret_never_authenticates_after_the_right_one(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, secret = await auth.issue([Scope.READ], ["env-a"])
+    await auth.authenticate_header(f"Bearer {token.id}:{secret}", api="http")
+    basic = base64.b64encode(f"{token.id}:{secret}x".encode()).decode()
+    wrong = [f"Bearer {token.id}:{secret[:-1]}", f"Bearer {token.id}:{secret}x", f"Basic {basic}"]
+    for attempt in range(300):
+        with pytest.raises(UnauthenticatedError):
+            await auth.authenticate_header(wrong[attempt % 3], api="http")
+    with pytest.raises(UnauthenticatedError):
+        await auth.authenticate_header(f"Bearer {token.id}:{GUESS}{attempt}", api="http")
+    assert len(auth.verified) == 1, "failures are never remembered: a flood adds nothing"
+
+
+async def test_remembered_credentials_are_bounded_and_expire(
+    tokens: MemoryTokenRecords, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = await authenticator(tokens, clock)
+    auth.verified = VerifiedCredentials(ttl=CACHE_TTL, size=4, clock=clock.seconds)
+    token, secret = await auth.issue([Scope.READ], ["env-a"])
+    # Spellings of one credential are distinct values: each is remembered on its own.
+    spellings = [f"Bearer {token.id}:{secret}", f"Bearer  {token.id}:{secret}"] + [
+        f"Bearer {token.id}:{secret}" + " " * n for n in range(1, 9)
+    ]
+    for header in spellings:
+        await auth.authenticate_header(header, api="http")
+    assert len(auth.verified) == 4
+    hashes = counting_hashes(monkeypatch)
+    await auth.authenticate_header(spellings[-1], api="http")
+    assert hashes[0] == 0
+    clock.advance(CACHE_TTL)
+    await auth.authenticate_header(spellings[-1], api="http")
+    assert hashes[0] == 1, "past the TTL the credential is checked in full again"
+
+
+async def test_a_remembered_credential_fails_closed_past_the_staleness_bound(
+    auth: Authenticator, tokens: MemoryTokenRecords, clock: ManualClock
+) -> None:
+    token, secret = await auth.issue([Scope.VERIFY], ["env-a"])
+    header = f"Bearer {token.id}:{secret}"
+    await auth.authenticate_header(header, api="grpc")
+    tokens.unavailable = True
+    clock.advance(MAX_STALENESS + 1)
+    with pytest.raises(RegionUnavailableError):
+        await auth.authenticate_header(header, api="grpc")

@@ -1,8 +1,13 @@
-"""The strict codec: betterproto's lenient parse never sees (or never keeps) a bad message."""
+"""The strict codec: betterproto's lenient parse never sees (or never keeps) a bad message, and
+the hot RPCs' messages are parsed once, by upb."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import betterproto
 import pytest
+from google.protobuf.message import Message as ProtobufMessage
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
@@ -10,6 +15,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from service.grpc.codec import MalformedMessageError, StrictCodec, check_types, protobuf_twins
 from service.grpc.generated.signingkeys import v1 as pb
 from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
+from service.grpc.servicer import SERVICE_NAME, SigningKeysServicer
 
 CODEC = StrictCodec(max_message_bytes=64, twins=protobuf_twins(pb, signing_keys_pb2))
 
@@ -80,3 +86,47 @@ def test_wire_types_betterproto_mishandles_are_invalid_argument_not_internal(
     with pytest.raises(GRPCError) as raised:
         CODEC.decode(payload, pb.ListSigningKeysRequest)
     assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x08\x96\x01", bytes.fromhex("0d01020304")],  # a varint, a fixed32 on string field 1
+)
+def test_protobuf_messages_refuse_a_declared_field_with_the_wrong_wire_type(
+    payload: bytes,
+) -> None:
+    """upb keeps such a field as unknown and parses 'successfully'; the codec refuses."""
+    assert signing_keys_pb2.GetSigningKeyRequest.FromString(payload).id == ""
+    with pytest.raises(GRPCError) as raised:
+        CODEC.decode(payload, signing_keys_pb2.GetSigningKeyRequest)
+    assert raised.value.status is Status.INVALID_ARGUMENT
+
+
+def test_protobuf_messages_skip_fields_they_do_not_declare() -> None:
+    """proto3: a newer client's extra field (number 15 here) is ignored, not refused."""
+    request = CODEC.decode(b"\x0a\x01k\x78\x01", signing_keys_pb2.GetSigningKeyRequest)
+    assert request.environment_id == "k"
+
+
+def test_the_hot_rpcs_are_decoded_once_by_upb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: upb parsed each GetSigningKey and VerifyToken request, then betterproto again."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("betterproto parsed a hot RPC's request")
+
+    monkeypatch.setattr(betterproto.Message, "parse", refuse)
+    servicer = SigningKeysServicer(
+        key_service=cast(Any, None),
+        authenticator=cast(Any, None),
+        verifier=cast(Any, None),
+        changes=cast(Any, None),
+    )
+    mapping = servicer.__mapping__()
+    for method, request in (
+        ("GetSigningKey", pb.GetSigningKeyRequest(id="k", environment_id="e")),
+        ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", audience="x")),
+    ):
+        handler = mapping[f"/{SERVICE_NAME}/{method}"]
+        decoded = CODEC.decode(bytes(request), handler.request_type)
+        assert decoded.SerializeToString() == bytes(request)
+        assert issubclass(handler.reply_type, ProtobufMessage)

@@ -119,3 +119,26 @@ def test_a_keys_times_are_also_timestamps_the_same_whole_second_unset_when_empty
     wire = signing_keys_pb2.SigningKey.FromString(bytes(revoked))
     assert wire.revoke_time.seconds == int(revoked.revoked_at)
     assert wire.expire_time.seconds == int(revoked.expires_at)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {
+            "status": "revoked",
+            "name": "n",
+            "revoked_at": datetime(2025, 2, 1, tzinfo=UTC),
+            "expires_at": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+    ],
+)
+def test_the_upb_key_the_hot_rpcs_send_reads_as_the_betterproto_one(
+    changes: dict[str, object],
+) -> None:
+    """GetSigningKey's reply is built with upb: a client reads exactly what betterproto's
+    builder (every other method's) would have sent."""
+    key = _key(**changes)
+    upb = messages.signing_key_upb(key)
+    assert pb.SigningKey.FromString(upb.SerializeToString()) == messages.signing_key(key)
+    assert upb.HasField("create_time") and upb.HasField("revoke_time") == bool(changes)

@@ -441,7 +441,8 @@ async def test_a_token_for_several_environments_must_name_one(
         ),
         ("POST", KEYS, {"data": b"[" * 1000}, 400, "invalid_parameters", "not valid JSON"),
         ("POST", KEYS, {"data": b'{"a": NaN}'}, 400, "invalid_parameters", "not valid JSON"),
-        ("POST", KEYS, {"data": b'{"\\ud800": 1}'}, 400, "invalid_parameters", "unknown"),
+        # A lone surrogate has no UTF-8 form: the decoder refuses it (it once became a key).
+        ("POST", KEYS, {"data": b'{"\\ud800": 1}'}, 400, "invalid_parameters", "not valid JSON"),
         ("POST", KEYS, {"json": {"name": "a\u0000b"}}, 400, "invalid_parameters", "printable"),
         (
             "GET",

@@ -369,7 +369,8 @@ class Method:
 
 async def live_grpc_methods(server: Server, channel: Channel) -> dict[str, Method]:
     """Every method of every service the server lists through reflection (and reflection
-    itself), typed as the server's own handlers declare them."""
+    itself), typed as the server's own handlers declare them — but SigningKeys' messages as
+    our Python client sends them, betterproto's (the server decodes its hot RPCs' with upb)."""
     assert server.grpc is not None
     stream_request = reflection_pb2.ServerReflectionRequest(list_services="")
     async with channel.request(
@@ -396,9 +397,19 @@ async def live_grpc_methods(server: Server, channel: Channel) -> dict[str, Metho
         handlers.update(servable.__mapping__())
     assert described == set(handlers), "the descriptors and the served handlers disagree"
     return {
-        path: Method(handler.cardinality, handler.request_type, handler.reply_type)
+        path: Method(
+            handler.cardinality, client_type(handler.request_type), client_type(handler.reply_type)
+        )
         for path, handler in handlers.items()
     }
+
+
+def client_type(message_type: Any) -> Any:
+    """The betterproto class of a SigningKeys message the server declares with upb."""
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    if descriptor is not None and descriptor.full_name.startswith("signingkeys.v1."):
+        return getattr(pb, descriptor.name)
+    return message_type
 
 
 async def test_every_grpc_method_has_a_rule(server: Server, channel: Channel) -> None:
