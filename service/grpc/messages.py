@@ -13,6 +13,7 @@ fields here, so the two cannot drift.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_args
@@ -21,7 +22,7 @@ import betterproto
 
 from service.core import crypto
 from service.core.json import dumps, loads
-from service.core.models import KeySource, KeyStatus
+from service.core.models import KeySource, ShownStatus
 from service.core.models import SigningKey as Key
 from service.core.times import unix_seconds
 from service.core.verify import REASONS, Verification
@@ -31,8 +32,8 @@ from service.grpc.generated.signingkeys.v1 import signing_keys_pb2 as pb2
 
 T = TypeVar("T")
 
-_STATUS: Final[dict[KeyStatus, pb.KeyStatus]] = {
-    status: pb.KeyStatus.from_string(status.upper()) for status in get_args(KeyStatus)
+_STATUS: Final[dict[ShownStatus, pb.KeyStatus]] = {
+    status: pb.KeyStatus.from_string(status.upper()) for status in get_args(ShownStatus)
 }
 _SOURCE: Final[dict[KeySource, pb.KeySource]] = {
     source: pb.KeySource.from_string(source.upper()) for source in get_args(KeySource)
@@ -90,7 +91,8 @@ def _key_fields(key: Key) -> dict[str, Any]:
         "created_at": unix(key.created_at),
         "environment_id": key.environment_id,
         "algorithm": key.algorithm,
-        "status": _STATUS[key.status],
+        # As HTTP shows it: expired once expires_at has passed (the stored status says active).
+        "status": _STATUS[key.status_at(time.time())],
         "source": _SOURCE[key.source],
         "name": key.name or "",
         "fingerprint": key.fingerprint,

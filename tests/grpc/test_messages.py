@@ -142,3 +142,14 @@ def test_the_upb_key_the_hot_rpcs_send_reads_as_the_betterproto_one(
     upb = messages.signing_key_upb(key)
     assert pb.SigningKey.FromString(upb.SerializeToString()) == messages.signing_key(key)
     assert upb.HasField("create_time") and upb.HasField("revoke_time") == bool(changes)
+
+
+def test_a_key_past_its_expiry_is_expired_over_grpc_as_over_http() -> None:
+    """The stored status says active; both messages say EXPIRED once expires_at has
+    passed, as the HTTP JSON says expired (a client must not read such a key as usable)."""
+    key = _key(expires_at=datetime(2025, 6, 1, tzinfo=UTC))
+    assert key_json(key)["status"] == "expired"
+    assert messages.signing_key(key).status == pb.KeyStatus.EXPIRED
+    assert messages.signing_key_upb(key).status == signing_keys_pb2.KEY_STATUS_EXPIRED
+    unexpired = _key(expires_at=datetime(9000, 1, 1, tzinfo=UTC))
+    assert messages.signing_key(unexpired).status == pb.KeyStatus.ACTIVE
