@@ -469,6 +469,7 @@ _ERROR: Final = _object(
         "key_id": {"type": "string", "description": "The key concerned."},
         "environment_id": {"type": "string", "description": "The environment concerned."},
     },
+    ("type", "messages", "request_id"),  # field, key_id, environment_id: where they apply
     description="An error: a machine-readable type, human messages, the request's id.",
     example={
         "type": "not_found",

@@ -85,7 +85,7 @@ def test_every_response_schema_is_named_and_open() -> None:
 def test_open_enumerations_list_their_known_values() -> None:
     schemas = openapi_document()["components"]["schemas"]
     status = schemas["SigningKey"]["properties"]["status"]
-    assert status["x-extensible-enum"] == ["active", "revoked"]
+    assert status["x-extensible-enum"] == ["active", "revoked", "expired"]
     assert "active" in status["description"]
     assert "RS256" in schemas["SigningKey"]["properties"]["algorithm"]["x-extensible-enum"]
     assert "unknown_key" in schemas["Verdict"]["properties"]["reason"]["x-extensible-enum"]
