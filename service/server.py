@@ -101,9 +101,6 @@ class Server(AsyncResource):
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(
-            self.key_records, write_timeout=settings.write_deadline, on_change=self.key_cache.put
-        )
         self.changes = ChangeFeed(
             self.key_records,
             self.key_cache,
@@ -117,6 +114,13 @@ class Server(AsyncResource):
                 snapshot_reads=settings.max_snapshot_reads,
             ),
             metrics=self.metrics,
+        )
+        # Reads come from the cache while the feed keeps it fresh; writes go into it at once.
+        self.keys = KeyService(
+            self.key_records,
+            write_timeout=settings.write_deadline,
+            cache=self.key_cache,
+            feed=self.changes,
         )
         self.verifier = TokenVerifier(
             self.key_records,
