@@ -115,13 +115,20 @@ class JwksDocuments:
             maxsize=max_bytes, getsizeof=lambda rendered: rendered.size
         )
         self._rendering: dict[str, tuple[int, asyncio.Task[_Rendered]]] = {}
-        self.renders = 0  # documents rendered from the cache, for tests and curiosity
+        # For tests and curiosity: documents rendered from the cache, keys converted to JWKs.
+        self.renders = 0
+        self.converted = 0
 
     def __repr__(self) -> str:
         return (
             f"<JwksDocuments documents={len(self._documents)} "
             f"bytes={self._documents.currsize}/{self._documents.maxsize} renders={self.renders}>"
         )
+
+    @property
+    def kept_bytes(self) -> int:
+        """What the kept documents count for against ``max_bytes``."""
+        return int(self._documents.currsize)
 
     def from_memory(self) -> bool:
         """Whether documents may come from the cache now (not: they must be read)."""
@@ -195,6 +202,7 @@ class JwksDocuments:
                 continue
             jwks[record.id] = (public, _jwk(public, record))
             converted += 1
+            self.converted += 1
             if not converted % self._chunk:
                 await asyncio.sleep(0)
         document = _document(jwk for _, jwk in jwks.values())
