@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -42,10 +42,11 @@ class Instance:
     documents: JwksDocuments
     elsewhere: KeyService  # another instance's writes, learnt through the feed
 
-    async def create(self, environment_id: str = A, **spec: object) -> SigningKey:
-        request = CreateKeyRequest(
-            environment_id=environment_id, spec=KeySpec(algorithm="EdDSA", **spec)
-        )
+    async def create(
+        self, environment_id: str = A, *, expires_at: datetime | None = None
+    ) -> SigningKey:
+        spec = KeySpec(algorithm="EdDSA", expires_at=expires_at)
+        request = CreateKeyRequest(environment_id=environment_id, spec=spec)
         return (await self.elsewhere.create(WRITER, request)).key
 
     async def kids(self, environment_id: str = A) -> list[str]:
