@@ -8,10 +8,11 @@ its keys) or the first key it lists expires. A request then costs a dictionary l
 a matching ``If-None-Match`` answers 304 without rendering anything.
 
 A re-render reuses the JWK of every key it rendered before (by the identity of the parsed
-key), so after one change it costs a join and a hash. A first render of a large environment
-converts every key (about 10 µs each, more for RSA: a second for 100,000 keys), so it gives
-the event loop a turn every :data:`RENDER_CHUNK` keys, and concurrent requests for the same
-environment wait for one render instead of starting their own.
+key), so after one change it costs a walk over the environment's keys, a join and a hash
+(about 10 ms for 10,000 keys). A first render converts every key (5 to 10 µs each, more on a
+busy machine: 60 ms for 10,000), so a render gives the rest of the event loop a turn every
+:data:`RENDER_SLICE` seconds, and concurrent requests for the same environment wait for one
+render instead of starting their own.
 
 Otherwise (the feed stale, the cache incomplete, or a request carrying a consistency token,
 whose position the feed cannot vouch for) the document is read from the database and
@@ -39,7 +40,7 @@ import structlog
 
 from service.core import consistency, crypto, times
 from service.core.changes import ChangeFeed
-from service.core.keycache import KeyCache
+from service.core.keycache import CachedKey, KeyCache
 from service.core.models import SigningKey
 from service.core.ports import ChangeSource
 
@@ -48,9 +49,8 @@ log = structlog.get_logger(__name__)
 # Rendered documents kept, in bytes of their bodies and JWKs: about 20 environments of
 # 10,000 RSA keys, or 200 of 1,000 EdDSA keys.
 DEFAULT_MAX_BYTES: Final = 128 * 1024 * 1024
-# Keys converted to JWKs between two turns given to the rest of the event loop (about 2 to
-# 10 ms of work on a busy machine).
-RENDER_CHUNK: Final = 250
+# The longest a render holds the event loop before it gives the other tasks a turn.
+RENDER_SLICE: Final = 0.005
 # What an entry costs beyond its bytes (the objects around them), so small documents count.
 _ENTRY_OVERHEAD: Final = 1024
 _PER_KEY_OVERHEAD: Final = 100
@@ -103,13 +103,13 @@ class JwksDocuments:
         feed: ChangeFeed,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        render_chunk: int = RENDER_CHUNK,
+        render_slice: float = RENDER_SLICE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._records = records
         self._cache = cache
         self._feed = feed
-        self._chunk = max(1, render_chunk)
+        self._slice = render_slice
         self._clock = clock
         self._documents: cachetools.LRUCache[str, _Rendered] = cachetools.LRUCache(
             maxsize=max_bytes, getsizeof=lambda rendered: rendered.size
@@ -184,31 +184,32 @@ class JwksDocuments:
     ) -> _Rendered:
         self.renders += 1
         now = self._clock()
-        keys = [
-            cached
-            for cached in self._cache.environment_keys(environment_id)
-            if cached.public_key is not None and _listed(cached.record, now)
-        ]
-        keys.sort(key=lambda cached: cached.record.id)
         known = previous.jwks if previous is not None else {}
         jwks: dict[str, tuple[crypto.PublicKey, bytes]] = {}
-        converted = 0
-        for cached in keys:
+        valid_until = math.inf
+        turn = time.perf_counter() + self._slice
+        for kid, cached in sorted(self._cache.environment_items(environment_id), key=_first):
             public, record = cached.public_key, cached.record
-            assert public is not None  # filtered above
-            prior = known.get(record.id)
-            if prior is not None and prior[0] is public:
-                jwks[record.id] = prior
+            # Only what verifies here: no relying party is handed a key the rules refuse.
+            if public is None or not record.is_active:
                 continue
-            jwks[record.id] = (public, _jwk(public, record))
-            converted += 1
-            self.converted += 1
-            if not converted % self._chunk:
+            if record.expires_at is not None:
+                expiry = times.seconds(record.expires_at)
+                if expiry <= now:
+                    continue
+                valid_until = min(valid_until, expiry)
+            prior = known.get(kid)
+            if prior is not None and prior[0] is public:
+                jwks[kid] = prior
+            else:
+                jwks[kid] = (public, _jwk(public, record))
+                self.converted += 1
+            if time.perf_counter() >= turn:
                 await asyncio.sleep(0)
+                turn = time.perf_counter() + self._slice
         document = _document(jwk for _, jwk in jwks.values())
         size = _ENTRY_OVERHEAD + 2 * len(document.body) + _PER_KEY_OVERHEAD * len(jwks)
-        expiry = _first_expiry(cached.record for cached in keys)
-        return _Rendered(stamp, expiry, document, jwks, size)
+        return _Rendered(stamp, valid_until, document, jwks, size)
 
     async def _from_records(self, environment_id: str) -> JwksDocument:
         """Read and render for this request alone (the database answers as the request's
@@ -221,27 +222,20 @@ class JwksDocuments:
         now = self._clock()
         records.sort(key=lambda key: key.id)
         jwks: list[bytes] = []
-        for count, key in enumerate(records, 1):
-            if not _listed(key, now):
-                continue
-            # Only what verifies here: no relying party is handed a key the rules refuse.
-            public = crypto.usable_key(key.public_key, key.algorithm)
-            if public is not None:
-                jwks.append(_jwk(public, key))
-            if not count % self._chunk:
+        turn = time.perf_counter() + self._slice
+        for key in records:
+            if key.expires_at is None or times.seconds(key.expires_at) > now:
+                public = crypto.usable_key(key.public_key, key.algorithm)
+                if public is not None:
+                    jwks.append(_jwk(public, key))
+            if time.perf_counter() >= turn:
                 await asyncio.sleep(0)
+                turn = time.perf_counter() + self._slice
         return _document(jwks)
 
 
-def _listed(key: SigningKey, now: float) -> bool:
-    return key.is_active and (key.expires_at is None or times.seconds(key.expires_at) > now)
-
-
-def _first_expiry(keys: Iterable[SigningKey]) -> float:
-    return min(
-        (times.seconds(key.expires_at) for key in keys if key.expires_at is not None),
-        default=math.inf,
-    )
+def _first(item: tuple[str, CachedKey]) -> str:
+    return item[0]
 
 
 def _jwk(public: crypto.PublicKey, key: SigningKey) -> bytes:

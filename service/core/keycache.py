@@ -103,6 +103,10 @@ class KeyCache:
         """The environment's cached keys (every one of them while :attr:`complete`)."""
         return list(self._by_environment.get(environment_id, {}).values())
 
+    def environment_items(self, environment_id: str) -> list[tuple[str, CachedKey]]:
+        """The environment's cached keys by id, as :meth:`environment_keys`."""
+        return list(self._by_environment.get(environment_id, {}).items())
+
     def is_known_unknown(self, key_id: str) -> bool:
         return key_id in self._unknown
 
