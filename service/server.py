@@ -107,6 +107,7 @@ class Server(AsyncResource):
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
             max_data_age=settings.change_max_data_age,
+            read_staleness=settings.router.max_replica_lag,
             limits=WatchLimits(
                 streams=settings.max_watch_streams,
                 streams_per_caller=settings.max_watch_streams_per_caller,

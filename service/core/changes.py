@@ -159,10 +159,12 @@ class ChangeFeed(Poller):
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        read_staleness: float | None = None,
     ) -> None:
         """``max_data_age``: read changes only where the data is at most this old (the
         revocation bound); ``None`` reads wherever the source serves reads. ``wall``: Unix
-        seconds, for the horizon."""
+        seconds, for the horizon. ``read_staleness``: see :meth:`answers_reads`."""
+        self._read_staleness = read_staleness
         self._source = source
         self._max_data_age = max_data_age
         self._metrics = metrics if metrics is not None else CoreMetrics()
@@ -218,6 +220,17 @@ class ChangeFeed(Poller):
         """Whether the feed's data is within the revocation bound: the age it may read
         (``max_data_age``) plus a few polls of slack."""
         return self.staleness() <= (self._max_data_age or 0.0) + FRESH_POLLS * self._interval
+
+    def answers_reads(self) -> bool:
+        """Whether the cache may answer key reads (a key, a JWK Set) in the database's
+        place: while the feed is fresh, or its data is no older than ``read_staleness`` —
+        the age a database read without a consistency token may have itself (the router
+        prefers regions within its replica lag). The second keeps a loop that is saturated
+        for a moment, which delays the polls, from sending every read to the database just
+        when it can least afford them."""
+        if self.is_fresh():
+            return True
+        return self._read_staleness is not None and self.staleness() <= self._read_staleness
 
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""

@@ -1,6 +1,7 @@
 """An environment's JWK Set, rendered once per change of its keys rather than per request.
 
-While the change feed is fresh and the key cache holds every key (``complete``), the document
+While the change feed keeps the key cache current (:meth:`ChangeFeed.answers_reads`) and the
+cache holds every key (``complete``), the document
 comes from memory: each environment's rendered bytes and strong ETag are kept (an LRU bounded
 in bytes) with the cache's *change stamp* of that environment at render time, and stay the
 answer until the stamp moves (the feed, or this instance, added, revoked or evicted one of
@@ -132,7 +133,7 @@ class JwksDocuments:
 
     def from_memory(self) -> bool:
         """Whether documents may come from the cache now (not: they must be read)."""
-        if not self._cache.complete or not self._feed.is_fresh():
+        if not self._cache.complete or not self._feed.answers_reads():
             return False
         scope = consistency.current()
         return scope is None or scope.required is None

@@ -4,8 +4,9 @@ Transports translate requests into calls here; the rules (scopes, environments, 
 audit, where key generation runs) live here once for HTTP, gRPC and the CLI.
 
 A key is read from the in-process :class:`~service.core.keycache.KeyCache` when the change feed
-keeps it fresh (its data within the revocation bound) and the request does not carry a
-consistency token; otherwise, and on a miss, from the database as before. Nothing is lost:
+keeps it current (:meth:`~service.core.changes.ChangeFeed.answers_reads`: fresh, or no older
+than a database read may be) and the request does not carry a consistency token; otherwise,
+and on a miss, from the database as before. Nothing is lost:
 a token's position is one the feed cannot vouch for (it follows ``updated_at``, not commit
 positions), so such a read goes where the router can; and this instance's own writes reach
 the cache as they return, before any later read of this instance can ask for them.
@@ -84,7 +85,7 @@ class KeyService:
     ) -> None:
         """``on_change`` sees every key this instance stores or revokes, at once. ``cache``
         gets them too (so a key verifies here without waiting for the change feed) and, with
-        ``feed``, answers :meth:`get` while the feed is fresh."""
+        ``feed``, answers :meth:`get` while the feed keeps it current."""
         self._records = records
         self._on_change = on_change
         self._cache = cache
@@ -139,7 +140,7 @@ class KeyService:
 
         Another environment's key is a miss like any other, so that it is answered exactly
         like a key that does not exist (by the database, which finds none there)."""
-        if self._cache is None or self._feed is None or not self._feed.is_fresh():
+        if self._cache is None or self._feed is None or not self._feed.answers_reads():
             return None
         scope = consistency.current()
         if scope is not None and scope.required is not None:

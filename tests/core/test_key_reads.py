@@ -111,6 +111,26 @@ async def test_a_stale_feed_sends_gets_to_the_database(instance: Instance) -> No
     assert instance.reads == before + 1
 
 
+async def test_a_late_feed_answers_while_no_staler_than_a_database_read() -> None:
+    """With ``read_staleness`` (the age a database read may have), a feed whose polls are
+    late (a saturated loop) still answers reads until its data is older than that."""
+    clock = ManualClock()
+    records = MemoryKeyRecords(clock=clock)
+    cache = KeyCache(size=10, negative_size=10, negative_ttl=1.0, clock=clock.seconds)
+    feed = ChangeFeed(
+        records, cache, poll_interval=POLL, overlap=1.0, clock=clock.seconds,
+        read_staleness=5.0,
+    )  # fmt: skip
+    await feed.poll_once()
+    clock.advance(3.0)
+    assert not feed.is_fresh() and feed.answers_reads()
+    clock.advance(2.5)
+    assert not feed.answers_reads()
+    records.data_age = 4.0
+    await feed.poll_once()
+    assert not feed.is_fresh() and feed.answers_reads(), "4 s old data: as a standby's"
+
+
 async def test_a_miss_reads_the_database_once_and_the_key_is_kept(instance: Instance) -> None:
     key = await instance.create()  # elsewhere, and not polled yet
     before = instance.reads
