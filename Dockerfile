@@ -57,10 +57,13 @@ COPY --from=build /opt/signing-keys /opt/signing-keys
 # `signing-keys migrate` reads the migrations from SIGNING_KEYS_SQL_DIR.
 COPY sql /app/sql
 COPY deploy/healthcheck.py /app/healthcheck.py
+# SIGNING_KEYS_WORKERS=auto: one serving process per core the container may use (its CPU
+# limit, rounded up), all sharing the two ports; set a number to choose.
 ENV PATH=/opt/signing-keys/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    SIGNING_KEYS_SQL_DIR=/app/sql
+    SIGNING_KEYS_SQL_DIR=/app/sql \
+    SIGNING_KEYS_WORKERS=auto
 WORKDIR /app
 USER 10001:10001
 # HTTP (SIGNING_KEYS_HTTP_PORT) and gRPC (SIGNING_KEYS_GRPC_PORT) defaults.

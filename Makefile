@@ -53,6 +53,11 @@ node:
 $(JS_DEPS): tests/js/package.json tests/js/package-lock.json | node
 	cd tests/js && npm ci --no-audit --no-fund --silent
 
+# buf (lint and breaking-change checks of protos/, tests/test_proto.py), pinned, from npm.
+BUF := tools/buf/node_modules/.bin/buf
+$(BUF): tools/buf/package.json tools/buf/package-lock.json | node
+	cd tools/buf && npm ci --no-audit --no-fund --silent
+
 # The development harness (harness/, not shipped) runs the topology and the service.
 run: $(STAMP) postgres
 	$(BIN)/python -m harness run
@@ -63,7 +68,7 @@ DEPLOY_TOOLS := $(VENV)/deploy-tools/.stamp
 $(DEPLOY_TOOLS): tests/deploy/tools-requirements.txt tests/deploy/tools.py $(STAMP)
 	$(BIN)/python tests/deploy/tools.py install && touch $@
 
-test: $(STAMP) postgres $(JS_DEPS) $(DEPLOY_TOOLS)
+test: $(STAMP) postgres $(JS_DEPS) $(BUF) $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The long run of tests/fuzz/: schemathesis against the live API from its /openapi.json and

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.core.models import Scope
+from service.lifecycle import cancel_and_wait
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve HTTP and gRPC")
+    # Set by the supervisor (service/workers.py) on the processes it starts.
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve, settings_factory=Settings.from_env)
 
     migrate = commands.add_parser("migrate", help="apply the SQL migrations")
@@ -89,11 +92,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service.server import Server
+    from service import workers
+    from service.server import CLOSE_BOUND, Server
 
+    if settings.workers > 1 and args.worker is None:
+        # Each worker's own drain and close, plus a margin for its start-up and exit.
+        bound = settings.drain_delay + CLOSE_BOUND + 5.0
+        return await workers.Supervisor(workers=settings.workers, stop_bound=bound).run()
     async with Server(settings) as server:
         _stop_on_signals(server)
+        orphan_watch = None
+        if args.worker is not None:
+            workers.register_worker_info(server.registry, args.worker)
+            orphan_watch = asyncio.create_task(workers.watch_parent(server.request_close))
         await server.wait_closed()
+        await cancel_and_wait(orphan_watch)
     return 0
 
 

@@ -271,6 +271,7 @@ class Server(AsyncResource):
                 self.settings.http_host,
                 self.settings.http_port,
                 ssl=server_context(self.settings),
+                reuse_port=self.settings.workers > 1,  # the workers share the port
             )
         except BaseException:
             await asyncio.shield(runner.cleanup())

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar, get_args
 PREFIX = "SIGNING_KEYS_"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 50051
+MAX_WORKERS = 64
 
 AccessLogMode = Literal["off", "sampled", "all"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -146,6 +147,10 @@ class Settings:
     # On SIGTERM: how long /readyz (and gRPC health) fail while the listeners still serve, so
     # that load balancers and Kubernetes endpoints stop sending before anything is closed.
     drain_delay: float = 0.0
+    # Serving processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own
+    # event loop, cache and change feed; `auto` (the image's default) is one per usable core.
+    # 1: this process serves alone, as `make run` does.
+    workers: int = 1
     sql_dir: str | None = None  # where the migrations are; None: sql/ beside the package
 
     def __post_init__(self) -> None:
@@ -187,6 +192,12 @@ class Settings:
             )
         if (self.db_cert_file is None) != (self.db_key_file is None):
             raise SettingsError(f"{PREFIX}DB_CERT_FILE and {PREFIX}DB_KEY_FILE go together")
+        if self.workers > 1 and 0 in (self.http_port, self.grpc_port if self.grpc_enabled else 1):
+            # Each worker would pick a port of its own: there would be nothing to share.
+            raise SettingsError(
+                f"{PREFIX}WORKERS={self.workers} needs fixed ports: {PREFIX}HTTP_PORT and "
+                f"{PREFIX}GRPC_PORT must not be 0"
+            )
 
     @property
     def longest_write(self) -> float:
@@ -303,8 +314,36 @@ class Settings:
             db_key_file=db_tls.sslkey,
             write_deadline=values.number_or_none("WRITE_DEADLINE"),
             drain_delay=values.number("DRAIN_DELAY", d["drain_delay"], minimum=0.0),
+            workers=_workers(values.text("WORKERS", str(d["workers"]))),
             sql_dir=values.optional_text("SQL_DIR"),
         )
+
+
+def _workers(raw: str) -> int:
+    """``SIGNING_KEYS_WORKERS``: a count from 1, or ``auto`` (:func:`usable_cpus`)."""
+    if raw.strip().lower() == "auto":
+        return usable_cpus()
+    try:
+        count = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}WORKERS={raw!r} is not an integer or 'auto'") from None
+    _check_range("WORKERS", count, 1, MAX_WORKERS)
+    return count
+
+
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may be scheduled on, fewer if a cgroup (v2)
+    quota — a container's CPU limit — allows less; a fractional quota rounds up. ``os.
+    cpu_count()`` alone counts the host's cores, which a container may not get."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota readable: no limit known beyond the affinity
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def _defaults(cls: type[Settings]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ RANK = {
     "http": 3,
     "grpc": 3,
     "server": 4,
+    "workers": 4,
     "cli": 5,
     "__main__": 6,
 }

@@ -14,7 +14,6 @@ the cache as they return, before any later read of this instance can ask for the
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -28,6 +27,7 @@ from service.core import consistency, crypto
 from service.core.changes import ChangeFeed
 from service.core.crypto import Algorithm
 from service.core.keycache import KeyCache
+from service.core.keygen import KeyGenerator
 from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
 from service.core.ports import IdempotencyClaim, KeyRecords
 from service.core.requests import (
@@ -43,8 +43,6 @@ from service.errors import ConflictError, InternalError, InvalidRequestError, No
 
 log = structlog.get_logger(__name__)
 
-# At most this many key generations run at once; more wait rather than crowd the executor.
-DEFAULT_KEYGEN_CONCURRENCY: Final = 4
 # The words depend on what a read asked for, never on what exists: a key that does not
 # exist and one of another environment get the same answer, so that a caller learns
 # nothing of other environments (nor, asking for active keys, whether one was revoked).
@@ -77,7 +75,7 @@ class KeyService:
         self,
         records: KeyRecords,
         *,
-        keygen_concurrency: int = DEFAULT_KEYGEN_CONCURRENCY,
+        keygen: KeyGenerator | None = None,
         write_timeout: float | None = None,
         on_change: Callable[[SigningKey], object] | None = None,
         cache: KeyCache | None = None,
@@ -90,7 +88,7 @@ class KeyService:
         self._on_change = on_change
         self._cache = cache
         self._feed = feed
-        self._keygen = asyncio.Semaphore(keygen_concurrency)
+        self._keygen = keygen or KeyGenerator()
         self._write_timeout = write_timeout
 
     async def create(self, principal: Principal, request: CreateKeyRequest) -> CreatedKey:
@@ -99,8 +97,7 @@ class KeyService:
         principal.require(Scope.WRITE, environment_id)
         spec = request.spec
         claim = _claim(request.idempotency_key, spec)
-        async with self._keygen:
-            pair = await asyncio.to_thread(crypto.generate_key_pair, spec.algorithm)
+        pair = await self._keygen.generate(spec.algorithm)  # bounded, off the event loop
         key = self._new_key(environment_id, spec, pair.algorithm, pair.public_der, "generated")
         stored = await self._insert(principal, key, "create", claim)
         return CreatedKey(key=stored, private_key_pem=pair.private_pem)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 import betterproto
@@ -46,7 +47,8 @@ _PYTHON_TYPE: Final[Mapping[str, type | tuple[type, ...]]] = {
     betterproto.TYPE_BOOL: bool,
     betterproto.TYPE_FLOAT: (float, int),
     betterproto.TYPE_DOUBLE: (float, int),
-    betterproto.TYPE_MESSAGE: betterproto.Message,
+    # betterproto reads google.protobuf.Timestamp and Duration as datetime and timedelta.
+    betterproto.TYPE_MESSAGE: (betterproto.Message, datetime, timedelta),
     betterproto.TYPE_MAP: dict,
     **dict.fromkeys(_INT_TYPES, int),
 }

@@ -265,13 +265,16 @@ class Listener(socket.socket):
         return ended
 
 
-async def bind_listener(host: str, port: int, *, guard: ConnectionGuard | None = None) -> Listener:
+async def bind_listener(
+    host: str, port: int, *, guard: ConnectionGuard | None = None, reuse_port: bool = False
+) -> Listener:
     """A :class:`Listener` bound to ``host``:``port`` (port 0: any free port), as asyncio's
     ``create_server`` binds: address reuse on, IPv6 sockets IPv6-only. One socket, on the first
     address ``host`` resolves to. With a ``guard`` (installed on the server first, or no
     request would ever disarm a deadline), each connection is admitted or refused as it is
     accepted, and its deadline for a first request starts then, so that it bounds a TLS
-    handshake too."""
+    handshake too. ``reuse_port``: share the port with the other workers (``SO_REUSEPORT``;
+    the kernel spreads the connections among them)."""
     if guard is not None and not guard.installed:
         raise ValueError("install the connection guard on the grpclib server first")
     infos = await asyncio.get_running_loop().getaddrinfo(
@@ -282,6 +285,8 @@ async def bind_listener(host: str, port: int, *, guard: ConnectionGuard | None =
     listener.guard = guard
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         listener.bind(address)

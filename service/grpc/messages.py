@@ -8,7 +8,7 @@ its PEM, and an empty string means "not given".
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_args
 
 import betterproto
@@ -50,6 +50,22 @@ def absent(value: T) -> T | None:
 
 
 def signing_key(key: Key) -> pb.SigningKey:
+    message = _signing_key(key)
+    # Every time also as a Timestamp, the same whole (clamped) second as its string; unset
+    # where the string is empty.
+    for name, moment in (
+        ("create_time", key.created_at),
+        ("update_time", key.updated_at),
+        ("revoke_time", key.revoked_at),
+        ("expire_time", key.expires_at),
+    ):
+        text = unix(moment)
+        if text:
+            setattr(message, name, datetime.fromtimestamp(int(text), UTC))
+    return message
+
+
+def _signing_key(key: Key) -> pb.SigningKey:
     return pb.SigningKey(
         id=key.id,
         created_at=unix(key.created_at),

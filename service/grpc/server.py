@@ -259,7 +259,9 @@ class GrpcServer(AsyncResource):
             raise RuntimeError(f"the gRPC server is {self._state}; start it once")
         host = self.settings.grpc_host if host is None else host
         port = self.settings.grpc_port if port is None else port
-        listener = await bind_listener(host, port, guard=self.connection_guard)
+        listener = await bind_listener(
+            host, port, guard=self.connection_guard, reuse_port=self.settings.workers > 1
+        )
         try:
             await self._server.start(sock=listener, ssl=server_context(self.settings, alpn=["h2"]))
         except BaseException:

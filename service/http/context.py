@@ -61,6 +61,20 @@ async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str
     return body
 
 
-def environment(request: web.Request) -> str | None:
-    """The environment the caller names (header, else query); ``None`` when it names none."""
-    return request.headers.get(ENVIRONMENT_HEADER) or request.query.get("environment_id") or None
+def environment(request: web.Request, *others: object) -> Any:
+    """The environment the caller names: the ``X-Environment-Id`` header, the
+    ``environment_id`` query parameter, or one of ``others`` (the body's member, the path's
+    segment); ``None`` when it names none (an empty header or query value names none; an
+    empty body member is the core's to refuse).
+
+    Two that name different environments are refused, not ranked: a client that sets the
+    header on every call must not silently act on the environment a path or body names.
+    The value is not checked here (the core does)."""
+    choices = (request.headers.get(ENVIRONMENT_HEADER), request.query.get("environment_id"))
+    named = [value for value in choices if value] + [v for v in others if v is not None]
+    if any(value != named[0] for value in named[1:]):
+        raise InvalidRequestError(
+            f"the {ENVIRONMENT_HEADER} header, the environment_id query parameter and the "
+            "request's environment_id name different environments: name one"
+        )
+    return named[0] if named else None

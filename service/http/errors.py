@@ -29,22 +29,42 @@ def status_of(error: errors.ServiceError) -> int:
     return next(status for cls, status in STATUS_BY_ERROR if isinstance(error, cls))
 
 
+# Both schemes the service reads (RFC 9110, 11.6.1: one challenge per scheme).
+WWW_AUTHENTICATE: Final = 'Basic realm="signing-keys", Bearer realm="signing-keys"'
+
+
 def error_response(
-    status: int, error_type: str, messages: list[str], *, retry_after: float = 1.0
+    status: int,
+    error_type: str,
+    messages: list[str],
+    *,
+    retry_after: float = 1.0,
+    request_id: str | None = None,
 ) -> web.Response:
+    """The error body; with ``request_id`` (the X-Request-Id header's), so that a body
+    pasted into a ticket still names the request."""
+    error: dict[str, object] = {"type": error_type, "messages": messages}
+    if request_id is not None:
+        error["request_id"] = request_id
     response = web.Response(
-        status=status,
-        text=dumps({"error": {"type": error_type, "messages": messages}}),
-        content_type="application/json",
+        status=status, text=dumps({"error": error}), content_type="application/json"
     )
     if status == 401:
-        response.headers["WWW-Authenticate"] = 'Basic realm="signing-keys"'
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     if status in (429, 503):
         # Whole seconds, at least one: RFC 9110 allows no fraction, and 0 invites a storm.
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 
-def service_error_response(error: errors.ServiceError) -> web.Response:
+def service_error_response(
+    error: errors.ServiceError, *, request_id: str | None = None
+) -> web.Response:
     retry_after = error.retry_after if isinstance(error, errors.TooManyRequestsError) else 1.0
-    return error_response(status_of(error), error.type, error.messages, retry_after=retry_after)
+    return error_response(
+        status_of(error),
+        error.type,
+        error.messages,
+        retry_after=retry_after,
+        request_id=request_id,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any, Final
+from urllib.parse import quote
 
 import cachetools
 import structlog
@@ -66,6 +67,13 @@ def key_json(key: SigningKey) -> dict[str, Any]:
     }
 
 
+def created_response(data: dict[str, Any]) -> web.Response:
+    """201 with the key, and where it is now (RFC 9110, 15.3.2): its get's path."""
+    response = json_response({"data": data}, status=201)
+    response.headers["Location"] = f"{PREFIX}/{quote(data['id'], safe='')}"
+    return response
+
+
 def key_ref(request: web.Request, *, status: str | None = None) -> KeyRef:
     return KeyRef.parse(
         key_id=request.match_info["id"], environment_id=environment(request), status=status
@@ -86,7 +94,7 @@ async def create_key(request: web.Request) -> web.Response:
     )
     data = key_json(created.key)
     data["private_key"] = base64.b64encode(created.private_key_pem).decode("ascii")
-    return with_consistency_token(json_response({"data": data}, status=201))
+    return with_consistency_token(created_response(data))
 
 
 @routes.get(PREFIX)
@@ -117,7 +125,7 @@ async def import_key(request: web.Request) -> web.Response:
             **body,
         ),
     )
-    return with_consistency_token(json_response({"data": key_json(key)}, status=201))
+    return with_consistency_token(created_response(key_json(key)))
 
 
 @routes.get(KEY_PATH)

@@ -189,15 +189,18 @@ class ConnectionGuard:
         port: int,
         *,
         ssl: ssl_module.SSLContext | None,
+        reuse_port: bool = False,
     ) -> asyncio.Server:
         """Listen on ``host``:``port`` (port 0: any free port), serving ``inner``'s protocol
-        (aiohttp's ``runner.server``) on every connection, guarded."""
+        (aiohttp's ``runner.server``) on every connection, guarded. ``reuse_port``: share
+        the port with the other workers (``SO_REUSEPORT``: the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
         return await loop.create_server(
             self.protocol_factory(inner),
             host,
             port,
             ssl=ssl,
+            reuse_port=reuse_port or None,
             # A TLS handshake is the first thing a connection must finish: no longer than a head.
             ssl_handshake_timeout=self.header_timeout if ssl is not None else None,
         )

@@ -125,6 +125,7 @@ def make_middleware(
 async def _handle(
     request: web.Request, handler: Handler, body_timeout: float, certificate_required: bool
 ) -> web.StreamResponse:
+    request_id = request[REQUEST_ID]  # in every error body, as in the X-Request-Id header
     try:
         if certificate_required:
             _require_client_certificate(request)
@@ -141,14 +142,17 @@ async def _handle(
                     408,
                     "request_timeout",
                     [f"the request body did not arrive within {body_timeout:g} s"],
+                    request_id=request_id,
                 )
                 response.force_close()
                 return response
         return await handler(request)
     except ServiceError as exc:
-        return service_error_response(exc)
+        return service_error_response(exc, request_id=request_id)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "payload_too_large", ["the request body is too large"])
+        return error_response(
+            413, "payload_too_large", ["the request body is too large"], request_id=request_id
+        )
     except CLIENT_GONE:
         # The client hung up (mid-body, say): nothing of ours failed, and nobody is left to
         # read an answer; the status is for the metrics and the access log.
@@ -160,7 +164,10 @@ async def _handle(
         reason = exc.reason or "error"
         error_type = reason.lower().replace(" ", "_")
         response = error_response(
-            exc.status, error_type, [f"{reason}: {request.method} {request.path}"]
+            exc.status,
+            error_type,
+            [f"{reason}: {request.method} {request.path}"],
+            request_id=request_id,
         )
         if "Allow" in exc.headers:
             # A 405 must say which methods the resource has (RFC 9110, 15.5.6).
@@ -170,7 +177,7 @@ async def _handle(
         raise
     except Exception:
         log.exception("http_unhandled_error", method=request.method, path=request.path)
-        return error_response(500, "internal_error", ["internal error"])
+        return error_response(500, "internal_error", ["internal error"], request_id=request_id)
 
 
 def _require_client_certificate(request: web.Request) -> None:

@@ -6,10 +6,20 @@ is listed (no ``default``), and the headers that go with them (``Retry-After``,
 ``WWW-Authenticate``, ``ETag``) are declared. A value the schema allows is accepted, and one
 it refuses is answered with 400, except where validity is beyond JSON Schema (whether a PEM
 text is a public key, whether a token verifies).
+
+Loose where clients must be (generated clients are what break on an additive change):
+every response object allows members it does not name (``additionalProperties: true``), and
+the enumerations the service may grow (a key's ``status`` and ``algorithm``, a verdict's
+``reason``, an error's ``type``) are strings whose known values are listed in
+``x-extensible-enum`` and the description, never a closed ``enum``, so that a client
+generated today reads ``not_before`` or ``ES384`` tomorrow. Requests stay closed: the service
+refuses what it does not know, and the document says so. Every operation has an
+``operationId`` and a tag, every schema a generator names is a named component.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 from functools import cache
 from typing import Any, Final
@@ -26,6 +36,8 @@ from service.core.requests import (
 )
 from service.core.times import EARLIEST, LATEST
 from service.core.verify import REASONS
+from service.errors import ServiceError
+from service.http.errors import WWW_AUTHENTICATE
 from service.settings import Settings
 
 
@@ -87,6 +99,48 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _open_enum(
+    values: Iterable[str], description: str, *, nullable: bool = False
+) -> dict[str, Any]:
+    """A string a response carries whose values may grow: the known ones are listed (for
+    documentation and generators that read ``x-extensible-enum``), not enforced, so that a
+    client generated today does not fail on a value added tomorrow."""
+    known = list(values)
+    return {
+        "type": ["string", "null"] if nullable else "string",
+        "description": f"{description} Known values: {', '.join(known)}. More may be added: "
+        "a client must accept any other string.",
+        "x-extensible-enum": known,
+        "examples": [known[0]],
+    }
+
+
+def _object(
+    properties: dict[str, Any],
+    required: Iterable[str] | None = None,
+    *,
+    description: str | None = None,
+    example: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A response object: every member listed, those always present ``required``, and any
+    member it does not name allowed (a newer service may add one)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(properties if required is None else required),
+        "additionalProperties": True,
+        "properties": properties,
+    }
+    if description is not None:
+        schema["description"] = description
+    if example is not None:
+        schema["examples"] = [example]
+    return schema
+
+
 def _response(description: str, body: dict[str, Any], **headers: Any) -> dict[str, Any]:
     """A response with a body (``_json(...)`` or ``{}``); every one carries X-Request-Id."""
     return {"description": description, **body, "headers": {**_REQUEST_ID_HEADER, **headers}}
@@ -100,16 +154,33 @@ _ENVIRONMENT_CHOICE: Final = {
     "maxLength": 128,
     "description": "An environment id; empty is the same as absent.",
 }
+_CONFLICT: Final = (
+    " The header, the query parameter and the body's or path's environment_id, when more "
+    "than one is given, must name the same environment: else 400."
+)
 _ENV_PARAMS = [
     _param(
         "X-Environment-Id",
         "header",
         _ENVIRONMENT_CHOICE,
         required=False,
-        description="The environment; needed only when the token covers several.",
+        description="The environment; needed only when the token covers several." + _CONFLICT,
     ),
-    _param("environment_id", "query", _ENVIRONMENT_CHOICE, required=False),
+    _param(
+        "environment_id",
+        "query",
+        _ENVIRONMENT_CHOICE,
+        required=False,
+        description="The environment, as X-Environment-Id." + _CONFLICT,
+    ),
 ]
+_LOCATION: Final = {
+    "Location": {
+        "description": "The key's path (its get).",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^/system/v1/signing-keys/[^/]+$"},
+    }
+}
 _ID_PARAM = _param("id", "path", _ID, required=True)
 # Read your writes: a write answers a token; sent back, a request's reads see that write.
 _CONSISTENCY_TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{28}$"}
@@ -143,16 +214,32 @@ _STATUS_PARAM = _param(
     description="Which keys to find: active (the default, as the reference platform: a "
     "deleted key is 404 and not listed), revoked, or all.",
 )
-_ALGORITHM = {"type": "string", "enum": list(ALGORITHMS)}
+# What a request may name (closed: the service refuses others) and what a response carries
+# (open: a newer service may answer an algorithm this document does not know).
+_ALGORITHM_CHOICE = {"type": "string", "enum": list(ALGORITHMS)}
+_ALGORITHM = _open_enum(ALGORITHMS, "The JWS algorithm the key signs with (alg).")
+_KEY_STATUS = _open_enum(("active", "revoked"), "Whether the key may verify tokens.")
+_EXAMPLE_ID: Final = "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4E5"
+_EXAMPLE_PEM: Final = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MCowBQYDK2VwAyEAh1dMuV/o0UbX+pvR7GCO8hejYCWdp3hH7a2/pN4jZF8=\n"
+    "-----END PUBLIC KEY-----\n"
+)
+_EXAMPLE_FINGERPRINT: Final = "9f2c4a1be07d3c5e8f6a2b1d0c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
 # What a created key and an imported one are both given; null means "not given".
 _KEY_SPEC = {
-    "algorithm": {"enum": [*ALGORITHMS, None]},
+    "algorithm": {
+        "enum": [*ALGORITHMS, None],
+        "description": f"One of {', '.join(ALGORITHMS)}; RS256 when null or absent (an "
+        "imported key's own algorithm when it has only one).",
+    },
     "name": {
         "type": ["string", "null"],
         "maxLength": MAX_NAME_LENGTH,
         # Printable text (no control characters), never a private key.
         "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$",
         "not": {"type": "string", "pattern": "PRIVATE KEY"},
+        "description": "A label for people; printable text.",
     },
     "expires_at": {
         "type": ["integer", "string", "null"],
@@ -164,137 +251,337 @@ _KEY_SPEC = {
     },
 }
 
-_KEY: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": [
-        "id",
-        "created_at",
-        "environment_id",
-        "algorithm",
-        "status",
-        "source",
-        "name",
-        "fingerprint",
-        "public_key",
-        "updated_at",
-        "revoked_at",
-        "expires_at",
-    ],
-    "additionalProperties": False,
-    "properties": {
-        "id": {**_ID, "description": "Opaque key id, used as the JWT kid."},
-        "created_at": {**_UNIX, "description": "Unix seconds, as a string."},
-        "environment_id": _ID,
-        "algorithm": _ALGORITHM,
-        "status": {"type": "string", "enum": ["active", "revoked"]},
-        "source": {"type": "string", "enum": ["generated", "imported"]},
-        "name": {"type": ["string", "null"]},
-        "fingerprint": {
-            "type": "string",
-            "pattern": "^[0-9a-f]{64}$",
-            "description": "SHA-256 of the SPKI DER, hex.",
-        },
-        "public_key": {
-            "type": "string",
-            "pattern": "^-----BEGIN PUBLIC KEY-----\n",
-            "description": "PEM SubjectPublicKeyInfo.",
-        },
-        "updated_at": _UNIX,
-        "revoked_at": {**_UNIX, "type": ["string", "null"]},
-        "expires_at": {**_UNIX, "type": ["string", "null"]},
+_KEY_PROPERTIES: Final[dict[str, Any]] = {
+    "id": {**_ID, "description": "Opaque key id, used as the JWT kid."},
+    "created_at": {**_UNIX, "description": "Unix seconds, as a string."},
+    "environment_id": {**_ID, "description": "The environment the key belongs to."},
+    "algorithm": _ALGORITHM,
+    "status": _KEY_STATUS,
+    "source": _open_enum(("generated", "imported"), "Whether the service generated the key."),
+    "name": {"type": ["string", "null"], "description": "The key's label, if it has one."},
+    "fingerprint": {
+        "type": "string",
+        "pattern": "^[0-9a-f]{64}$",
+        "description": "SHA-256 of the SPKI DER, hex.",
     },
-}
-_B64URL = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
-_JWK = {
-    "type": "object",
-    "required": ["kty", "kid", "alg", "use"],
-    "properties": {
-        "kty": {"type": "string", "enum": ["RSA", "EC", "OKP"]},
-        "kid": _ID,
-        "alg": _ALGORITHM,
-        "use": {"const": "sig"},
-        "crv": {"type": "string", "enum": ["P-256", "Ed25519"]},
-        "n": _B64URL,
-        "e": _B64URL,
-        "x": _B64URL,
-        "y": _B64URL,
+    "public_key": {
+        "type": "string",
+        "pattern": "^-----BEGIN PUBLIC KEY-----\n",
+        "description": "PEM SubjectPublicKeyInfo.",
     },
-    "additionalProperties": False,
+    "updated_at": {**_UNIX, "description": "Unix seconds of the last change, as a string."},
+    "revoked_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
+    "expires_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
 }
-_PUBLIC_KEY = {
-    "type": "object",
-    "required": ["id", "algorithm", "status", "fingerprint", "pem", "jwk"],
-    "additionalProperties": False,
-    "properties": {
-        "id": _ID,
-        "algorithm": _ALGORITHM,
-        "status": {"type": "string", "enum": ["active", "revoked"]},
-        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        "pem": {"type": "string", "pattern": "^-----BEGIN PUBLIC KEY-----\n"},
-        "jwk": _JWK,
-    },
+_EXAMPLE_KEY: Final = {
+    "id": _EXAMPLE_ID,
+    "created_at": "1767225600",
+    "environment_id": "production",
+    "algorithm": "EdDSA",
+    "status": "active",
+    "source": "generated",
+    "name": "ci-signer",
+    "fingerprint": _EXAMPLE_FINGERPRINT,
+    "public_key": _EXAMPLE_PEM,
+    "updated_at": "1767225600",
+    "revoked_at": None,
+    "expires_at": "1798761600",
 }
-_VERDICT = {
-    "type": "object",
-    "required": ["valid", "reason", "key_id", "environment_id", "claims"],
-    "additionalProperties": False,
-    "properties": {
-        "valid": {"type": "boolean"},
-        "reason": {
-            "type": ["string", "null"],
-            "enum": [None, *REASONS],
-        },
-        "key_id": {"type": ["string", "null"]},
-        "environment_id": {"type": ["string", "null"]},
-        "claims": {"type": ["object", "null"]},
-    },
-}
+_KEY: Final = _object(
+    _KEY_PROPERTIES,
+    description="A signing key's public record (never its private key).",
+    example=_EXAMPLE_KEY,
+)
 # A key as created: the stored key and, this once, its private key.
-_CREATED_KEY = {
-    **_KEY,
-    "required": [*_KEY["required"], "private_key"],
-    "properties": {
-        **_KEY["properties"],
+_CREATED_KEY: Final = _object(
+    {
+        **_KEY_PROPERTIES,
         "private_key": {
             "type": "string",
             "pattern": "^[A-Za-z0-9+/]+={0,2}$",
             "description": "Base64 of the PEM private key. Returned once; never stored.",
         },
     },
+    description="A key just created: its record and, this once, its private key.",
+    example={**_EXAMPLE_KEY, "private_key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg=="},
+)
+_B64URL = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
+_EXAMPLE_JWK: Final = {
+    "kty": "OKP",
+    "kid": _EXAMPLE_ID,
+    "alg": "EdDSA",
+    "use": "sig",
+    "crv": "Ed25519",
+    "x": "h1dMuV_o0UbX-pvR7GCO8hejYCWdp3hH7a2_pN4jZF8",
 }
-_REGION_STATUS = {
-    "type": "object",
-    "required": ["local_region", "read_region", "write_region", "regions"],
-    "properties": {
-        "local_region": {"type": "string"},
-        "read_region": {"type": ["string", "null"]},
-        "write_region": {"type": ["string", "null"]},
-        "regions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "cloud", "state", "role"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "cloud": {"type": "string"},
-                    "state": {"type": "string"},
-                    "role": {"type": ["string", "null"]},
-                },
-            },
+_JWK: Final = _object(
+    {
+        "kty": _open_enum(("RSA", "EC", "OKP"), "Key type (RFC 7517)."),
+        "kid": {**_ID, "description": "The key's id."},
+        "alg": _ALGORITHM,
+        "use": {"type": "string", "const": "sig", "description": "Always sig."},
+        "crv": _open_enum(("P-256", "Ed25519"), "Curve, for EC and OKP keys."),
+        "n": {**_B64URL, "description": "RSA modulus (base64url)."},
+        "e": {**_B64URL, "description": "RSA exponent (base64url)."},
+        "x": {**_B64URL, "description": "EC or OKP x coordinate (base64url)."},
+        "y": {**_B64URL, "description": "EC y coordinate (base64url)."},
+    },
+    ["kty", "kid", "alg", "use"],
+    description="A public JWK (RFC 7517); which members are present depends on kty.",
+    example=_EXAMPLE_JWK,
+)
+_JWK_SET: Final = _object(
+    {"keys": {"type": "array", "items": _ref("Jwk"), "description": "The active keys."}},
+    description="A JWK Set (RFC 7517, section 5).",
+    example={"keys": [_EXAMPLE_JWK]},
+)
+_PUBLIC_KEY: Final = _object(
+    {
+        "id": {**_ID, "description": "The key's id."},
+        "algorithm": _ALGORITHM,
+        "status": _KEY_STATUS,
+        "fingerprint": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "SHA-256 of the SPKI DER, hex.",
+        },
+        "pem": {
+            "type": "string",
+            "pattern": "^-----BEGIN PUBLIC KEY-----\n",
+            "description": "PEM SubjectPublicKeyInfo.",
+        },
+        "jwk": _ref("Jwk"),
+    },
+    description="A key's public half, as PEM and as JWK.",
+    example={
+        "id": _EXAMPLE_ID,
+        "algorithm": "EdDSA",
+        "status": "active",
+        "fingerprint": _EXAMPLE_FINGERPRINT,
+        "pem": _EXAMPLE_PEM,
+        "jwk": _EXAMPLE_JWK,
+    },
+)
+_VERDICT: Final = _object(
+    {
+        "valid": {"type": "boolean", "description": "Whether the token verifies."},
+        "reason": _open_enum(
+            REASONS, "Why the token does not verify; null if it does.", nullable=True
+        ),
+        "key_id": {"type": ["string", "null"], "description": "The token's kid, if read."},
+        "environment_id": {
+            "type": ["string", "null"],
+            "description": "The environment of the key that signed it, if found.",
+        },
+        "claims": {
+            "type": ["object", "null"],
+            "description": "The token's claims when it verifies, else null.",
         },
     },
-}
-_READINESS = {
-    "type": "object",
-    "required": ["status", "can_read", "can_verify", "keys_fresh", "can_write"],
-    "additionalProperties": False,
-    "properties": {
-        "status": {"type": "string", "enum": ["ready", "degraded", "unavailable"]},
-        "can_read": {"type": "boolean"},
-        "can_verify": {"type": "boolean"},
-        "keys_fresh": {"type": "boolean"},
-        "can_write": {"type": "boolean"},
+    description="A verification's outcome: valid or not, and why not.",
+    example={
+        "valid": True,
+        "reason": None,
+        "key_id": _EXAMPLE_ID,
+        "environment_id": "production",
+        "claims": {"sub": "build-42", "exp": 1767229200},
     },
+)
+_REGION: Final = _object(
+    {
+        "name": {"type": "string", "description": "The region's name."},
+        "cloud": {"type": "string", "description": "Its cloud provider."},
+        "state": {"type": "string", "description": "The router's view of it (open set)."},
+        "role": {"type": ["string", "null"], "description": "primary, standby, or null."},
+    },
+    description="One database region as the locality router sees it.",
+)
+_REGION_STATUS: Final = _object(
+    {
+        "local_region": {"type": "string", "description": "This instance's region."},
+        "read_region": {"type": ["string", "null"], "description": "Serves reads, if any."},
+        "write_region": {"type": ["string", "null"], "description": "Serves writes, if any."},
+        "regions": {"type": "array", "items": _ref("Region")},
+    },
+    description="Which region serves reads and writes, and each region's state (with "
+    "credentials holding the read scope, also more members per region).",
+)
+_READINESS: Final = _object(
+    {
+        "status": _open_enum(("ready", "degraded", "unavailable"), "The readiness state."),
+        "can_read": {"type": "boolean", "description": "A region serves reads."},
+        "can_verify": {"type": "boolean", "description": "Tokens can be verified."},
+        "keys_fresh": {"type": "boolean", "description": "The cached keys are current."},
+        "can_write": {"type": "boolean", "description": "A region serves writes."},
+    },
+    description="Readiness: whether this instance can serve.",
+    example={
+        "status": "ready",
+        "can_read": True,
+        "can_verify": True,
+        "keys_fresh": True,
+        "can_write": True,
+    },
+)
+_HEALTH: Final = _object(
+    {"status": {"type": "string", "const": "ok", "description": "Always ok."}},
+    description="Liveness.",
+    example={"status": "ok"},
+)
+
+
+def _error_types() -> list[str]:
+    """Every ``error.type`` the service names: its error classes' and the middleware's own."""
+    found: set[str] = set()
+    pending: list[type[ServiceError]] = [ServiceError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.type)
+        pending.extend(cls.__subclasses__())
+    return sorted(found | _TRANSPORT_ERROR_TYPES)
+
+
+# The types the HTTP middleware answers without a service error (aiohttp's own refusals,
+# named after their reason phrase, and a body that did not arrive).
+_TRANSPORT_ERROR_TYPES: Final = frozenset(
+    {"request_timeout", "method_not_allowed", "not_found", "payload_too_large"}
+)
+_ERROR: Final = _object(
+    {
+        "type": {
+            **_open_enum(_error_types(), "What failed, for programs."),
+            "pattern": "^[a-z_]+$",
+        },
+        "messages": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "What failed, for people (never a secret).",
+        },
+        "request_id": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,64}$",
+            "description": "The request's id, as in the X-Request-Id header.",
+        },
+    },
+    description="An error: a machine-readable type, human messages, the request's id.",
+    example={
+        "type": "not_found",
+        "messages": ["signing key not found"],
+        "request_id": "5f0c2a9e81d4b7c3",
+    },
+)
+_ERROR_BODY: Final = _object(
+    {"error": _ref("Error")},
+    description="Every error answer's body.",
+    example={
+        "error": {
+            "type": "not_found",
+            "messages": ["signing key not found"],
+            "request_id": "5f0c2a9e81d4b7c3",
+        }
+    },
+)
+
+
+def _data(name: str, description: str) -> dict[str, Any]:
+    """The reference platform's envelope: ``{"data": ...}`` around a named schema."""
+    return _object({"data": _ref(name)}, description=description)
+
+
+def _request(
+    properties: dict[str, Any],
+    required: list[str] | None = None,
+    *,
+    description: str,
+    example: dict[str, Any],
+) -> dict[str, Any]:
+    """A request body: closed, since the service refuses members it does not know."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "description": description,
+        "examples": [example],
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_CREATE_REQUEST: Final = _request(
+    _KEY_SPEC,
+    description="What to create; every member is optional (an empty body is fine).",
+    example={"algorithm": "EdDSA", "name": "ci-signer", "expires_at": 4102444800},
+)
+_IMPORT_REQUEST: Final = _request(
+    {
+        "public_key": {
+            "oneOf": [{"type": "string", "minLength": 1}, {"type": "object"}],
+            "description": "One PEM public key block, or a public JWK.",
+        },
+        **_KEY_SPEC,
+    },
+    ["public_key"],
+    description="A customer-supplied public key to import.",
+    example={"public_key": _EXAMPLE_PEM, "name": "partner-signer"},
+)
+_VERIFY_REQUEST: Final = _request(
+    {
+        "token": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": _MAX_TOKEN_BYTES,
+            "description": "A compact JWS; longer than SIGNING_KEYS_MAX_TOKEN_BYTES (by "
+            f"default {_MAX_TOKEN_BYTES}) is 413.",
+        },
+        "audience": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_EXPECTATION_LENGTH,
+            "description": "Expected aud.",
+        },
+        "subject": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_EXPECTATION_LENGTH,
+            "description": "Expected sub.",
+        },
+        "environment_id": {
+            **_ID,
+            "type": ["string", "null"],
+            "description": "The environment whose keys may have signed the token.",
+        },
+    },
+    ["token"],
+    description="A token to verify, and what to expect of it.",
+    example={"token": "eyJhbGciOiJFZERTQSJ9.e30.c2ln", "audience": "deploy"},
+)
+
+_SCHEMAS: Final = {
+    "SigningKey": _KEY,
+    "CreatedSigningKey": _CREATED_KEY,
+    "PublicKey": _PUBLIC_KEY,
+    "Jwk": _JWK,
+    "JwkSet": _JWK_SET,
+    "Verdict": _VERDICT,
+    "Region": _REGION,
+    "RegionStatus": _REGION_STATUS,
+    "Readiness": _READINESS,
+    "Health": _HEALTH,
+    "Error": _ERROR,
+    "ErrorResponse": _ERROR_BODY,
+    "SigningKeyResponse": _data("SigningKey", "One signing key."),
+    "CreatedSigningKeyResponse": _data("CreatedSigningKey", "The key just created."),
+    "SigningKeyList": _object(
+        {"data": {"type": "array", "items": _ref("SigningKey")}},
+        description="A page of signing keys, newest first.",
+    ),
+    "PublicKeyResponse": _data("PublicKey", "A key's public half."),
+    "VerdictResponse": _data("Verdict", "A verification's outcome."),
+    "RegionStatusResponse": _data("RegionStatus", "The locality router's state."),
+    "CreateSigningKeyRequest": _CREATE_REQUEST,
+    "ImportSigningKeyRequest": _IMPORT_REQUEST,
+    "VerifyTokenRequest": _VERIFY_REQUEST,
 }
 
 
@@ -310,8 +597,9 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
         "Missing or wrong credentials.",
         {
             "WWW-Authenticate": {
+                "description": "The schemes the service accepts: Basic and Bearer.",
                 "required": True,
-                "schema": {"type": "string", "const": 'Basic realm="signing-keys"'},
+                "schema": {"type": "string", "const": WWW_AUTHENTICATE},
             }
         },
     ),
@@ -325,70 +613,56 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
         "Too many failed authentications from this client or for this token id.",
         _RETRY_AFTER,
     ),
+    500: ("InternalError", "A failure of the service's own; the body says no more.", {}),
     503: ("Unavailable", "No region can serve the request now.", _RETRY_AFTER),
     504: ("DeadlineExceeded", "The database did not answer in time.", {}),
 }
-# What every authenticated operation may answer, whatever it does.
-_AUTHENTICATED_ERRORS: Final = (400, 401, 403, 429, 503, 504)
+# What every operation may answer, whatever it does; and every authenticated one.
+_ANY_ERRORS: Final = (500,)
+_AUTHENTICATED_ERRORS: Final = (*_ANY_ERRORS, 400, 401, 403, 429, 503, 504)
 _BODY_ERRORS: Final = (408, 413)
 
 
 def _error_responses() -> dict[str, Any]:
-    body = _json(
-        {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["type", "messages"],
-                    "properties": {
-                        "type": {"type": "string", "pattern": "^[a-z_]+$"},
-                        "messages": {"type": "array", "items": {"type": "string"}},
-                    },
-                }
-            },
-        }
-    )
+    body = _json(_ref("ErrorResponse"))
     return {name: _response(text, body, **headers) for name, text, headers in _ERRORS.values()}
 
 
-def _data(schema: dict[str, Any]) -> dict[str, Any]:
-    return _json(
-        {
-            "type": "object",
-            "required": ["data"],
-            "additionalProperties": False,
-            "properties": {"data": schema},
-        }
-    )
-
-
-def _json_body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-    }
-    if required:
-        schema["required"] = required
-    return {"required": bool(required), **_json(schema)}
+def _request_body(name: str, *, required: bool) -> dict[str, Any]:
+    return {"required": required, **_json(_ref(name))}
 
 
 def _op(
-    summary: str, responses: dict[str, Any], errors: tuple[int, ...] = (), **extra: Any
+    operation_id: str,
+    tag: str,
+    summary: str,
+    responses: dict[str, Any],
+    errors: tuple[int, ...] = _ANY_ERRORS,
+    **extra: Any,
 ) -> dict[str, Any]:
-    listed = {str(status): _error(status) for status in sorted(errors)}
-    return {"summary": summary, "responses": {**responses, **listed}, **extra}
+    listed = {str(status): _error(status) for status in sorted(set(errors))}
+    return {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "responses": {**responses, **listed},
+        **extra,
+    }
 
 
 def _key_op(
-    summary: str, responses: dict[str, Any], errors: tuple[int, ...] = (), **extra: Any
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Any],
+    errors: tuple[int, ...] = (),
+    **extra: Any,
 ) -> dict[str, Any]:
     params = extra.pop("parameters", [])
     if "requestBody" in extra:
         errors = (*errors, *_BODY_ERRORS)
     return _op(
+        operation_id,
+        "SigningKeys",
         summary,
         responses,
         (*_AUTHENTICATED_ERRORS, *errors),
@@ -398,25 +672,65 @@ def _key_op(
     )
 
 
+def _ok(description: str, schema: str, **headers: Any) -> dict[str, Any]:
+    return _response(description, _json(_ref(schema)), **headers)
+
+
+_JWKS_HEADERS: Final = {
+    "ETag": {"description": "The set's version.", "required": True, "schema": {"type": "string"}},
+    "Cache-Control": {
+        "description": "How long a cache may keep the set.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+_PRIVATE_ANSWER: Final = {
+    "Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}},
+    "Vary": {"required": True, "schema": {"type": "string", "const": "Authorization"}},
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
-    key_ref = {"$ref": "#/components/schemas/SigningKey"}
-    idempotency = _param("Idempotency-Key", "header", _IDEMPOTENCY_KEY, required=False)
+    idempotency = _param(
+        "Idempotency-Key",
+        "header",
+        _IDEMPOTENCY_KEY,
+        required=False,
+        description="Repeat a write with the same key and it is done once.",
+    )
     return {
         "openapi": "3.1.0",
-        "info": {"title": "signing-keys", "version": "1.0.0"},
+        "info": {
+            "title": "signing-keys",
+            "version": "1.0.0",
+            "description": "Public signing keys per environment, and token verification. "
+            "Responses may gain members and enumerations values: clients must ignore what "
+            "they do not know.",
+        },
+        "tags": [
+            {"name": "SigningKeys", "description": "Create, import, read and revoke keys."},
+            {"name": "Tokens", "description": "Verify tokens; the JWK Set of an environment."},
+            {"name": "Operations", "description": "Health, readiness, regions, metrics."},
+        ],
         "paths": {
             "/system/v1/signing-keys": {
                 "post": _key_op(
+                    "createSigningKey",
                     "Create a signing key; the private key is returned once.",
-                    {"201": _response("Created.", _data(_CREATED_KEY), **_WRITE_TOKEN)},
+                    {
+                        "201": _ok(
+                            "Created.", "CreatedSigningKeyResponse", **_WRITE_TOKEN, **_LOCATION
+                        )
+                    },
                     (409,),
                     parameters=[idempotency],
-                    requestBody=_json_body(_KEY_SPEC),
+                    requestBody=_request_body("CreateSigningKeyRequest", required=False),
                 ),
                 "get": _key_op(
+                    "listSigningKeys",
                     "List signing keys, newest first.",
-                    {"200": _response("A page.", _data({"type": "array", "items": key_ref}))},
+                    {"200": _ok("A page.", "SigningKeyList")},
                     parameters=[
                         _param(
                             "limit",
@@ -427,11 +741,13 @@ def openapi_document() -> dict[str, Any]:
                                 "maximum": MAX_PAGE_LIMIT,
                                 "default": DEFAULT_PAGE_LIMIT,
                             },
+                            description="Keys per page.",
                         ),
                         _param(
                             "page",
                             "query",
                             {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+                            description="1-based; a page past the end is empty.",
                         ),
                         _STATUS_PARAM,
                     ],
@@ -439,30 +755,24 @@ def openapi_document() -> dict[str, Any]:
             },
             "/system/v1/signing-keys/import": {
                 "post": _key_op(
+                    "importSigningKey",
                     "Import a customer-supplied public key (PEM or JWK).",
-                    {"201": _response("Imported.", _data(key_ref), **_WRITE_TOKEN)},
+                    {"201": _ok("Imported.", "SigningKeyResponse", **_WRITE_TOKEN, **_LOCATION)},
                     (409,),
                     parameters=[idempotency],
-                    requestBody=_json_body(
-                        {
-                            "public_key": {
-                                "oneOf": [{"type": "string", "minLength": 1}, {"type": "object"}],
-                                "description": "One PEM public key block, or a public JWK.",
-                            },
-                            **_KEY_SPEC,
-                        },
-                        ["public_key"],
-                    ),
+                    requestBody=_request_body("ImportSigningKeyRequest", required=True),
                 )
             },
             "/system/v1/signing-keys/{id}": {
                 "get": _key_op(
+                    "getSigningKey",
                     "Get a signing key (never its private key); a revoked one only if asked.",
-                    {"200": _response("The key.", _data(key_ref))},
+                    {"200": _ok("The key.", "SigningKeyResponse")},
                     (404,),
                     parameters=[_ID_PARAM, _STATUS_PARAM],
                 ),
                 "delete": _key_op(
+                    "revokeSigningKey",
                     "Revoke (delete) a signing key; revoking twice is harmless. The record "
                     "stays, shown by get and list with status=revoked or status=all.",
                     {"204": _response("Revoked.", {}, **_WRITE_TOKEN)},
@@ -472,117 +782,86 @@ def openapi_document() -> dict[str, Any]:
             },
             "/system/v1/signing-keys/{id}/public-key": {
                 "get": _key_op(
+                    "getSigningKeyPublicKey",
                     "The public key as PEM and JWK; a revoked key's only if asked.",
-                    {"200": _response("The public key.", _data(_PUBLIC_KEY))},
+                    {"200": _ok("The public key.", "PublicKeyResponse")},
                     (404,),
                     parameters=[_ID_PARAM, _STATUS_PARAM],
                 )
             },
             "/v1/tokens/verify": {
                 "post": _op(
+                    "verifyToken",
+                    "Tokens",
                     "Verify a compact JWT: valid or not (200 either way), with a reason.",
-                    {"200": _response("The verdict.", _data(_VERDICT))},
+                    {"200": _ok("The verdict.", "VerdictResponse")},
                     (*_AUTHENTICATED_ERRORS, *_BODY_ERRORS),
                     security=_AUTH,
-                    parameters=[_CONSISTENCY_PARAM],
-                    requestBody=_json_body(
-                        {
-                            "token": {
-                                "type": "string",
-                                "minLength": 1,
-                                "maxLength": _MAX_TOKEN_BYTES,
-                                "description": "A compact JWS; longer than "
-                                "SIGNING_KEYS_MAX_TOKEN_BYTES (by default "
-                                f"{_MAX_TOKEN_BYTES}) is 413.",
-                            },
-                            "audience": {
-                                "type": ["string", "null"],
-                                "minLength": 1,
-                                "maxLength": MAX_EXPECTATION_LENGTH,
-                                "description": "Expected aud.",
-                            },
-                            "subject": {
-                                "type": ["string", "null"],
-                                "minLength": 1,
-                                "maxLength": MAX_EXPECTATION_LENGTH,
-                                "description": "Expected sub.",
-                            },
-                            "environment_id": {**_ID, "type": ["string", "null"]},
-                        },
-                        ["token"],
-                    ),
+                    parameters=[*_ENV_PARAMS, _CONSISTENCY_PARAM],
+                    requestBody=_request_body("VerifyTokenRequest", required=True),
                 )
             },
             "/v1/environments/{environment_id}/jwks.json": {
                 "get": _op(
+                    "getJwks",
+                    "Tokens",
                     "The environment's active keys as a JWK Set (ETag, 304 on If-None-Match).",
                     {
-                        "200": _response(
-                            "JWK Set.",
-                            _json(
-                                {
-                                    "type": "object",
-                                    "required": ["keys"],
-                                    "additionalProperties": False,
-                                    "properties": {"keys": {"type": "array", "items": _JWK}},
-                                }
-                            ),
-                            ETag={"required": True, "schema": {"type": "string"}},
-                        ),
-                        "304": _response(
-                            "Not modified.",
-                            {},
-                            ETag={"required": True, "schema": {"type": "string"}},
-                        ),
+                        "200": _ok("JWK Set.", "JwkSet", **_JWKS_HEADERS),
+                        "304": _response("Not modified.", {}, **_JWKS_HEADERS),
                     },
                     _AUTHENTICATED_ERRORS,
                     security=_AUTH,
                     parameters=[
                         _param("environment_id", "path", _ID, required=True),
-                        _param("If-None-Match", "header", required=False),
+                        _param(
+                            "If-None-Match",
+                            "header",
+                            required=False,
+                            description="ETags of sets the caller holds: 304 if current.",
+                        ),
+                        # The header only: a query parameter would share the path's name.
+                        _ENV_PARAMS[0],
                         _CONSISTENCY_PARAM,
                     ],
                 )
             },
             "/v1/regions": {
                 "get": _op(
+                    "getRegionStatus",
+                    "Operations",
                     "Per-region state of the locality router. Without credentials: each "
                     "region's name, cloud, state and role, and which region serves reads and "
                     "writes; with an access token holding the read scope, also RTT, lag, "
                     "in-flight calls and the last error.",
-                    {"200": _response("Status.", _data(_REGION_STATUS))},
-                    (401, 429),
+                    {"200": _ok("Status.", "RegionStatusResponse", **_PRIVATE_ANSWER)},
+                    (*_ANY_ERRORS, 401, 429),
                     security=[{}, *_AUTH],  # credentials are optional; they show more
                 )
             },
             "/healthz": {
                 "get": _op(
+                    "getHealth",
+                    "Operations",
                     "Liveness: the process answers.",
-                    {
-                        "200": _response(
-                            "Alive.",
-                            _json(
-                                {
-                                    "type": "object",
-                                    "required": ["status"],
-                                    "properties": {"status": {"const": "ok"}},
-                                }
-                            ),
-                        )
-                    },
+                    {"200": _ok("Alive.", "Health")},
                 )
             },
             "/readyz": {
                 "get": _op(
+                    "getReadiness",
+                    "Operations",
                     "Readiness: a region can serve reads.",
                     {
-                        "200": _response("Ready or degraded.", _json(_READINESS)),
-                        "503": _response("Unavailable.", _json(_READINESS)),
+                        "200": _ok("Ready or degraded.", "Readiness"),
+                        "503": _ok("Unavailable.", "Readiness"),
                     },
                 )
             },
             "/metrics": {
                 "get": _op(
+                    "getMetrics",
+                    "Operations",
                     "Prometheus metrics.",
                     {
                         "200": _response(
@@ -594,11 +873,19 @@ def openapi_document() -> dict[str, Any]:
             },
             "/openapi.json": {
                 "get": _op(
+                    "getOpenApiDocument",
+                    "Operations",
                     "This document.",
                     {
                         "200": _response(
                             "OpenAPI 3.1.",
-                            _json({"type": "object", "required": ["openapi", "paths"]}),
+                            _json(
+                                {
+                                    "type": "object",
+                                    "required": ["openapi", "paths"],
+                                    "additionalProperties": True,
+                                }
+                            ),
                         )
                     },
                 )
@@ -609,7 +896,7 @@ def openapi_document() -> dict[str, Any]:
                 "basic": {"type": "http", "scheme": "basic", "description": "token id:secret"},
                 "bearer": {"type": "http", "scheme": "bearer", "description": "id:secret"},
             },
-            "schemas": {"SigningKey": _KEY},
+            "schemas": _SCHEMAS,
             "responses": _error_responses(),
         },
     }

@@ -239,8 +239,10 @@ def test_every_request_value_validates_any_field(data: st.DataObject) -> None:
 
 
 def _body_property(path: str, name: str) -> dict[str, Any]:
-    operation = openapi_document()["paths"][path]["post"]
-    schema: dict[str, Any] = operation["requestBody"]["content"]["application/json"]["schema"]
+    document = openapi_document()
+    operation = document["paths"][path]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
     return dict(schema["properties"][name])
 
 

@@ -14,6 +14,7 @@ from service.core.verify import REASONS
 from service.errors import InvalidRequestError
 from service.grpc import messages
 from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.generated.signingkeys.v1 import signing_keys_pb2
 from service.http.keys import key_json
 
 
@@ -99,3 +100,22 @@ def test_the_imported_key_form() -> None:
     for broken in ("{", "[" * 50_000, '{"x": NaN}'):
         with pytest.raises(InvalidRequestError, match="jwk_json is not valid JSON"):
             messages.public_key(pb.ImportSigningKeyRequest(jwk_json=broken))
+
+
+def test_a_keys_times_are_also_timestamps_the_same_whole_second_unset_when_empty() -> None:
+    active = messages.signing_key(_key())
+    assert active.create_time == datetime(2025, 1, 1, tzinfo=UTC)  # its string's second
+    assert active.update_time == datetime(2025, 1, 2, tzinfo=UTC)
+    wire = signing_keys_pb2.SigningKey.FromString(bytes(active))
+    assert wire.create_time.seconds == int(active.created_at)
+    assert not wire.HasField("revoke_time") and not wire.HasField("expire_time")
+    revoked = messages.signing_key(
+        _key(
+            status="revoked",
+            revoked_at=datetime(2025, 2, 1, tzinfo=UTC),
+            expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+    wire = signing_keys_pb2.SigningKey.FromString(bytes(revoked))
+    assert wire.revoke_time.seconds == int(revoked.revoked_at)
+    assert wire.expire_time.seconds == int(revoked.expires_at)

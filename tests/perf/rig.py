@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ENVIRONMENT = "env-bench"
 JWKS_ENVIRONMENT = "env-bench-jwks"
 AUDIENCE = "bench"
+_WORKER_PID = re.compile(r'^signing_keys_worker_info\{.*\bpid="(\d+)".*\} 1\.0$', re.M)
 
 
 def free_port() -> int:
@@ -122,6 +124,24 @@ class ServiceProcess:
     def cached_keys(self) -> float | None:
         return metric(f"{self.base}/metrics", "signing_keys_cached_keys")
 
+    def workers(self) -> list[int]:
+        """The worker processes of a supervisor (none: this process serves alone)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def serving_workers(self) -> set[int]:
+        """The workers seen answering ``/metrics`` over 20 new connections."""
+        seen = set()
+        for _ in range(20):
+            try:
+                with urllib.request.urlopen(f"{self.base}/metrics", timeout=2) as response:
+                    found = _WORKER_PID.search(response.read().decode())
+            except OSError:
+                continue
+            if found:
+                seen.add(int(found.group(1)))
+        return seen
+
 
 @dataclass
 class Rig:
@@ -134,7 +154,9 @@ class Rig:
     tokens: dict[str, str] = field(default_factory=dict)
     public_keys: dict[str, bytes] = field(default_factory=dict)
 
-    def env(self, *, direct: bool, http_port: int, grpc_port: int) -> dict[str, str]:
+    def env(
+        self, *, direct: bool, http_port: int, grpc_port: int, workers: int = 1
+    ) -> dict[str, str]:
         env = {
             **os.environ,
             **self.topology.env(self.local),
@@ -145,6 +167,7 @@ class Rig:
             "SIGNING_KEYS_GRPC_ENABLED": "true",
             "SIGNING_KEYS_ACCESS_LOG": "off",
             "SIGNING_KEYS_LOG_LEVEL": "error",
+            "SIGNING_KEYS_WORKERS": str(workers),
         }
         if direct:
             for region in self.topology.regions:
@@ -164,11 +187,13 @@ class Rig:
 
     @contextmanager
     def service(
-        self, *, direct: bool = True, ready_within: float = 60.0
+        self, *, direct: bool = True, ready_within: float = 60.0, workers: int = 1
     ) -> Iterator[ServiceProcess]:
-        """A ``serve`` process from this checkout, ready (``/readyz`` 200) when yielded."""
+        """A ``serve`` process from this checkout, ready (``/readyz`` 200) when yielded; with
+        ``workers`` above 1, a supervisor whose workers (:meth:`ServiceProcess.workers`)
+        have all started serving."""
         http_port, grpc_port = free_port(), free_port()
-        env = self.env(direct=direct, http_port=http_port, grpc_port=grpc_port)
+        env = self.env(direct=direct, http_port=http_port, grpc_port=grpc_port, workers=workers)
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve"],
             env=env,
@@ -179,6 +204,11 @@ class Rig:
         service = ServiceProcess(proc, http_port, grpc_port)
         try:
             wait_for_http(f"{service.base}/readyz", ready_within)
+            deadline = time.monotonic() + ready_within
+            while workers > 1 and len(service.serving_workers()) < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not all {workers} workers serve /readyz")
+                time.sleep(0.2)
             yield service
         finally:
             proc.terminate()

@@ -5,8 +5,9 @@ one table (printed, JSON, SVG chart of the ratios).
     BENCH_QUICK=1 python -m tests.perf        # a few minutes: 3 rounds x 2 s, 1k-key JWKS
 
 Environment: ``BENCH_QUICK``, ``BENCH_ROUNDS``, ``BENCH_SECONDS``, ``BENCH_JWKS_KEYS``,
-``BENCH_MEMORY_KEYS`` (comma-separated counts), ``BENCH_OUT`` (the JSON path; the SVG is
-written beside it; default ``bench-results/bench-<UTC time>.json``).
+``BENCH_MEMORY_KEYS`` (comma-separated counts), ``BENCH_ONLY`` (comma-separated phases of
+:data:`PHASES`; default all), ``BENCH_OUT`` (the JSON path; the SVG is written beside it;
+default ``bench-results/bench-<UTC time>.json``).
 
 Each round runs every load scenario once, baselines interleaved with the service, so that a
 noisy neighbour hits both; the table holds medians over rounds, and ratios of medians. A run
@@ -61,6 +62,7 @@ from tests.perf.rig import (
     Rig,
     ServiceProcess,
     background_cpu,
+    cpu_seconds,
     free_port,
     rss_kib,
     topology,
@@ -76,6 +78,8 @@ JWKS_SETTLE = 4.0  # twice the default request deadline
 # finishes every request wrk leaves behind: 32 connections left minutes of backlog per run.
 JWKS_CONNECTIONS = 4
 CREATION_CONNECTIONS = 8
+# The phases BENCH_ONLY chooses from, in the order they run.
+PHASES = ("loads", "creation", "workers", "failover", "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +90,16 @@ class Options:
     jwks_keys: int
     memory_keys: tuple[int, ...]
     out: Path
+    only: frozenset[str] = frozenset(PHASES)
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Options:
         quick = env.get("BENCH_QUICK", "") not in ("", "0")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         memory = env.get("BENCH_MEMORY_KEYS", "100000" if quick else "100000,1000000")
+        only = frozenset(p.strip() for p in env.get("BENCH_ONLY", "").split(",") if p.strip())
+        if only - set(PHASES):
+            raise SystemExit(f"BENCH_ONLY: unknown phase(s) {sorted(only - set(PHASES))}")
         return cls(
             quick=quick,
             rounds=int(env.get("BENCH_ROUNDS", "3" if quick else "5")),
@@ -99,6 +107,7 @@ class Options:
             jwks_keys=int(env.get("BENCH_JWKS_KEYS", "1000" if quick else "10000")),
             memory_keys=tuple(int(n) for n in memory.split(",") if n.strip()),
             out=Path(env.get("BENCH_OUT", str(ROOT / "bench-results" / f"bench-{stamp}.json"))),
+            only=only or frozenset(PHASES),
         )
 
 
@@ -495,6 +504,71 @@ class Bench:
                 await asyncio.sleep(1 / CREATION_RATE)
             await asyncio.gather(*tasks)
 
+    # -- 1 vs 2 workers ----------------------------------------------------------------------
+
+    async def workers(self) -> None:
+        """HTTP verify RS256 against one worker and against two (SIGNING_KEYS_WORKERS=2),
+        both up at once and loaded in turn, so that a noisy neighbour hits both."""
+        token = self.rig.tokens["RS256"]
+        body = {"token": token, "audience": AUDIENCE, "environment_id": ENVIRONMENT}
+        one_worker: list[Sample] = []
+        two_workers: list[Sample] = []
+        with self.rig.service() as one, self.rig.service(workers=2) as two:
+            pids = [one.pid, *two.workers()]
+            idle = {pid: await asyncio.to_thread(background_cpu, pid) + 0.15 for pid in pids}
+            drain = [f"{one.base}/readyz", f"{two.base}/readyz"]
+            cases = [
+                (
+                    self.http(
+                        f"{service.base}/v1/tokens/verify",
+                        self.verify_check("RS256"),
+                        method="POST",
+                        body=body,
+                    ),
+                    samples,
+                )
+                for service, samples in ((one, one_worker), (two, two_workers))
+            ]
+            for case, _ in cases:  # warm-up, not counted
+                await loads.wrk(case, self.options.seconds)
+                await _drain(drain, idle)
+            busy = dict.fromkeys(pids, 0.0)  # CPU seconds each process spent under load
+            for _ in range(self.options.rounds):
+                for case, samples in cases:
+                    before = {pid: cpu_seconds(pid) for pid in pids}
+                    samples.append(await loads.wrk(case, self.options.seconds))
+                    for pid in pids:
+                        busy[pid] += cpu_seconds(pid) - before[pid]
+                    await _drain(drain, idle)
+            loaded = self.options.rounds * self.options.seconds
+            shares = [busy[pid] / loaded for pid in pids]
+        one_name = "HTTP verify RS256, 1 worker"
+        one_row = Row(
+            one_name,
+            median([s.rps for s in one_worker]),
+            _median_of([s.p50_ms for s in one_worker]),
+            _median_of([s.p99_ms for s in one_worker]),
+            correct=all(s.correct for s in one_worker),
+            runs=tuple(s.rps for s in one_worker),
+        )
+        self.report.rows.append(one_row)
+        self.report.rows.append(
+            ratio_row(
+                "HTTP verify RS256, 2 workers (SIGNING_KEYS_WORKERS=2)",
+                [s.rps for s in two_workers],
+                one_row,
+                p50_ms=_median_of([s.p50_ms for s in two_workers]),
+                p99_ms=_median_of([s.p99_ms for s in two_workers]),
+                target=">= 1.6",
+                correct_runs=[s.correct for s in two_workers],
+                note=(
+                    f"cores busy while loaded: 1 worker {shares[0]:.2f}, 2 workers "
+                    f"{' + '.join(f'{share:.2f}' for share in shares[1:])}; wrk and "
+                    f"PostgreSQL share the machine's {os.cpu_count()} cores"
+                ),
+            )
+        )
+
     # -- failover ----------------------------------------------------------------------------
 
     async def failover(self) -> None:
@@ -674,64 +748,72 @@ async def run(options: Options) -> Report:
         rig = Rig(topo, topo.region_names[0])
         await asyncio.to_thread(rig.prepare)
         bench = Bench(options, rig)
-        took = await rig.insert_keys(JWKS_ENVIRONMENT, "EdDSA", options.jwks_keys)
-        print(f"{options.jwks_keys} JWKS keys inserted in {took:.1f}s", flush=True)
-        with rig.service() as service, tempfile.TemporaryDirectory() as scratch:
-            while (await asyncio.to_thread(service.cached_keys) or 0) < options.jwks_keys:
-                await asyncio.sleep(0.2)
-            jwks_url = f"{service.base}/v1/environments/{JWKS_ENVIRONMENT}/jwks.json"
-            jwks, etag = await _fetch(jwks_url, rig.authorization)
-            message = pb2.GetSigningKeyRequest(
-                id=rig.key_ids["RS256"], environment_id=ENVIRONMENT
-            ).SerializeToString()
-            reply = await _grpc_reply(service.grpc_port, message, rig.authorization)
-            config = Path(scratch) / "bare.json"
-            (Path(scratch) / "jwks.json").write_bytes(jwks)
-            http_port, grpc_port = free_port(), free_port()
-            config.write_text(
-                json.dumps(
-                    {
-                        "http_port": http_port,
-                        "grpc_port": grpc_port,
-                        "keys": {
-                            alg: base64.b64encode(der).decode()
-                            for alg, der in rig.public_keys.items()
-                        },
-                        "jwks_file": str(Path(scratch) / "jwks.json"),
-                        "get_reply": base64.b64encode(reply).decode(),
-                    }
-                )
-            )
-            bare = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.perf.bare",
-                str(config),
-                cwd=ROOT,
-                stderr=asyncio.subprocess.DEVNULL,  # statuses and samples tell what failed
-            )
-            try:
-                await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{http_port}/small")
-                bare_base = f"http://127.0.0.1:{http_port}"
-                bench.define(service, bare_base, grpc_port, etag)
-                await bench.load_rounds(
-                    [f"{service.base}/readyz", f"{bare_base}/small"], [service.pid, bare.pid]
-                )
-            finally:
-                bare.terminate()
-                await bare.wait()
-            bench.tabulate()
-            bench.raw_verify()
-            await _phase(bench.report, "creation under lookup load", bench.creation(service))
-        await _phase(bench.report, "lookups during a failover", bench.failover())
-        await _phase(bench.report, "memory", bench.memory())
-    bench.report.not_measured.append(
-        NotMeasured(
-            "1 vs 2 workers",
-            "the service has no SIGNING_KEYS_WORKERS (issue 12, deliverable 4): one process only",
-        )
-    )
+        if "loads" in options.only:
+            await _main_loads(bench, options, rig)
+        if "creation" in options.only:
+            with rig.service() as service:
+                await _phase(bench.report, "creation under lookup load", bench.creation(service))
+        if "workers" in options.only:
+            await _phase(bench.report, "1 vs 2 workers", bench.workers())
+        if "failover" in options.only:
+            await _phase(bench.report, "lookups during a failover", bench.failover())
+        if "memory" in options.only:
+            await _phase(bench.report, "memory", bench.memory())
+    for phase in PHASES:
+        if phase not in options.only:
+            bench.report.not_measured.append(NotMeasured(phase, "left out by BENCH_ONLY"))
     return bench.report
+
+
+async def _main_loads(bench: Bench, options: Options, rig: Rig) -> None:
+    """Every load scenario beside its baseline (the bare process), then the raw verify loop."""
+    took = await rig.insert_keys(JWKS_ENVIRONMENT, "EdDSA", options.jwks_keys)
+    print(f"{options.jwks_keys} JWKS keys inserted in {took:.1f}s", flush=True)
+    with rig.service() as service, tempfile.TemporaryDirectory() as scratch:
+        while (await asyncio.to_thread(service.cached_keys) or 0) < options.jwks_keys:
+            await asyncio.sleep(0.2)
+        jwks_url = f"{service.base}/v1/environments/{JWKS_ENVIRONMENT}/jwks.json"
+        jwks, etag = await _fetch(jwks_url, rig.authorization)
+        message = pb2.GetSigningKeyRequest(
+            id=rig.key_ids["RS256"], environment_id=ENVIRONMENT
+        ).SerializeToString()
+        reply = await _grpc_reply(service.grpc_port, message, rig.authorization)
+        config = Path(scratch) / "bare.json"
+        (Path(scratch) / "jwks.json").write_bytes(jwks)
+        http_port, grpc_port = free_port(), free_port()
+        config.write_text(
+            json.dumps(
+                {
+                    "http_port": http_port,
+                    "grpc_port": grpc_port,
+                    "keys": {
+                        alg: base64.b64encode(der).decode() for alg, der in rig.public_keys.items()
+                    },
+                    "jwks_file": str(Path(scratch) / "jwks.json"),
+                    "get_reply": base64.b64encode(reply).decode(),
+                }
+            )
+        )
+        bare = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.perf.bare",
+            str(config),
+            cwd=ROOT,
+            stderr=asyncio.subprocess.DEVNULL,  # statuses and samples tell what failed
+        )
+        try:
+            await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{http_port}/small")
+            bare_base = f"http://127.0.0.1:{http_port}"
+            bench.define(service, bare_base, grpc_port, etag)
+            await bench.load_rounds(
+                [f"{service.base}/readyz", f"{bare_base}/small"], [service.pid, bare.pid]
+            )
+        finally:
+            bare.terminate()
+            await bare.wait()
+        bench.tabulate()
+        bench.raw_verify()
 
 
 def main() -> int:

@@ -4,6 +4,7 @@
 # This file has been @generated
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import (
     TYPE_CHECKING,
     AsyncIterator,
@@ -23,16 +24,29 @@ if TYPE_CHECKING:
 
 
 class KeyStatus(betterproto.Enum):
+    """Whether a key's tokens can verify. More values may be added."""
+
     UNSPECIFIED = 0
+    """Not set; also how a client should read a value it does not know."""
+
     ACTIVE = 1
     """Tokens signed with the key verify."""
 
     REVOKED = 2
     """The key was revoked; tokens signed with it never verify again."""
 
+    EXPIRED = 3
+    """
+    The key is past its `expires_at`; tokens signed with it no longer verify.
+    """
+
 
 class KeySource(betterproto.Enum):
+    """Where a key pair came from."""
+
     UNSPECIFIED = 0
+    """Not set; also how a client should read a value it does not know."""
+
     GENERATED = 1
     """The service generated the pair and returned the private key once."""
 
@@ -48,15 +62,38 @@ class InvalidReason(betterproto.Enum):
     """
 
     UNSPECIFIED = 0
+    """
+    No reason: the token is valid. `valid` decides, never the reason: a reason a client does
+     not know still means the token is invalid.
+    """
+
     MALFORMED = 1
+    """Not a well-formed compact JWS with a `kid` and an `exp`."""
+
     UNKNOWN_KEY = 2
+    """No key with that `kid` in the environment."""
+
     REVOKED_KEY = 3
+    """The key was revoked, or is past its expires_at."""
+
     EXPIRED = 4
+    """`exp` has passed (beyond the clock-skew leeway)."""
+
     NOT_YET_VALID = 5
+    """`nbf` is in the future (beyond the leeway)."""
+
     BAD_SIGNATURE = 6
+    """The signature does not match the key."""
+
     WRONG_AUDIENCE = 7
+    """`aud` does not contain the expected audience."""
+
     WRONG_SUBJECT = 8
+    """`sub` is not the expected subject."""
+
     ALGORITHM_MISMATCH = 9
+    """The header's `alg` is not the key's algorithm."""
+
     UNSUPPORTED_KEY = 10
     """
     The key was stored before today's key rules and is outside them (an RSA key with an
@@ -65,7 +102,11 @@ class InvalidReason(betterproto.Enum):
 
 
 class WatchEventKind(betterproto.Enum):
+    """What a watch event is."""
+
     UNSPECIFIED = 0
+    """Not set; also how a client should read a value it does not know."""
+
     SNAPSHOT = 1
     """One existing key of the snapshot (sent only when `after` was empty)."""
 
@@ -134,9 +175,23 @@ class SigningKey(betterproto.Message):
     When the key stops verifying tokens, Unix seconds as a string; empty for never.
     """
 
+    create_time: datetime = betterproto.message_field(13)
+    """`created_at` as a Timestamp."""
+
+    update_time: datetime = betterproto.message_field(14)
+    """`updated_at` as a Timestamp."""
+
+    revoke_time: datetime = betterproto.message_field(15)
+    """`revoked_at` as a Timestamp; unset while the key is active."""
+
+    expire_time: datetime = betterproto.message_field(16)
+    """`expires_at` as a Timestamp; unset for never."""
+
 
 @dataclass(eq=False, repr=False)
 class CreateSigningKeyRequest(betterproto.Message):
+    """Create a key pair in an environment."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment to create the key in; empty: the access token's only environment.
@@ -168,6 +223,8 @@ class CreateSigningKeyRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class CreateSigningKeyResponse(betterproto.Message):
+    """The created key and, this once, its private key."""
+
     key: "SigningKey" = betterproto.message_field(1)
     """The stored key."""
 
@@ -180,6 +237,8 @@ class CreateSigningKeyResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class ImportSigningKeyRequest(betterproto.Message):
+    """Import a customer-supplied public key into an environment."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment to import the key into; empty: the access token's only environment.
@@ -221,12 +280,16 @@ class ImportSigningKeyRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class ImportSigningKeyResponse(betterproto.Message):
+    """The imported key."""
+
     key: "SigningKey" = betterproto.message_field(1)
     """The stored key."""
 
 
 @dataclass(eq=False, repr=False)
 class GetSigningKeyRequest(betterproto.Message):
+    """Read one key by id."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment the key belongs to; empty: the access token's only environment.
@@ -243,6 +306,8 @@ class GetSigningKeyRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class GetSigningKeyResponse(betterproto.Message):
+    """The key read."""
+
     key: "SigningKey" = betterproto.message_field(1)
     """
     The key (NOT_FOUND when the environment has no key with that id and that status).
@@ -251,6 +316,8 @@ class GetSigningKeyResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class ListSigningKeysRequest(betterproto.Message):
+    """Read one page of an environment's keys."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment whose keys to list; empty: the access token's only environment.
@@ -272,6 +339,8 @@ class ListSigningKeysRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class ListSigningKeysResponse(betterproto.Message):
+    """One page of keys."""
+
     keys: List["SigningKey"] = betterproto.message_field(1)
     """The page's keys, newest first; empty past the last page."""
 
@@ -283,6 +352,8 @@ class ListSigningKeysResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class RevokeSigningKeyRequest(betterproto.Message):
+    """Revoke one key by id."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment the key belongs to; empty: the access token's only environment.
@@ -294,12 +365,16 @@ class RevokeSigningKeyRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class RevokeSigningKeyResponse(betterproto.Message):
+    """The key as revoked."""
+
     key: "SigningKey" = betterproto.message_field(1)
     """The key as revoked (status KEY_STATUS_REVOKED, revoked_at set)."""
 
 
 @dataclass(eq=False, repr=False)
 class VerifyTokenRequest(betterproto.Message):
+    """A token to verify, and what to expect of it."""
+
     token: str = betterproto.string_field(1)
     """
     The compact JWS/JWT (header.payload.signature). Its `kid` (JOSE header, or a payload
@@ -323,6 +398,8 @@ class VerifyTokenRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class VerifyTokenResponse(betterproto.Message):
+    """A verification's outcome: valid or not, and why not."""
+
     valid: bool = betterproto.bool_field(1)
     """
     Whether the token verified: signature, expiry and the expected audience and subject.
@@ -354,6 +431,8 @@ class VerifyTokenResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class WatchSigningKeysRequest(betterproto.Message):
+    """Follow an environment's keys."""
+
     environment_id: str = betterproto.string_field(1)
     """
     The environment to watch; empty: the access token's only environment.
@@ -370,6 +449,10 @@ class WatchSigningKeysRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class WatchSigningKeysResponse(betterproto.Message):
+    """
+    One event of a watch: a key of the snapshot, the end of the snapshot, or a change.
+    """
+
     kind: "WatchEventKind" = betterproto.enum_field(1)
     """What this event is."""
 

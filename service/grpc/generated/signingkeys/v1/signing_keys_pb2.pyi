@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -12,6 +15,7 @@ class KeyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEY_STATUS_UNSPECIFIED: _ClassVar[KeyStatus]
     KEY_STATUS_ACTIVE: _ClassVar[KeyStatus]
     KEY_STATUS_REVOKED: _ClassVar[KeyStatus]
+    KEY_STATUS_EXPIRED: _ClassVar[KeyStatus]
 
 class KeySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +46,7 @@ class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 KEY_STATUS_UNSPECIFIED: KeyStatus
 KEY_STATUS_ACTIVE: KeyStatus
 KEY_STATUS_REVOKED: KeyStatus
+KEY_STATUS_EXPIRED: KeyStatus
 KEY_SOURCE_UNSPECIFIED: KeySource
 KEY_SOURCE_GENERATED: KeySource
 KEY_SOURCE_IMPORTED: KeySource
@@ -62,7 +67,7 @@ WATCH_EVENT_KIND_SYNCED: WatchEventKind
 WATCH_EVENT_KIND_CHANGED: WatchEventKind
 
 class SigningKey(_message.Message):
-    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at")
+    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +80,10 @@ class SigningKey(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: str
     environment_id: str
@@ -87,7 +96,11 @@ class SigningKey(_message.Message):
     updated_at: str
     revoked_at: str
     expires_at: str
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    revoke_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSigningKeyRequest(_message.Message):
     __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key")
