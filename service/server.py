@@ -101,15 +101,13 @@ class Server(AsyncResource):
             negative_size=settings.negative_cache_size,
             negative_ttl=settings.negative_cache_ttl,
         )
-        self.keys = KeyService(
-            self.key_records, write_timeout=settings.write_deadline, on_change=self.key_cache.put
-        )
         self.changes = ChangeFeed(
             self.key_records,
             self.key_cache,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
             max_data_age=settings.change_max_data_age,
+            read_staleness=settings.router.max_replica_lag,
             limits=WatchLimits(
                 streams=settings.max_watch_streams,
                 streams_per_caller=settings.max_watch_streams_per_caller,
@@ -117,6 +115,13 @@ class Server(AsyncResource):
                 snapshot_reads=settings.max_snapshot_reads,
             ),
             metrics=self.metrics,
+        )
+        # Reads come from the cache while the feed keeps it fresh; writes go into it at once.
+        self.keys = KeyService(
+            self.key_records,
+            write_timeout=settings.write_deadline,
+            cache=self.key_cache,
+            feed=self.changes,
         )
         self.verifier = TokenVerifier(
             self.key_records,

@@ -10,6 +10,16 @@ duration earlier. The overlap must therefore exceed the longest write (its deadl
 settings insist on it. Changes are applied to the :class:`~service.core.keycache.KeyCache`
 (which never goes backwards) and fanned out to ``WatchSigningKeys`` streams.
 
+The overlap is re-read only while it may still hold rows not yet visible. Were the watermark
+the only guide, every key written at one instant (an import, a restore) would be read again
+by every poll until a newer write moved it, costing the database and the instance a full
+read of them five times a second, and the feed the freshness the key reads rely on. So each
+poll also keeps a *horizon*: every row stamped earlier than its data's time, less the
+overlap, was visible to it and needs no second read. That time is this host's clock at the
+poll's start less the data's age, so the horizon also allows :data:`CLOCK_ALLOWANCE` for
+this host's clock running ahead of the primary's; a clock further ahead than that could skip
+a slow writer's row.
+
 Positions handed to watchers are ``"<updated_at µs>.<key id>"``; resuming from one replays
 every change of the environment from ``overlap`` before it, so delivery is at-least-once
 (dedupe on key id and ``updated_at``).
@@ -60,6 +70,9 @@ FRESH_POLLS: Final = 3
 # betterproto on a busy machine): without turns, a snapshot of thousands of keys would hold
 # the loop from probes and every other request for seconds.
 YIELD_EVERY: Final = 1
+# How far this host's clock may run ahead of the primary's before the horizon (above) could
+# skip a slow writer's row; NTP keeps clocks within milliseconds.
+CLOCK_ALLOWANCE: Final = 30.0
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -145,9 +158,13 @@ class ChangeFeed(Poller):
         limits: WatchLimits | None = None,
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        read_staleness: float | None = None,
     ) -> None:
         """``max_data_age``: read changes only where the data is at most this old (the
-        revocation bound); ``None`` reads wherever the source serves reads."""
+        revocation bound); ``None`` reads wherever the source serves reads. ``wall``: Unix
+        seconds, for the horizon. ``read_staleness``: see :meth:`answers_reads`."""
+        self._read_staleness = read_staleness
         self._source = source
         self._max_data_age = max_data_age
         self._metrics = metrics if metrics is not None else CoreMetrics()
@@ -169,7 +186,10 @@ class ChangeFeed(Poller):
         self._cache = cache
         self._overlap = timedelta(seconds=overlap)
         self._clock = clock
+        self._wall = wall
         self._watermark: datetime | None = None  # the newest updated_at read so far
+        # Unix seconds: every row stamped before it was visible to a poll that read it.
+        self._horizon = -math.inf
         self._loaded = False  # a poll has succeeded
         # On the feed's clock: every change committed before this instant has been seen.
         self._data_as_of = -math.inf
@@ -201,14 +221,28 @@ class ChangeFeed(Poller):
         (``max_data_age``) plus a few polls of slack."""
         return self.staleness() <= (self._max_data_age or 0.0) + FRESH_POLLS * self._interval
 
+    def answers_reads(self) -> bool:
+        """Whether the cache may answer key reads (a key, a JWK Set) in the database's
+        place: while the feed is fresh, or its data is no older than ``read_staleness`` —
+        the age a database read without a consistency token may have itself (the router
+        prefers regions within its replica lag). The second keeps a loop that is saturated
+        for a moment, which delays the polls, from sending every read to the database just
+        when it can least afford them."""
+        if self.is_fresh():
+            return True
+        return self._read_staleness is not None and self.staleness() <= self._read_staleness
+
     async def poll_once(self) -> int:
         """One poll: apply what changed; return how many changed keys were new to us."""
         # The first successful poll loads what exists and tells no watcher; every later one
         # notifies, even when the first found nothing (an empty store: a new deployment).
         first = not self._loaded
-        since = None if self._watermark is None else self._watermark - self._overlap
-        started = self._clock()
+        since = self._since()
+        started, wall_started = self._clock(), self._wall()
         changes = await self._source.changes(since=since, max_data_age=self._max_data_age)
+        seen_until = wall_started - changes.data_age - self._overlap.total_seconds()
+        if math.isfinite(seen_until):
+            self._horizon = max(self._horizon, seen_until - CLOCK_ALLOWANCE)
         fresh = self._apply(changes.keys, notify=not first)
         if changes.keys:
             newest = changes.keys[-1].updated_at
@@ -223,6 +257,17 @@ class ChangeFeed(Poller):
             horizon = self._watermark - 2 * self._overlap
             self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
         return fresh
+
+    def _since(self) -> datetime | None:
+        """Where the next poll starts reading: the overlap before the watermark, or the
+        horizon when that is later."""
+        if self._watermark is None:
+            return None
+        since = self._watermark - self._overlap
+        if self._horizon > since.timestamp():
+            with contextlib.suppress(OverflowError, ValueError, OSError):
+                return datetime.fromtimestamp(self._horizon, UTC)
+        return since
 
     def _apply(self, keys: list[SigningKey], *, notify: bool) -> int:
         fresh = 0

@@ -2,6 +2,14 @@
 
 Transports translate requests into calls here; the rules (scopes, environments, idempotency,
 audit, where key generation runs) live here once for HTTP, gRPC and the CLI.
+
+A key is read from the in-process :class:`~service.core.keycache.KeyCache` when the change feed
+keeps it current (:meth:`~service.core.changes.ChangeFeed.answers_reads`: fresh, or no older
+than a database read may be) and the request does not carry a consistency token; otherwise,
+and on a miss, from the database as before. Nothing is lost:
+a token's position is one the feed cannot vouch for (it follows ``updated_at``, not commit
+positions), so such a read goes where the router can; and this instance's own writes reach
+the cache as they return, before any later read of this instance can ask for them.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from typing import Final, Literal
 
 import structlog
 
-from service.core import crypto
+from service.core import consistency, crypto
+from service.core.changes import ChangeFeed
 from service.core.crypto import Algorithm
+from service.core.keycache import KeyCache
 from service.core.keygen import KeyGenerator
 from service.core.models import (
     AuditEvent,
@@ -83,11 +93,16 @@ class KeyService:
         keygen: KeyGenerator | None = None,
         write_timeout: float | None = None,
         on_change: Callable[[SigningKey], object] | None = None,
+        cache: KeyCache | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
-        """``on_change`` sees every key this instance stores or revokes, at once (the local
-        key cache uses it, so a key verifies here without waiting for the change feed)."""
+        """``on_change`` sees every key this instance stores or revokes, at once. ``cache``
+        gets them too (so a key verifies here without waiting for the change feed) and, with
+        ``feed``, answers :meth:`get` while the feed keeps it current."""
         self._records = records
         self._on_change = on_change
+        self._cache = cache
+        self._feed = feed
         self._keygen = keygen or KeyGenerator()
         self._write_timeout = write_timeout
 
@@ -123,11 +138,32 @@ class KeyService:
         """The key, if it has the status ``ref`` asks for (by default: active)."""
         environment_id = principal.default_environment(ref.environment_id)
         principal.require(Scope.READ, environment_id)
-        key = await self._records.get(ref.key_id, environment_id=environment_id)
+        key = self._cached(ref.key_id, environment_id)
+        if key is None:
+            key = await self._records.get(ref.key_id, environment_id=environment_id)
+            if key is not None and self._cache is not None:
+                # Kept for the next read; and the cache may know a newer version (a
+                # revocation the feed applied that a lagging region has not replayed yet).
+                key = self._cache.put(key).record
         wanted = statuses(ref.status)
         if key is None or (wanted is not None and key.status != wanted):
             raise NotFoundError(_NOT_FOUND[ref.status])
         return key
+
+    def _cached(self, key_id: str, environment_id: str) -> SigningKey | None:
+        """The cached key, when the cache may answer for it; ``None``: ask the database.
+
+        Another environment's key is a miss like any other, so that it is answered exactly
+        like a key that does not exist (by the database, which finds none there)."""
+        if self._cache is None or self._feed is None or not self._feed.answers_reads():
+            return None
+        scope = consistency.current()
+        if scope is not None and scope.required is not None:
+            return None  # the feed cannot tell whether it has read that far
+        cached = self._cache.get(key_id)
+        if cached is None or cached.record.environment_id != environment_id:
+            return None
+        return cached.record
 
     async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
         """One page (1-based) of the keys of the status asked for, newest first; past the
@@ -156,6 +192,8 @@ class KeyService:
         return key
 
     def _changed(self, key: SigningKey) -> None:
+        if self._cache is not None:
+            self._cache.put(key)
         if self._on_change is not None:
             self._on_change(key)
 

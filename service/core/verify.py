@@ -16,8 +16,6 @@ is ``unknown_key``, exactly like a key that does not exist.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from service.core import consistency, crypto, times
 from service.core.changes import ChangeFeed
 from service.core.json import loads
+from service.core.jwks import JwksDocument, JwksDocuments
 from service.core.keycache import CachedKey, KeyCache
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, is_valid_id
@@ -121,6 +120,7 @@ class TokenVerifier:
         # Per caller: one tenant flooding random kids cannot starve another's look-ups.
         self._misses = KeyedBuckets(miss_budget, clock=monotonic)
         self._metrics = metrics if metrics is not None else CoreMetrics()
+        self.jwks_documents = JwksDocuments(records, cache, feed, clock=clock)
 
     def can_serve(self) -> bool:
         """False once the last known good keys are older than the allowed staleness."""
@@ -250,30 +250,14 @@ class TokenVerifier:
             return None
         return self._cache.put(record)
 
-    async def jwks(self, principal: Principal, request: JwksRequest) -> tuple[dict[str, Any], str]:
-        """The environment's active keys as a JWK Set, and its ETag."""
+    async def jwks(self, principal: Principal, request: JwksRequest) -> JwksDocument:
+        """The environment's active keys as a JWK Set, with its ETag."""
         environment_id = request.environment_id
         if not principal.scopes & {Scope.READ, Scope.VERIFY}:
             raise PermissionDeniedError("this access token lacks the 'read' or 'verify' scope")
         if environment_id not in principal.environments:
             raise PermissionDeniedError("this access token is not valid for that environment")
-        keys = [
-            key
-            async for page in self._records.pages(environment_id=environment_id, active_only=True)
-            for key in page
-        ]
-        now = self._clock()
-        document = {
-            "keys": [
-                crypto.jwk_of(public, kid=key.id, algorithm=key.algorithm)
-                for key in sorted(keys, key=lambda key: key.id)
-                if key.expires_at is None or times.seconds(key.expires_at) > now
-                # Only what verifies here: no relying party is handed a key the rules refuse.
-                if (public := crypto.usable_key(key.public_key, key.algorithm)) is not None
-            ]
-        }
-        body = json.dumps(document, sort_keys=True).encode()
-        return document, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return await self.jwks_documents.get(environment_id)
 
 
 def _may_see(principal: Principal, key: CachedKey, environment_id: str | None) -> bool:

@@ -15,10 +15,12 @@ import time
 from typing import Any, Final
 from urllib.parse import quote
 
+import cachetools
 import structlog
 from aiohttp import web
 
 from service.core import crypto
+from service.core.json import dumps
 from service.core.models import SigningKey
 from service.core.requests import CreateKeyRequest, ImportKeyRequest, KeyRef, ListKeysRequest
 from service.core.times import unix_seconds
@@ -41,6 +43,11 @@ PREFIX: Final = "/system/v1/signing-keys"
 KEY_PATH: Final = PREFIX + "/{id:(?!import$)[^{}/]+}"
 
 routes = web.RouteTableDef()
+
+# The answers to GETs of recently read keys, by the whole record: a key's JSON changes only
+# with its record, so a key read over and over is encoded once (a third of a cached GET's
+# cost), and a revocation, a new record, is encoded afresh. Bounded: 4096 keys, a few MB.
+_ANSWERS: cachetools.LRUCache[SigningKey, str] = cachetools.LRUCache(maxsize=4096)
 
 
 def key_json(key: SigningKey) -> dict[str, Any]:
@@ -131,7 +138,10 @@ async def get_key(request: web.Request) -> web.Response:
     key = await request.app[appkeys.KEYS].get(
         caller, key_ref(request, status=request.query.get("status"))
     )
-    return json_response({"data": key_json(key)})
+    answer = _ANSWERS.get(key)
+    if answer is None:
+        answer = _ANSWERS[key] = dumps({"data": key_json(key)})
+    return web.Response(text=answer, content_type="application/json")
 
 
 @routes.get(PREFIX + "/{id}/public-key")

@@ -21,6 +21,7 @@ import pytest
 
 from service.core import changes, crypto
 from service.core.changes import (
+    CLOCK_ALLOWANCE,
     ChangeFeed,
     WatchEvent,
     WatchLimits,
@@ -91,6 +92,7 @@ def instance(
         limits=limits or WatchLimits(streams=10),
         metrics=metrics,
         clock=clock.seconds,
+        wall=clock.seconds,
     )
     return Instance(clock, records, KeyService(records), cache, feed)
 
@@ -178,19 +180,57 @@ async def test_the_overlap_window_is_inclusive_and_bounds_how_late_a_commit_may_
 
 
 async def test_the_watermark_follows_the_data_and_never_the_clock(polled: Instance) -> None:
-    """Polls that read nothing new — a quiet hour, or a standby that has not replayed a
-    slow commit yet — leave the watermark where the data put it, so the row still pending
-    is read once it is visible, however long that took."""
+    """Polls that read nothing new from a standby that has not replayed a slow commit yet
+    (its data ever older) leave the watermark where the data put it, and the horizon where
+    the data's age puts it, so the row still pending is read once it is visible, however
+    long that took."""
     seen = await polled.create()
     pending = polled.records.hold_next_write()
     late = await polled.create()
     await polled.feed.poll_once()
     for _ in range(3):
         polled.clock.advance(1200)
+        polled.records.data_age += 1200
         assert await polled.feed.poll_once() == 0
     pending.commit()
+    polled.records.data_age = 0.0  # replayed at last
     assert await polled.feed.poll_once() == 1
     assert polled.cached(late.id) == late and polled.cached(seen.id) == seen
+
+
+async def test_a_quiet_feed_stops_reading_again_what_every_poll_has_seen() -> None:
+    """Keys written at one instant (an import) are read again while a slow writer's row may
+    still appear among them, not for ever: once the poll's data is an overlap (and the
+    clock allowance) past them, the next polls read only what is newer."""
+    node = instance()
+    await node.feed.poll_once()
+    for _ in range(20):
+        await node.create()
+    read: list[int] = []
+    changes = node.records.changes
+
+    async def counted(**kwargs: Any) -> Changes:
+        result = await changes(**kwargs)
+        read.append(len(result.keys))
+        return result
+
+    node.records.changes = counted  # type: ignore[method-assign]
+    await node.feed.poll_once()
+    node.clock.advance(OVERLAP / 2)
+    await node.feed.poll_once()
+    assert read == [20, 20], "within the overlap: read again"
+    node.clock.advance(OVERLAP + CLOCK_ALLOWANCE)
+    await node.feed.poll_once()  # its data is past them: what it reads is the last re-read
+    await node.feed.poll_once()
+    assert read[-1] == 0
+    late = await node.create()
+    assert await node.feed.poll_once() == 1 and node.cached(late.id) == late
+    slow = node.records.hold_next_write()
+    pending = await node.create()
+    node.clock.advance(OVERLAP / 2)  # a slow writer, within its bound, in a quiet time
+    await node.feed.poll_once()
+    slow.commit()
+    assert await node.feed.poll_once() == 1 and node.cached(pending.id) == pending
 
 
 async def test_a_lagging_read_never_takes_a_key_back() -> None:

@@ -64,3 +64,26 @@ def test_the_cache_stays_within_its_bounds_and_knows_when_it_stops_being_complet
     assert cache.unknown_count == 2
     cache.put(key("nope9"))
     assert not cache.is_known_unknown("nope9"), "a key that appears clears its negative entry"
+
+
+def test_an_environments_stamp_moves_with_every_change_to_its_cached_keys() -> None:
+    cache = KeyCache(size=2, negative_size=2, negative_ttl=60)
+    assert cache.stamp("env") == 0 and cache.environment_keys("env") == []
+    first = key("k1")
+    cache.put(first)
+    stamps = [cache.stamp("env")]
+    cache.put(first)  # the overlap's re-read: nothing changed
+    assert cache.stamp("env") == stamps[-1]
+    cache.put(replace(first, status="revoked", updated_at=T0 + timedelta(seconds=1)))
+    stamps.append(cache.stamp("env"))
+    cache.put(replace(first, updated_at=T0))  # older: ignored
+    assert cache.stamp("env") == stamps[-1]
+    other = replace(key("o1"), environment_id="other")
+    cache.put(other)
+    assert cache.stamp("env") == stamps[-1], "another environment's change"
+    assert [c.record.id for c in cache.environment_keys("other")] == ["o1"]
+    cache.put(replace(key("o2"), environment_id="other"))  # evicts k1, the least recent
+    stamps.append(cache.stamp("env"))
+    assert cache.environment_keys("env") == [], "the index follows evictions"
+    assert len(set(stamps)) == len(stamps) and 0 not in stamps
+    assert sorted(c.record.id for c in cache.environment_keys("other")) == ["o1", "o2"]

@@ -341,7 +341,7 @@ async def test_a_stored_key_outside_the_rules_is_never_used_nor_published(
     token = handmade({"alg": algorithm, "kid": key_id}, {"exp": world.now() + 60}, b"x" * 256)
     verdict = await world.verify(token)
     assert (verdict.valid, verdict.reason, verdict.key_id) == (False, "unsupported_key", key_id)
-    document, _ = await world.verifier.jwks(CALLER, OURS)
+    document = json.loads((await world.verifier.jwks(CALLER, OURS)).body)
     assert key_id not in {jwk["kid"] for jwk in document["keys"]}
 
 
@@ -365,7 +365,7 @@ async def test_a_stored_expiry_beyond_any_renderable_year_still_gets_a_verdict(
     created = CreatedKey(key=key, private_key_pem=pair.private_pem)
     verdict = await world.verify(world.sign(created))
     assert (verdict.reason, verdict.key_id) == (reason, key.id)
-    document, _ = await world.verifier.jwks(CALLER, OURS)
+    document = json.loads((await world.verifier.jwks(CALLER, OURS)).body)
     assert (key.id in {jwk["kid"] for jwk in document["keys"]}) is (reason is None)
 
 
@@ -693,7 +693,8 @@ async def test_jwks_lists_the_environments_usable_keys_and_its_etag_follows_them
         CreateKeyRequest(environment_id=A, spec=KeySpec(algorithm="EdDSA", expires_at=soon)),
     )
     await world.key(env=B)
-    document, etag = await world.verifier.jwks(CALLER, OURS)
+    rendered = await world.verifier.jwks(CALLER, OURS)
+    document, etag = json.loads(rendered.body), rendered.etag
     assert {jwk["kid"] for jwk in document["keys"]} == {
         keep.key.id,
         drop.key.id,
@@ -702,10 +703,11 @@ async def test_jwks_lists_the_environments_usable_keys_and_its_etag_follows_them
     assert [jwk["kid"] for jwk in document["keys"]] == sorted(
         jwk["kid"] for jwk in document["keys"]
     )
-    assert (await world.verifier.jwks(CALLER, OURS))[1] == etag, "stable while nothing changes"
+    assert (await world.verifier.jwks(CALLER, OURS)).etag == etag, "stable while nothing changes"
     await world.keys.revoke(CALLER, KeyRef(environment_id=A, key_id=drop.key.id))
     world.clock.advance(6)
-    document, changed = await world.verifier.jwks(CALLER, OURS)
+    rendered = await world.verifier.jwks(CALLER, OURS)
+    document, changed = json.loads(rendered.body), rendered.etag
     assert [jwk["kid"] for jwk in document["keys"]] == [keep.key.id]
     assert changed != etag
     jwk = document["keys"][0]
