@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import CollectorRegistry
+
     from service import workers
     from service.server import CLOSE_BOUND, Server
 
@@ -99,11 +101,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # Each worker's own drain and close, plus a margin for its start-up and exit.
         bound = settings.drain_delay + CLOSE_BOUND + 5.0
         return await workers.Supervisor(workers=settings.workers, stop_bound=bound).run()
-    async with Server(settings) as server:
+    registry = CollectorRegistry()
+    if args.worker is not None:
+        # Before the ports open: the first scrape a worker answers already says which it is.
+        workers.register_worker_info(registry, args.worker)
+    async with Server(settings, registry=registry) as server:
         _stop_on_signals(server)
         orphan_watch = None
         if args.worker is not None:
-            workers.register_worker_info(server.registry, args.worker)
             orphan_watch = asyncio.create_task(workers.watch_parent(server.request_close))
         await server.wait_closed()
         await cancel_and_wait(orphan_watch)
