@@ -1,10 +1,12 @@
 """What the run observes besides its clients: each region's role, and each instance's size.
 
 :class:`TopologyMonitor` asks every region's server directly (as the superuser, not through
-its fault proxy) whether it is writable, on which timeline, and whether a standby is
-streaming; it records a :class:`~harness.chaos.history.RegionSample` whenever the answer
-changes. This is the harness's own word on roles — what the checker uses to tell when two
-regions were writable at once, and which regions could serve.
+its fault proxy) whether it is writable, on which timeline, whether a standby is
+streaming, and how far its WAL has been replayed and flushed; it records a
+:class:`~harness.chaos.history.RegionSample` whenever the answer changes (so while writes
+flow, every sampling interval). This is the harness's own word on
+roles and positions — what the checker uses to tell when two regions were writable at once,
+which regions could serve, and which had replayed the position a consistency token names.
 
 :class:`ProcessMonitor` samples each service process's open file descriptors and RSS.
 """
@@ -25,11 +27,25 @@ from service.lifecycle import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
+# One round trip: the role, the timeline (a primary's from its current WAL file, which
+# follows a promotion at once; a standby's from its walreceiver, or while it has none from
+# its last restartpoint) and the WAL positions, in bytes since 0/0 — a standby's replayed
+# and flushed (received) positions, a primary's written and flushed ones.
 ROLE_QUERY = """
 SELECT pg_is_in_recovery() AS standby,
-       (SELECT status FROM pg_stat_wal_receiver) AS receiver,
+       receiver.status AS receiver,
        CASE WHEN pg_is_in_recovery() THEN NULL
-            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce(receiver.received_tli,
+                          (SELECT timeline_id FROM pg_control_checkpoint())) END
+           AS standby_timeline,
+       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                            ELSE pg_current_wal_lsn() END, '0/0')::bigint AS replay_lsn,
+       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                            ELSE pg_current_wal_flush_lsn() END, '0/0')::bigint AS flush_lsn
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT status, received_tli FROM pg_stat_wal_receiver LIMIT 1) AS receiver ON true
 """
 
 
@@ -91,7 +107,9 @@ class TopologyMonitor:
                 reachable=True,
                 writable=not row["standby"],
                 streaming=row["receiver"] == "streaming",
-                timeline=int(walfile[:8], 16) if walfile else None,
+                timeline=int(walfile[:8], 16) if walfile else row["standby_timeline"],
+                replay_lsn=row["replay_lsn"],
+                flush_lsn=row["flush_lsn"],
             )
         self._history.observe_region(sample)
         return sample
