@@ -1409,6 +1409,7 @@ class LocalityRouter(AsyncResource):
             data_age_at=None if age is None else age.at,
             age_is_bound=age is not None and age.is_bound,
             recovered_at=health.recovered_at,
+            recovered_from=health.recovered_from,
             slow=health.slow,
             fenced=region.fence is not None and region.fence in READ_FENCES,
             split_brain=region.fence == "split_brain",
