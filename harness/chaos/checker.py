@@ -440,7 +440,8 @@ def check_failed_reads(history: History, bounds: Bounds) -> list[Violation]:
     - at least one region was *serving*: no fault recorded by the nemesis listed it as
       unavailable at any moment of that interval (blackholed or reset proxy, killed or paused
       server, fenced or rogue old primary, cut replication link), and the topology monitor
-      saw its server reachable and either writable or a standby streaming WAL; and
+      saw its server reachable, its tables readable within a second (not blocked, e.g. on a
+      lock WAL replay holds), and either writable or a standby streaming WAL; and
     - for a read carrying a consistency token, that region *held the token's position* when
       the read was invoked: the monitor's newest sample of it at or before the invocation
       shows it writable on the token's timeline or a later one, or a standby on such a
@@ -878,6 +879,6 @@ def _serving(history: History, region: str, start: float, end: float) -> bool:
         return False  # not seen yet: it cannot be said to have served
     during = [sample for sample in samples if start < sample.t <= end]
     return all(
-        sample.reachable and (sample.writable or sample.streaming)
+        sample.reachable and sample.readable is not False and (sample.writable or sample.streaming)
         for sample in [before[-1], *during]
     )

@@ -116,6 +116,9 @@ class RegionSample:
     # an unreachable server). The checker compares consistency tokens with ``replay_lsn``.
     replay_lsn: int | None = None
     flush_lsn: int | None = None
+    # Whether the service's tables answered a read within a second (False: blocked, e.g. on a
+    # lock WAL replay holds; None: not asked or not known).
+    readable: bool | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -365,4 +368,5 @@ def _state(sample: RegionSample) -> tuple[object, ...]:
         sample.timeline,
         sample.replay_lsn,
         sample.flush_lsn,
+        sample.readable,
     )

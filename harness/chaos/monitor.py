@@ -49,6 +49,16 @@ LEFT JOIN (SELECT status, received_tli FROM pg_stat_wal_receiver LIMIT 1) AS rec
 """
 
 
+# Whether the service's tables can be read now: the role query touches no table, so it
+# answers even while a hot standby's queries wait on a lock that WAL replay holds (an
+# AccessExclusiveLock replayed from the primary) — when no read of the service could run.
+READ_QUERY = """
+SELECT (SELECT 1 FROM heartbeat LIMIT 1), (SELECT 1 FROM signing_keys LIMIT 1),
+       (SELECT 1 FROM access_tokens LIMIT 1)
+"""
+READ_TIMEOUT = 1.0  # seconds: a read slower than this counts as blocked
+
+
 class TopologyMonitor:
     """Samples every region's server every ``interval`` seconds into the history.
 
@@ -110,9 +120,25 @@ class TopologyMonitor:
                 timeline=int(walfile[:8], 16) if walfile else row["standby_timeline"],
                 replay_lsn=row["replay_lsn"],
                 flush_lsn=row["flush_lsn"],
+                readable=await self._readable(name),
             )
         self._history.observe_region(sample)
         return sample
+
+    async def _readable(self, name: str) -> bool | None:
+        """Whether the service's tables answered within :data:`READ_TIMEOUT` (``None``: not
+        known — no such table yet, or the connection failed otherwise)."""
+        try:
+            conn = await self._connection(name)
+            await conn.fetchrow(READ_QUERY, timeout=READ_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.warning("chaos_region_reads_blocked", region=name, seconds=READ_TIMEOUT)
+            return False
+        except Exception:
+            return None
+        return True
 
     async def _connection(self, name: str) -> Any:
         conn = self._connections.get(name)

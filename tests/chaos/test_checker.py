@@ -397,6 +397,23 @@ def test_the_monitor_decides_which_regions_could_serve() -> None:
     assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
 
 
+def test_a_region_whose_tables_were_blocked_could_not_serve() -> None:
+    """A standby that answers the monitor's role query but whose tables do not answer (a
+    lock replay holds) serves no read: a failure then is not the router's."""
+    history = new_history()
+    history.regions += [
+        RegionSample(t=0.0, region="a", reachable=False),
+        RegionSample(t=0.0, region="b", reachable=True, streaming=True, readable=False),
+    ]
+    failed_get(history, 10.0)
+    assert check_failed_reads(history, BOUNDS) == []
+    history.regions.append(
+        RegionSample(t=20.0, region="b", reachable=True, streaming=True, readable=True)
+    )
+    failed_get(history, 25.0)
+    assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
+
+
 TOKEN = encode_token(CommitPosition("7301234567890123456", 2, 5000))
 
 
