@@ -226,6 +226,7 @@ def format_status(status: RouterStatus, *, raw_errors: bool = False) -> str:
 
 async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.auth import Authenticator
+    from service.store.routing import RoutedDatabase
     from service.store.tokens import PostgresTokenRecords
 
     try:
@@ -234,8 +235,11 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
         print("signing-keys: --scopes must list read, write and/or verify", file=sys.stderr)
         return 2
     async with open_database(settings, writable=True) as database:
+        # The server's write path: the router's, with the server-side bound on the write
+        # transaction that key writes have (the credential tables' overlap counts on it).
+        store = RoutedDatabase(database, write_bound=settings.longest_write)
         authenticator = Authenticator(
-            PostgresTokenRecords(database),
+            PostgresTokenRecords(store),
             cache_ttl=settings.credential_cache_ttl,
             max_staleness=settings.max_staleness,
         )

@@ -90,6 +90,7 @@ class Server(AsyncResource):
             max_staleness=settings.max_staleness,
             poll_interval=settings.change_poll_interval,
             overlap=settings.change_overlap,
+            max_data_age=settings.change_max_data_age,
             limits=FailureLimits(
                 per_client=settings.auth_failures_per_client,
                 per_token=settings.auth_failures_per_token,
@@ -139,7 +140,7 @@ class Server(AsyncResource):
             can_verify=lambda: (
                 not self.draining and self.verifier.can_serve() and self.authenticator.can_serve()
             ),
-            is_fresh=self.changes.is_fresh,
+            is_fresh=lambda: self.changes.is_fresh() and self.authenticator.credentials.is_fresh(),
         )
         self.http_connections = ConnectionGuard(
             max_per_client=settings.http_max_connections_per_client,

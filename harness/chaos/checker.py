@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 from harness.chaos.history import OUTCOMES, History, Operation, RegionSample
+from service.core.consistency import CommitPosition, decode_token
+from service.errors import InvalidConsistencyTokenError
 
 VIOLATION_KINDS: Final = (
     "lost_write",
@@ -438,11 +440,21 @@ def check_failed_reads(history: History, bounds: Bounds) -> list[Violation]:
     - at least one region was *serving*: no fault recorded by the nemesis listed it as
       unavailable at any moment of that interval (blackholed or reset proxy, killed or paused
       server, fenced or rogue old primary, cut replication link), and the topology monitor
-      saw its server reachable and either writable or a standby streaming WAL.
+      saw its server reachable, its tables readable within a second (not blocked, e.g. on a
+      lock WAL replay holds), and either writable or a standby streaming WAL; and
+    - for a read carrying a consistency token, that region *held the token's position* when
+      the read was invoked: the monitor's newest sample of it at or before the invocation
+      shows it writable on the token's timeline or a later one, or a standby on such a
+      timeline whose replay position had reached the token's LSN (the router's own rule,
+      ``service/locality/positions.py``). A region that had not may not serve that read:
+      a 503 then is the right answer, not a failure.
 
     Cannot know: whether the router could have known a region was serving (it learns by
     probing; ``grace`` covers that), or whether a delayed proxy was "too slow" — a delayed
-    region still counts as serving, since delays stay below the request deadline.
+    region still counts as serving, since delays stay below the request deadline. A region
+    that reached a token's position only after the read was invoked is not held against the
+    read (the router might have retried there in time; it might not). A history without
+    positions (older monitors) counts every serving region, as before.
     """
     violations: list[Violation] = []
     up = _instance_intervals(history)
@@ -454,6 +466,11 @@ def check_failed_reads(history: History, bounds: Bounds) -> list[Violation]:
         if not any(a <= start and end <= b for a, b in up.get(op.instance, [])):
             continue
         serving = [region for region in regions if _serving(history, region, start, end)]
+        position = _token_position(op)
+        if position is not None:
+            serving = [
+                region for region in serving if _holds(history, region, position, op.invoked)
+            ]
         if serving:
             violations.append(
                 Violation(
@@ -822,6 +839,33 @@ def _writer_serving(history: History, start: float, end: float) -> bool:
     return False
 
 
+def _token_position(op: Operation) -> CommitPosition | None:
+    """The commit position the consistency token ``op`` carried names (``None``: no token,
+    or one that does not decode — the service refuses that with a 400, not a failure)."""
+    token = op.args.get("consistency_token")
+    if not isinstance(token, str) or not token:
+        return None
+    try:
+        return decode_token(token)
+    except InvalidConsistencyTokenError:
+        return None
+
+
+def _holds(history: History, region: str, position: CommitPosition, t: float) -> bool:
+    """Whether the monitor's newest sample of ``region`` at or before ``t`` shows it holding
+    ``position``; a history whose samples carry no positions says yes (nothing to judge by)."""
+    samples = [sample for sample in history.regions if sample.region == region]
+    if not samples or all(sample.replay_lsn is None for sample in samples):
+        return True
+    before = [sample for sample in samples if sample.t <= t]
+    if not before:
+        return False
+    sample = before[-1]
+    if not sample.reachable or sample.timeline is None or sample.timeline < position.timeline:
+        return False
+    return sample.writable or (sample.replay_lsn is not None and sample.replay_lsn >= position.lsn)
+
+
 def _serving(history: History, region: str, start: float, end: float) -> bool:
     """Whether ``region`` could serve fresh reads throughout ``[start, end]``."""
     for record in history.faults:
@@ -835,6 +879,6 @@ def _serving(history: History, region: str, start: float, end: float) -> bool:
         return False  # not seen yet: it cannot be said to have served
     during = [sample for sample in samples if start < sample.t <= end]
     return all(
-        sample.reachable and (sample.writable or sample.streaming)
+        sample.reachable and sample.readable is not False and (sample.writable or sample.streaming)
         for sample in [before[-1], *during]
     )

@@ -108,7 +108,17 @@ class RegionSample:
     reachable: bool
     writable: bool = False
     streaming: bool = False  # a standby receiving WAL from a primary
-    timeline: int | None = None  # a writable server's timeline
+    # The timeline a writable server writes, or a standby follows (what its walreceiver
+    # receives; without one, its last restartpoint's timeline).
+    timeline: int | None = None
+    # WAL positions in bytes since 0/0: what a standby has replayed and flushed (received),
+    # what a writable server has written and flushed. ``None``: not known (older histories,
+    # an unreachable server). The checker compares consistency tokens with ``replay_lsn``.
+    replay_lsn: int | None = None
+    flush_lsn: int | None = None
+    # Whether the service's tables answered a read within a second (False: blocked, e.g. on a
+    # lock WAL replay holds; None: not asked or not known).
+    readable: bool | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -285,12 +295,7 @@ class History:
         """Keep ``sample`` if it differs from the region's previous one; return whether kept."""
         for earlier in reversed(self.regions):
             if earlier.region == sample.region:
-                if (earlier.reachable, earlier.writable, earlier.streaming, earlier.timeline) == (
-                    sample.reachable,
-                    sample.writable,
-                    sample.streaming,
-                    sample.timeline,
-                ):
+                if _state(earlier) == _state(sample):
                     return False
                 break
         self.regions.append(sample)
@@ -351,3 +356,17 @@ def _build(cls: type[_T], data: dict[str, Any]) -> _T:
     """``cls(**data)`` ignoring members this version does not know."""
     known = {item.name for item in fields(cls)}  # type: ignore[arg-type]
     return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def _state(sample: RegionSample) -> tuple[object, ...]:
+    """What a region sample says, without when it was taken: a new sample is kept only when
+    this changes (so replay positions are recorded as they move, idle regions are not)."""
+    return (
+        sample.reachable,
+        sample.writable,
+        sample.streaming,
+        sample.timeline,
+        sample.replay_lsn,
+        sample.flush_lsn,
+        sample.readable,
+    )

@@ -1,10 +1,12 @@
 """What the run observes besides its clients: each region's role, and each instance's size.
 
 :class:`TopologyMonitor` asks every region's server directly (as the superuser, not through
-its fault proxy) whether it is writable, on which timeline, and whether a standby is
-streaming; it records a :class:`~harness.chaos.history.RegionSample` whenever the answer
-changes. This is the harness's own word on roles — what the checker uses to tell when two
-regions were writable at once, and which regions could serve.
+its fault proxy) whether it is writable, on which timeline, whether a standby is
+streaming, and how far its WAL has been replayed and flushed; it records a
+:class:`~harness.chaos.history.RegionSample` whenever the answer changes (so while writes
+flow, every sampling interval). This is the harness's own word on
+roles and positions — what the checker uses to tell when two regions were writable at once,
+which regions could serve, and which had replayed the position a consistency token names.
 
 :class:`ProcessMonitor` samples each service process's open file descriptors and RSS.
 """
@@ -25,12 +27,36 @@ from service.lifecycle import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
+# One round trip: the role, the timeline (a primary's from its current WAL file, which
+# follows a promotion at once; a standby's from its walreceiver, or while it has none from
+# its last restartpoint) and the WAL positions, in bytes since 0/0 — a standby's replayed
+# and flushed (received) positions, a primary's written and flushed ones.
 ROLE_QUERY = """
 SELECT pg_is_in_recovery() AS standby,
-       (SELECT status FROM pg_stat_wal_receiver) AS receiver,
+       receiver.status AS receiver,
        CASE WHEN pg_is_in_recovery() THEN NULL
-            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce(receiver.received_tli,
+                          (SELECT timeline_id FROM pg_control_checkpoint())) END
+           AS standby_timeline,
+       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                            ELSE pg_current_wal_lsn() END, '0/0')::bigint AS replay_lsn,
+       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                            ELSE pg_current_wal_flush_lsn() END, '0/0')::bigint AS flush_lsn
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT status, received_tli FROM pg_stat_wal_receiver LIMIT 1) AS receiver ON true
 """
+
+
+# Whether the service's tables can be read now: the role query touches no table, so it
+# answers even while a hot standby's queries wait on a lock that WAL replay holds (an
+# AccessExclusiveLock replayed from the primary) — when no read of the service could run.
+READ_QUERY = """
+SELECT (SELECT 1 FROM heartbeat LIMIT 1), (SELECT 1 FROM signing_keys LIMIT 1),
+       (SELECT 1 FROM access_tokens LIMIT 1)
+"""
+READ_TIMEOUT = 1.0  # seconds: a read slower than this counts as blocked
 
 
 class TopologyMonitor:
@@ -91,10 +117,28 @@ class TopologyMonitor:
                 reachable=True,
                 writable=not row["standby"],
                 streaming=row["receiver"] == "streaming",
-                timeline=int(walfile[:8], 16) if walfile else None,
+                timeline=int(walfile[:8], 16) if walfile else row["standby_timeline"],
+                replay_lsn=row["replay_lsn"],
+                flush_lsn=row["flush_lsn"],
+                readable=await self._readable(name),
             )
         self._history.observe_region(sample)
         return sample
+
+    async def _readable(self, name: str) -> bool | None:
+        """Whether the service's tables answered within :data:`READ_TIMEOUT` (``None``: not
+        known — no such table yet, or the connection failed otherwise)."""
+        try:
+            conn = await self._connection(name)
+            await conn.fetchrow(READ_QUERY, timeout=READ_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.warning("chaos_region_reads_blocked", region=name, seconds=READ_TIMEOUT)
+            return False
+        except Exception:
+            return None
+        return True
 
     async def _connection(self, name: str) -> Any:
         conn = self._connections.get(name)

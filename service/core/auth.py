@@ -257,6 +257,7 @@ class Authenticator(AsyncResource):
         limits: FailureLimits | None = None,
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_data_age: float | None = None,
     ) -> None:
         if poll_interval is not None and overlap is None:
             raise ValueError("polling for changes needs an overlap to re-read")
@@ -269,6 +270,7 @@ class Authenticator(AsyncResource):
             poll_interval=cache_ttl if poll_interval is None else poll_interval,
             overlap=overlap or 0.0,
             resync_interval=cache_ttl,
+            max_data_age=max_data_age,  # the revocation bound: see CredentialTable
             metrics=self._metrics,
             clock=clock,
         )

@@ -14,6 +14,13 @@ bound on how long a revoked token can still work, whatever the operator did.
 
 Two rules keep a lagging region from taking the table backwards: an older record of a token
 never replaces a newer one, and a revoked token stays revoked.
+
+With ``max_data_age`` (the revocation bound, as the change feed has) every read goes only to
+a region whose data is known to be at most that old — the writer, or a standby whose
+replayed heartbeat says so — and moves on otherwise, so that a frozen or cut-off standby
+cannot keep a revoked or deleted token working. The table's staleness is then the age of
+the data it last read (time since that poll began, plus ``max_data_age``), not the time
+since its last successful poll; :meth:`CredentialTable.is_fresh` is what readiness reads.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from service.core.changes import FRESH_POLLS
 from service.core.metrics import CoreMetrics
 from service.core.models import AccessToken
 from service.core.polling import Poller
@@ -48,10 +56,12 @@ class CredentialTable(Poller):
         poll_interval: float,
         overlap: float,
         resync_interval: float,
+        max_data_age: float | None = None,
         metrics: CoreMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._records = records
+        self._max_data_age = max_data_age
         self._overlap = timedelta(seconds=overlap)
         self._resync = resync_interval
         self._metrics = metrics if metrics is not None else CoreMetrics()
@@ -64,7 +74,7 @@ class CredentialTable(Poller):
         self._clock = clock
         self._tokens: dict[str, AccessToken] = {}
         self._watermark: datetime | None = None
-        self._last_success: float | None = None
+        self._data_as_of: float | None = None  # every change before this instant was read
         self._last_resync: float | None = None
 
     def __repr__(self) -> str:
@@ -85,8 +95,15 @@ class CredentialTable(Poller):
         self._tokens.setdefault(token.id, token)
 
     def staleness(self) -> float:
-        """Seconds since the records were last read (infinite before the first read)."""
-        return math.inf if self._last_success is None else self._clock() - self._last_success
+        """How old the newest records read are, in seconds: since the last successful poll
+        began, plus the age its data may have had (``max_data_age``; infinite before the
+        first read)."""
+        return math.inf if self._data_as_of is None else self._clock() - self._data_as_of
+
+    def is_fresh(self) -> bool:
+        """Whether the records are within the revocation bound (``max_data_age``) plus a
+        few polls of slack, as the change feed judges its keys."""
+        return self.staleness() <= (self._max_data_age or 0.0) + FRESH_POLLS * self._interval
 
     async def poll_once(self) -> None:
         """Read what changed since the last poll — or everything, when a resync is due."""
@@ -96,12 +113,12 @@ class CredentialTable(Poller):
             self._last_resync = started
         else:
             await self._read_changes()
-        self._last_success = self._clock()
+        self._data_as_of = started - (self._max_data_age or 0.0)
         self._metrics.credential_polls_ok.inc()
 
     async def _resync_all(self) -> None:
         fresh: dict[str, AccessToken] = {}
-        async for page in self._records.pages():
+        async for page in self._records.pages(max_data_age=self._max_data_age):
             for token in page:
                 known = self._tokens.get(token.id)
                 fresh[token.id] = known if known is not None and _keeps(known, token) else token
@@ -113,7 +130,7 @@ class CredentialTable(Poller):
 
     async def _read_changes(self) -> None:
         since = None if self._watermark is None else self._watermark - self._overlap
-        async for page in self._records.pages(since=since):
+        async for page in self._records.pages(since=since, max_data_age=self._max_data_age):
             for token in page:
                 known = self._tokens.get(token.id)
                 if known is None or not _keeps(known, token):

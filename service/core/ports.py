@@ -176,8 +176,12 @@ class TokenRecords(Protocol):
         since: datetime | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         timeout: float | None = None,
+        max_data_age: float | None = None,
     ) -> AsyncIterator[list[AccessToken]]:
         """Every token (with ``updated_at`` at or after ``since``, if given), revoked or not,
         ordered by ``(updated_at, id)``, in pages of at most ``page_size``, paged by keyset
-        as :meth:`ChangeSource.pages` is and with the same meaning of ``updated_at``."""
+        as :meth:`ChangeSource.pages` is and with the same meaning of ``updated_at``.
+        ``max_data_age``: read each page only where the data is at most that old (as the
+        change feed does), raising :class:`~service.errors.RegionUnavailableError` when no
+        such region can serve."""
         ...

@@ -4,7 +4,10 @@ Order, best first:
 
 1. regions not in their hold-down period before those that are (a region is held down for
    ``hold_down`` seconds after it comes back from down or from slow, and any failure in that
-   period starts it over): the hold-down is the hysteresis, so it outranks everything else;
+   period starts it over): the hold-down is the hysteresis, so it outranks everything else.
+   Among held-down regions, one held down only for being slow (lost hedged races) comes
+   before one held down after *failing* (down, or a failure while held down): a flapping
+   local region must not get reads back from a region that merely answered late;
 2. regions in good standing before slow ones — slow means it keeps losing hedged races, or
    its smoothed round-trip time is worse than the best candidate's by more than
    ``slow_margin``;
@@ -32,6 +35,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+# Why a region is held down: it came back from down, or failed while held down ("failure");
+# or it only stopped being slow ("slowness"). A failure outranks slowness.
+HoldDownCause = Literal["failure", "slowness"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +56,7 @@ class RegionView:
     data_age_at: float | None = None  # when it was measured (None: it does not grow)
     age_is_bound: bool = False  # measured from a heartbeat (an upper bound), not estimated
     recovered_at: float | None = None
+    recovered_from: HoldDownCause = "failure"  # why it is held down (while it is)
     slow: bool = False  # lost hedged races: it answers later than the others
     fenced: bool = False  # no reads, no writes (see service.locality.fencing)
     split_brain: bool = False  # one of several writable regions on one timeline: no writes
@@ -140,6 +149,13 @@ def is_held_down(region: RegionView, policy: ChoicePolicy, now: float) -> bool:
     return region.recovered_at is not None and now - region.recovered_at < policy.hold_down
 
 
+def hold_down_rank(region: RegionView, policy: ChoicePolicy, now: float) -> int:
+    """0: not held down; 1: held down after being slow; 2: held down after failing."""
+    if not is_held_down(region, policy, now):
+        return 0
+    return 1 if region.recovered_from == "slowness" else 2
+
+
 def _is_lagging(region: RegionView, policy: ChoicePolicy, now: float) -> bool:
     age = data_age(region, now)
     return age is not None and age > policy.max_replica_lag
@@ -162,7 +178,7 @@ def _ordered(
     measured = [region.rtt for region in candidates if region.rtt is not None]
     best_rtt = min(measured) if measured else None
 
-    def key(region: RegionView) -> tuple[bool, bool, int, int, float, str]:
+    def key(region: RegionView) -> tuple[int, bool, int, int, float, str]:
         slow = region.slow or (
             best_rtt is not None
             and region.rtt is not None
@@ -175,6 +191,7 @@ def _ordered(
         else:
             tier = 2
         rtt = region.rtt if region.rtt is not None else math.inf
-        return (is_held_down(region, policy, now), slow, tier, region.priority, rtt, region.name)
+        hold = hold_down_rank(region, policy, now)
+        return (hold, slow, tier, region.priority, rtt, region.name)
 
     return tuple(region.name for region in sorted(candidates, key=key))

@@ -13,7 +13,8 @@ after ``fall`` lost races in a row, until it answers within the hedge delay agai
 
 A region that comes back from down or from slow records ``recovered_at``, so that the choice
 holds traffic off it for the hold-down period; any failure or lost race in that period starts
-it over (flap damping).
+it over (flap damping). ``recovered_from`` says why it is held down: ``failure`` (it was down,
+or failed while held down) or only ``slowness``; the choice ranks the first lower.
 
 A standby's *data age* is measured from what it has replayed: the router of every instance
 writes a heartbeat row on the primary (:mod:`service.locality.heartbeat`), and each probe of a
@@ -27,6 +28,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 from typing import Literal
+
+from service.locality.choice import HoldDownCause
 
 RegionState = Literal["up", "down"]
 Engine = Literal["postgresql", "cockroachdb"]
@@ -131,6 +134,7 @@ class RegionHealth:
         self.sync_short = False
         self.last_error: str | None = None
         self.recovered_at: float | None = None
+        self.recovered_from: HoldDownCause = "failure"
         self.lost_races = 0
         self.slow = False
 
@@ -181,6 +185,7 @@ class RegionHealth:
         if self.successes >= self._rise:
             self._enter("up", now)
             self.recovered_at = now
+            self.recovered_from = "failure"
             return True
         return False
 
@@ -198,7 +203,7 @@ class RegionHealth:
             self.probe_failures += 1
         self.last_error = error
         self.probed = True
-        self._restart_hold_down(now)
+        self._restart_hold_down(now, failed=True)
         if self.state == "up" and self.failures >= self._fall and self.probe_failures > 0:
             self._enter("down", now)
             return True
@@ -228,6 +233,8 @@ class RegionHealth:
         if not (fast and self.slow):
             return False
         self.slow = False
+        if not (self._held_down(now) and self.recovered_from == "failure"):
+            self.recovered_from = "slowness"  # a failure still being served out stays one
         self.recovered_at = now
         return True
 
@@ -241,11 +248,16 @@ class RegionHealth:
         self.sync_short = False
         return changed
 
-    def _restart_hold_down(self, now: float) -> None:
-        if self.recovered_at is not None and now - self.recovered_at < self._hold_down:
+    def _held_down(self, now: float) -> bool:
+        return self.recovered_at is not None and now - self.recovered_at < self._hold_down
+
+    def _restart_hold_down(self, now: float, *, failed: bool = False) -> None:
+        if self._held_down(now):
             # Failing again while held down: a flapping link. The hold-down starts over, so
-            # traffic comes back only after a whole quiet period.
+            # traffic comes back only after a whole quiet period — ranked as a failure's.
             self.recovered_at = now
+            if failed:
+                self.recovered_from = "failure"
 
     def _enter(self, state: RegionState, now: float) -> None:
         self.state = state

@@ -26,7 +26,9 @@ import contextlib
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal, NoReturn, TypeVar
 
 import asyncpg
@@ -73,12 +75,18 @@ APPLICATION_NAME = "signing-keys"
 HEARTBEAT_APPLICATION_NAME = "signing-keys heartbeat"
 ENDER_APPLICATION_NAME = "signing-keys backend-ender"
 # Ends backends of this role that the router gave up on (never the caller's own): each
-# pid was read from the abandoned connection, and a pid is not reused within the seconds
-# this takes on any ordinary system. No row: the backend had ended already.
+# pid was read from the abandoned connection, and its backend_start with it, so that a pid
+# the server has since given to another backend (the abandoned one ended by itself, a new
+# one took its number) never matches. No row: the backend had ended already.
 END_BACKENDS_SQL = """
-SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
-WHERE pid = ANY($1::int[]) AND usename = current_user AND pid <> pg_backend_pid()
+SELECT a.pid, pg_terminate_backend(a.pid)
+FROM pg_stat_activity AS a
+JOIN unnest($1::int[], $2::timestamptz[]) AS abandoned(pid, started)
+  ON a.pid = abandoned.pid AND a.backend_start = abandoned.started
+WHERE a.usename = current_user AND a.pid <> pg_backend_pid()
 """
+# When this connection's backend started: read once per connection, at its first write.
+BACKEND_START_SQL = "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
 END_BACKEND_PATIENCE = 60.0  # seconds to keep trying to reach the region to end a backend
 END_BACKEND_RETRY_CAP = 1.0
 END_BACKEND_DRAIN = 1.0  # seconds a closing router waits for backends still being ended
@@ -133,7 +141,7 @@ class _RetryRefused(Exception):
 class _InFlight:
     """One running attempt, so that it can be cut short when its region goes down."""
 
-    __slots__ = ("aborted", "kind", "phase", "pid", "timeout")
+    __slots__ = ("aborted", "backend_start", "kind", "phase", "pid", "timeout")
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
@@ -141,6 +149,7 @@ class _InFlight:
         self.phase: Literal["acquire", "run", "commit"] = "acquire"
         self.aborted = False
         self.pid: int | None = None  # the server backend of a write, once it has one
+        self.backend_start: datetime | None = None  # when that backend started
 
     def abort(self) -> None:
         """End the attempt now with a timeout, unless its COMMIT is already on the wire."""
@@ -183,7 +192,8 @@ class _Region:
         self.metrics: RegionMetrics | None = None
         self.fence: FenceReason | None = None
         self.lsn: int | None = None  # the last probe's replay (standby) or write position
-        self.abandoned: set[int] = set()  # backends of abandoned writes still to be ended
+        # Backends of abandoned writes still to be ended: (pid, backend_start).
+        self.abandoned: set[tuple[int, datetime]] = set()
         self.ender: asyncio.Task[None] | None = None
 
     @property
@@ -244,6 +254,8 @@ class LocalityRouter(AsyncResource):
         self._local_region = local_region
         self._clock = clock
         self._connect = connect
+        # Each pooled connection's backend_start, read at its first write (see END_BACKENDS_SQL).
+        self._backend_starts: weakref.WeakKeyDictionary[Any, datetime] = weakref.WeakKeyDictionary()
         self._metrics = RouterMetrics(registry)
         now = clock()
         self._regions = {
@@ -869,8 +881,10 @@ class LocalityRouter(AsyncResource):
                     conn = await pool.acquire(timeout=min(self._settings.acquire_timeout, budget))
                     if kind == "write":
                         # Known before anything is sent, so that a backend this attempt
-                        # abandons can be ended from another connection.
+                        # abandons can be ended from another connection — that backend
+                        # and no other that later gets its pid.
                         attempt.pid = conn.get_server_pid()
+                        attempt.backend_start = await self._backend_start(region, conn)
                     attempt.phase = "run"
                     if kind == "read":
                         result = await op(conn)
@@ -939,6 +953,20 @@ class LocalityRouter(AsyncResource):
             metrics.in_flight.dec()
             metrics.observe(kind, outcome, loop.time() - started)
 
+    async def _backend_start(self, region: _Region, conn: Any) -> datetime | None:
+        """When ``conn``'s server backend started (PostgreSQL only), read once per connection:
+        with the pid it names that backend for good, where the pid alone may be reused."""
+        if region.health.engine != "postgresql":
+            return None
+        # A pool hands out a new proxy per acquire: remember the connection behind it.
+        raw = getattr(conn, "_con", None) or conn
+        started = self._backend_starts.get(raw)
+        if started is None:
+            started = await conn.fetchval(BACKEND_START_SQL)
+            if started is not None:
+                self._backend_starts[raw] = started
+        return started
+
     def _end_abandoned(self, region: _Region, attempt: _InFlight, *, gave_up: bool) -> None:
         """A write given up on with its connection dropped: its server backend may live on —
         a COMMIT waiting in SyncRep ignores its client's departure and keeps its locks and
@@ -950,11 +978,13 @@ class LocalityRouter(AsyncResource):
         """
         if attempt.kind != "write" or attempt.pid is None or attempt.phase == "acquire":
             return
+        if attempt.backend_start is None:
+            return  # not known which backend holds that pid now: never end a stranger
         if not gave_up and attempt.phase != "commit":
             return
         if region.health.engine != "postgresql":
             return  # CockroachDB ends a session's transaction when its connection closes
-        region.abandoned.add(attempt.pid)
+        region.abandoned.add((attempt.pid, attempt.backend_start))
         attempt.pid = None
         if region.ender is None or region.ender.done():
             region.ender = asyncio.create_task(
@@ -972,12 +1002,13 @@ class LocalityRouter(AsyncResource):
         timeout = max(self._settings.probe_timeout, self._settings.connect_timeout)
         tries = 0
         while region.abandoned:
-            pids = sorted(region.abandoned)
-            rows = await self._terminate_backends(region, pids, timeout)
+            backends = sorted(region.abandoned)
+            pids = [pid for pid, _ in backends]
+            rows = await self._terminate_backends(region, backends, timeout)
             if rows is None:
                 tries += 1
                 if loop.time() >= give_up_at:
-                    region.abandoned.difference_update(pids)
+                    region.abandoned.difference_update(backends)
                     self._metrics.backends_ended.labels(region.name, "failed").inc(len(pids))
                     log.warning(
                         "abandoned_backends_not_ended", region=region.name, pids=pids, tries=tries
@@ -987,7 +1018,7 @@ class LocalityRouter(AsyncResource):
                     min(END_BACKEND_RETRY_CAP, self._settings.probe_interval * tries)
                 )
                 continue
-            region.abandoned.difference_update(pids)
+            region.abandoned.difference_update(backends)
             ended = [row[0] for row in rows if row[1]]
             # Gone after a failed try: most likely that try ended it and its answer was lost
             # (the timeout covers connect and query alike); else it had ended by itself.
@@ -1003,9 +1034,10 @@ class LocalityRouter(AsyncResource):
             give_up_at = loop.time() + END_BACKEND_PATIENCE
 
     async def _terminate_backends(
-        self, region: _Region, pids: list[int], timeout: float
+        self, region: _Region, backends: list[tuple[int, datetime]], timeout: float
     ) -> list[Any] | None:
-        """One try at ending ``pids`` in ``region``: (pid, ended) rows, or None if it failed."""
+        """One try at ending ``backends`` (pid, backend_start) in ``region``: (pid, ended)
+        rows, or None if it failed."""
         connect = self._connect or asyncpg.connect
         conn: Any = None
         try:
@@ -1016,7 +1048,13 @@ class LocalityRouter(AsyncResource):
                     command_timeout=timeout,
                     server_settings={"application_name": ENDER_APPLICATION_NAME},
                 )
-                return list(await conn.fetch(END_BACKENDS_SQL, pids))
+                return list(
+                    await conn.fetch(
+                        END_BACKENDS_SQL,
+                        [pid for pid, _ in backends],
+                        [started for _, started in backends],
+                    )
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1409,6 +1447,7 @@ class LocalityRouter(AsyncResource):
             data_age_at=None if age is None else age.at,
             age_is_bound=age is not None and age.is_bound,
             recovered_at=health.recovered_at,
+            recovered_from=health.recovered_from,
             slow=health.slow,
             fenced=region.fence is not None and region.fence in READ_FENCES,
             split_brain=region.fence == "split_brain",

@@ -69,12 +69,14 @@ class PostgresTokenRecords:
         since: datetime | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         timeout: float | None = None,
+        max_data_age: float | None = None,
     ) -> AsyncIterator[list[AccessToken]]:
         """Tokens updated at or after ``since`` (all, if not given), oldest change first,
-        by keyset pagination on (updated_at, id)."""
+        by keyset pagination on (updated_at, id); with ``max_data_age``, each page from a
+        region whose data is at most that old (the credential table's revocation bound)."""
         cursor: tuple[datetime, str] | None = None
         while True:
-            page = await self._page(since, page_size, cursor, timeout)
+            page = await self._page(since, page_size, cursor, timeout, max_data_age)
             if page:
                 yield page
             if len(page) < page_size:
@@ -89,6 +91,7 @@ class PostgresTokenRecords:
         page_size: int,
         after: tuple[datetime, str] | None,
         timeout: float | None,
+        max_data_age: float | None = None,
     ) -> list[AccessToken]:
         async def op(conn: Any) -> list[AccessToken]:
             rows = await conn.fetch(
@@ -103,4 +106,9 @@ class PostgresTokenRecords:
             )
             return [_token(row) for row in rows]
 
-        return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
+        if max_data_age is None:
+            return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
+        page, _ = await self._db.read_with_age(
+            op, timeout=timeout, max_data_age=max_data_age, hedge=False
+        )
+        return page

@@ -37,6 +37,7 @@ from harness.chaos.history import (
     RegionSample,
     WatchEventRecord,
 )
+from service.core.consistency import CommitPosition, encode_token
 
 BOUNDS = Bounds()
 
@@ -393,6 +394,93 @@ def test_the_monitor_decides_which_regions_could_serve() -> None:
     assert check_failed_reads(history, BOUNDS) == []
     history.regions.append(RegionSample(t=20.0, region="b", reachable=True, streaming=True))
     failed_get(history, 25.0)
+    assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
+
+
+def test_a_region_whose_tables_were_blocked_could_not_serve() -> None:
+    """A standby that answers the monitor's role query but whose tables do not answer (a
+    lock replay holds) serves no read: a failure then is not the router's."""
+    history = new_history()
+    history.regions += [
+        RegionSample(t=0.0, region="a", reachable=False),
+        RegionSample(t=0.0, region="b", reachable=True, streaming=True, readable=False),
+    ]
+    failed_get(history, 10.0)
+    assert check_failed_reads(history, BOUNDS) == []
+    history.regions.append(
+        RegionSample(t=20.0, region="b", reachable=True, streaming=True, readable=True)
+    )
+    failed_get(history, 25.0)
+    assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
+
+
+TOKEN = encode_token(CommitPosition("7301234567890123456", 2, 5000))
+
+
+def failed_token_get(history: History, invoked: float) -> Operation:
+    op = failed_get(history, invoked)
+    op.args["consistency_token"] = TOKEN
+    return op
+
+
+def standby(t: float, *, timeline: int = 2, replay_lsn: int) -> RegionSample:
+    return RegionSample(
+        t=t,
+        region="b",
+        reachable=True,
+        streaming=True,
+        timeline=timeline,
+        replay_lsn=replay_lsn,
+        flush_lsn=replay_lsn,
+    )
+
+
+def token_history(*samples: RegionSample) -> History:
+    """Region a (the writer) unreachable from t=5; region b a streaming standby."""
+    history = new_history()
+    history.regions += [
+        RegionSample(t=0.0, region="a", reachable=True, writable=True, timeline=2, replay_lsn=1),
+        RegionSample(t=5.0, region="a", reachable=False),
+        *samples,
+    ]
+    return history
+
+
+def test_a_token_read_failing_where_no_region_had_replayed_its_position_is_allowed() -> None:
+    # Seed 7's eight failed reads: the only serving region was a standby still catching up.
+    history = token_history(standby(0.0, replay_lsn=4000), standby(9.0, replay_lsn=4999))
+    failed_token_get(history, 10.0)
+    assert check_failed_reads(history, BOUNDS) == []
+
+
+def test_a_token_read_failing_where_a_region_had_replayed_its_position_is_a_violation() -> None:
+    history = token_history(standby(0.0, replay_lsn=4000), standby(9.0, replay_lsn=5000))
+    failed_token_get(history, 10.0)
+    assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
+
+
+def test_a_token_read_counts_a_region_that_caught_up_only_after_it_was_invoked() -> None:
+    history = token_history(standby(0.0, replay_lsn=4000), standby(10.5, replay_lsn=6000))
+    failed_token_get(history, 10.0)
+    assert check_failed_reads(history, BOUNDS) == []
+
+
+def test_a_standby_on_an_older_timeline_never_holds_a_token_of_a_newer_one() -> None:
+    history = token_history(standby(0.0, timeline=1, replay_lsn=9000))
+    failed_token_get(history, 10.0)
+    assert check_failed_reads(history, BOUNDS) == []
+
+
+def test_a_read_without_a_token_fails_wherever_a_region_could_serve() -> None:
+    # The token rule must not excuse reads that did not ask for a position.
+    history = token_history(standby(0.0, replay_lsn=4000))
+    failed_get(history, 10.0)
+    assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
+
+
+def test_a_history_without_positions_counts_every_serving_region() -> None:
+    history = new_history()
+    failed_token_get(history, 10.0)
     assert kinds(check_failed_reads(history, BOUNDS)) == ["failed_read"]
 
 

@@ -14,6 +14,7 @@ from service.core.credentials import CredentialTable
 from service.core.metrics import CoreMetrics
 from service.core.models import AccessToken, Scope
 from service.core.ports import DEFAULT_PAGE_SIZE
+from service.errors import RegionUnavailableError
 from tests.support.memory import ManualClock, MemoryTokenRecords
 
 RESYNC = 30.0
@@ -39,8 +40,11 @@ class Regions:
         since: datetime | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         timeout: float | None = None,
+        max_data_age: float | None = None,
     ) -> AsyncIterator[list[AccessToken]]:
-        async for page in self.current.pages(since=since, page_size=page_size):
+        async for page in self.current.pages(
+            since=since, page_size=page_size, max_data_age=max_data_age
+        ):
             yield page
 
 
@@ -157,3 +161,30 @@ async def test_an_older_record_does_not_replace_a_newer_one(
     clock.advance(RESYNC)
     await table.poll_once()
     assert table.get(token.id) == token
+
+
+async def test_with_a_data_age_bound_polls_read_only_young_data_and_staleness_is_its_age(
+    regions: Regions, tokens: MemoryTokenRecords, clock: ManualClock
+) -> None:
+    """As the change feed: a poll asks for data at most ``max_data_age`` old, the table is
+    as stale as that data, and a poll that finds none young enough leaves it to age."""
+    table = CredentialTable(
+        regions,
+        poll_interval=0.2,
+        overlap=5.0,
+        resync_interval=RESYNC,
+        max_data_age=0.6,
+        clock=clock.seconds,
+    )
+    token = await stored(tokens)
+    await table.poll_once()
+    assert table.get(token.id) == token
+    assert table.staleness() == pytest.approx(0.6), "the data may be as old as the bound"
+    assert table.is_fresh()
+    tokens.data_age = 5.0  # only a region older than the bound answers now
+    clock.advance(0.2)
+    with pytest.raises(RegionUnavailableError):
+        await table.poll_once()
+    clock.advance(1.0)
+    assert table.staleness() == pytest.approx(1.8)
+    assert not table.is_fresh(), "1.8 s is past 0.6 s plus three polls of slack"

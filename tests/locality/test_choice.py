@@ -8,6 +8,7 @@ import pytest
 
 from service.locality.choice import (
     ChoicePolicy,
+    HoldDownCause,
     RegionView,
     bounded_data_age,
     data_age,
@@ -33,6 +34,7 @@ def view(
     bound: bool = True,
     priority: int = 0,
     recovered_at: float | None = None,
+    recovered_from: HoldDownCause = "failure",
     slow: bool = False,
     fenced: bool = False,
     split_brain: bool = False,
@@ -48,6 +50,7 @@ def view(
         age_is_bound=bound,
         priority=priority,
         recovered_at=recovered_at,
+        recovered_from=recovered_from,
         slow=slow,
         fenced=fenced,
         split_brain=split_brain,
@@ -281,6 +284,30 @@ def test_a_held_down_region_ranks_behind_slow_ones_so_traffic_cannot_flap_back()
         "gcp-us-central1",
         "aws-us-east-1",
     )
+
+
+def test_a_region_held_down_after_failing_ranks_below_one_held_down_for_slowness() -> None:
+    """A flapping local region (back from down, failing again) and a remote one that only
+    lost hedged races while it carried the load: the remote one serves, the local one gets
+    reads back only once its own hold-down has passed."""
+    regions = topology(
+        aws_us_east_1={"recovered_at": NOW - 0.5, "recovered_from": "failure"},
+        gcp_us_central1={"recovered_at": NOW - 0.5, "recovered_from": "slowness"},
+        aws_eu_west_1={"up": False},
+    )
+    assert read_order(regions, POLICY, NOW) == ("gcp-us-central1", "aws-us-east-1")
+    # Past the slow one's hold-down nothing changes; past both, locality decides again.
+    assert read_order(regions, POLICY, NOW - 0.5 + 3.0)[0] == "aws-us-east-1"
+
+
+def test_two_regions_held_down_for_the_same_cause_follow_locality() -> None:
+    for cause in ("failure", "slowness"):
+        regions = topology(
+            aws_us_east_1={"recovered_at": NOW - 0.5, "recovered_from": cause},
+            gcp_us_central1={"recovered_at": NOW - 0.5, "recovered_from": cause},
+            aws_eu_west_1={"up": False},
+        )
+        assert read_order(regions, POLICY, NOW) == ("aws-us-east-1", "gcp-us-central1")
 
 
 def test_a_region_a_little_slower_than_the_best_keeps_its_place() -> None:

@@ -127,6 +127,32 @@ def test_lost_races_make_a_region_slow_until_it_answers_fast_then_hold_it_down()
     assert health.record_answer(2.1, fast=True) is False
 
 
+def test_the_hold_down_remembers_whether_the_region_failed_or_was_only_slow() -> None:
+    health = RegionHealth(fall=2, rise=1, hold_down=1.0, now=0.0)
+    ok(health, 0.0)
+    health.record_lost_race(1.0)
+    health.record_lost_race(1.1)
+    health.record_answer(1.2, fast=True)
+    assert (health.recovered_at, health.recovered_from) == (1.2, "slowness")
+    health.record_lost_race(1.5)  # slow again while held down: still only slowness
+    assert (health.recovered_at, health.recovered_from) == (1.5, "slowness")
+    health.record_failure(1.8, "x")  # a failure while held down: now it failed
+    assert (health.recovered_at, health.recovered_from) == (1.8, "failure")
+    ok(health, 3.0)
+    health.record_failure(4.0, "x")
+    health.record_failure(4.1, "x")
+    ok(health, 5.0)  # back from down
+    assert (health.recovered_at, health.recovered_from) == (5.0, "failure")
+    health.record_lost_race(5.1)
+    health.record_lost_race(5.2)
+    health.record_answer(5.3, fast=True)  # recovered from slowness inside a failure's period
+    assert (health.recovered_at, health.recovered_from) == (5.3, "failure")
+    health.record_lost_race(7.0)
+    health.record_lost_race(7.1)
+    health.record_answer(7.2, fast=True)  # long after: only slowness
+    assert (health.recovered_at, health.recovered_from) == (7.2, "slowness")
+
+
 def test_a_fast_answer_between_lost_races_keeps_a_region_in_good_standing() -> None:
     health = RegionHealth(fall=2, rise=2, hold_down=1.0, now=0.0)
     ok(health, 0.0)

@@ -289,6 +289,7 @@ class MemoryTokenRecords(_Outage):
         self._clock = clock or ManualClock()
         self._tokens: dict[str, AccessToken] = {}
         self.calls = collections.Counter()
+        self.data_age = 0.0  # how old the data a read sees is (a lagging region: more)
 
     def __repr__(self) -> str:
         return f"<MemoryTokenRecords tokens={len(self._tokens)}>"
@@ -321,10 +322,13 @@ class MemoryTokenRecords(_Outage):
         since: datetime | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         timeout: float | None = None,
+        max_data_age: float | None = None,
     ) -> AsyncIterator[list[AccessToken]]:
         cursor: tuple[datetime, str] | None = None
         while True:
             self._check("pages")
+            if max_data_age is not None and self.data_age > max_data_age:
+                raise RegionUnavailableError(f"no region has data younger than {max_data_age} s")
             tokens = sorted(
                 (
                     token
