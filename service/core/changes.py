@@ -54,7 +54,9 @@ from service.core.polling import Poller
 from service.core.ports import ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import (
+    DependencyError,
     InvalidRequestError,
+    RegionUnavailableError,
     SlowConsumerError,
     TooManyRequestsError,
     TooManyWatchersError,
@@ -239,7 +241,13 @@ class ChangeFeed(Poller):
         first = not self._loaded
         since = self._since()
         started, wall_started = self._clock(), self._wall()
-        changes = await self._source.changes(since=since, max_data_age=self._max_data_age)
+        try:
+            changes = await self._source.changes(since=since, max_data_age=self._max_data_age)
+        except RegionUnavailableError:
+            if self._max_data_age is None or first:
+                raise
+            await self._salvage(since)
+            raise
         seen_until = wall_started - changes.data_age - self._overlap.total_seconds()
         if math.isfinite(seen_until):
             self._horizon = max(self._horizon, seen_until - CLOCK_ALLOWANCE)
@@ -257,6 +265,22 @@ class ChangeFeed(Poller):
             horizon = self._watermark - 2 * self._overlap
             self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
         return fresh
+
+    async def _salvage(self, since: datetime | None) -> None:
+        """When no region's data is young enough (no writer: a crash, a partition of its
+        cloud), still read the freshest region's changes and apply them — a revocation
+        acknowledged just before the writer went is on a synchronous standby — without
+        moving the watermark, the horizon or the freshness: the next bounded poll reads
+        from the same point, so nothing is skipped, and the feed stays stale (last known
+        good, then fail closed) as before. Only adds knowledge: an older version of a key
+        never replaces a newer one (:meth:`_apply`)."""
+        try:
+            changes = await self._source.changes(since=since, max_data_age=None)
+        except DependencyError:
+            return
+        applied = self._apply(changes.keys, notify=True)
+        if applied:
+            log.info("changes_salvaged", keys=applied, data_age=round(changes.data_age, 3))
 
     def _since(self) -> datetime | None:
         """Where the next poll starts reading: the overlap before the watermark, or the

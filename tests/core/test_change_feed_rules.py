@@ -578,3 +578,28 @@ async def test_a_poll_refuses_data_older_than_the_bound_and_the_feed_goes_stale(
     node.records.data_age = 0.0
     await node.feed.poll_once()
     assert node.feed.staleness() < 0.1
+
+
+async def test_with_no_region_young_enough_a_poll_still_applies_what_the_freshest_holds() -> None:
+    """The writer is gone (a crash just after a revoke was acknowledged): no region's data
+    is within the bound, but a synchronous standby holds the revocation. The poll still
+    applies it — the key stops verifying at once — while the feed stays stale and its
+    watermark does not move, so the next bounded poll misses nothing."""
+    node = instance(max_data_age=0.6)
+    key = await node.create()
+    await node.feed.poll_once()
+    watermark = node.feed._since()
+    await node.writer.revoke(ADMIN, KeyRef(environment_id=A, key_id=key.id))
+    late = await node.create()
+    node.records.data_age = 5.0  # every region that answers is far behind the bound
+    node.clock.advance(2.0)
+    with pytest.raises(RegionUnavailableError):
+        await node.feed.poll_once()
+    revoked = node.cached(key.id)
+    assert revoked is not None and revoked.status == "revoked"
+    assert node.cached(late.id) is not None
+    assert not node.feed.is_fresh(), "what a stale region said does not refresh the feed"
+    assert node.feed._since() == watermark, "the watermark waits for a bounded poll"
+    node.records.data_age = 0.0
+    await node.feed.poll_once()
+    assert node.feed.is_fresh()
