@@ -16,11 +16,13 @@ from typing import Final, Literal
 
 import structlog
 
-from service.core import crypto
+from service.core import crypto, listing
 from service.core.crypto import Algorithm
+from service.core.listing import KeyBatch, KeyPage
 from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
 from service.core.ports import IdempotencyClaim, KeyRecords
 from service.core.requests import (
+    BatchGetKeysRequest,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
@@ -117,13 +119,25 @@ class KeyService:
     async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
         """One page (1-based) of the keys of the status asked for, newest first; past the
         last page, an empty list."""
+        return (await self.list_page(principal, request)).keys
+
+    async def list_page(self, principal: Principal, request: ListKeysRequest) -> KeyPage:
+        """One page of keys (by page number, or after the request's cursor), newest first,
+        with the cursor of the page after it when there is one."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
-        return await self._records.list_page(
-            environment_id,
-            limit=request.limit,
-            offset=(request.page - 1) * request.limit,
-            status=statuses(request.status),
+        return await listing.read_page(self._records, environment_id, request)
+
+    async def batch_get(self, principal: Principal, request: BatchGetKeysRequest) -> KeyBatch:
+        """Many keys by id at once, each as :meth:`get` would find it."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        found = await self._records.get_many(request.key_ids, environment_id=environment_id)
+        wanted = statuses(request.status)
+        by_id = {key.id: key for key in found if wanted is None or key.status == wanted}
+        return KeyBatch(
+            keys=[by_id[key_id] for key_id in request.key_ids if key_id in by_id],
+            not_found=[key_id for key_id in request.key_ids if key_id not in by_id],
         )
 
     async def revoke(self, principal: Principal, ref: KeyRef) -> SigningKey:

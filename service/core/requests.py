@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
+from service.core.listing import KeyFilter, batch_ids
 from service.core.models import KeyStatus, check_id
 from service.errors import InvalidRequestError
 
@@ -271,6 +272,10 @@ class ListKeysRequest:
     limit: int = DEFAULT_PAGE_LIMIT
     page: int = 1
     status: KeyStatusFilter = "active"
+    # Beyond Mux's pages (see service.core.listing): filters, and a cursor instead of a page.
+    filters: KeyFilter = field(default_factory=KeyFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"  # what the transport calls it, for its error messages
 
     @classmethod
     def parse(
@@ -280,11 +285,44 @@ class ListKeysRequest:
         limit: object = None,
         page: object = None,
         status: object = None,
+        algorithm: object = None,
+        source: object = None,
+        expires_before: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
     ) -> ListKeysRequest:
+        token = optional_text(cursor, cursor_name)
+        if token is not None and page is not None:
+            raise InvalidRequestError(f"page and {cursor_name} cannot be combined: give one")
         return cls(
             environment_id=environment(environment_id),
             limit=count(limit, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
             page=count(page, "page", default=1, low=1, high=MAX_PAGE),
+            status=status_filter(status),
+            filters=KeyFilter.parse(
+                algorithm=algorithm, source=source, expires_before=expires_before
+            ),
+            cursor=token,
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchGetKeysRequest:
+    """Up to :data:`~service.core.listing.MAX_BATCH_IDS` keys of one environment by id, of
+    one ``status`` (by default active, as a get reads)."""
+
+    environment_id: str | None = None
+    key_ids: tuple[str, ...]
+    status: KeyStatusFilter = "active"
+
+    @classmethod
+    def parse(
+        cls, *, key_ids: object, environment_id: object = None, status: object = None
+    ) -> BatchGetKeysRequest:
+        return cls(
+            environment_id=environment(environment_id),
+            key_ids=batch_ids(key_ids),
             status=status_filter(status),
         )
 

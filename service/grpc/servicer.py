@@ -36,6 +36,7 @@ from service.core.changes import ChangeFeed, WatchEvent
 from service.core.keys import KeyService
 from service.core.models import Principal
 from service.core.requests import (
+    BatchGetKeysRequest,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
@@ -158,6 +159,7 @@ class SigningKeysServicer:
             "ListSigningKeys": self._list,
             "RevokeSigningKey": self._revoke,
             "VerifyToken": self._verify,
+            "BatchGetSigningKeys": self._batch_get,
         }
         handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
         handlers["WatchSigningKeys"] = self._watch
@@ -293,14 +295,38 @@ class SigningKeysServicer:
     ) -> pb.ListSigningKeysResponse:
         page = ListKeysRequest.parse(
             environment_id=absent(request.environment_id),
-            limit=absent(request.limit),
+            limit=_page_size(request.limit, request.page_size),
             page=absent(request.page),
             status=absent(request.status),
+            algorithm=absent(request.algorithm),
+            source=absent(request.source),
+            expires_before=absent(request.expires_before),
+            cursor=absent(request.page_token),
+            cursor_name="page_token",
         )
-        keys = await self._keys.list(await call.principal(), page)
+        found = await self._keys.list_page(await call.principal(), page)
+        keys = found.keys
+        full = len(keys) == page.limit
         return pb.ListSigningKeysResponse(
             keys=[messages.signing_key(key) for key in keys],
-            next_page=page.page + 1 if len(keys) == page.limit else 0,
+            # As before for numbered pages (a full page names the next one); none by token.
+            next_page=page.page + 1 if full and page.cursor is None else 0,
+            next_page_token=found.next_cursor or "",
+        )
+
+    async def _batch_get(
+        self, request: pb.BatchGetSigningKeysRequest, call: Call[Any, Any]
+    ) -> pb.BatchGetSigningKeysResponse:
+        batch = await self._keys.batch_get(
+            await call.principal(),
+            BatchGetKeysRequest.parse(
+                key_ids=list(request.ids),
+                environment_id=absent(request.environment_id),
+                status=absent(request.status),
+            ),
+        )
+        return pb.BatchGetSigningKeysResponse(
+            keys=[messages.signing_key(key) for key in batch.keys], not_found_ids=batch.not_found
         )
 
     async def _revoke(
@@ -345,6 +371,14 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
+
+
+def _page_size(limit: int, page_size: int) -> int | None:
+    """``page_size`` (AIP-158's name) and ``limit`` (the first name) are one setting: either
+    may be given, or both if they agree."""
+    if limit and page_size and limit != page_size:
+        raise InvalidRequestError("limit and page_size differ: give one (they mean the same)")
+    return page_size or limit or None
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

@@ -25,6 +25,7 @@ from functools import cache
 from typing import Any, Final
 
 from service.core.crypto import ALGORITHMS
+from service.core.listing import MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
 from service.core.requests import (
     DEFAULT_PAGE_LIMIT,
     MAX_EXPECTATION_LENGTH,
@@ -214,6 +215,49 @@ _STATUS_PARAM = _param(
     description="Which keys to find: active (the default, as the reference platform: a "
     "deleted key is 404 and not listed), revoked, or all.",
 )
+_NEXT_LINK: Final = {
+    "Link": {
+        "description": 'RFC 8288: <this request with the next cursor>; rel="next". Absent '
+        "after the last page.",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+}
+_CURSOR_PATTERN: Final = f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}$"
+# Filters and the cursor of the list (service.core.listing), beside Mux's page and limit.
+_LIST_PARAMS = [
+    _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": _CURSOR_PATTERN},
+        required=False,
+        description="The next_cursor of an earlier page (or the Link header's rel=next): "
+        "the keys after it, however deep, by keyset on (created_at, id). Not with page; "
+        "with the same status and filters as the request that returned it, else 400.",
+    ),
+    _param(
+        "algorithm",
+        "query",
+        {"type": "string", "enum": list(ALGORITHMS)},
+        required=False,
+        description="Only keys of this algorithm.",
+    ),
+    _param(
+        "source",
+        "query",
+        {"type": "string", "enum": list(SOURCES)},
+        required=False,
+        description="Only generated or only imported keys.",
+    ),
+    _param(
+        "expires_before",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,12}$"},
+        required=False,
+        description="Only keys whose expiry (Unix seconds) is before this; keys that never "
+        "expire do not match.",
+    ),
+]
 # What a request may name (closed: the service refuses others) and what a response carries
 # (open: a newer service may answer an algorithm this document does not know).
 _ALGORITHM_CHOICE = {"type": "string", "enum": list(ALGORITHMS)}
@@ -573,8 +617,24 @@ _SCHEMAS: Final = {
     "SigningKeyResponse": _data("SigningKey", "One signing key."),
     "CreatedSigningKeyResponse": _data("CreatedSigningKey", "The key just created."),
     "SigningKeyList": _object(
-        {"data": {"type": "array", "items": _ref("SigningKey")}},
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page (the Link header's "
+                "rel=next says the same); null when no key follows this page.",
+            },
+        },
         description="A page of signing keys, newest first.",
+    ),
+    "SigningKeyBatch": _object(
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "not_found": {"type": "array", "items": _ID},
+        },
+        description="The keys found, in the order asked for, and the ids not found (missing, "
+        "of another environment, or not of the status asked for: indistinguishable).",
     ),
     "PublicKeyResponse": _data("PublicKey", "A key's public half."),
     "VerdictResponse": _data("Verdict", "A verification's outcome."),
@@ -730,7 +790,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": _key_op(
                     "listSigningKeys",
                     "List signing keys, newest first.",
-                    {"200": _ok("A page.", "SigningKeyList")},
+                    {"200": _ok("A page.", "SigningKeyList", **_NEXT_LINK)},
                     parameters=[
                         _param(
                             "limit",
@@ -750,8 +810,31 @@ def openapi_document() -> dict[str, Any]:
                             description="1-based; a page past the end is empty.",
                         ),
                         _STATUS_PARAM,
+                        *_LIST_PARAMS,
                     ],
                 ),
+            },
+            "/system/v1/signing-keys:batchGet": {
+                "get": _key_op(
+                    "batchGetSigningKeys",
+                    f"Get up to {MAX_BATCH_IDS} signing keys by id at once.",
+                    {"200": _ok("The keys found and the ids not found.", "SigningKeyBatch")},
+                    parameters=[
+                        _param(
+                            "ids",
+                            "query",
+                            {
+                                "type": "string",
+                                "pattern": f"^[A-Za-z0-9._-]{{1,128}}(,[A-Za-z0-9._-]{{1,128}})"
+                                f"{{0,{MAX_BATCH_IDS - 1}}}$",
+                            },
+                            required=True,
+                            description=f"1 to {MAX_BATCH_IDS} key ids, comma-separated (or "
+                            "the parameter repeated); a repeated id is read once.",
+                        ),
+                        _STATUS_PARAM,
+                    ],
+                )
             },
             "/system/v1/signing-keys/import": {
                 "post": _key_op(

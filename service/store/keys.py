@@ -8,11 +8,12 @@ ambiguous commit and it still lands exactly once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from service.core import times
+from service.core.listing import KeyFilter, Position
 from service.core.models import AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
@@ -44,6 +45,20 @@ _REVOKE = (
     " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
     " RETURNING " + _SELECTED
 )
+
+
+# An environment's keys, newest first, through the (environment_id, created_at, id) index;
+# the filters are parameters (NULL: not filtered). _LIST_AFTER adds the keyset bound.
+_LIST_WHERE = (
+    f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608 - constant columns
+    " WHERE environment_id = $1 AND ($4::text IS NULL OR status = $4::text)"
+    " AND ($5::text IS NULL OR algorithm = $5::text)"
+    " AND ($6::text IS NULL OR source = $6::text)"
+    " AND ($7::timestamptz IS NULL OR expires_at < $7::timestamptz)"
+)
+_LIST_ORDER = " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+_LIST = _LIST_WHERE + _LIST_ORDER
+_LIST_AFTER = _LIST_WHERE + " AND (created_at, id) < ($8::timestamptz, $9::text)" + _LIST_ORDER
 
 
 def _key(row: Any) -> SigningKey:
@@ -170,23 +185,50 @@ class PostgresKeyRecords:
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys (of one status, if given), newest first."""
+        """One page of an environment's keys (of one status and filters, if given), newest
+        first; with ``after``, a keyset page below that position."""
+        filters = filters or KeyFilter()
+        # The keyset condition is spelled only when there is a position: behind
+        # "$n IS NULL OR ..." a generic plan could not use it as an index bound, and a deep
+        # page would scan every newer key as OFFSET does.
+        query = _LIST if after is None else _LIST_AFTER
+        position = () if after is None else (after.created_at, after.key_id)
 
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
-                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
-                " WHERE environment_id = $1 AND ($4::text IS NULL OR status = $4::text)"
-                " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                query,
                 environment_id,
                 limit,
                 offset,
                 status,
+                filters.algorithm,
+                filters.source,
+                filters.expires_before,
+                *position,
             )
             return [_key(row) for row in rows]
 
         return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        """The keys of ``environment_id`` among ``key_ids`` (primary-key look-ups)."""
+
+        async def op(conn: Any) -> list[SigningKey]:
+            rows = await conn.fetch(
+                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
+                " WHERE id = ANY($1::text[]) AND environment_id = $2",
+                list(key_ids),
+                environment_id,
+            )
+            return [_key(row) for row in rows]
+
+        return await self._db.read(op, timeout=timeout)
 
     async def revoke(
         self,

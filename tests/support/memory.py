@@ -26,10 +26,11 @@ commits it — the slow writer whose row appears after rows stamped later than i
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from service.core.listing import KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.errors import RegionUnavailableError
@@ -185,16 +186,29 @@ class MemoryKeyRecords(_Outage):
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
         self._check("list_page")
+        filters = filters or KeyFilter()
         keys = [
             key
             for key in self._rows.values()
-            if key.environment_id == environment_id and (status is None or key.status == status)
+            if key.environment_id == environment_id
+            and (status is None or key.status == status)
+            and filters.matches(key)
+            and (after is None or (key.created_at, key.id) < (after.created_at, after.key_id))
         ]
         keys.sort(key=lambda key: (key.created_at, key.id), reverse=True)
         return keys[offset : offset + limit]
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        self._check("get_many")
+        found = (self._rows.get(key_id) for key_id in dict.fromkeys(key_ids))
+        return [key for key in found if key is not None and key.environment_id == environment_id]
 
     async def revoke(
         self,

@@ -336,6 +336,32 @@ class ListSigningKeysRequest(betterproto.Message):
     Which keys to list: "active" (the default when empty), "revoked" or "all".
     """
 
+    page_size: int = betterproto.int32_field(5)
+    """
+    Keys per page, 1 to 100; 0 means `limit` (or its default). The same as `limit`, under
+     the name AIP-158 gives it; both non-zero and different is INVALID_ARGUMENT.
+    """
+
+    page_token: str = betterproto.string_field(6)
+    """
+    Empty: the first page (or `page`). Otherwise a `next_page_token` from an earlier answer
+     to the same request (same environment, status and filters; another is
+     INVALID_ARGUMENT, as is a malformed token or one combined with `page`): the keys after
+     that page's last key, found by keyset on (created_at, id), however deep the page.
+    """
+
+    algorithm: str = betterproto.string_field(7)
+    """Only keys of this algorithm ("RS256", "ES256", "EdDSA"); empty: any."""
+
+    source: str = betterproto.string_field(8)
+    """Only keys of this source ("generated", "imported"); empty: any."""
+
+    expires_before: str = betterproto.string_field(9)
+    """
+    Only keys whose expiry is before this time, in Unix seconds as a decimal string (keys
+     that never expire do not match); empty: any.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class ListSigningKeysResponse(betterproto.Message):
@@ -346,7 +372,13 @@ class ListSigningKeysResponse(betterproto.Message):
 
     next_page: int = betterproto.int32_field(2)
     """
-    The page to ask for next, or 0 when this page was not full (so none can follow).
+    The page to ask for next, or 0 when this page was not full (so none can follow), and 0
+     when the request paged by `page_token`.
+    """
+
+    next_page_token: str = betterproto.string_field(3)
+    """
+    Pass as `page_token` for the next page; empty when no key follows this page.
     """
 
 
@@ -464,6 +496,40 @@ class WatchSigningKeysResponse(betterproto.Message):
     An opaque resume cursor: pass it as WatchSigningKeysRequest.after to continue after
      this event. For SNAPSHOT and CHANGED it also names the key state the event carries
      (precisely, unlike updated_at's whole seconds): deduplicate events on it.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class BatchGetSigningKeysRequest(betterproto.Message):
+    """Many keys of one environment by id."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the keys belong to; empty: the access token's only environment.
+    """
+
+    ids: List[str] = betterproto.string_field(2)
+    """
+    1 to 100 key ids; a repeated id is read once. More, or a malformed id, is
+     INVALID_ARGUMENT.
+    """
+
+    status: str = betterproto.string_field(3)
+    """
+    Which keys count as found: "active" (the default when empty), "revoked" or "all".
+    """
+
+
+@dataclass(eq=False, repr=False)
+class BatchGetSigningKeysResponse(betterproto.Message):
+    """The keys found and the ids that were not."""
+
+    keys: List["SigningKey"] = betterproto.message_field(1)
+    """The keys found, in the order their ids were asked for."""
+
+    not_found_ids: List[str] = betterproto.string_field(2)
+    """
+    The ids asked for that name no key of the environment with the status asked for.
     """
 
 
@@ -588,6 +654,23 @@ class SigningKeysStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def batch_get_signing_keys(
+        self,
+        batch_get_signing_keys_request: "BatchGetSigningKeysRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BatchGetSigningKeysResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/BatchGetSigningKeys",
+            batch_get_signing_keys_request,
+            BatchGetSigningKeysResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SigningKeysBase(ServiceBase):
 
@@ -626,6 +709,11 @@ class SigningKeysBase(ServiceBase):
     ) -> AsyncIterator[WatchSigningKeysResponse]:
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield WatchSigningKeysResponse()
+
+    async def batch_get_signing_keys(
+        self, batch_get_signing_keys_request: "BatchGetSigningKeysRequest"
+    ) -> "BatchGetSigningKeysResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_signing_key(
         self,
@@ -685,6 +773,14 @@ class SigningKeysBase(ServiceBase):
             request,
         )
 
+    async def __rpc_batch_get_signing_keys(
+        self,
+        stream: "grpclib.server.Stream[BatchGetSigningKeysRequest, BatchGetSigningKeysResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.batch_get_signing_keys(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/signingkeys.v1.SigningKeys/CreateSigningKey": grpclib.const.Handler(
@@ -728,5 +824,11 @@ class SigningKeysBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 WatchSigningKeysRequest,
                 WatchSigningKeysResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/BatchGetSigningKeys": grpclib.const.Handler(
+                self.__rpc_batch_get_signing_keys,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BatchGetSigningKeysRequest,
+                BatchGetSigningKeysResponse,
             ),
         }
