@@ -18,7 +18,7 @@ import structlog
 
 from service.core import crypto, listing
 from service.core.crypto import Algorithm
-from service.core.listing import KeyBatch, KeyPage
+from service.core.listing import AuditPage, KeyBatch, KeyPage
 from service.core.models import AuditEvent, CreatedKey, Principal, Scope, SigningKey
 from service.core.ports import IdempotencyClaim, KeyRecords
 from service.core.requests import (
@@ -28,6 +28,7 @@ from service.core.requests import (
     KeyRef,
     KeySpec,
     KeyStatusFilter,
+    ListAuditEventsRequest,
     ListKeysRequest,
     statuses,
 )
@@ -127,6 +128,15 @@ class KeyService:
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
         return await listing.read_page(self._records, environment_id, request)
+
+    async def audit_events(
+        self, principal: Principal, request: ListAuditEventsRequest
+    ) -> AuditPage:
+        """A page of the environment's audit events (who created, imported or revoked which
+        key, when, through which API), newest first. Events hold ids, never key material."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        return await listing.read_audit_page(self._records, environment_id, request)
 
     async def batch_get(self, principal: Principal, request: BatchGetKeysRequest) -> KeyBatch:
         """Many keys by id at once, each as :meth:`get` would find it."""

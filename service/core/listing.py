@@ -22,18 +22,19 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
-from service.core.models import KeySource, SigningKey, check_id
+from service.core.models import AuditEvent, KeySource, SigningKey, check_id
 from service.errors import InvalidRequestError
 
 if TYPE_CHECKING:  # both import this module: the names are for annotations only
     from service.core.ports import KeyRecords
-    from service.core.requests import ListKeysRequest
+    from service.core.requests import ListAuditEventsRequest, ListKeysRequest
 
 MAX_CURSOR_LENGTH: Final = 512
 MAX_BATCH_IDS: Final = 100
@@ -88,39 +89,33 @@ class Position:
         return cls(key.created_at, key.id)
 
 
-def _scope_digest(environment_id: str, status: str, filters: KeyFilter) -> str:
-    scope = json.dumps(
-        [
-            environment_id,
-            status,
-            filters.algorithm,
-            filters.source,
-            times.unix_seconds(filters.expires_before),
-        ]
+def _digest(scope: Sequence[object]) -> str:
+    return hashlib.sha256(json.dumps(list(scope)).encode()).hexdigest()[:_DIGEST_LENGTH]
+
+
+def key_scope(environment_id: str, status: str, filters: KeyFilter) -> tuple[object, ...]:
+    """What a key list's cursor is bound to: its environment, status and filters."""
+    return (
+        environment_id,
+        status,
+        filters.algorithm,
+        filters.source,
+        times.unix_seconds(filters.expires_before),
     )
-    return hashlib.sha256(scope.encode()).hexdigest()[:_DIGEST_LENGTH]
 
 
-def encode_cursor(
-    position: Position, *, environment_id: str, status: str, filters: KeyFilter
-) -> str:
+def encode_cursor(position: Position, scope: Sequence[object]) -> str:
     delta = position.created_at - times.EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    body = {
-        "v": _CURSOR_VERSION,
-        "t": micros,
-        "i": position.key_id,
-        "f": _scope_digest(environment_id, status, filters),
-    }
+    body = {"v": _CURSOR_VERSION, "t": micros, "i": position.key_id, "f": _digest(scope)}
     raw = json.dumps(body, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(
-    token: str, *, name: str, environment_id: str, status: str, filters: KeyFilter
-) -> Position:
+def decode_cursor(token: str, *, name: str, scope: Sequence[object]) -> Position:
     """The position ``token`` holds; :class:`InvalidRequestError` naming ``name`` (never
-    repeating the value) if it is not one this service issued for these filters."""
+    repeating the value) if it is not one this service issued for this ``scope`` (the
+    environment and filters of the list)."""
     malformed = InvalidRequestError(f"{name} is malformed: pass back a value a list returned")
     if not token or len(token) > MAX_CURSOR_LENGTH or not token.isascii():
         raise malformed
@@ -144,10 +139,10 @@ def decode_cursor(
         check_id(key_id)
     except (OverflowError, InvalidRequestError) as exc:
         raise malformed from exc
-    if digest != _scope_digest(environment_id, status, filters):
+    if digest != _digest(scope):
         raise InvalidRequestError(
-            f"{name} was issued for another environment or other filters"
-            " (status, algorithm, source, expires_before): keep them, or start without it"
+            f"{name} was issued for another environment or other filters: keep them, or"
+            " start without it"
         )
     return Position(created_at, key_id)
 
@@ -186,14 +181,9 @@ async def read_page(records: KeyRecords, environment_id: str, request: ListKeysR
     """The page ``request`` asks for, read one key beyond it: that key's presence, not a full
     page, says whether a next page exists, so the last page carries no cursor."""
     after = None
+    scope = key_scope(environment_id, request.status, request.filters)
     if request.cursor is not None:
-        after = decode_cursor(
-            request.cursor,
-            name=request.cursor_name,
-            environment_id=environment_id,
-            status=request.status,
-            filters=request.filters,
-        )
+        after = decode_cursor(request.cursor, name=request.cursor_name, scope=scope)
     status = None if request.status == "all" else request.status
     keys = await records.list_page(
         environment_id,
@@ -206,10 +196,93 @@ async def read_page(records: KeyRecords, environment_id: str, request: ListKeysR
     if len(keys) <= request.limit:
         return KeyPage(keys, None)
     keys = keys[: request.limit]
-    cursor = encode_cursor(
-        Position.of(keys[-1]),
-        environment_id=environment_id,
-        status=request.status,
-        filters=request.filters,
+    return KeyPage(keys, encode_cursor(Position.of(keys[-1]), scope))
+
+
+AUDIT_ACTIONS: Final[tuple[str, ...]] = ("create", "import", "revoke")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditFilter:
+    """Which audit events a read lets through: of one key, by one actor (an access token
+    id), of one action, at or after ``since`` and before ``until``."""
+
+    key_id: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object = None,
+        actor: object = None,
+        action: object = None,
+        since: object = None,
+        until: object = None,
+    ) -> AuditFilter:
+        for name, value in (("key_id", key_id), ("actor", actor), ("action", action)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequestError(f"{name} must be a string")
+        if action is not None and action not in AUDIT_ACTIONS:
+            raise InvalidRequestError(f"action must be one of {', '.join(AUDIT_ACTIONS)}")
+        return cls(
+            key_id=None if key_id is None else check_id(str(key_id), "key_id"),
+            actor=None if actor is None else check_id(str(actor), "actor"),
+            action=None if action is None else str(action),
+            since=times.parse_unix(since, "since"),
+            until=times.parse_unix(until, "until"),
+        )
+
+    def scope(self, environment_id: str) -> tuple[object, ...]:
+        """What an audit list's cursor is bound to."""
+        return (
+            "audit",
+            environment_id,
+            self.key_id,
+            self.actor,
+            self.action,
+            times.unix_seconds(self.since),
+            times.unix_seconds(self.until),
+        )
+
+    def matches(self, event: AuditEvent) -> bool:
+        """The same test as the store's SQL, for stores that filter in memory."""
+        stamp = event.created_at
+        return (
+            (self.key_id is None or event.key_id == self.key_id)
+            and (self.actor is None or event.actor == self.actor)
+            and (self.action is None or event.action == self.action)
+            and (self.since is None or (stamp is not None and stamp >= self.since))
+            and (self.until is None or (stamp is not None and stamp < self.until))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of audit events, newest first, and the cursor of the next (``None``: none)."""
+
+    events: list[AuditEvent]
+    next_cursor: str | None
+
+
+async def read_audit_page(
+    records: KeyRecords, environment_id: str, request: ListAuditEventsRequest
+) -> AuditPage:
+    """The page of audit events ``request`` asks for, newest first by ``(created_at, id)``,
+    read one event beyond it to know whether another page follows."""
+    scope = request.filters.scope(environment_id)
+    after = None
+    if request.cursor is not None:
+        after = decode_cursor(request.cursor, name=request.cursor_name, scope=scope)
+    events = await records.audit_page(
+        environment_id, limit=request.limit + 1, filters=request.filters, after=after
     )
-    return KeyPage(keys, cursor)
+    if len(events) <= request.limit:
+        return AuditPage(events, None)
+    events = events[: request.limit]
+    last = events[-1]
+    assert last.created_at is not None  # a stored event is stamped
+    return AuditPage(events, encode_cursor(Position(last.created_at, last.id), scope))

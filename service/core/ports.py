@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
-from service.core.listing import KeyFilter, Position
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 
 # Large enough that a full scan takes few round trips, small enough that one page of keys
@@ -143,6 +143,20 @@ class KeyRecords(ChangeSource, Protocol):
         given), newest first: by ``(created_at, id)`` descending; past the last key, an empty
         list. With ``after``, only keys that sort after that position (``(created_at, id)``
         strictly below it): a keyset page, which costs the same however deep it is."""
+        ...
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        """One page of an environment's audit events matching ``filters``, newest first by
+        ``(created_at, id)`` descending (``created_at`` stamped by the store); with
+        ``after``, only those strictly below that position."""
         ...
 
     async def get_many(

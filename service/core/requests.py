@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
-from service.core.listing import KeyFilter, batch_ids
+from service.core.listing import AuditFilter, KeyFilter, batch_ids
 from service.core.models import KeyStatus, check_id
 from service.errors import InvalidRequestError
 
@@ -303,6 +303,42 @@ class ListKeysRequest:
                 algorithm=algorithm, source=source, expires_before=expires_before
             ),
             cursor=token,
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListAuditEventsRequest:
+    """One page of an environment's audit events, newest first, filtered; paged by cursor
+    only (an audit trail only grows: numbered pages would shift under the reader)."""
+
+    environment_id: str | None = None
+    limit: int = DEFAULT_PAGE_LIMIT
+    filters: AuditFilter = field(default_factory=AuditFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        environment_id: object = None,
+        limit: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
+        key_id: object = None,
+        actor: object = None,
+        action: object = None,
+        since: object = None,
+        until: object = None,
+    ) -> ListAuditEventsRequest:
+        return cls(
+            environment_id=environment(environment_id),
+            limit=count(limit, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
+            filters=AuditFilter.parse(
+                key_id=key_id, actor=actor, action=action, since=since, until=until
+            ),
+            cursor=optional_text(cursor, cursor_name),
             cursor_name=cursor_name,
         )
 

@@ -34,12 +34,13 @@ from service.core import consistency
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed, WatchEvent
 from service.core.keys import KeyService
-from service.core.models import Principal
+from service.core.models import AuditEvent, Principal
 from service.core.requests import (
     BatchGetKeysRequest,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
+    ListAuditEventsRequest,
     ListKeysRequest,
     VerifyRequest,
     WatchRequest,
@@ -160,6 +161,7 @@ class SigningKeysServicer:
             "RevokeSigningKey": self._revoke,
             "VerifyToken": self._verify,
             "BatchGetSigningKeys": self._batch_get,
+            "ListAuditEvents": self._audit_events,
         }
         handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
         handlers["WatchSigningKeys"] = self._watch
@@ -329,6 +331,28 @@ class SigningKeysServicer:
             keys=[messages.signing_key(key) for key in batch.keys], not_found_ids=batch.not_found
         )
 
+    async def _audit_events(
+        self, request: pb.ListAuditEventsRequest, call: Call[Any, Any]
+    ) -> pb.ListAuditEventsResponse:
+        page = await self._keys.audit_events(
+            await call.principal(),
+            ListAuditEventsRequest.parse(
+                environment_id=absent(request.environment_id),
+                limit=absent(request.page_size),
+                cursor=absent(request.page_token),
+                cursor_name="page_token",
+                key_id=absent(request.key_id),
+                actor=absent(request.actor),
+                action=absent(request.action),
+                since=absent(request.since),
+                until=absent(request.until),
+            ),
+        )
+        return pb.ListAuditEventsResponse(
+            events=[_audit_event(event) for event in page.events],
+            next_page_token=page.next_cursor or "",
+        )
+
     async def _revoke(
         self, request: pb.RevokeSigningKeyRequest, call: Call[Any, Any]
     ) -> pb.RevokeSigningKeyResponse:
@@ -371,6 +395,22 @@ class SigningKeysServicer:
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
                     await stream.send_message(watch_response(event))
+
+
+def _audit_event(event: AuditEvent) -> pb.AuditEvent:
+    message = pb.AuditEvent(
+        id=event.id,
+        environment_id=event.environment_id,
+        key_id=event.key_id or "",
+        action=event.action,
+        actor=event.actor,
+        api=event.api,
+        request_id=event.request_id or "",
+        created_at=messages.unix(event.created_at),
+    )
+    if event.created_at is not None:
+        message.create_time = event.created_at
+    return message
 
 
 def _page_size(limit: int, page_size: int) -> int | None:

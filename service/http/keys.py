@@ -18,12 +18,13 @@ import structlog
 from aiohttp import web
 
 from service.core import crypto
-from service.core.models import SigningKey
+from service.core.models import AuditEvent, SigningKey
 from service.core.requests import (
     BatchGetKeysRequest,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
+    ListAuditEventsRequest,
     ListKeysRequest,
 )
 from service.core.times import unix_seconds
@@ -149,6 +150,47 @@ async def batch_get_keys(request: web.Request) -> web.Response:
     return json_response(
         {"data": [key_json(key) for key in batch.keys], "not_found": batch.not_found}
     )
+
+
+AUDIT_PATH: Final = "/system/v1/audit-events"
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    """An audit event: ids and times only, never key material or credentials."""
+    return {
+        "id": event.id,
+        "environment_id": event.environment_id,
+        "key_id": event.key_id,
+        "action": event.action,
+        "actor": event.actor,
+        "api": event.api,
+        "request_id": event.request_id,
+        "created_at": unix_seconds(event.created_at),
+    }
+
+
+@routes.get(AUDIT_PATH)
+async def list_audit_events(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    query = request.query
+    page = await request.app[appkeys.KEYS].audit_events(
+        caller,
+        ListAuditEventsRequest.parse(
+            environment_id=environment(request),
+            limit=query.get("limit"),
+            cursor=query.get("cursor"),
+            key_id=query.get("key_id"),
+            actor=query.get("actor"),
+            action=query.get("action"),
+            since=query.get("since"),
+            until=query.get("until"),
+        ),
+    )
+    body = {"data": [audit_json(event) for event in page.events], "next_cursor": page.next_cursor}
+    response = json_response(body)
+    if page.next_cursor is not None:
+        response.headers["Link"] = next_link(request, page.next_cursor)
+    return response
 
 
 @routes.post(PREFIX + "/import")

@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any, Final
 
 from service.core.crypto import ALGORITHMS
-from service.core.listing import MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
+from service.core.listing import AUDIT_ACTIONS, MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
 from service.core.requests import (
     DEFAULT_PAGE_LIMIT,
     MAX_EXPECTATION_LENGTH,
@@ -215,6 +215,13 @@ _STATUS_PARAM = _param(
     description="Which keys to find: active (the default, as the reference platform: a "
     "deleted key is 404 and not listed), revoked, or all.",
 )
+_LIMIT_PARAM = _param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
+    description="Items per page.",
+)
+_UNIX_QUERY: Final = {"type": "string", "pattern": "^[0-9]{1,12}$"}
 _NEXT_LINK: Final = {
     "Link": {
         "description": 'RFC 8288: <this request with the next cursor>; rel="next". Absent '
@@ -628,6 +635,30 @@ _SCHEMAS: Final = {
         },
         description="A page of signing keys, newest first.",
     ),
+    "AuditEvent": _object(
+        {
+            "id": _ID,
+            "environment_id": _ID,
+            "key_id": {"type": ["string", "null"]},
+            "action": _open_enum(AUDIT_ACTIONS, "What was done to the key."),
+            "actor": {"type": "string", "description": "The access token id (never a secret)."},
+            "api": _open_enum(("http", "grpc", "cli"), "Through which API."),
+            "request_id": {"type": ["string", "null"]},
+            "created_at": {**_UNIX, "type": ["string", "null"]},
+        },
+        description="One recorded change to a key: ids and times, never key material.",
+    ),
+    "AuditEventList": _object(
+        {
+            "data": {"type": "array", "items": _ref("AuditEvent")},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page; null after the last.",
+            },
+        },
+        description="A page of audit events, newest first.",
+    ),
     "SigningKeyBatch": _object(
         {
             "data": {"type": "array", "items": _ref("SigningKey")},
@@ -792,17 +823,7 @@ def openapi_document() -> dict[str, Any]:
                     "List signing keys, newest first.",
                     {"200": _ok("A page.", "SigningKeyList", **_NEXT_LINK)},
                     parameters=[
-                        _param(
-                            "limit",
-                            "query",
-                            {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_PAGE_LIMIT,
-                                "default": DEFAULT_PAGE_LIMIT,
-                            },
-                            description="Keys per page.",
-                        ),
+                        _LIMIT_PARAM,
                         _param(
                             "page",
                             "query",
@@ -833,6 +854,53 @@ def openapi_document() -> dict[str, Any]:
                             "the parameter repeated); a repeated id is read once.",
                         ),
                         _STATUS_PARAM,
+                    ],
+                )
+            },
+            "/system/v1/audit-events": {
+                "get": _key_op(
+                    "listAuditEvents",
+                    "Who created, imported or revoked which key, when, through which API; "
+                    "newest first, paged by cursor.",
+                    {"200": _ok("A page.", "AuditEventList", **_NEXT_LINK)},
+                    parameters=[
+                        _LIMIT_PARAM,
+                        _LIST_PARAMS[0],  # cursor
+                        _param(
+                            "key_id",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this key's events.",
+                        ),
+                        _param(
+                            "actor",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this access token's events.",
+                        ),
+                        _param(
+                            "action",
+                            "query",
+                            {"type": "string", "enum": list(AUDIT_ACTIONS)},
+                            required=False,
+                            description="Only events of this action.",
+                        ),
+                        _param(
+                            "since",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events at or after this (Unix seconds).",
+                        ),
+                        _param(
+                            "until",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events before this (Unix seconds).",
+                        ),
                     ],
                 )
             },

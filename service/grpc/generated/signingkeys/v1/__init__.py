@@ -533,6 +533,91 @@ class BatchGetSigningKeysResponse(betterproto.Message):
     """
 
 
+@dataclass(eq=False, repr=False)
+class ListAuditEventsRequest(betterproto.Message):
+    """Read an environment's audit events."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment whose events to read; empty: the access token's only environment.
+    """
+
+    page_size: int = betterproto.int32_field(2)
+    """Events per page, 1 to 100; 0 means the default (25)."""
+
+    page_token: str = betterproto.string_field(3)
+    """
+    Empty: the newest events. Otherwise a `next_page_token` from an earlier answer to the
+     same request (same environment and filters, else INVALID_ARGUMENT).
+    """
+
+    key_id: str = betterproto.string_field(4)
+    """Only events of this key id; empty: any."""
+
+    actor: str = betterproto.string_field(5)
+    """Only events by this actor (an access token id); empty: any."""
+
+    action: str = betterproto.string_field(6)
+    """
+    Only events of this action ("create", "import", "revoke"); empty: any.
+    """
+
+    since: str = betterproto.string_field(7)
+    """
+    Only events at or after this time, Unix seconds as a decimal string; empty: no bound.
+    """
+
+    until: str = betterproto.string_field(8)
+    """
+    Only events before this time, Unix seconds as a decimal string; empty: no bound.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class AuditEvent(betterproto.Message):
+    """One recorded change to a key."""
+
+    id: str = betterproto.string_field(1)
+    """The event's id."""
+
+    environment_id: str = betterproto.string_field(2)
+    """The environment of the key."""
+
+    key_id: str = betterproto.string_field(3)
+    """The key changed."""
+
+    action: str = betterproto.string_field(4)
+    """What was done: "create", "import" or "revoke" (more may be added)."""
+
+    actor: str = betterproto.string_field(5)
+    """Who did it: the access token id (never its secret)."""
+
+    api: str = betterproto.string_field(6)
+    """Through which API: "http", "grpc" or "cli" (more may be added)."""
+
+    request_id: str = betterproto.string_field(7)
+    """The request id the change was made under, when known."""
+
+    created_at: str = betterproto.string_field(8)
+    """When, as Unix seconds (a decimal string, as the key's times)."""
+
+    create_time: datetime = betterproto.message_field(9)
+    """`created_at` as a Timestamp, to the microsecond."""
+
+
+@dataclass(eq=False, repr=False)
+class ListAuditEventsResponse(betterproto.Message):
+    """One page of audit events."""
+
+    events: List["AuditEvent"] = betterproto.message_field(1)
+    """The page's events, newest first."""
+
+    next_page_token: str = betterproto.string_field(2)
+    """
+    Pass as `page_token` for the next page; empty when no event follows this page.
+    """
+
+
 class SigningKeysStub(betterproto.ServiceStub):
     async def create_signing_key(
         self,
@@ -671,6 +756,23 @@ class SigningKeysStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_audit_events(
+        self,
+        list_audit_events_request: "ListAuditEventsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListAuditEventsResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/ListAuditEvents",
+            list_audit_events_request,
+            ListAuditEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SigningKeysBase(ServiceBase):
 
@@ -713,6 +815,11 @@ class SigningKeysBase(ServiceBase):
     async def batch_get_signing_keys(
         self, batch_get_signing_keys_request: "BatchGetSigningKeysRequest"
     ) -> "BatchGetSigningKeysResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_audit_events(
+        self, list_audit_events_request: "ListAuditEventsRequest"
+    ) -> "ListAuditEventsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_signing_key(
@@ -781,6 +888,14 @@ class SigningKeysBase(ServiceBase):
         response = await self.batch_get_signing_keys(request)
         await stream.send_message(response)
 
+    async def __rpc_list_audit_events(
+        self,
+        stream: "grpclib.server.Stream[ListAuditEventsRequest, ListAuditEventsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_audit_events(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/signingkeys.v1.SigningKeys/CreateSigningKey": grpclib.const.Handler(
@@ -830,5 +945,11 @@ class SigningKeysBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 BatchGetSigningKeysRequest,
                 BatchGetSigningKeysResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/ListAuditEvents": grpclib.const.Handler(
+                self.__rpc_list_audit_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListAuditEventsRequest,
+                ListAuditEventsResponse,
             ),
         }
