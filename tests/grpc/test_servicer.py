@@ -279,6 +279,37 @@ async def test_batch_get_in_the_order_asked_with_the_rest_not_found(
         assert error.status is Status.INVALID_ARGUMENT
 
 
+async def test_audit_events_by_page_token(
+    stub: pb.SigningKeysStub, md: dict[str, str], auth: Credentials
+) -> None:
+    create = pb.CreateSigningKeyRequest(algorithm="EdDSA")
+    created = [(await stub.create_signing_key(create, metadata=md)).key.id for _ in range(3)]
+    await stub.revoke_signing_key(pb.RevokeSigningKeyRequest(id=created[0]), metadata=md)
+    seen: list[tuple[str, str]] = []
+    request = pb.ListAuditEventsRequest(page_size=3)
+    while True:
+        page = await stub.list_audit_events(request, metadata=md)
+        seen.extend((event.action, event.key_id) for event in page.events)
+        for event in page.events:
+            assert event.actor == auth.login and event.api == "grpc"
+            assert int(event.created_at) == int(event.create_time.timestamp())
+        if not page.next_page_token:
+            break
+        request = pb.ListAuditEventsRequest(page_size=3, page_token=page.next_page_token)
+    assert seen == [("revoke", created[0])] + [("create", key_id) for key_id in created[::-1]]
+    revokes = await stub.list_audit_events(pb.ListAuditEventsRequest(action="revoke"), metadata=md)
+    assert [event.key_id for event in revokes.events] == [created[0]]
+    first = await stub.list_audit_events(pb.ListAuditEventsRequest(page_size=1), metadata=md)
+    for mistake in (
+        pb.ListAuditEventsRequest(action="delete"),
+        pb.ListAuditEventsRequest(since="soon"),
+        pb.ListAuditEventsRequest(page_token=first.next_page_token, action="create"),
+        pb.ListAuditEventsRequest(page_size=101),
+    ):
+        error = await status_of(stub.list_audit_events(mistake, metadata=md))
+        assert error.status is Status.INVALID_ARGUMENT, mistake
+
+
 async def test_revoke_is_idempotent_and_visible(
     stub: pb.SigningKeysStub, md: dict[str, str]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from typing import Any
@@ -613,3 +614,44 @@ async def test_batch_get_reports_other_environments_keys_as_not_found(
     for query in ("", "?ids=", "?ids=a/b", "?ids=" + ",".join(f"k{i}" for i in range(101))):
         status, body, _ = await list_json(http, auth, f"{KEYS}:batchGet{query}")
         assert status == 400, (query, body)
+
+
+AUDIT = "/system/v1/audit-events"
+
+
+async def test_audit_events_filtered_and_paged_with_no_secret(
+    http: aiohttp.ClientSession, auth: Credentials, issue_token: TokenFactory, environment: str
+) -> None:
+    first = await create(http, auth, algorithm="EdDSA")
+    second = await create(http, auth, algorithm="EdDSA")
+    async with http.delete(f"{KEYS}/{first['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    other = await issue_token([environment + "-other"])
+    await create(http, other, algorithm="EdDSA")
+
+    status, body, link = await list_json(http, auth, f"{AUDIT}?limit=2")
+    assert status == 200 and link is not None
+    assert [(e["action"], e["key_id"]) for e in body["data"]] == [
+        ("revoke", first["id"]),
+        ("create", second["id"]),
+    ]
+    event = body["data"][0]
+    assert event["actor"] == auth.login and event["api"] == "http"
+    assert event["created_at"].isdigit() and event["environment_id"] == environment
+    assert auth.password not in json.dumps(body) and "private" not in json.dumps(body)
+    status, rest, link = await list_json(http, auth, link[1 : link.index(">")])
+    assert [(e["action"], e["key_id"]) for e in rest["data"]] == [("create", first["id"])]
+    assert link is None and rest["next_cursor"] is None, "the other environment's is not here"
+
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?key_id={first['id']}&action=create")
+    assert [e["key_id"] for e in body["data"]] == [first["id"]]
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?actor=skt_nobody")
+    assert body["data"] == []
+    now = int(time.time())
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?since={now + 120}")
+    assert body["data"] == []
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?until={now + 120}&since={now - 120}")
+    assert len(body["data"]) == 3
+    for query in ("action=delete", "since=yesterday", "key_id=a/b", "cursor=zz", "limit=0"):
+        status, body, _ = await list_json(http, auth, f"{AUDIT}?{query}")
+        assert status == 400, query
