@@ -114,12 +114,17 @@ async def list_keys(request: web.Request) -> web.Response:
             cursor=query.get("cursor"),
         ),
     )
-    # Mux's body, plus the cursor of the next page (null after the last): a member its
-    # clients ignore, as they ignore every member they do not know.
-    body = {"data": [key_json(key) for key in found.keys], "next_cursor": found.next_cursor}
-    response = json_response(body)
-    if found.next_cursor is not None:
-        response.headers["Link"] = next_link(request, found.next_cursor)
+    return paged_response([key_json(key) for key in found.keys], request, found.next_cursor)
+
+
+def paged_response(data: list[Any], request: web.Request, cursor: str | None) -> web.Response:
+    """Mux's ``{"data": [...]}``, exactly so after the last page (``"data": []`` past the end,
+    as its clients expect); when a page follows, its cursor as ``next_cursor`` — a member
+    those clients ignore, as every member they do not know — and in ``Link: rel="next"``."""
+    if cursor is None:
+        return json_response({"data": data})
+    response = json_response({"data": data, "next_cursor": cursor})
+    response.headers["Link"] = next_link(request, cursor)
     return response
 
 
@@ -186,11 +191,7 @@ async def list_audit_events(request: web.Request) -> web.Response:
             until=query.get("until"),
         ),
     )
-    body = {"data": [audit_json(event) for event in page.events], "next_cursor": page.next_cursor}
-    response = json_response(body)
-    if page.next_cursor is not None:
-        response.headers["Link"] = next_link(request, page.next_cursor)
-    return response
+    return paged_response([audit_json(event) for event in page.events], request, page.next_cursor)
 
 
 @routes.post(PREFIX + "/import")

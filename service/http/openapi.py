@@ -627,12 +627,13 @@ _SCHEMAS: Final = {
         {
             "data": {"type": "array", "items": _ref("SigningKey")},
             "next_cursor": {
-                "type": ["string", "null"],
+                "type": "string",
                 "pattern": _CURSOR_PATTERN,
                 "description": "Pass as cursor for the next page (the Link header's "
-                "rel=next says the same); null when no key follows this page.",
+                "rel=next says the same); absent when no key follows this page.",
             },
         },
+        required=["data"],
         description="A page of signing keys, newest first.",
     ),
     "AuditEvent": _object(
@@ -652,11 +653,12 @@ _SCHEMAS: Final = {
         {
             "data": {"type": "array", "items": _ref("AuditEvent")},
             "next_cursor": {
-                "type": ["string", "null"],
+                "type": "string",
                 "pattern": _CURSOR_PATTERN,
-                "description": "Pass as cursor for the next page; null after the last.",
+                "description": "Pass as cursor for the next page; absent after the last.",
             },
         },
+        required=["data"],
         description="A page of audit events, newest first.",
     ),
     "SigningKeyBatch": _object(

@@ -532,7 +532,7 @@ async def test_a_cursor_walk_follows_link_rel_next_and_matches_the_numbered_page
         assert status == 200
         walked.extend(key["id"] for key in body["data"])
         pages += 1
-        assert (body["next_cursor"] is None) == (link is None)
+        assert ("next_cursor" in body) == (link is not None)
     assert walked == ids[::-1] and pages == 3, "newest first, no empty last page"
     numbered: list[str] = []
     for page in (1, 2, 3):
@@ -641,7 +641,7 @@ async def test_audit_events_filtered_and_paged_with_no_secret(
     assert auth.password not in json.dumps(body) and "private" not in json.dumps(body)
     status, rest, link = await list_json(http, auth, link[1 : link.index(">")])
     assert [(e["action"], e["key_id"]) for e in rest["data"]] == [("create", first["id"])]
-    assert link is None and rest["next_cursor"] is None, "the other environment's is not here"
+    assert link is None and "next_cursor" not in rest, "the other environment's is not here"
 
     status, body, _ = await list_json(http, auth, f"{AUDIT}?key_id={first['id']}&action=create")
     assert [e["key_id"] for e in body["data"]] == [first["id"]]
