@@ -23,11 +23,12 @@ from typing import Final, Literal
 
 import structlog
 
-from service.core import consistency, crypto
+from service.core import consistency, crypto, listing
 from service.core.changes import ChangeFeed
 from service.core.crypto import Algorithm
 from service.core.keycache import KeyCache
 from service.core.keygen import KeyGenerator
+from service.core.listing import AuditPage, KeyBatch, KeyPage
 from service.core.models import (
     AuditEvent,
     CreatedKey,
@@ -39,11 +40,13 @@ from service.core.models import (
 from service.core.ports import IdempotencyClaim, InsertOutcome, KeyRecords
 from service.core.requests import (
     IDEMPOTENCY_KEY,
+    BatchGetKeysRequest,
     CreateKeyRequest,
     ImportKeyRequest,
     KeyRef,
     KeySpec,
     KeyStatusFilter,
+    ListAuditEventsRequest,
     ListKeysRequest,
     field,
     statuses,
@@ -168,13 +171,34 @@ class KeyService:
     async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
         """One page (1-based) of the keys of the status asked for, newest first; past the
         last page, an empty list."""
+        return (await self.list_page(principal, request)).keys
+
+    async def list_page(self, principal: Principal, request: ListKeysRequest) -> KeyPage:
+        """One page of keys (by page number, or after the request's cursor), newest first,
+        with the cursor of the page after it when there is one."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
-        return await self._records.list_page(
-            environment_id,
-            limit=request.limit,
-            offset=(request.page - 1) * request.limit,
-            status=statuses(request.status),
+        return await listing.read_page(self._records, environment_id, request)
+
+    async def audit_events(
+        self, principal: Principal, request: ListAuditEventsRequest
+    ) -> AuditPage:
+        """A page of the environment's audit events (who created, imported or revoked which
+        key, when, through which API), newest first. Events hold ids, never key material."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        return await listing.read_audit_page(self._records, environment_id, request)
+
+    async def batch_get(self, principal: Principal, request: BatchGetKeysRequest) -> KeyBatch:
+        """Many keys by id at once, each as :meth:`get` would find it."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        found = await self._records.get_many(request.key_ids, environment_id=environment_id)
+        wanted = statuses(request.status)
+        by_id = {key.id: key for key in found if wanted is None or key.status == wanted}
+        return KeyBatch(
+            keys=[by_id[key_id] for key_id in request.key_ids if key_id in by_id],
+            not_found=[key_id for key_id in request.key_ids if key_id not in by_id],
         )
 
     async def revoke(self, principal: Principal, ref: KeyRef) -> SigningKey:

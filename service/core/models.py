@@ -149,3 +149,5 @@ class AuditEvent:
     actor: str
     api: Api
     request_id: str | None
+    # Stamped by the store (its clock, as a key's created_at); None before it is stored.
+    created_at: datetime | None = None

@@ -17,11 +17,12 @@ attempt, and running the same write twice leaves one row and one audit event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 
 # Large enough that a full scan takes few round trips, small enough that one page of keys
@@ -134,10 +135,35 @@ class KeyRecords(ChangeSource, Protocol):
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys (of one ``status``, if given), newest first: by
-        ``(created_at, id)`` descending; past the last key, an empty list."""
+        """One page of an environment's keys (of one ``status`` and matching ``filters``, if
+        given), newest first: by ``(created_at, id)`` descending; past the last key, an empty
+        list. With ``after``, only keys that sort after that position (``(created_at, id)``
+        strictly below it): a keyset page, which costs the same however deep it is."""
+        ...
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        """One page of an environment's audit events matching ``filters``, newest first by
+        ``(created_at, id)`` descending (``created_at`` stamped by the store); with
+        ``after``, only those strictly below that position."""
+        ...
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        """The keys of ``environment_id`` among ``key_ids``, in no particular order; an id
+        that does not exist and one of another environment are both simply absent."""
         ...
 
     async def revoke(

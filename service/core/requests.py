@@ -14,6 +14,7 @@ string, zero) maps its default to ``None`` before calling ``parse``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
@@ -24,6 +25,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
+from service.core.listing import AuditFilter, KeyFilter, batch_ids
 from service.core.models import KeyStatus, check_id
 from service.errors import InvalidRequestError
 
@@ -326,6 +328,10 @@ class ListKeysRequest:
     limit: int = DEFAULT_PAGE_LIMIT
     page: int = 1
     status: KeyStatusFilter = "active"
+    # Beyond Mux's pages (see service.core.listing): filters, and a cursor instead of a page.
+    filters: KeyFilter = dataclasses.field(default_factory=KeyFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"  # what the transport calls it, for its error messages
 
     @classmethod
     def parse(
@@ -335,7 +341,15 @@ class ListKeysRequest:
         limit: object = None,
         page: object = None,
         status: object = None,
+        algorithm: object = None,
+        source: object = None,
+        expires_before: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
     ) -> ListKeysRequest:
+        token = optional_text(cursor, cursor_name)
+        if token is not None and page is not None:
+            raise InvalidRequestError(f"page and {cursor_name} cannot be combined: give one")
         return cls(
             environment_id=_environment(environment_id),
             limit=field(
@@ -344,6 +358,71 @@ class ListKeysRequest:
                 limit,
             ),
             page=field("page", lambda v: count(v, "page", default=1, low=1, high=MAX_PAGE), page),
+            status=field("status", status_filter, status),
+            filters=KeyFilter.parse(
+                algorithm=algorithm, source=source, expires_before=expires_before
+            ),
+            cursor=token,
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListAuditEventsRequest:
+    """One page of an environment's audit events, newest first, filtered; paged by cursor
+    only (an audit trail only grows: numbered pages would shift under the reader)."""
+
+    environment_id: str | None = None
+    limit: int = DEFAULT_PAGE_LIMIT
+    filters: AuditFilter = dataclasses.field(default_factory=AuditFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        environment_id: object = None,
+        limit: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
+        key_id: object = None,
+        actor: object = None,
+        action: object = None,
+        since: object = None,
+        until: object = None,
+    ) -> ListAuditEventsRequest:
+        return cls(
+            environment_id=_environment(environment_id),
+            limit=field(
+                "limit",
+                lambda v: count(v, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
+                limit,
+            ),
+            filters=AuditFilter.parse(
+                key_id=key_id, actor=actor, action=action, since=since, until=until
+            ),
+            cursor=optional_text(cursor, cursor_name),
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchGetKeysRequest:
+    """Up to :data:`~service.core.listing.MAX_BATCH_IDS` keys of one environment by id, of
+    one ``status`` (by default active, as a get reads)."""
+
+    environment_id: str | None = None
+    key_ids: tuple[str, ...]
+    status: KeyStatusFilter = "active"
+
+    @classmethod
+    def parse(
+        cls, *, key_ids: object, environment_id: object = None, status: object = None
+    ) -> BatchGetKeysRequest:
+        return cls(
+            environment_id=_environment(environment_id),
+            key_ids=field("ids", batch_ids, key_ids),
             status=field("status", status_filter, status),
         )
 

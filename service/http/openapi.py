@@ -25,6 +25,7 @@ from functools import cache
 from typing import Any, Final
 
 from service.core.crypto import ALGORITHMS
+from service.core.listing import AUDIT_ACTIONS, MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
 from service.core.requests import (
     DEFAULT_PAGE_LIMIT,
     MAX_EXPECTATION_LENGTH,
@@ -214,6 +215,56 @@ _STATUS_PARAM = _param(
     description="Which keys to find: active (the default, as the reference platform: a "
     "deleted key is 404 and not listed), revoked, or all.",
 )
+_LIMIT_PARAM = _param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
+    description="Items per page.",
+)
+_UNIX_QUERY: Final = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+_NEXT_LINK: Final = {
+    "Link": {
+        "description": 'RFC 8288: <this request with the next cursor>; rel="next". Absent '
+        "after the last page.",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+}
+_CURSOR_PATTERN: Final = f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}$"
+# Filters and the cursor of the list (service.core.listing), beside Mux's page and limit.
+_LIST_PARAMS = [
+    _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": _CURSOR_PATTERN},
+        required=False,
+        description="The next_cursor of an earlier page (or the Link header's rel=next): "
+        "the keys after it, however deep, by keyset on (created_at, id). Not with page; "
+        "with the same status and filters as the request that returned it, else 400.",
+    ),
+    _param(
+        "algorithm",
+        "query",
+        {"type": "string", "enum": list(ALGORITHMS)},
+        required=False,
+        description="Only keys of this algorithm.",
+    ),
+    _param(
+        "source",
+        "query",
+        {"type": "string", "enum": list(SOURCES)},
+        required=False,
+        description="Only generated or only imported keys.",
+    ),
+    _param(
+        "expires_before",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,12}$"},
+        required=False,
+        description="Only keys whose expiry (Unix seconds) is before this; keys that never "
+        "expire do not match.",
+    ),
+]
 # What a request may name (closed: the service refuses others) and what a response carries
 # (open: a newer service may answer an algorithm this document does not know).
 _ALGORITHM_CHOICE = {"type": "string", "enum": list(ALGORITHMS)}
@@ -580,8 +631,50 @@ _SCHEMAS: Final = {
     "SigningKeyResponse": _data("SigningKey", "One signing key."),
     "CreatedSigningKeyResponse": _data("CreatedSigningKey", "The key just created."),
     "SigningKeyList": _object(
-        {"data": {"type": "array", "items": _ref("SigningKey")}},
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "next_cursor": {
+                "type": "string",
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page (the Link header's "
+                "rel=next says the same); absent when no key follows this page.",
+            },
+        },
+        required=["data"],
         description="A page of signing keys, newest first.",
+    ),
+    "AuditEvent": _object(
+        {
+            "id": _ID,
+            "environment_id": _ID,
+            "key_id": {"type": ["string", "null"]},
+            "action": _open_enum(AUDIT_ACTIONS, "What was done to the key."),
+            "actor": {"type": "string", "description": "The access token id (never a secret)."},
+            "api": _open_enum(("http", "grpc", "cli"), "Through which API."),
+            "request_id": {"type": ["string", "null"]},
+            "created_at": {**_UNIX, "type": ["string", "null"]},
+        },
+        description="One recorded change to a key: ids and times, never key material.",
+    ),
+    "AuditEventList": _object(
+        {
+            "data": {"type": "array", "items": _ref("AuditEvent")},
+            "next_cursor": {
+                "type": "string",
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page; absent after the last.",
+            },
+        },
+        required=["data"],
+        description="A page of audit events, newest first.",
+    ),
+    "SigningKeyBatch": _object(
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "not_found": {"type": "array", "items": _ID},
+        },
+        description="The keys found, in the order asked for, and the ids not found (missing, "
+        "of another environment, or not of the status asked for: indistinguishable).",
     ),
     "PublicKeyResponse": _data("PublicKey", "A key's public half."),
     "VerdictResponse": _data("Verdict", "A verification's outcome."),
@@ -753,19 +846,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": _key_op(
                     "listSigningKeys",
                     "List signing keys, newest first.",
-                    {"200": _ok("A page.", "SigningKeyList")},
+                    {"200": _ok("A page.", "SigningKeyList", **_NEXT_LINK)},
                     parameters=[
-                        _param(
-                            "limit",
-                            "query",
-                            {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_PAGE_LIMIT,
-                                "default": DEFAULT_PAGE_LIMIT,
-                            },
-                            description="Keys per page.",
-                        ),
+                        _LIMIT_PARAM,
                         _param(
                             "page",
                             "query",
@@ -773,8 +856,78 @@ def openapi_document() -> dict[str, Any]:
                             description="1-based; a page past the end is empty.",
                         ),
                         _STATUS_PARAM,
+                        *_LIST_PARAMS,
                     ],
                 ),
+            },
+            "/system/v1/signing-keys:batchGet": {
+                "get": _key_op(
+                    "batchGetSigningKeys",
+                    f"Get up to {MAX_BATCH_IDS} signing keys by id at once.",
+                    {"200": _ok("The keys found and the ids not found.", "SigningKeyBatch")},
+                    parameters=[
+                        _param(
+                            "ids",
+                            "query",
+                            {
+                                "type": "string",
+                                "pattern": f"^[A-Za-z0-9._-]{{1,128}}(,[A-Za-z0-9._-]{{1,128}})"
+                                f"{{0,{MAX_BATCH_IDS - 1}}}$",
+                            },
+                            required=True,
+                            description=f"1 to {MAX_BATCH_IDS} key ids, comma-separated (or "
+                            "the parameter repeated); a repeated id is read once.",
+                        ),
+                        _STATUS_PARAM,
+                    ],
+                )
+            },
+            "/system/v1/audit-events": {
+                "get": _key_op(
+                    "listAuditEvents",
+                    "Who created, imported or revoked which key, when, through which API; "
+                    "newest first, paged by cursor.",
+                    {"200": _ok("A page.", "AuditEventList", **_NEXT_LINK)},
+                    parameters=[
+                        _LIMIT_PARAM,
+                        _LIST_PARAMS[0],  # cursor
+                        _param(
+                            "key_id",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this key's events.",
+                        ),
+                        _param(
+                            "actor",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this access token's events.",
+                        ),
+                        _param(
+                            "action",
+                            "query",
+                            {"type": "string", "enum": list(AUDIT_ACTIONS)},
+                            required=False,
+                            description="Only events of this action.",
+                        ),
+                        _param(
+                            "since",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events at or after this (Unix seconds).",
+                        ),
+                        _param(
+                            "until",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events before this (Unix seconds).",
+                        ),
+                    ],
+                )
             },
             "/system/v1/signing-keys/import": {
                 "post": _key_op(

@@ -8,11 +8,12 @@ ambiguous commit and it still lands exactly once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from service.core import times
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.store.database import Database
@@ -44,6 +45,54 @@ _REVOKE = (
     " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
     " RETURNING " + _SELECTED
 )
+
+
+# An environment's keys, newest first, through the (environment_id, created_at, id) index;
+# the filters are parameters (NULL: not filtered). _LIST_AFTER adds the keyset bound.
+_LIST_WHERE = (
+    f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608 - constant columns
+    " WHERE environment_id = $1 AND ($4::text IS NULL OR status = $4::text)"
+    " AND ($5::text IS NULL OR algorithm = $5::text)"
+    " AND ($6::text IS NULL OR source = $6::text)"
+    " AND ($7::timestamptz IS NULL OR expires_at < $7::timestamptz)"
+)
+_LIST_ORDER = " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+_LIST = _LIST_WHERE + _LIST_ORDER
+_LIST_AFTER = _LIST_WHERE + " AND (created_at, id) < ($8::timestamptz, $9::text)" + _LIST_ORDER
+
+
+# An environment's audit events, newest first, through its (environment_id, created_at)
+# index. The keyset bound is spelled so that its created_at half is an index bound although
+# the index does not hold the id.
+_AUDIT_WHERE = (
+    "SELECT id, environment_id, key_id, action, actor, api, request_id, created_at"
+    " FROM audit_events WHERE environment_id = $1"
+    " AND ($3::text IS NULL OR key_id = $3::text)"
+    " AND ($4::text IS NULL OR actor = $4::text)"
+    " AND ($5::text IS NULL OR action = $5::text)"
+    " AND ($6::timestamptz IS NULL OR created_at >= $6::timestamptz)"
+    " AND ($7::timestamptz IS NULL OR created_at < $7::timestamptz)"
+)
+_AUDIT_ORDER = " ORDER BY created_at DESC, id DESC LIMIT $2"
+_AUDIT = _AUDIT_WHERE + _AUDIT_ORDER
+_AUDIT_AFTER = (
+    _AUDIT_WHERE
+    + " AND created_at <= $8::timestamptz AND (created_at < $8::timestamptz OR id < $9::text)"
+    + _AUDIT_ORDER
+)
+
+
+def _event(row: Any) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        environment_id=row["environment_id"],
+        key_id=row["key_id"],
+        action=row["action"],
+        actor=row["actor"],
+        api=row["api"],
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+    )
 
 
 def _key(row: Any) -> SigningKey:
@@ -170,23 +219,79 @@ class PostgresKeyRecords:
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys (of one status, if given), newest first."""
+        """One page of an environment's keys (of one status and filters, if given), newest
+        first; with ``after``, a keyset page below that position."""
+        filters = filters or KeyFilter()
+        # The keyset condition is spelled only when there is a position: behind
+        # "$n IS NULL OR ..." a generic plan could not use it as an index bound, and a deep
+        # page would scan every newer key as OFFSET does.
+        query = _LIST if after is None else _LIST_AFTER
+        position = () if after is None else (after.created_at, after.key_id)
 
         async def op(conn: Any) -> list[SigningKey]:
             rows = await conn.fetch(
-                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
-                " WHERE environment_id = $1 AND ($4::text IS NULL OR status = $4::text)"
-                " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                query,
                 environment_id,
                 limit,
                 offset,
                 status,
+                filters.algorithm,
+                filters.source,
+                filters.expires_before,
+                *position,
             )
             return [_key(row) for row in rows]
 
         return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        """One page of audit events, newest first; with ``after``, a keyset page."""
+        query = _AUDIT if after is None else _AUDIT_AFTER
+        position = () if after is None else (after.created_at, after.key_id)
+
+        async def op(conn: Any) -> list[AuditEvent]:
+            rows = await conn.fetch(
+                query,
+                environment_id,
+                limit,
+                filters.key_id,
+                filters.actor,
+                filters.action,
+                filters.since,
+                filters.until,
+                *position,
+            )
+            return [_event(row) for row in rows]
+
+        return await self._db.read(op, timeout=timeout, hedge=False)  # a page scan
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        """The keys of ``environment_id`` among ``key_ids`` (primary-key look-ups)."""
+
+        async def op(conn: Any) -> list[SigningKey]:
+            rows = await conn.fetch(
+                f"SELECT {_SELECTED} FROM signing_keys"  # noqa: S608
+                " WHERE id = ANY($1::text[]) AND environment_id = $2",
+                list(key_ids),
+                environment_id,
+            )
+            return [_key(row) for row in rows]
+
+        return await self._db.read(op, timeout=timeout)
 
     async def revoke(
         self,

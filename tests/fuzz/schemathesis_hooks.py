@@ -76,7 +76,12 @@ def filter_failure(
     # An expiry already passed (the coverage phase's boundary values: 0, …) is refused as
     # _expired says, and named as the field at fault.
     refused_expiry = refused and _expired(case.body)
-    return not (refused_import or refused_token or refused_choice or refused_expiry)
+    # A list's cursor is opaque and names a position this service issued for the same
+    # filters (and never beside ``page``): one made up is refused, as a made-up token is.
+    refused_cursor = refused and "cursor" in (case.query or {})
+    return not (
+        refused_import or refused_token or refused_choice or refused_expiry or refused_cursor
+    )
 
 
 def _environments(case: Any) -> list[str]:

@@ -124,6 +124,8 @@ HTTP_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", KEYS): Rule(ok=200, needs=needs(Scope.READ)),
     ("POST", KEYS + "/import"): Rule(ok=201, needs=needs(Scope.WRITE)),
     ("GET", KEYS + "/{id}"): Rule(ok=200, needs=needs(Scope.READ)),
+    ("GET", KEYS + ":batchGet"): Rule(ok=200, needs=needs(Scope.READ)),
+    ("GET", "/system/v1/audit-events"): Rule(ok=200, needs=needs(Scope.READ)),
     ("GET", KEYS + "/{id}/public-key"): Rule(ok=200, needs=needs(Scope.READ)),
     ("DELETE", KEYS + "/{id}"): Rule(ok=204, needs=needs(Scope.WRITE)),
     ("POST", "/v1/tokens/verify"): Rule(
@@ -151,6 +153,8 @@ GRPC_RULES: Final[dict[str, Rule]] = {
         ok=Status.OK, needs=needs(Scope.VERIFY), environment_optional=True
     ),
     SIGNING_KEYS + "WatchSigningKeys": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "BatchGetSigningKeys": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "ListAuditEvents": Rule(ok=Status.OK, needs=needs(Scope.READ)),
     # Orchestrators and stock tools call these without credentials.
     "/grpc.health.v1.Health/Check": GRPC_OK,
     "/grpc.health.v1.Health/Watch": GRPC_OK,
@@ -266,6 +270,8 @@ def http_request(
     key_id = key or (world.revoke_key if method == "DELETE" else world.read_key)
     url = path.replace("{id}", key_id).replace("{environment_id}", world.env_a)
     body: Any = None
+    if path == KEYS + ":batchGet":
+        url += "?ids=" + key_id
     if (method, path) == ("POST", KEYS):
         body = {"algorithm": "EdDSA"}
     elif (method, path) == ("POST", KEYS + "/import"):
@@ -439,6 +445,10 @@ def grpc_request(world: World, path: str, case: Case, *, key: str | None = None)
         ),
         "VerifyToken": lambda: pb.VerifyTokenRequest(token=world.signed, environment_id=named),
         "WatchSigningKeys": lambda: pb.WatchSigningKeysRequest(environment_id=named),
+        "ListAuditEvents": lambda: pb.ListAuditEventsRequest(environment_id=named),
+        "BatchGetSigningKeys": lambda: pb.BatchGetSigningKeysRequest(
+            environment_id=named, ids=[key or world.read_key]
+        ),
         "Check": HealthCheckRequest,
         "Watch": HealthCheckRequest,
     }

@@ -26,10 +26,11 @@ commits it — the slow writer whose row appears after rows stamped later than i
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
 from service.errors import RegionUnavailableError
@@ -162,11 +163,11 @@ class MemoryKeyRecords(_Outage):
                 )
         stored = self._rows.get(key.id)
         if stored is not None:
-            self._write([], [audit])
+            self._write([], [replace(audit, created_at=stored.updated_at)])
             return InsertOutcome(key=stored)
         now = self._clock()
         stored = replace(key, status="active", created_at=now, updated_at=now, revoked_at=None)
-        self._write([stored], [audit])
+        self._write([stored], [replace(audit, created_at=now)])
         return InsertOutcome(key=stored)
 
     async def get(
@@ -185,16 +186,49 @@ class MemoryKeyRecords(_Outage):
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
         self._check("list_page")
+        filters = filters or KeyFilter()
         keys = [
             key
             for key in self._rows.values()
-            if key.environment_id == environment_id and (status is None or key.status == status)
+            if key.environment_id == environment_id
+            and (status is None or key.status == status)
+            and filters.matches(key)
+            and (after is None or (key.created_at, key.id) < (after.created_at, after.key_id))
         ]
         keys.sort(key=lambda key: (key.created_at, key.id), reverse=True)
         return keys[offset : offset + limit]
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        self._check("audit_page")
+        events = [
+            event
+            for event in self._audit.values()
+            if event.environment_id == environment_id
+            and filters.matches(event)
+            and (after is None or _position(event) < (after.created_at, after.key_id))
+        ]
+        events.sort(key=_position, reverse=True)
+        return events[:limit]
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        self._check("get_many")
+        found = (self._rows.get(key_id) for key_id in dict.fromkeys(key_ids))
+        return [key for key in found if key is not None and key.environment_id == environment_id]
 
     async def revoke(
         self,
@@ -212,7 +246,7 @@ class MemoryKeyRecords(_Outage):
             return key
         now = self._clock()
         revoked = replace(key, status="revoked", revoked_at=now, updated_at=now)
-        self._write([revoked], [audit])
+        self._write([revoked], [replace(audit, created_at=now)])
         return revoked
 
     async def pages(
@@ -280,6 +314,11 @@ class MemoryKeyRecords(_Outage):
 
     def _record(self, event: AuditEvent) -> None:
         self._audit.setdefault(event.id, event)  # ON CONFLICT (id) DO NOTHING
+
+
+def _position(event: AuditEvent) -> tuple[datetime, str]:
+    assert event.created_at is not None  # stamped when recorded
+    return (event.created_at, event.id)
 
 
 class MemoryTokenRecords(_Outage):

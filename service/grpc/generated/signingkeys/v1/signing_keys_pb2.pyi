@@ -165,24 +165,36 @@ class GetSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
 
 class ListSigningKeysRequest(_message.Message):
-    __slots__ = ("environment_id", "limit", "page", "status")
+    __slots__ = ("environment_id", "limit", "page", "status", "page_size", "page_token", "algorithm", "source", "expires_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     limit: int
     page: int
     status: str
-    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    algorithm: str
+    source: str
+    expires_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ..., status: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., algorithm: _Optional[str] = ..., source: _Optional[str] = ..., expires_before: _Optional[str] = ...) -> None: ...
 
 class ListSigningKeysResponse(_message.Message):
-    __slots__ = ("keys", "next_page")
+    __slots__ = ("keys", "next_page", "next_page_token")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
     next_page: int
-    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., next_page: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., next_page: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeSigningKeyRequest(_message.Message):
     __slots__ = ("environment_id", "id")
@@ -243,3 +255,71 @@ class WatchSigningKeysResponse(_message.Message):
     key: SigningKey
     position: str
     def __init__(self, kind: _Optional[_Union[WatchEventKind, str]] = ..., key: _Optional[_Union[SigningKey, _Mapping]] = ..., position: _Optional[str] = ...) -> None: ...
+
+class BatchGetSigningKeysRequest(_message.Message):
+    __slots__ = ("environment_id", "ids", "status")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    status: str
+    def __init__(self, environment_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., status: _Optional[str] = ...) -> None: ...
+
+class BatchGetSigningKeysResponse(_message.Message):
+    __slots__ = ("keys", "not_found_ids")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    not_found_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., not_found_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("environment_id", "page_size", "page_token", "key_id", "actor", "action", "since", "until")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    page_size: int
+    page_token: str
+    key_id: str
+    actor: str
+    action: str
+    since: str
+    until: str
+    def __init__(self, environment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., key_id: _Optional[str] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("id", "environment_id", "key_id", "action", "actor", "api", "request_id", "created_at", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    environment_id: str
+    key_id: str
+    action: str
+    actor: str
+    api: str
+    request_id: str
+    created_at: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., environment_id: _Optional[str] = ..., key_id: _Optional[str] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., api: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
