@@ -113,6 +113,7 @@ class KeySpec:
     algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
     name: str | None = None
     expires_at: datetime | None = None
+    not_before: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
@@ -126,6 +127,20 @@ class KeySpec:
             raise InvalidRequestError(
                 f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}"
             )
+        _check_not_before(self.not_before, self.expires_at)
+
+
+def _check_not_before(not_before: datetime | None, expires_at: datetime | None) -> None:
+    if not_before is None:
+        return
+    if not_before.tzinfo is None:
+        raise InvalidRequestError("not_before must carry a time zone")
+    if not times.is_in_range(not_before):
+        raise InvalidRequestError(
+            f"not_before must fall within Unix seconds {times.EARLIEST} to {times.LATEST}"
+        )
+    if expires_at is not None and expires_at <= not_before:
+        raise InvalidRequestError("expires_at must be later than not_before")
 
 
 def no_private_material(**fields: object) -> None:
@@ -171,11 +186,13 @@ class CreateKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> CreateKeyRequest:
         no_private_material(
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         return cls(
@@ -186,6 +203,7 @@ class CreateKeyRequest:
                 else crypto.parse_algorithm(algorithm),
                 name=optional_text(name, "name"),
                 expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
+                not_before=times.parse_unix(whole_number(not_before), "not_before"),
             ),
             idempotency_key=_idempotency_key(idempotency_key),
         )
@@ -201,6 +219,7 @@ class ImportKeyRequest:
     name: str | None = None
     expires_at: datetime | None = None
     idempotency_key: str | None = None
+    not_before: datetime | None = None
 
     @classmethod
     def parse(
@@ -212,12 +231,14 @@ class ImportKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> ImportKeyRequest:
         no_private_material(
             public_key=public_key,
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         if public_key is None or public_key == "":
@@ -226,7 +247,8 @@ class ImportKeyRequest:
             raise InvalidRequestError("public_key must be a PEM string or a JWK object")
         name_text = optional_text(name, "name")
         expiry = times.parse_unix(whole_number(expires_at), "expires_at")
-        KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
+        start = times.parse_unix(whole_number(not_before), "not_before")
+        KeySpec(name=name_text, expires_at=expiry, not_before=start)  # a created key's rules
         return cls(
             environment_id=environment(environment_id),
             public_key=public_key,
@@ -234,6 +256,7 @@ class ImportKeyRequest:
             name=name_text,
             expires_at=expiry,
             idempotency_key=_idempotency_key(idempotency_key),
+            not_before=start,
         )
 
 
@@ -339,3 +362,117 @@ class JwksRequest:
     def parse(cls, *, environment_id: object) -> JwksRequest:
         text = optional_text(environment_id, "environment id") or ""
         return cls(environment_id=check_id(text, "environment id"))
+
+
+# Rotation: how long the old key keeps verifying after the new one takes over (tokens it
+# signed just before are still in flight). Bounded: at least a minute (a grace of zero would
+# refuse those tokens at once: revoke does that), at most 30 days.
+DEFAULT_GRACE_SECONDS: Final = 24 * 3600
+MIN_GRACE_SECONDS: Final = 60
+MAX_GRACE_SECONDS: Final = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotateKeyRequest:
+    """Rotate ``key_id``: create the next key (the old one's algorithm unless ``algorithm``
+    is given), which takes over at ``not_before`` (at once if ``None``), and expire the old
+    key ``grace_seconds`` after that."""
+
+    environment_id: str | None = None
+    key_id: str
+    algorithm: Algorithm | None = None
+    name: str | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    idempotency_key: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        algorithm: object = None,
+        name: object = None,
+        not_before: object = None,
+        expires_at: object = None,
+        grace_period_seconds: object = None,
+        idempotency_key: object = None,
+    ) -> RotateKeyRequest:
+        no_private_material(
+            algorithm=algorithm,
+            name=name,
+            not_before=not_before,
+            expires_at=expires_at,
+            **{IDEMPOTENCY_KEY: idempotency_key},
+        )
+        spec = KeySpec(
+            name=optional_text(name, "name"),
+            expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
+            not_before=times.parse_unix(whole_number(not_before), "not_before"),
+        )
+        return cls(
+            environment_id=environment(environment_id),
+            key_id=check_id(optional_text(key_id, "signing key id") or ""),
+            algorithm=None if algorithm is None else crypto.parse_algorithm(algorithm),
+            name=spec.name,
+            not_before=spec.not_before,
+            expires_at=spec.expires_at,
+            grace_seconds=count(
+                whole_number(grace_period_seconds),
+                "grace_period_seconds",
+                default=DEFAULT_GRACE_SECONDS,
+                low=MIN_GRACE_SECONDS,
+                high=MAX_GRACE_SECONDS,
+            ),
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateKeyRequest:
+    """Rename a key (``name_given``: ``name`` is the new name, ``None`` clears it) and/or
+    bring its expiry forward (``expires_at``; never later than it is)."""
+
+    environment_id: str | None = None
+    key_id: str
+    name_given: bool = False
+    name: str | None = None
+    expires_at: datetime | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        name_given: bool = False,
+        name: object = None,
+        expires_at: object = None,
+    ) -> UpdateKeyRequest:
+        no_private_material(name=name, expires_at=expires_at)
+        spec = KeySpec(
+            name=optional_text(name, "name"),
+            expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
+        )
+        if not name_given and spec.expires_at is None:
+            raise InvalidRequestError("nothing to update: give name and/or expires_at")
+        return cls(
+            environment_id=environment(environment_id),
+            key_id=check_id(optional_text(key_id, "signing key id") or ""),
+            name_given=name_given,
+            name=spec.name,
+            expires_at=spec.expires_at,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurrentKeyRequest:
+    """The environment whose current key to read (``None``: the token's only one)."""
+
+    environment_id: str | None = None
+
+    @classmethod
+    def parse(cls, *, environment_id: object = None) -> CurrentKeyRequest:
+        return cls(environment_id=environment(environment_id))

@@ -58,6 +58,7 @@ def signing_key(key: Key) -> pb.SigningKey:
         ("update_time", key.updated_at),
         ("revoke_time", key.revoked_at),
         ("expire_time", key.expires_at),
+        ("not_before_time", key.not_before),
     ):
         text = unix(moment)
         if text:
@@ -79,6 +80,8 @@ def _signing_key(key: Key) -> pb.SigningKey:
         updated_at=unix(key.updated_at),
         revoked_at=unix(key.revoked_at),
         expires_at=unix(key.expires_at),
+        not_before=unix(key.not_before),
+        rotated_to=key.rotated_to or "",
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!signingkeys/v1/signing_keys.proto\x12\x0esigningkeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x03\n\nSigningKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.signingkeys.v1.KeyStatus\x12)\n\x06source\x18\x06 \x01(\x0e\x32\x19.signingkeys.v1.KeySource\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x12\n\npublic_key\x18\t \x01(\t\x12\x12\n\nupdated_at\x18\n \x01(\t\x12\x12\n\nrevoked_at\x18\x0b \x01(\t\x12\x12\n\nexpires_at\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\x17\x43reateSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"X\n\x18\x43reateSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x13\n\x0bprivate_key\x18\x02 \x01(\t\"\xb0\x01\n\x17ImportSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x03pem\x18\x02 \x01(\tH\x00\x12\x12\n\x08jwk_json\x18\x03 \x01(\tH\x00\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\tB\x0c\n\npublic_key\"C\n\x18ImportSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"J\n\x14GetSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\"@\n\x15GetSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"]\n\x16ListSigningKeysRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04page\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\"V\n\x17ListSigningKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x11\n\tnext_page\x18\x02 \x01(\x05\"=\n\x17RevokeSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"C\n\x18RevokeSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"^\n\x12VerifyTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\xa5\x01\n\x13VerifyTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.signingkeys.v1.InvalidReason\x12\x13\n\x0breason_text\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x06 \x01(\t\"@\n\x17WatchSigningKeysRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"\x83\x01\n\x18WatchSigningKeysResponse\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.signingkeys.v1.WatchEventKind\x12\'\n\x03key\x18\x02 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x10\n\x08position\x18\x03 \x01(\t*n\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03*Z\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_SOURCE_GENERATED\x10\x01\x12\x17\n\x13KEY_SOURCE_IMPORTED\x10\x02*\xfd\x02\n\rInvalidReason\x12\x1e\n\x1aINVALID_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVALID_REASON_MALFORMED\x10\x01\x12\x1e\n\x1aINVALID_REASON_UNKNOWN_KEY\x10\x02\x12\x1e\n\x1aINVALID_REASON_REVOKED_KEY\x10\x03\x12\x1a\n\x16INVALID_REASON_EXPIRED\x10\x04\x12 \n\x1cINVALID_REASON_NOT_YET_VALID\x10\x05\x12 \n\x1cINVALID_REASON_BAD_SIGNATURE\x10\x06\x12!\n\x1dINVALID_REASON_WRONG_AUDIENCE\x10\x07\x12 \n\x1cINVALID_REASON_WRONG_SUBJECT\x10\x08\x12%\n!INVALID_REASON_ALGORITHM_MISMATCH\x10\t\x12\"\n\x1eINVALID_REASON_UNSUPPORTED_KEY\x10\n*\x8c\x01\n\x0eWatchEventKind\x12 \n\x1cWATCH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19WATCH_EVENT_KIND_SNAPSHOT\x10\x01\x12\x1b\n\x17WATCH_EVENT_KIND_SYNCED\x10\x02\x12\x1c\n\x18WATCH_EVENT_KIND_CHANGED\x10\x03\x32\xc5\x05\n\x0bSigningKeys\x12\x65\n\x10\x43reateSigningKey\x12\'.signingkeys.v1.CreateSigningKeyRequest\x1a(.signingkeys.v1.CreateSigningKeyResponse\x12\x65\n\x10ImportSigningKey\x12\'.signingkeys.v1.ImportSigningKeyRequest\x1a(.signingkeys.v1.ImportSigningKeyResponse\x12\\\n\rGetSigningKey\x12$.signingkeys.v1.GetSigningKeyRequest\x1a%.signingkeys.v1.GetSigningKeyResponse\x12\x62\n\x0fListSigningKeys\x12&.signingkeys.v1.ListSigningKeysRequest\x1a\'.signingkeys.v1.ListSigningKeysResponse\x12\x65\n\x10RevokeSigningKey\x12\'.signingkeys.v1.RevokeSigningKeyRequest\x1a(.signingkeys.v1.RevokeSigningKeyResponse\x12V\n\x0bVerifyToken\x12\".signingkeys.v1.VerifyTokenRequest\x1a#.signingkeys.v1.VerifyTokenResponse\x12g\n\x10WatchSigningKeys\x12\'.signingkeys.v1.WatchSigningKeysRequest\x1a(.signingkeys.v1.WatchSigningKeysResponse0\x01\x42u\n\x1a\x63om.example.signingkeys.v1B\x10SigningKeysProtoP\x01ZCgithub.com/example/signing-keys/gen/go/signingkeys/v1;signingkeysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!signingkeys/v1/signing_keys.proto\x12\x0esigningkeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x04\n\nSigningKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.signingkeys.v1.KeyStatus\x12)\n\x06source\x18\x06 \x01(\x0e\x32\x19.signingkeys.v1.KeySource\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x12\n\npublic_key\x18\t \x01(\t\x12\x12\n\nupdated_at\x18\n \x01(\t\x12\x12\n\nrevoked_at\x18\x0b \x01(\t\x12\x12\n\nexpires_at\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnot_before\x18\x11 \x01(\t\x12\x33\n\x0fnot_before_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrotated_to\x18\x13 \x01(\t\"\x93\x01\n\x17\x43reateSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x12\n\nnot_before\x18\x06 \x01(\t\"X\n\x18\x43reateSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x13\n\x0bprivate_key\x18\x02 \x01(\t\"\xc4\x01\n\x17ImportSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x03pem\x18\x02 \x01(\tH\x00\x12\x12\n\x08jwk_json\x18\x03 \x01(\tH\x00\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x12\n\nnot_before\x18\x08 \x01(\tB\x0c\n\npublic_key\"C\n\x18ImportSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"J\n\x14GetSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\"@\n\x15GetSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"]\n\x16ListSigningKeysRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04page\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\"V\n\x17ListSigningKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x11\n\tnext_page\x18\x02 \x01(\x05\"=\n\x17RevokeSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"C\n\x18RevokeSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"^\n\x12VerifyTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\xa5\x01\n\x13VerifyTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.signingkeys.v1.InvalidReason\x12\x13\n\x0breason_text\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x06 \x01(\t\"@\n\x17WatchSigningKeysRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"\x83\x01\n\x18WatchSigningKeysResponse\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.signingkeys.v1.WatchEventKind\x12\'\n\x03key\x18\x02 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x10\n\x08position\x18\x03 \x01(\t\"\xbd\x01\n\x17RotateSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nnot_before\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x1c\n\x14grace_period_seconds\x18\x07 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\"\x8a\x01\n\x18RotateSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\x12\x13\n\x0bprivate_key\x18\x02 \x01(\t\x12\x30\n\x0cprevious_key\x18\x03 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"m\n\x17UpdateSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nexpires_at\x18\x04 \x01(\tB\x07\n\x05_name\"C\n\x18UpdateSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey\"5\n\x1bGetCurrentSigningKeyRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\"G\n\x1cGetCurrentSigningKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.signingkeys.v1.SigningKey*n\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03*Z\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_SOURCE_GENERATED\x10\x01\x12\x17\n\x13KEY_SOURCE_IMPORTED\x10\x02*\xa3\x03\n\rInvalidReason\x12\x1e\n\x1aINVALID_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVALID_REASON_MALFORMED\x10\x01\x12\x1e\n\x1aINVALID_REASON_UNKNOWN_KEY\x10\x02\x12\x1e\n\x1aINVALID_REASON_REVOKED_KEY\x10\x03\x12\x1a\n\x16INVALID_REASON_EXPIRED\x10\x04\x12 \n\x1cINVALID_REASON_NOT_YET_VALID\x10\x05\x12 \n\x1cINVALID_REASON_BAD_SIGNATURE\x10\x06\x12!\n\x1dINVALID_REASON_WRONG_AUDIENCE\x10\x07\x12 \n\x1cINVALID_REASON_WRONG_SUBJECT\x10\x08\x12%\n!INVALID_REASON_ALGORITHM_MISMATCH\x10\t\x12\"\n\x1eINVALID_REASON_UNSUPPORTED_KEY\x10\n\x12$\n INVALID_REASON_KEY_NOT_YET_VALID\x10\x0b*\x8c\x01\n\x0eWatchEventKind\x12 \n\x1cWATCH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19WATCH_EVENT_KIND_SNAPSHOT\x10\x01\x12\x1b\n\x17WATCH_EVENT_KIND_SYNCED\x10\x02\x12\x1c\n\x18WATCH_EVENT_KIND_CHANGED\x10\x03\x32\x86\x08\n\x0bSigningKeys\x12\x65\n\x10\x43reateSigningKey\x12\'.signingkeys.v1.CreateSigningKeyRequest\x1a(.signingkeys.v1.CreateSigningKeyResponse\x12\x65\n\x10ImportSigningKey\x12\'.signingkeys.v1.ImportSigningKeyRequest\x1a(.signingkeys.v1.ImportSigningKeyResponse\x12\\\n\rGetSigningKey\x12$.signingkeys.v1.GetSigningKeyRequest\x1a%.signingkeys.v1.GetSigningKeyResponse\x12\x62\n\x0fListSigningKeys\x12&.signingkeys.v1.ListSigningKeysRequest\x1a\'.signingkeys.v1.ListSigningKeysResponse\x12\x65\n\x10RevokeSigningKey\x12\'.signingkeys.v1.RevokeSigningKeyRequest\x1a(.signingkeys.v1.RevokeSigningKeyResponse\x12V\n\x0bVerifyToken\x12\".signingkeys.v1.VerifyTokenRequest\x1a#.signingkeys.v1.VerifyTokenResponse\x12g\n\x10WatchSigningKeys\x12\'.signingkeys.v1.WatchSigningKeysRequest\x1a(.signingkeys.v1.WatchSigningKeysResponse0\x01\x12\x65\n\x10RotateSigningKey\x12\'.signingkeys.v1.RotateSigningKeyRequest\x1a(.signingkeys.v1.RotateSigningKeyResponse\x12\x65\n\x10UpdateSigningKey\x12\'.signingkeys.v1.UpdateSigningKeyRequest\x1a(.signingkeys.v1.UpdateSigningKeyResponse\x12q\n\x14GetCurrentSigningKey\x12+.signingkeys.v1.GetCurrentSigningKeyRequest\x1a,.signingkeys.v1.GetCurrentSigningKeyResponseBu\n\x1a\x63om.example.signingkeys.v1B\x10SigningKeysProtoP\x01ZCgithub.com/example/signing-keys/gen/go/signingkeys/v1;signingkeysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,44 +33,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signingkeys.v1.signing_keys
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\032com.example.signingkeys.v1B\020SigningKeysProtoP\001ZCgithub.com/example/signing-keys/gen/go/signingkeys/v1;signingkeysv1'
-  _globals['_KEYSTATUS']._serialized_start=1961
-  _globals['_KEYSTATUS']._serialized_end=2071
-  _globals['_KEYSOURCE']._serialized_start=2073
-  _globals['_KEYSOURCE']._serialized_end=2163
-  _globals['_INVALIDREASON']._serialized_start=2166
-  _globals['_INVALIDREASON']._serialized_end=2547
-  _globals['_WATCHEVENTKIND']._serialized_start=2550
-  _globals['_WATCHEVENTKIND']._serialized_end=2690
+  _globals['_KEYSTATUS']._serialized_start=2736
+  _globals['_KEYSTATUS']._serialized_end=2846
+  _globals['_KEYSOURCE']._serialized_start=2848
+  _globals['_KEYSOURCE']._serialized_end=2938
+  _globals['_INVALIDREASON']._serialized_start=2941
+  _globals['_INVALIDREASON']._serialized_end=3360
+  _globals['_WATCHEVENTKIND']._serialized_start=3363
+  _globals['_WATCHEVENTKIND']._serialized_end=3503
   _globals['_SIGNINGKEY']._serialized_start=87
-  _globals['_SIGNINGKEY']._serialized_end=571
-  _globals['_CREATESIGNINGKEYREQUEST']._serialized_start=573
-  _globals['_CREATESIGNINGKEYREQUEST']._serialized_end=700
-  _globals['_CREATESIGNINGKEYRESPONSE']._serialized_start=702
-  _globals['_CREATESIGNINGKEYRESPONSE']._serialized_end=790
-  _globals['_IMPORTSIGNINGKEYREQUEST']._serialized_start=793
-  _globals['_IMPORTSIGNINGKEYREQUEST']._serialized_end=969
-  _globals['_IMPORTSIGNINGKEYRESPONSE']._serialized_start=971
-  _globals['_IMPORTSIGNINGKEYRESPONSE']._serialized_end=1038
-  _globals['_GETSIGNINGKEYREQUEST']._serialized_start=1040
-  _globals['_GETSIGNINGKEYREQUEST']._serialized_end=1114
-  _globals['_GETSIGNINGKEYRESPONSE']._serialized_start=1116
-  _globals['_GETSIGNINGKEYRESPONSE']._serialized_end=1180
-  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_start=1182
-  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_end=1275
-  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_start=1277
-  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_end=1363
-  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_start=1365
-  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_end=1426
-  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_start=1428
-  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_end=1495
-  _globals['_VERIFYTOKENREQUEST']._serialized_start=1497
-  _globals['_VERIFYTOKENREQUEST']._serialized_end=1591
-  _globals['_VERIFYTOKENRESPONSE']._serialized_start=1594
-  _globals['_VERIFYTOKENRESPONSE']._serialized_end=1759
-  _globals['_WATCHSIGNINGKEYSREQUEST']._serialized_start=1761
-  _globals['_WATCHSIGNINGKEYSREQUEST']._serialized_end=1825
-  _globals['_WATCHSIGNINGKEYSRESPONSE']._serialized_start=1828
-  _globals['_WATCHSIGNINGKEYSRESPONSE']._serialized_end=1959
-  _globals['_SIGNINGKEYS']._serialized_start=2693
-  _globals['_SIGNINGKEYS']._serialized_end=3402
+  _globals['_SIGNINGKEY']._serialized_end=664
+  _globals['_CREATESIGNINGKEYREQUEST']._serialized_start=667
+  _globals['_CREATESIGNINGKEYREQUEST']._serialized_end=814
+  _globals['_CREATESIGNINGKEYRESPONSE']._serialized_start=816
+  _globals['_CREATESIGNINGKEYRESPONSE']._serialized_end=904
+  _globals['_IMPORTSIGNINGKEYREQUEST']._serialized_start=907
+  _globals['_IMPORTSIGNINGKEYREQUEST']._serialized_end=1103
+  _globals['_IMPORTSIGNINGKEYRESPONSE']._serialized_start=1105
+  _globals['_IMPORTSIGNINGKEYRESPONSE']._serialized_end=1172
+  _globals['_GETSIGNINGKEYREQUEST']._serialized_start=1174
+  _globals['_GETSIGNINGKEYREQUEST']._serialized_end=1248
+  _globals['_GETSIGNINGKEYRESPONSE']._serialized_start=1250
+  _globals['_GETSIGNINGKEYRESPONSE']._serialized_end=1314
+  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_start=1316
+  _globals['_LISTSIGNINGKEYSREQUEST']._serialized_end=1409
+  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_start=1411
+  _globals['_LISTSIGNINGKEYSRESPONSE']._serialized_end=1497
+  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_start=1499
+  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_end=1560
+  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_start=1562
+  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_end=1629
+  _globals['_VERIFYTOKENREQUEST']._serialized_start=1631
+  _globals['_VERIFYTOKENREQUEST']._serialized_end=1725
+  _globals['_VERIFYTOKENRESPONSE']._serialized_start=1728
+  _globals['_VERIFYTOKENRESPONSE']._serialized_end=1893
+  _globals['_WATCHSIGNINGKEYSREQUEST']._serialized_start=1895
+  _globals['_WATCHSIGNINGKEYSREQUEST']._serialized_end=1959
+  _globals['_WATCHSIGNINGKEYSRESPONSE']._serialized_start=1962
+  _globals['_WATCHSIGNINGKEYSRESPONSE']._serialized_end=2093
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=2096
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=2285
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=2288
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=2426
+  _globals['_UPDATESIGNINGKEYREQUEST']._serialized_start=2428
+  _globals['_UPDATESIGNINGKEYREQUEST']._serialized_end=2537
+  _globals['_UPDATESIGNINGKEYRESPONSE']._serialized_start=2539
+  _globals['_UPDATESIGNINGKEYRESPONSE']._serialized_end=2606
+  _globals['_GETCURRENTSIGNINGKEYREQUEST']._serialized_start=2608
+  _globals['_GETCURRENTSIGNINGKEYREQUEST']._serialized_end=2661
+  _globals['_GETCURRENTSIGNINGKEYRESPONSE']._serialized_start=2663
+  _globals['_GETCURRENTSIGNINGKEYRESPONSE']._serialized_end=2734
+  _globals['_SIGNINGKEYS']._serialized_start=3506
+  _globals['_SIGNINGKEYS']._serialized_end=4536
 # @@protoc_insertion_point(module_scope)
