@@ -199,6 +199,11 @@ class KeyService:
         """Rename a key and/or bring its expiry forward; the change feed carries it."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.WRITE, environment_id)
+        if not request.name_given and request.expires_at is None:  # nothing to change
+            key = await self._records.get(request.key_id, environment_id=environment_id)
+            if key is None:
+                raise NotFoundError(_NOT_FOUND["all"])
+            return key
         outcome = await self._records.update(
             environment_id,
             request.key_id,

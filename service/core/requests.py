@@ -433,7 +433,8 @@ class RotateKeyRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateKeyRequest:
     """Rename a key (``name_given``: ``name`` is the new name, ``None`` clears it) and/or
-    bring its expiry forward (``expires_at``; never later than it is)."""
+    bring its expiry forward (``expires_at``; never later than it is). Neither: the key as it
+    is (an empty JSON merge patch changes nothing)."""
 
     environment_id: str | None = None
     key_id: str
@@ -456,8 +457,6 @@ class UpdateKeyRequest:
             name=optional_text(name, "name"),
             expires_at=times.parse_unix(whole_number(expires_at), "expires_at"),
         )
-        if not name_given and spec.expires_at is None:
-            raise InvalidRequestError("nothing to update: give name and/or expires_at")
         return cls(
             environment_id=environment(environment_id),
             key_id=check_id(optional_text(key_id, "signing key id") or ""),

@@ -243,9 +243,15 @@ async def test_an_update_never_lengthens_an_expiry(world: World) -> None:
     assert (await world.keys.update(CALLER, later(60))).expires_at == at(world, 60)
 
 
-async def test_an_update_must_change_something() -> None:
-    with pytest.raises(InvalidRequestError, match="nothing to update"):
-        UpdateKeyRequest.parse(key_id="k")
+async def test_an_empty_update_changes_nothing(world: World) -> None:
+    created = await world.key()
+    same = await world.keys.update(
+        CALLER, UpdateKeyRequest.parse(key_id=created.key.id, environment_id=A)
+    )
+    assert same == created.key
+    assert [event.action for event in world.records.audit_trail(created.key.id)] == ["create"]
+    with pytest.raises(NotFoundError):
+        await world.keys.update(CALLER, UpdateKeyRequest.parse(key_id="nope", environment_id=A))
     assert UpdateKeyRequest.parse(key_id="k", name_given=True).name is None
 
 
