@@ -260,3 +260,26 @@ async def test_the_current_key_is_the_newest_that_may_sign(backend: Backend, env
     assert await backend.keys.current(env) == first, "not once revoked"
     await insert(backend, new_key(env + "-other"))
     assert await backend.keys.current(env) == first, "only the environment's own"
+
+
+async def test_a_rotation_racing_a_revocation_leaves_a_consistent_pair(
+    backend: Backend, env: str
+) -> None:
+    """Whichever commits first, the old key ends revoked, and a new key exists exactly when
+    the rotation reports one (never a rotation half applied, nor an un-revoked key)."""
+    for _ in range(5):
+        old = await insert(backend, new_key(env))
+        new = new_key(env)
+        rotated, revoked = await asyncio.gather(
+            rotate(backend, old, new), backend.keys.revoke(env, old.id, audit=event(old, "revoke"))
+        )
+        assert revoked is not None
+        final = await backend.keys.get(old.id)
+        assert final is not None and final.status == "revoked"
+        stored = await backend.keys.get(new.id)
+        if rotated.refusal is None:
+            assert stored is not None and final.rotated_to == new.id
+            assert await backend.audit_actions(old.id) == ["create", "rotate", "revoke"]
+        else:
+            assert rotated.refusal == "revoked" and stored is None and final.rotated_to is None
+            assert await backend.audit_actions(old.id) == ["create", "revoke"]
