@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 
 import jwt
 import pytest
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from service.grpc.generated.signingkeys import v1 as pb
+from tests.grpc.test_servicer import next_change, next_event, watching
 
 
 async def failure(call: object) -> GRPCError:
@@ -101,3 +103,30 @@ async def test_rotate_update_and_current(stub: pb.SigningKeysStub, md: dict[str,
         stub.update_signing_key(pb.UpdateSigningKeyRequest(id="nope", name="x"), metadata=md)
     )
     assert missing.status is Status.NOT_FOUND
+
+
+async def test_watch_carries_a_shortened_expiry_and_a_rotation(
+    stub: pb.SigningKeysStub, channel: Channel, md: dict[str, str]
+) -> None:
+    """The change feed polls updated_at: an update and a rotation must stamp it, or no other
+    instance, cache or watcher would ever see them."""
+    old = await stub.create_signing_key(pb.CreateSigningKeyRequest(algorithm="EdDSA"), metadata=md)
+    async with watching(channel, md) as stream:
+        seen: set[str] = set()
+        assert (await next_change(stream, seen, timeout=5.0)).kind == pb.WatchEventKind.SNAPSHOT
+        assert (await next_event(stream)).kind == pb.WatchEventKind.SYNCED
+        soon = str(int(time.time()) + 3600)
+        await stub.update_signing_key(
+            pb.UpdateSigningKeyRequest(id=old.key.id, expires_at=soon), metadata=md
+        )
+        changed = await next_change(stream, seen, timeout=5.0)
+        assert (changed.key.id, changed.key.expires_at) == (old.key.id, soon)
+        rotated = await stub.rotate_signing_key(
+            pb.RotateSigningKeyRequest(id=old.key.id), metadata=md
+        )
+        events: dict[str, pb.SigningKey] = {}
+        while len(events) < 2:
+            event = await next_change(stream, seen, timeout=5.0)
+            events[event.key.id] = event.key
+        assert events[old.key.id].rotated_to == rotated.key.id
+        assert events[rotated.key.id].status == pb.KeyStatus.ACTIVE
