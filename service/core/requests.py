@@ -144,6 +144,7 @@ class KeySpec:
     algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
     name: str | None = None
     expires_at: datetime | None = None
+    not_before: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
@@ -162,6 +163,21 @@ class KeySpec:
                 f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}",
                 field="expires_at",
             )
+        _check_not_before(self.not_before, self.expires_at)
+
+
+def _check_not_before(not_before: datetime | None, expires_at: datetime | None) -> None:
+    if not_before is None:
+        return
+    if not_before.tzinfo is None:
+        raise InvalidRequestError("not_before must carry a time zone", field="not_before")
+    if not times.is_in_range(not_before):
+        raise InvalidRequestError(
+            f"not_before must fall within Unix seconds {times.EARLIEST} to {times.LATEST}",
+            field="not_before",
+        )
+    if expires_at is not None and expires_at <= not_before:
+        raise InvalidRequestError("expires_at must be later than not_before", field="expires_at")
 
 
 def no_private_material(**fields: object) -> None:
@@ -205,6 +221,10 @@ def _expiry(value: object) -> datetime | None:
     return moment
 
 
+def _not_before(value: object) -> datetime | None:
+    return field("not_before", lambda v: times.parse_unix(whole_number(v), "not_before"), value)
+
+
 def _environment(value: object) -> str | None:
     return field("environment_id", environment, value)
 
@@ -226,11 +246,13 @@ class CreateKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> CreateKeyRequest:
         no_private_material(
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         return cls(
@@ -239,6 +261,7 @@ class CreateKeyRequest:
                 algorithm=crypto.DEFAULT_ALGORITHM if algorithm is None else _algorithm(algorithm),
                 name=field("name", lambda v: optional_text(v, "name"), name),
                 expires_at=_expiry(expires_at),
+                not_before=_not_before(not_before),
             ),
             idempotency_key=_idempotency_key(idempotency_key),
         )
@@ -254,6 +277,7 @@ class ImportKeyRequest:
     name: str | None = None
     expires_at: datetime | None = None
     idempotency_key: str | None = None
+    not_before: datetime | None = None
 
     @classmethod
     def parse(
@@ -265,12 +289,14 @@ class ImportKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> ImportKeyRequest:
         no_private_material(
             public_key=public_key,
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         if public_key is None or public_key == "":
@@ -283,7 +309,8 @@ class ImportKeyRequest:
             )
         name_text = field("name", lambda v: optional_text(v, "name"), name)
         expiry = _expiry(expires_at)
-        KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
+        start = _not_before(not_before)
+        KeySpec(name=name_text, expires_at=expiry, not_before=start)  # a created key's rules
         return cls(
             environment_id=_environment(environment_id),
             public_key=public_key,
@@ -291,6 +318,7 @@ class ImportKeyRequest:
             name=name_text,
             expires_at=expiry,
             idempotency_key=_idempotency_key(idempotency_key),
+            not_before=start,
         )
 
 
@@ -484,3 +512,124 @@ class JwksRequest:
                 "environment_id", lambda v: check_id(str(v), "environment id"), text or ""
             )
         )
+
+
+# Rotation: how long the old key keeps verifying after the new one takes over (tokens it
+# signed just before are still in flight). Bounded: at least a minute (a grace of zero would
+# refuse those tokens at once: revoke does that), at most 30 days.
+DEFAULT_GRACE_SECONDS: Final = 24 * 3600
+MIN_GRACE_SECONDS: Final = 60
+MAX_GRACE_SECONDS: Final = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotateKeyRequest:
+    """Rotate ``key_id``: create the next key (the old one's algorithm unless ``algorithm``
+    is given), which takes over at ``not_before`` (at once if ``None``), and expire the old
+    key ``grace_seconds`` after that."""
+
+    environment_id: str | None = None
+    key_id: str
+    algorithm: Algorithm | None = None
+    name: str | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    idempotency_key: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        algorithm: object = None,
+        name: object = None,
+        not_before: object = None,
+        expires_at: object = None,
+        grace_period_seconds: object = None,
+        idempotency_key: object = None,
+    ) -> RotateKeyRequest:
+        no_private_material(
+            algorithm=algorithm,
+            name=name,
+            not_before=not_before,
+            expires_at=expires_at,
+            **{IDEMPOTENCY_KEY: idempotency_key},
+        )
+        spec = KeySpec(
+            name=field("name", lambda v: optional_text(v, "name"), name),
+            expires_at=_expiry(expires_at),
+            not_before=_not_before(not_before),
+        )
+        return cls(
+            environment_id=_environment(environment_id),
+            key_id=field(
+                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
+            ),
+            algorithm=None if algorithm is None else _algorithm(algorithm),
+            name=spec.name,
+            not_before=spec.not_before,
+            expires_at=spec.expires_at,
+            grace_seconds=field(
+                "grace_period_seconds",
+                lambda v: count(
+                    whole_number(v),
+                    "grace_period_seconds",
+                    default=DEFAULT_GRACE_SECONDS,
+                    low=MIN_GRACE_SECONDS,
+                    high=MAX_GRACE_SECONDS,
+                ),
+                grace_period_seconds,
+            ),
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateKeyRequest:
+    """Rename a key (``name_given``: ``name`` is the new name, ``None`` clears it) and/or
+    bring its expiry forward (``expires_at``; never later than it is). Neither: the key as it
+    is (an empty JSON merge patch changes nothing)."""
+
+    environment_id: str | None = None
+    key_id: str
+    name_given: bool = False
+    name: str | None = None
+    expires_at: datetime | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        name_given: bool = False,
+        name: object = None,
+        expires_at: object = None,
+    ) -> UpdateKeyRequest:
+        no_private_material(name=name, expires_at=expires_at)
+        spec = KeySpec(
+            name=field("name", lambda v: optional_text(v, "name"), name),
+            expires_at=_expiry(expires_at),
+        )
+        return cls(
+            environment_id=_environment(environment_id),
+            key_id=field(
+                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
+            ),
+            name_given=name_given,
+            name=spec.name,
+            expires_at=spec.expires_at,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurrentKeyRequest:
+    """The environment whose current key to read (``None``: the token's only one)."""
+
+    environment_id: str | None = None
+
+    @classmethod
+    def parse(cls, *, environment_id: object = None) -> CurrentKeyRequest:
+        return cls(environment_id=_environment(environment_id))

@@ -37,10 +37,13 @@ from service.core.models import AuditEvent, Principal
 from service.core.requests import (
     BatchGetKeysRequest,
     CreateKeyRequest,
+    CurrentKeyRequest,
     ImportKeyRequest,
     KeyRef,
     ListAuditEventsRequest,
     ListKeysRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
     VerifyRequest,
     WatchRequest,
     choose_request_id,
@@ -166,6 +169,9 @@ class SigningKeysServicer:
             "VerifyToken": self._verify,
             "BatchGetSigningKeys": self._batch_get,
             "ListAuditEvents": self._audit_events,
+            "RotateSigningKey": self._rotate,
+            "UpdateSigningKey": self._update,
+            "GetCurrentSigningKey": self._current,
         }
         handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
         handlers["WatchSigningKeys"] = self._watch
@@ -259,6 +265,7 @@ class SigningKeysServicer:
                 name=absent(request.name),
                 expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
+                not_before=unset_time(request.not_before),
             ),
         )
         return pb.CreateSigningKeyResponse(
@@ -279,6 +286,7 @@ class SigningKeysServicer:
                 name=absent(request.name),
                 expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
+                not_before=unset_time(request.not_before),
             ),
         )
         return pb.ImportSigningKeyResponse(key=messages.signing_key(imported.key))
@@ -361,6 +369,54 @@ class SigningKeysServicer:
         ref = KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id))
         key = await self._keys.revoke(await call.principal(), ref)
         return pb.RevokeSigningKeyResponse(key=messages.signing_key(key))
+
+    async def _rotate(
+        self, request: pb.RotateSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.RotateSigningKeyResponse:
+        rotated = await self._keys.rotate(
+            await call.principal(),
+            RotateKeyRequest.parse(
+                key_id=request.id,
+                environment_id=absent(request.environment_id),
+                algorithm=absent(request.algorithm),
+                name=absent(request.name),
+                not_before=unset_time(request.not_before),
+                expires_at=unset_time(request.expires_at),
+                grace_period_seconds=absent(request.grace_period_seconds),
+                idempotency_key=absent(request.idempotency_key),
+            ),
+        )
+        return pb.RotateSigningKeyResponse(
+            key=messages.signing_key(rotated.created.key),
+            private_key=messages.private_key(rotated.created.private_key_pem),
+            previous_key=messages.signing_key(rotated.old),
+        )
+
+    async def _update(
+        self, request: pb.UpdateSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.UpdateSigningKeyResponse:
+        # `name` is proto3 `optional`: set (even to "") renames, "" clearing the name.
+        name_given = request.is_set("name")
+        key = await self._keys.update(
+            await call.principal(),
+            UpdateKeyRequest.parse(
+                key_id=request.id,
+                environment_id=absent(request.environment_id),
+                name_given=name_given,
+                name=absent(request.name) if name_given else None,
+                expires_at=unset_time(request.expires_at),
+            ),
+        )
+        return pb.UpdateSigningKeyResponse(key=messages.signing_key(key))
+
+    async def _current(
+        self, request: pb.GetCurrentSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.GetCurrentSigningKeyResponse:
+        key = await self._keys.current(
+            await call.principal(),
+            CurrentKeyRequest.parse(environment_id=absent(request.environment_id)),
+        )
+        return pb.GetCurrentSigningKeyResponse(key=messages.signing_key(key))
 
     async def _verify(
         self, request: pb2.VerifyTokenRequest, call: Call[Any, Any]

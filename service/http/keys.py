@@ -25,10 +25,13 @@ from service.core.models import AuditEvent, SigningKey
 from service.core.requests import (
     BatchGetKeysRequest,
     CreateKeyRequest,
+    CurrentKeyRequest,
     ImportKeyRequest,
     KeyRef,
     ListAuditEventsRequest,
     ListKeysRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
 )
 from service.core.times import unix_seconds
 from service.http import appkeys
@@ -48,6 +51,10 @@ PREFIX: Final = "/system/v1/signing-keys"
 # exclusion GET and DELETE of .../import would be a look-up of a key named "import", and a
 # 405 there would list them in Allow although the API documents only POST.
 KEY_PATH: Final = PREFIX + "/{id:(?!import$)[^{}/]+}"
+# The environment's current key: a custom method on the collection (a colon, as Google's API
+# guidelines spell one), not a path segment, because "current" is a well-formed key id and
+# `GET .../signing-keys/current` is already a read of the key of that id.
+CURRENT_PATH: Final = PREFIX + ":current"
 
 routes = web.RouteTableDef()
 
@@ -72,6 +79,8 @@ def key_json(key: SigningKey) -> dict[str, Any]:
         "updated_at": unix_seconds(key.updated_at),
         "revoked_at": unix_seconds(key.revoked_at),
         "expires_at": unix_seconds(key.expires_at),
+        "not_before": unix_seconds(key.not_before),
+        "rotated_to": key.rotated_to,
     }
 
 
@@ -91,7 +100,7 @@ def key_ref(request: web.Request, *, status: str | None = None) -> KeyRef:
 @routes.post(PREFIX)
 async def create_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    body = await read_object(request, frozenset({"algorithm", "name", "expires_at"}))
+    body = await read_object(request, frozenset({"algorithm", "name", "expires_at", "not_before"}))
     created = await request.app[appkeys.KEYS].create(
         caller,
         CreateKeyRequest.parse(
@@ -202,10 +211,59 @@ async def list_audit_events(request: web.Request) -> web.Response:
     return paged_response([audit_json(event) for event in page.events], request, page.next_cursor)
 
 
+@routes.get(CURRENT_PATH)
+async def get_current_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    key = await request.app[appkeys.KEYS].current(
+        caller, CurrentKeyRequest.parse(environment_id=environment(request))
+    )
+    return json_response({"data": key_json(key)})
+
+
+@routes.post(PREFIX + "/{id}/rotate")
+async def rotate_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    body = await read_object(
+        request,
+        frozenset({"algorithm", "name", "not_before", "expires_at", "grace_period_seconds"}),
+    )
+    rotated = await request.app[appkeys.KEYS].rotate(
+        caller,
+        RotateKeyRequest.parse(
+            key_id=request.match_info["id"],
+            environment_id=environment(request),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            **body,
+        ),
+    )
+    data = key_json(rotated.created.key)
+    data["private_key"] = base64.b64encode(rotated.created.private_key_pem).decode("ascii")
+    data["previous_key"] = key_json(rotated.old)
+    return with_consistency_token(created_response(data))
+
+
+@routes.patch(KEY_PATH)
+async def update_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    body = await read_object(request, frozenset({"name", "expires_at"}))
+    key = await request.app[appkeys.KEYS].update(
+        caller,
+        UpdateKeyRequest.parse(
+            key_id=request.match_info["id"],
+            environment_id=environment(request),
+            name_given="name" in body,
+            **body,
+        ),
+    )
+    return with_consistency_token(json_response({"data": key_json(key)}))
+
+
 @routes.post(PREFIX + "/import")
 async def import_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    body = await read_object(request, frozenset({"public_key", "algorithm", "name", "expires_at"}))
+    body = await read_object(
+        request, frozenset({"public_key", "algorithm", "name", "expires_at", "not_before"})
+    )
     imported = await request.app[appkeys.KEYS].import_key(
         caller,
         ImportKeyRequest.parse(

@@ -27,12 +27,15 @@ from typing import Any, Final
 from service.core.crypto import ALGORITHMS
 from service.core.listing import AUDIT_ACTIONS, MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
 from service.core.requests import (
+    DEFAULT_GRACE_SECONDS,
     DEFAULT_PAGE_LIMIT,
     MAX_EXPECTATION_LENGTH,
+    MAX_GRACE_SECONDS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PAGE,
     MAX_PAGE_LIMIT,
+    MIN_GRACE_SECONDS,
     STATUS_FILTERS,
 )
 from service.core.times import EARLIEST, LATEST
@@ -281,7 +284,7 @@ _EXAMPLE_PEM: Final = (
 )
 _EXAMPLE_FINGERPRINT: Final = "9f2c4a1be07d3c5e8f6a2b1d0c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
 # What a created key and an imported one are both given; null means "not given".
-_KEY_SPEC = {
+_KEY_SPEC: dict[str, dict[str, Any]] = {
     "algorithm": {
         "enum": [*ALGORITHMS, None],
         "description": f"One of {', '.join(ALGORITHMS)}; RS256 when null or absent (an "
@@ -302,6 +305,15 @@ _KEY_SPEC = {
         "pattern": digits_at_most(LATEST),
         "description": f"Unix seconds, {EARLIEST} to {LATEST} (years 1970-9999): a whole "
         "number or a string of ASCII digits; a time already passed is 400.",
+    },
+    "not_before": {
+        "type": ["integer", "string", "null"],
+        "minimum": EARLIEST,
+        "maximum": LATEST,
+        "pattern": digits_at_most(LATEST),
+        "description": "Unix seconds, as expires_at: when the key may start signing. It is "
+        "in the JWK Set from creation, but a token it signed earlier does not verify "
+        "(reason key_not_yet_valid). Must be before expires_at.",
     },
 }
 
@@ -326,6 +338,16 @@ _KEY_PROPERTIES: Final[dict[str, Any]] = {
     "updated_at": {**_UNIX, "description": "Unix seconds of the last change, as a string."},
     "revoked_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
     "expires_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
+    "not_before": {
+        **_UNIX,
+        "type": ["string", "null"],
+        "description": "Unix seconds from which the key may sign, or null (from creation).",
+    },
+    "rotated_to": {
+        **_ID,
+        "type": ["string", "null"],
+        "description": "The key this one was rotated to, or null: a key rotates once.",
+    },
 }
 _EXAMPLE_KEY: Final = {
     "id": _EXAMPLE_ID,
@@ -340,6 +362,8 @@ _EXAMPLE_KEY: Final = {
     "updated_at": "1767225600",
     "revoked_at": None,
     "expires_at": "1798761600",
+    "not_before": None,
+    "rotated_to": None,
 }
 _KEY: Final = _object(
     _KEY_PROPERTIES,
@@ -358,6 +382,23 @@ _CREATED_KEY: Final = _object(
     },
     description="A key just created: its record and, this once, its private key.",
     example={**_EXAMPLE_KEY, "private_key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg=="},
+)
+# A rotation's answer: the new key (with its private key, this once) and the old key as
+# rotated (rotated_to set, its expiry scheduled).
+_ROTATED_KEY: Final = _object(
+    {**_CREATED_KEY["properties"], "previous_key": _ref("SigningKey")},
+    description="The key a rotation created (its private key shown this once) and the key "
+    "it replaces, as rotated.",
+    example={
+        **_EXAMPLE_KEY,
+        "id": "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4F6",
+        "private_key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==",
+        "previous_key": {
+            **_EXAMPLE_KEY,
+            "expires_at": "1767312000",
+            "rotated_to": "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4F6",
+        },
+    },
 )
 _B64URL = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
 _EXAMPLE_JWK: Final = {
@@ -583,6 +624,37 @@ _IMPORT_REQUEST: Final = _request(
     description="A customer-supplied public key to import.",
     example={"public_key": _EXAMPLE_PEM, "name": "partner-signer"},
 )
+_ROTATE_REQUEST: Final = _request(
+    {
+        **_KEY_SPEC,
+        "algorithm": {
+            "enum": [*ALGORITHMS, None],
+            "description": "The new key's algorithm; the old key's when null or absent.",
+        },
+        "grace_period_seconds": {
+            "type": ["integer", "null"],
+            "minimum": MIN_GRACE_SECONDS,
+            "maximum": MAX_GRACE_SECONDS,
+            "default": DEFAULT_GRACE_SECONDS,
+            "description": "How long the old key keeps verifying after the new one takes "
+            "over (its not_before, or now); never later than the old key's own expiry.",
+        },
+    },
+    description="The next key; every member is optional (an empty body is fine).",
+    example={"not_before": 4102444800, "grace_period_seconds": 86400},
+)
+_UPDATE_REQUEST: Final = _request(
+    {
+        "name": _KEY_SPEC["name"],
+        "expires_at": {
+            **_KEY_SPEC["expires_at"],
+            "description": "A new expiry, in the future and no later than the key's own "
+            "(an update only shortens); null or absent leaves it.",
+        },
+    },
+    description="A JSON merge patch: name (null clears it) and/or an earlier expires_at.",
+    example={"name": "retiring", "expires_at": 4102444800},
+)
 _VERIFY_REQUEST: Final = _request(
     {
         "token": {
@@ -630,6 +702,10 @@ _SCHEMAS: Final = {
     "ErrorResponse": _ERROR_BODY,
     "SigningKeyResponse": _data("SigningKey", "One signing key."),
     "CreatedSigningKeyResponse": _data("CreatedSigningKey", "The key just created."),
+    "RotatedSigningKey": _ROTATED_KEY,
+    "RotatedSigningKeyResponse": _data("RotatedSigningKey", "The rotation's new and old key."),
+    "RotateSigningKeyRequest": _ROTATE_REQUEST,
+    "UpdateSigningKeyRequest": _UPDATE_REQUEST,
     "SigningKeyList": _object(
         {
             "data": {"type": "array", "items": _ref("SigningKey")},
@@ -954,6 +1030,15 @@ def openapi_document() -> dict[str, Any]:
                     (404,),
                     parameters=[_ID_PARAM, _STATUS_PARAM],
                 ),
+                "patch": _key_op(
+                    "updateSigningKey",
+                    "Rename a key and/or bring its expiry forward (never later; a revoked "
+                    "key stays revoked). Caches and the JWK Set see the change.",
+                    {"200": _ok("The key as updated.", "SigningKeyResponse", **_WRITE_TOKEN)},
+                    (404,),
+                    parameters=[_ID_PARAM],
+                    requestBody=_request_body("UpdateSigningKeyRequest", required=False),
+                ),
                 "delete": _key_op(
                     "revokeSigningKey",
                     "Revoke (delete) a signing key; revoking twice is harmless. The record "
@@ -962,6 +1047,34 @@ def openapi_document() -> dict[str, Any]:
                     (404,),
                     parameters=[_ID_PARAM],
                 ),
+            },
+            "/system/v1/signing-keys/{id}/rotate": {
+                "post": _key_op(
+                    "rotateSigningKey",
+                    "Rotate a key in one transaction: create the next key (optionally from a "
+                    "not_before) and expire this one a grace period after the new one takes "
+                    "over. A key rotates once; a revoked or expired key does not (409).",
+                    {
+                        "201": _ok(
+                            "Rotated; Location names the new key.",
+                            "RotatedSigningKeyResponse",
+                            **_WRITE_TOKEN,
+                            **_LOCATION,
+                        )
+                    },
+                    (404, 409),
+                    parameters=[_ID_PARAM, idempotency],
+                    requestBody=_request_body("RotateSigningKeyRequest", required=False),
+                )
+            },
+            "/system/v1/signing-keys:current": {
+                "get": _key_op(
+                    "getCurrentSigningKey",
+                    "The environment's current key: the newest active, unexpired key whose "
+                    "not_before has passed (404 when none). Sign new tokens with it.",
+                    {"200": _ok("The current key.", "SigningKeyResponse")},
+                    (404,),
+                )
             },
             "/system/v1/signing-keys/{id}/public-key": {
                 "get": _key_op(

@@ -46,6 +46,9 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
             "RevokeSigningKey",
             "VerifyToken",
             "WatchSigningKeys",
+            "RotateSigningKey",
+            "UpdateSigningKey",
+            "GetCurrentSigningKey",
         ]
     )
     created = seen["created"]

@@ -100,6 +100,12 @@ class InvalidReason(betterproto.Enum):
      exponent other than 65537, or over 4096 bits): it verifies nothing. Import a new key.
     """
 
+    KEY_NOT_YET_VALID = 11
+    """
+    The key's `not_before` has not passed, or the token's `iat` is before it: the key may
+     not have signed it.
+    """
+
 
 class WatchEventKind(betterproto.Enum):
     """What a watch event is."""
@@ -187,6 +193,21 @@ class SigningKey(betterproto.Message):
     expire_time: datetime = betterproto.message_field(16)
     """`expires_at` as a Timestamp; unset for never."""
 
+    not_before: str = betterproto.string_field(17)
+    """
+    When the key may start signing, Unix seconds as a string; empty for "from creation". The
+     key is in the JWKS before it (so verifiers with an older cached copy already have it),
+     but a token it signed before it does not verify (INVALID_REASON_KEY_NOT_YET_VALID).
+    """
+
+    not_before_time: datetime = betterproto.message_field(18)
+    """`not_before` as a Timestamp; unset when `not_before` is empty."""
+
+    rotated_to: str = betterproto.string_field(19)
+    """
+    The id of the key this key was rotated to (RotateSigningKey); empty if never rotated.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSigningKeyRequest(betterproto.Message):
@@ -218,6 +239,12 @@ class CreateSigningKeyRequest(betterproto.Message):
     Makes the create safe to repeat (1-255 printable ASCII characters; the HTTP API's
      `Idempotency-Key` header): a repeat with the same key creates nothing and answers
      ALREADY_EXISTS naming the key created first (whose private key is not stored).
+    """
+
+    not_before: str = betterproto.string_field(6)
+    """
+    When the key may start signing, Unix seconds as a decimal string (as `expires_at`);
+     empty for at once. It is published (JWKS) from creation.
     """
 
 
@@ -275,6 +302,11 @@ class ImportSigningKeyRequest(betterproto.Message):
     idempotency_key: str = betterproto.string_field(7)
     """
     Makes the import safe to repeat, as for CreateSigningKeyRequest.idempotency_key.
+    """
+
+    not_before: str = betterproto.string_field(8)
+    """
+    When the key may start signing, as CreateSigningKeyRequest.not_before.
     """
 
 
@@ -618,6 +650,115 @@ class ListAuditEventsResponse(betterproto.Message):
     """
 
 
+@dataclass(eq=False, repr=False)
+class RotateSigningKeyRequest(betterproto.Message):
+    """Rotate one key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the key belongs to; empty: the access token's only environment.
+    """
+
+    id: str = betterproto.string_field(2)
+    """The id of the key to rotate."""
+
+    algorithm: str = betterproto.string_field(3)
+    """
+    The new key's algorithm ("RS256", "ES256", "EdDSA"); empty: the old key's.
+    """
+
+    name: str = betterproto.string_field(4)
+    """A name for the new key (at most 200 characters); empty for none."""
+
+    not_before: str = betterproto.string_field(5)
+    """
+    When the new key may start signing, Unix seconds as a decimal string; empty for at
+     once. It is published (JWKS) from now, so give verifiers' caches time to fetch it.
+    """
+
+    expires_at: str = betterproto.string_field(6)
+    """
+    When the new key stops verifying, Unix seconds as a decimal string; empty for never.
+    """
+
+    grace_period_seconds: int = betterproto.int32_field(7)
+    """
+    How long the old key keeps verifying after the new one takes over, in seconds: 60 to
+     2592000 (30 days); 0 means the default, 86400 (24 hours). Never extends its expiry.
+    """
+
+    idempotency_key: str = betterproto.string_field(8)
+    """
+    Makes the rotation safe to repeat, as for CreateSigningKeyRequest.idempotency_key.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RotateSigningKeyResponse(betterproto.Message):
+    """A rotation's outcome."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The new key."""
+
+    private_key: str = betterproto.string_field(2)
+    """
+    The new key's private key, base64 of its PKCS#8 PEM, returned by this response only.
+    """
+
+    previous_key: "SigningKey" = betterproto.message_field(3)
+    """
+    The old key as rotated: `rotated_to` names the new key, `expires_at` is scheduled.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class UpdateSigningKeyRequest(betterproto.Message):
+    """Update one key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the key belongs to; empty: the access token's only environment.
+    """
+
+    id: str = betterproto.string_field(2)
+    """The id of the key to update."""
+
+    name: Optional[str] = betterproto.string_field(3, optional=True)
+    """
+    The new name; unset leaves the name as it is, an empty string clears it.
+    """
+
+    expires_at: str = betterproto.string_field(4)
+    """
+    The new expiry, Unix seconds as a decimal string, in the future and no later than the
+     key's; empty leaves it as it is.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class UpdateSigningKeyResponse(betterproto.Message):
+    """The key as updated."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The key as updated."""
+
+
+@dataclass(eq=False, repr=False)
+class GetCurrentSigningKeyRequest(betterproto.Message):
+    """Read an environment's current key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """The environment; empty: the access token's only environment."""
+
+
+@dataclass(eq=False, repr=False)
+class GetCurrentSigningKeyResponse(betterproto.Message):
+    """The environment's current key."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The key new tokens should be signed with."""
+
+
 class SigningKeysStub(betterproto.ServiceStub):
     async def create_signing_key(
         self,
@@ -773,6 +914,57 @@ class SigningKeysStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def rotate_signing_key(
+        self,
+        rotate_signing_key_request: "RotateSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RotateSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/RotateSigningKey",
+            rotate_signing_key_request,
+            RotateSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def update_signing_key(
+        self,
+        update_signing_key_request: "UpdateSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "UpdateSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/UpdateSigningKey",
+            update_signing_key_request,
+            UpdateSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_current_signing_key(
+        self,
+        get_current_signing_key_request: "GetCurrentSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetCurrentSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/GetCurrentSigningKey",
+            get_current_signing_key_request,
+            GetCurrentSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SigningKeysBase(ServiceBase):
 
@@ -820,6 +1012,21 @@ class SigningKeysBase(ServiceBase):
     async def list_audit_events(
         self, list_audit_events_request: "ListAuditEventsRequest"
     ) -> "ListAuditEventsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def rotate_signing_key(
+        self, rotate_signing_key_request: "RotateSigningKeyRequest"
+    ) -> "RotateSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def update_signing_key(
+        self, update_signing_key_request: "UpdateSigningKeyRequest"
+    ) -> "UpdateSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_current_signing_key(
+        self, get_current_signing_key_request: "GetCurrentSigningKeyRequest"
+    ) -> "GetCurrentSigningKeyResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_signing_key(
@@ -896,6 +1103,30 @@ class SigningKeysBase(ServiceBase):
         response = await self.list_audit_events(request)
         await stream.send_message(response)
 
+    async def __rpc_rotate_signing_key(
+        self,
+        stream: "grpclib.server.Stream[RotateSigningKeyRequest, RotateSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.rotate_signing_key(request)
+        await stream.send_message(response)
+
+    async def __rpc_update_signing_key(
+        self,
+        stream: "grpclib.server.Stream[UpdateSigningKeyRequest, UpdateSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.update_signing_key(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_current_signing_key(
+        self,
+        stream: "grpclib.server.Stream[GetCurrentSigningKeyRequest, GetCurrentSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_current_signing_key(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/signingkeys.v1.SigningKeys/CreateSigningKey": grpclib.const.Handler(
@@ -951,5 +1182,23 @@ class SigningKeysBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListAuditEventsRequest,
                 ListAuditEventsResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/RotateSigningKey": grpclib.const.Handler(
+                self.__rpc_rotate_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RotateSigningKeyRequest,
+                RotateSigningKeyResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/UpdateSigningKey": grpclib.const.Handler(
+                self.__rpc_update_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UpdateSigningKeyRequest,
+                UpdateSigningKeyResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/GetCurrentSigningKey": grpclib.const.Handler(
+                self.__rpc_get_current_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetCurrentSigningKeyRequest,
+                GetCurrentSigningKeyResponse,
             ),
         }

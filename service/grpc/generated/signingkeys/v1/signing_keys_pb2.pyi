@@ -36,6 +36,7 @@ class InvalidReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_REASON_WRONG_SUBJECT: _ClassVar[InvalidReason]
     INVALID_REASON_ALGORITHM_MISMATCH: _ClassVar[InvalidReason]
     INVALID_REASON_UNSUPPORTED_KEY: _ClassVar[InvalidReason]
+    INVALID_REASON_KEY_NOT_YET_VALID: _ClassVar[InvalidReason]
 
 class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -61,13 +62,14 @@ INVALID_REASON_WRONG_AUDIENCE: InvalidReason
 INVALID_REASON_WRONG_SUBJECT: InvalidReason
 INVALID_REASON_ALGORITHM_MISMATCH: InvalidReason
 INVALID_REASON_UNSUPPORTED_KEY: InvalidReason
+INVALID_REASON_KEY_NOT_YET_VALID: InvalidReason
 WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
 WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
 WATCH_EVENT_KIND_SYNCED: WatchEventKind
 WATCH_EVENT_KIND_CHANGED: WatchEventKind
 
 class SigningKey(_message.Message):
-    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time")
+    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time", "not_before", "not_before_time", "rotated_to")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,9 @@ class SigningKey(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_TO_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: str
     environment_id: str
@@ -100,21 +105,26 @@ class SigningKey(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    not_before: str
+    not_before_time: _timestamp_pb2.Timestamp
+    rotated_to: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_before: _Optional[str] = ..., not_before_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotated_to: _Optional[str] = ...) -> None: ...
 
 class CreateSigningKeyRequest(_message.Message):
-    __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key")
+    __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key", "not_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     algorithm: str
     name: str
     expires_at: str
     idempotency_key: str
-    def __init__(self, environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    not_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., not_before: _Optional[str] = ...) -> None: ...
 
 class CreateSigningKeyResponse(_message.Message):
     __slots__ = ("key", "private_key")
@@ -125,7 +135,7 @@ class CreateSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ..., private_key: _Optional[str] = ...) -> None: ...
 
 class ImportSigningKeyRequest(_message.Message):
-    __slots__ = ("environment_id", "pem", "jwk_json", "algorithm", "name", "expires_at", "idempotency_key")
+    __slots__ = ("environment_id", "pem", "jwk_json", "algorithm", "name", "expires_at", "idempotency_key", "not_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PEM_FIELD_NUMBER: _ClassVar[int]
     JWK_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +143,7 @@ class ImportSigningKeyRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     pem: str
     jwk_json: str
@@ -140,7 +151,8 @@ class ImportSigningKeyRequest(_message.Message):
     name: str
     expires_at: str
     idempotency_key: str
-    def __init__(self, environment_id: _Optional[str] = ..., pem: _Optional[str] = ..., jwk_json: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    not_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., pem: _Optional[str] = ..., jwk_json: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., not_before: _Optional[str] = ...) -> None: ...
 
 class ImportSigningKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -323,3 +335,63 @@ class ListAuditEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RotateSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id", "algorithm", "name", "not_before", "expires_at", "grace_period_seconds", "idempotency_key")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    algorithm: str
+    name: str
+    not_before: str
+    expires_at: str
+    grace_period_seconds: int
+    idempotency_key: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., not_before: _Optional[str] = ..., expires_at: _Optional[str] = ..., grace_period_seconds: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class RotateSigningKeyResponse(_message.Message):
+    __slots__ = ("key", "private_key", "previous_key")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    private_key: str
+    previous_key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ..., private_key: _Optional[str] = ..., previous_key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class UpdateSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id", "name", "expires_at")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    name: str
+    expires_at: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+
+class UpdateSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class GetCurrentSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id",)
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    def __init__(self, environment_id: _Optional[str] = ...) -> None: ...
+
+class GetCurrentSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
