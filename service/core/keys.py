@@ -18,17 +18,20 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
 import structlog
 
-from service.core import consistency, crypto
+from service.core import consistency, crypto, listing
 from service.core.changes import ChangeFeed
 from service.core.crypto import Algorithm
 from service.core.keycache import KeyCache
 from service.core.keygen import KeyGenerator
+from service.core.listing import AuditPage, KeyBatch, KeyPage
 from service.core.models import (
+    AuditAction,
     AuditEvent,
     CreatedKey,
     ImportedKey,
@@ -36,15 +39,26 @@ from service.core.models import (
     Scope,
     SigningKey,
 )
-from service.core.ports import IdempotencyClaim, InsertOutcome, KeyRecords
+from service.core.ports import (
+    IdempotencyClaim,
+    InsertOutcome,
+    KeyRecords,
+    RotateOutcome,
+    RotateRefusal,
+)
 from service.core.requests import (
     IDEMPOTENCY_KEY,
+    BatchGetKeysRequest,
     CreateKeyRequest,
+    CurrentKeyRequest,
     ImportKeyRequest,
     KeyRef,
     KeySpec,
     KeyStatusFilter,
+    ListAuditEventsRequest,
     ListKeysRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
     field,
     statuses,
 )
@@ -128,7 +142,12 @@ class KeyService:
                 f"algorithm {request.algorithm!r} does not match the key ({found})",
                 field="algorithm",
             )
-        spec = KeySpec(algorithm=found, name=request.name, expires_at=request.expires_at)
+        spec = KeySpec(
+            algorithm=found,
+            name=request.name,
+            expires_at=request.expires_at,
+            not_before=request.not_before,
+        )
         claim = _claim(request.idempotency_key, spec, der)
         key = self._new_key(environment_id, spec, found, der, "imported")
         stored = await self._insert(principal, key, "import", claim)
@@ -168,13 +187,34 @@ class KeyService:
     async def list(self, principal: Principal, request: ListKeysRequest) -> list[SigningKey]:
         """One page (1-based) of the keys of the status asked for, newest first; past the
         last page, an empty list."""
+        return (await self.list_page(principal, request)).keys
+
+    async def list_page(self, principal: Principal, request: ListKeysRequest) -> KeyPage:
+        """One page of keys (by page number, or after the request's cursor), newest first,
+        with the cursor of the page after it when there is one."""
         environment_id = principal.default_environment(request.environment_id)
         principal.require(Scope.READ, environment_id)
-        return await self._records.list_page(
-            environment_id,
-            limit=request.limit,
-            offset=(request.page - 1) * request.limit,
-            status=statuses(request.status),
+        return await listing.read_page(self._records, environment_id, request)
+
+    async def audit_events(
+        self, principal: Principal, request: ListAuditEventsRequest
+    ) -> AuditPage:
+        """A page of the environment's audit events (who created, imported or revoked which
+        key, when, through which API), newest first. Events hold ids, never key material."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        return await listing.read_audit_page(self._records, environment_id, request)
+
+    async def batch_get(self, principal: Principal, request: BatchGetKeysRequest) -> KeyBatch:
+        """Many keys by id at once, each as :meth:`get` would find it."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        found = await self._records.get_many(request.key_ids, environment_id=environment_id)
+        wanted = statuses(request.status)
+        by_id = {key.id: key for key in found if wanted is None or key.status == wanted}
+        return KeyBatch(
+            keys=[by_id[key_id] for key_id in request.key_ids if key_id in by_id],
+            not_found=[key_id for key_id in request.key_ids if key_id not in by_id],
         )
 
     async def revoke(self, principal: Principal, ref: KeyRef) -> SigningKey:
@@ -189,6 +229,96 @@ class KeyService:
             raise NotFoundError(_NOT_FOUND["all"])
         self._changed(key)
         log.info("signing_key_revoked", key_id=key.id, environment_id=environment_id)
+        return key
+
+    async def rotate(self, principal: Principal, request: RotateKeyRequest) -> RotatedKey:
+        """Create the next key and schedule the old one's expiry, in one transaction; the
+        new key's private key is returned this once, as a create's is."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.WRITE, environment_id)
+        old = await self._records.get(request.key_id, environment_id=environment_id)
+        if old is None:
+            raise NotFoundError(_NOT_FOUND["all"])
+        spec = KeySpec(
+            algorithm=request.algorithm or old.algorithm,
+            name=request.name,
+            expires_at=request.expires_at,
+            not_before=request.not_before,
+        )
+        claim = _claim(request.idempotency_key, spec, rotates=(old.id, request.grace_seconds))
+        pair = await self._keygen.generate(spec.algorithm)  # bounded, off the event loop
+        new = self._new_key(environment_id, spec, pair.algorithm, pair.public_der, "generated")
+        audits = (
+            _audit(principal, environment_id, old.id, "rotate"),
+            _audit(principal, environment_id, new.id, "create"),
+        )
+        outcome = await self._records.rotate(
+            environment_id,
+            old.id,
+            new,
+            grace_seconds=request.grace_seconds,
+            audits=audits,
+            idempotency=claim,
+            timeout=self._write_timeout,
+        )
+        _raise_for_replay(environment_id, outcome.replayed_key_id, outcome.request_matches)
+        rotated = _rotated(outcome)
+        self._changed(rotated.new)
+        self._changed(rotated.old)
+        log.info(
+            "signing_key_rotated",
+            key_id=rotated.old.id,
+            new_key_id=rotated.new.id,
+            environment_id=environment_id,
+            algorithm=rotated.new.algorithm,
+        )
+        return RotatedKey(
+            old=rotated.old, created=CreatedKey(key=rotated.new, private_key_pem=pair.private_pem)
+        )
+
+    async def update(self, principal: Principal, request: UpdateKeyRequest) -> SigningKey:
+        """Rename a key and/or bring its expiry forward; the change feed carries it."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.WRITE, environment_id)
+        if not request.name_given and request.expires_at is None:  # nothing to change
+            key = await self._records.get(request.key_id, environment_id=environment_id)
+            if key is None:
+                raise NotFoundError(_NOT_FOUND["all"])
+            return key
+        outcome = await self._records.update(
+            environment_id,
+            request.key_id,
+            name_given=request.name_given,
+            name=request.name,
+            expires_at=request.expires_at,
+            audit=_audit(principal, environment_id, request.key_id, "update"),
+            timeout=self._write_timeout,
+        )
+        if outcome.refusal == "not_found":
+            raise NotFoundError(_NOT_FOUND["all"])
+        if outcome.refusal == "lengthens":
+            raise InvalidRequestError(
+                "expires_at may only be brought forward: it is later than the key's expiry"
+            )
+        if outcome.refusal == "past":
+            raise InvalidRequestError(
+                "expires_at has passed: to stop a key verifying at once, revoke it"
+            )
+        if outcome.key is None:  # pragma: no cover - the store returns one or the other
+            raise InternalError("the key was not updated")
+        self._changed(outcome.key)
+        log.info("signing_key_updated", key_id=outcome.key.id, environment_id=environment_id)
+        return outcome.key
+
+    async def current(self, principal: Principal, request: CurrentKeyRequest) -> SigningKey:
+        """The environment's current key: the newest active, unexpired key whose not_before
+        has passed. Computed, not stored: a rotation with a not_before in the future takes
+        over at that moment without anyone writing anything then."""
+        environment_id = principal.default_environment(request.environment_id)
+        principal.require(Scope.READ, environment_id)
+        key = await self._records.current(environment_id)
+        if key is None:
+            raise NotFoundError("this environment has no current signing key")
         return key
 
     def _changed(self, key: SigningKey) -> None:
@@ -218,6 +348,7 @@ class KeyService:
             created_at=now,
             updated_at=now,
             expires_at=spec.expires_at,
+            not_before=spec.not_before,
         )
 
     async def _insert(
@@ -275,11 +406,69 @@ class KeyService:
         return stored
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotatedKey:
+    """The answer to a rotation: the old key (rotated, its expiry scheduled) and the new
+    key with its private key, shown this once."""
+
+    old: SigningKey
+    created: CreatedKey
+
+
+@dataclass(frozen=True, slots=True)
+class _Rotated:
+    old: SigningKey
+    new: SigningKey
+
+
+_ROTATE_REFUSALS: Final[dict[RotateRefusal, str]] = {
+    "revoked": "a revoked key is not rotated: create a new key",
+    "expired": "an expired key is not rotated: create a new key",
+    "gap": "not_before must fall before the old key's expiry, or no key would verify between",
+}
+
+
+def _raise_for_replay(
+    environment_id: str, replayed_key_id: str | None, request_matches: bool
+) -> None:
+    """A rotation whose idempotency key an earlier request took answers as a create does:
+    a different request is refused, the same one names the key it created (whose private
+    key was shown once)."""
+    if replayed_key_id is None:
+        return
+    ids = {"key_id": replayed_key_id, "environment_id": environment_id}
+    if not request_matches:
+        raise IdempotencyKeyMismatchError(
+            f"this {IDEMPOTENCY_KEY} was already used for a different request",
+            field="idempotency_key",
+            metadata=ids,
+        )
+    raise ConflictError(
+        f"this {IDEMPOTENCY_KEY} already created signing key {replayed_key_id}; "
+        "its private key was returned once, by that request, and is not stored",
+        metadata=ids,
+    )
+
+
+def _rotated(outcome: RotateOutcome) -> _Rotated:
+    if outcome.refusal == "not_found":
+        raise NotFoundError(_NOT_FOUND["all"])
+    if outcome.refusal == "rotated":
+        raise ConflictError(f"this key was already rotated, to signing key {outcome.rotated_to}")
+    if outcome.refusal == "gap":
+        raise InvalidRequestError(_ROTATE_REFUSALS["gap"])
+    if outcome.refusal is not None:
+        raise ConflictError(_ROTATE_REFUSALS[outcome.refusal])
+    if outcome.old is None or outcome.new is None:  # pragma: no cover - one or the other
+        raise InternalError("the key was not rotated")
+    return _Rotated(outcome.old, outcome.new)
+
+
 def _audit(
     principal: Principal,
     environment_id: str,
     key_id: str,
-    action: Literal["create", "import", "revoke"],
+    action: AuditAction,
 ) -> AuditEvent:
     return AuditEvent(
         id=new_event_id(),
@@ -293,17 +482,25 @@ def _audit(
 
 
 def _claim(
-    idempotency_key: str | None, spec: KeySpec, public_der: bytes = b""
+    idempotency_key: str | None,
+    spec: KeySpec,
+    public_der: bytes = b"",
+    *,
+    rotates: tuple[str, int] | None = None,
 ) -> IdempotencyClaim | None:
     if idempotency_key is None:
         return None
-    request = json.dumps(
-        {
-            "algorithm": spec.algorithm,
-            "name": spec.name,
-            "expires_at": spec.expires_at.isoformat() if spec.expires_at else None,
-            "public_key": public_der.hex(),
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, object] = {
+        "algorithm": spec.algorithm,
+        "name": spec.name,
+        "expires_at": spec.expires_at.isoformat() if spec.expires_at else None,
+        "public_key": public_der.hex(),
+    }
+    # Only when set: a request without them hashes as it did before they existed, so a
+    # retry across an upgrade still matches its first attempt.
+    if spec.not_before is not None:
+        fields["not_before"] = spec.not_before.isoformat()
+    if rotates is not None:
+        fields["rotates"], fields["grace_seconds"] = rotates
+    request = json.dumps(fields, sort_keys=True)
     return IdempotencyClaim(idempotency_key, hashlib.sha256(request.encode()).digest())

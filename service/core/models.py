@@ -18,6 +18,7 @@ KeyStatus = Literal["active", "revoked"]
 ShownStatus = Literal["active", "revoked", "expired"]
 KeySource = Literal["generated", "imported"]
 Api = Literal["http", "grpc", "cli"]
+AuditAction = Literal["create", "import", "revoke", "rotate", "update"]
 
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -59,6 +60,11 @@ class SigningKey:
     updated_at: datetime
     revoked_at: datetime | None = None
     expires_at: datetime | None = None
+    # The moment the key may start signing: published (JWKS) before it, so that verifiers
+    # holding an older copy already have it, but a token it signed earlier is refused.
+    not_before: datetime | None = None
+    # The key this one was rotated to: a key is rotated once.
+    rotated_to: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -145,7 +151,9 @@ class AuditEvent:
     id: str
     environment_id: str
     key_id: str | None
-    action: Literal["create", "import", "revoke"]
+    action: AuditAction
     actor: str
     api: Api
     request_id: str | None
+    # Stamped by the store (its clock, as a key's created_at); None before it is stored.
+    created_at: datetime | None = None

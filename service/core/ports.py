@@ -17,11 +17,12 @@ attempt, and running the same write twice leaves one row and one audit event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
 
 # Large enough that a full scan takes few round trips, small enough that one page of keys
@@ -45,6 +46,37 @@ class InsertOutcome:
     key: SigningKey | None
     replayed_key_id: str | None = None
     request_matches: bool = True
+
+
+# Why a rotation stored nothing: no such key; the key is revoked or expired (nothing to hand
+# over: create a key); it was already rotated (to ``RotateOutcome.rotated_to``); or the new
+# key's not_before falls after the old key's expiry (tokens could verify with neither).
+RotateRefusal = Literal["not_found", "revoked", "expired", "rotated", "gap"]
+# Why an update changed nothing: no such key; the expiry asked for is later than the key's
+# (an update only brings an expiry forward); or it has passed already.
+UpdateRefusal = Literal["not_found", "lengthens", "past"]
+
+
+@dataclass(frozen=True, slots=True)
+class RotateOutcome:
+    """What a rotation did: ``old`` (its expiry scheduled) and ``new``, both as stored; or,
+    as an insert's outcome does, the key an earlier request with the same idempotency key
+    created (``replayed_key_id``); or why it did nothing (``refusal``)."""
+
+    old: SigningKey | None = None
+    new: SigningKey | None = None
+    replayed_key_id: str | None = None
+    request_matches: bool = True
+    refusal: RotateRefusal | None = None
+    rotated_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    """The key as updated, or why nothing changed."""
+
+    key: SigningKey | None = None
+    refusal: UpdateRefusal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +166,35 @@ class KeyRecords(ChangeSource, Protocol):
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
-        """One page of an environment's keys (of one ``status``, if given), newest first: by
-        ``(created_at, id)`` descending; past the last key, an empty list."""
+        """One page of an environment's keys (of one ``status`` and matching ``filters``, if
+        given), newest first: by ``(created_at, id)`` descending; past the last key, an empty
+        list. With ``after``, only keys that sort after that position (``(created_at, id)``
+        strictly below it): a keyset page, which costs the same however deep it is."""
+        ...
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        """One page of an environment's audit events matching ``filters``, newest first by
+        ``(created_at, id)`` descending (``created_at`` stamped by the store); with
+        ``after``, only those strictly below that position."""
+        ...
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        """The keys of ``environment_id`` among ``key_ids``, in no particular order; an id
+        that does not exist and one of another environment are both simply absent."""
         ...
 
     async def revoke(
@@ -151,6 +208,50 @@ class KeyRecords(ChangeSource, Protocol):
         """Revoke an active key of ``environment_id`` (stamping ``revoked_at`` and
         ``updated_at``) and record ``audit``; a revoked key is returned unchanged with no
         second audit event. ``None``: no such key in that environment."""
+        ...
+
+    async def rotate(
+        self,
+        environment_id: str,
+        key_id: str,
+        new_key: SigningKey,
+        *,
+        grace_seconds: int,
+        audits: tuple[AuditEvent, AuditEvent],
+        idempotency: IdempotencyClaim | None = None,
+        timeout: float | None = None,
+    ) -> RotateOutcome:
+        """In one transaction: store ``new_key`` (with its ``not_before``), mark ``key_id``
+        rotated to it, and bring the old key's expiry forward to ``grace_seconds`` after the
+        new key takes over (its ``not_before``, or now; never later than the old expiry),
+        recording both ``audits`` (rotate, create). Only an active, unexpired key that was
+        never rotated is rotated; concurrent rotations of one key store one new key. The
+        idempotency claim is looked at first, as an insert's is, so a replay is answered as
+        a replay even once the old key has expired. Repeating the same rotation (same ids,
+        same claim) stores nothing new."""
+        ...
+
+    async def update(
+        self,
+        environment_id: str,
+        key_id: str,
+        *,
+        name_given: bool,
+        name: str | None,
+        expires_at: datetime | None,
+        audit: AuditEvent,
+        timeout: float | None = None,
+    ) -> UpdateOutcome:
+        """Rename the key (when ``name_given``) and/or bring its expiry forward to
+        ``expires_at``, stamping ``updated_at`` (so the change feed carries it) and recording
+        ``audit``; an expiry later than the key's, or already past, changes nothing."""
+        ...
+
+    async def current(
+        self, environment_id: str, *, timeout: float | None = None
+    ) -> SigningKey | None:
+        """The environment's current key: the newest (by ``(created_at, id)``) active key
+        that has not expired and whose ``not_before`` has passed; ``None`` if none has."""
         ...
 
 

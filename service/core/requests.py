@@ -14,6 +14,7 @@ string, zero) maps its default to ``None`` before calling ``parse``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
@@ -24,6 +25,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
+from service.core.listing import AuditFilter, KeyFilter, batch_ids
 from service.core.models import KeyStatus, check_id
 from service.errors import InvalidRequestError
 
@@ -142,6 +144,7 @@ class KeySpec:
     algorithm: Algorithm = crypto.DEFAULT_ALGORITHM
     name: str | None = None
     expires_at: datetime | None = None
+    not_before: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
@@ -160,6 +163,21 @@ class KeySpec:
                 f"expires_at must fall within Unix seconds {times.EARLIEST} to {times.LATEST}",
                 field="expires_at",
             )
+        _check_not_before(self.not_before, self.expires_at)
+
+
+def _check_not_before(not_before: datetime | None, expires_at: datetime | None) -> None:
+    if not_before is None:
+        return
+    if not_before.tzinfo is None:
+        raise InvalidRequestError("not_before must carry a time zone", field="not_before")
+    if not times.is_in_range(not_before):
+        raise InvalidRequestError(
+            f"not_before must fall within Unix seconds {times.EARLIEST} to {times.LATEST}",
+            field="not_before",
+        )
+    if expires_at is not None and expires_at <= not_before:
+        raise InvalidRequestError("expires_at must be later than not_before", field="expires_at")
 
 
 def no_private_material(**fields: object) -> None:
@@ -203,6 +221,10 @@ def _expiry(value: object) -> datetime | None:
     return moment
 
 
+def _not_before(value: object) -> datetime | None:
+    return field("not_before", lambda v: times.parse_unix(whole_number(v), "not_before"), value)
+
+
 def _environment(value: object) -> str | None:
     return field("environment_id", environment, value)
 
@@ -224,11 +246,13 @@ class CreateKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> CreateKeyRequest:
         no_private_material(
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         return cls(
@@ -237,6 +261,7 @@ class CreateKeyRequest:
                 algorithm=crypto.DEFAULT_ALGORITHM if algorithm is None else _algorithm(algorithm),
                 name=field("name", lambda v: optional_text(v, "name"), name),
                 expires_at=_expiry(expires_at),
+                not_before=_not_before(not_before),
             ),
             idempotency_key=_idempotency_key(idempotency_key),
         )
@@ -252,6 +277,7 @@ class ImportKeyRequest:
     name: str | None = None
     expires_at: datetime | None = None
     idempotency_key: str | None = None
+    not_before: datetime | None = None
 
     @classmethod
     def parse(
@@ -263,12 +289,14 @@ class ImportKeyRequest:
         name: object = None,
         expires_at: object = None,
         idempotency_key: object = None,
+        not_before: object = None,
     ) -> ImportKeyRequest:
         no_private_material(
             public_key=public_key,
             algorithm=algorithm,
             name=name,
             expires_at=expires_at,
+            not_before=not_before,
             **{IDEMPOTENCY_KEY: idempotency_key},
         )
         if public_key is None or public_key == "":
@@ -281,7 +309,8 @@ class ImportKeyRequest:
             )
         name_text = field("name", lambda v: optional_text(v, "name"), name)
         expiry = _expiry(expires_at)
-        KeySpec(name=name_text, expires_at=expiry)  # the same rules as a created key's
+        start = _not_before(not_before)
+        KeySpec(name=name_text, expires_at=expiry, not_before=start)  # a created key's rules
         return cls(
             environment_id=_environment(environment_id),
             public_key=public_key,
@@ -289,6 +318,7 @@ class ImportKeyRequest:
             name=name_text,
             expires_at=expiry,
             idempotency_key=_idempotency_key(idempotency_key),
+            not_before=start,
         )
 
 
@@ -326,6 +356,10 @@ class ListKeysRequest:
     limit: int = DEFAULT_PAGE_LIMIT
     page: int = 1
     status: KeyStatusFilter = "active"
+    # Beyond Mux's pages (see service.core.listing): filters, and a cursor instead of a page.
+    filters: KeyFilter = dataclasses.field(default_factory=KeyFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"  # what the transport calls it, for its error messages
 
     @classmethod
     def parse(
@@ -335,7 +369,15 @@ class ListKeysRequest:
         limit: object = None,
         page: object = None,
         status: object = None,
+        algorithm: object = None,
+        source: object = None,
+        expires_before: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
     ) -> ListKeysRequest:
+        token = optional_text(cursor, cursor_name)
+        if token is not None and page is not None:
+            raise InvalidRequestError(f"page and {cursor_name} cannot be combined: give one")
         return cls(
             environment_id=_environment(environment_id),
             limit=field(
@@ -344,6 +386,71 @@ class ListKeysRequest:
                 limit,
             ),
             page=field("page", lambda v: count(v, "page", default=1, low=1, high=MAX_PAGE), page),
+            status=field("status", status_filter, status),
+            filters=KeyFilter.parse(
+                algorithm=algorithm, source=source, expires_before=expires_before
+            ),
+            cursor=token,
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListAuditEventsRequest:
+    """One page of an environment's audit events, newest first, filtered; paged by cursor
+    only (an audit trail only grows: numbered pages would shift under the reader)."""
+
+    environment_id: str | None = None
+    limit: int = DEFAULT_PAGE_LIMIT
+    filters: AuditFilter = dataclasses.field(default_factory=AuditFilter)
+    cursor: str | None = None
+    cursor_name: str = "cursor"
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        environment_id: object = None,
+        limit: object = None,
+        cursor: object = None,
+        cursor_name: str = "cursor",
+        key_id: object = None,
+        actor: object = None,
+        action: object = None,
+        since: object = None,
+        until: object = None,
+    ) -> ListAuditEventsRequest:
+        return cls(
+            environment_id=_environment(environment_id),
+            limit=field(
+                "limit",
+                lambda v: count(v, "limit", default=DEFAULT_PAGE_LIMIT, low=1, high=MAX_PAGE_LIMIT),
+                limit,
+            ),
+            filters=AuditFilter.parse(
+                key_id=key_id, actor=actor, action=action, since=since, until=until
+            ),
+            cursor=optional_text(cursor, cursor_name),
+            cursor_name=cursor_name,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchGetKeysRequest:
+    """Up to :data:`~service.core.listing.MAX_BATCH_IDS` keys of one environment by id, of
+    one ``status`` (by default active, as a get reads)."""
+
+    environment_id: str | None = None
+    key_ids: tuple[str, ...]
+    status: KeyStatusFilter = "active"
+
+    @classmethod
+    def parse(
+        cls, *, key_ids: object, environment_id: object = None, status: object = None
+    ) -> BatchGetKeysRequest:
+        return cls(
+            environment_id=_environment(environment_id),
+            key_ids=field("ids", batch_ids, key_ids),
             status=field("status", status_filter, status),
         )
 
@@ -405,3 +512,124 @@ class JwksRequest:
                 "environment_id", lambda v: check_id(str(v), "environment id"), text or ""
             )
         )
+
+
+# Rotation: how long the old key keeps verifying after the new one takes over (tokens it
+# signed just before are still in flight). Bounded: at least a minute (a grace of zero would
+# refuse those tokens at once: revoke does that), at most 30 days.
+DEFAULT_GRACE_SECONDS: Final = 24 * 3600
+MIN_GRACE_SECONDS: Final = 60
+MAX_GRACE_SECONDS: Final = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotateKeyRequest:
+    """Rotate ``key_id``: create the next key (the old one's algorithm unless ``algorithm``
+    is given), which takes over at ``not_before`` (at once if ``None``), and expire the old
+    key ``grace_seconds`` after that."""
+
+    environment_id: str | None = None
+    key_id: str
+    algorithm: Algorithm | None = None
+    name: str | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    idempotency_key: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        algorithm: object = None,
+        name: object = None,
+        not_before: object = None,
+        expires_at: object = None,
+        grace_period_seconds: object = None,
+        idempotency_key: object = None,
+    ) -> RotateKeyRequest:
+        no_private_material(
+            algorithm=algorithm,
+            name=name,
+            not_before=not_before,
+            expires_at=expires_at,
+            **{IDEMPOTENCY_KEY: idempotency_key},
+        )
+        spec = KeySpec(
+            name=field("name", lambda v: optional_text(v, "name"), name),
+            expires_at=_expiry(expires_at),
+            not_before=_not_before(not_before),
+        )
+        return cls(
+            environment_id=_environment(environment_id),
+            key_id=field(
+                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
+            ),
+            algorithm=None if algorithm is None else _algorithm(algorithm),
+            name=spec.name,
+            not_before=spec.not_before,
+            expires_at=spec.expires_at,
+            grace_seconds=field(
+                "grace_period_seconds",
+                lambda v: count(
+                    whole_number(v),
+                    "grace_period_seconds",
+                    default=DEFAULT_GRACE_SECONDS,
+                    low=MIN_GRACE_SECONDS,
+                    high=MAX_GRACE_SECONDS,
+                ),
+                grace_period_seconds,
+            ),
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateKeyRequest:
+    """Rename a key (``name_given``: ``name`` is the new name, ``None`` clears it) and/or
+    bring its expiry forward (``expires_at``; never later than it is). Neither: the key as it
+    is (an empty JSON merge patch changes nothing)."""
+
+    environment_id: str | None = None
+    key_id: str
+    name_given: bool = False
+    name: str | None = None
+    expires_at: datetime | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        key_id: object,
+        environment_id: object = None,
+        name_given: bool = False,
+        name: object = None,
+        expires_at: object = None,
+    ) -> UpdateKeyRequest:
+        no_private_material(name=name, expires_at=expires_at)
+        spec = KeySpec(
+            name=field("name", lambda v: optional_text(v, "name"), name),
+            expires_at=_expiry(expires_at),
+        )
+        return cls(
+            environment_id=_environment(environment_id),
+            key_id=field(
+                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
+            ),
+            name_given=name_given,
+            name=spec.name,
+            expires_at=spec.expires_at,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurrentKeyRequest:
+    """The environment whose current key to read (``None``: the token's only one)."""
+
+    environment_id: str | None = None
+
+    @classmethod
+    def parse(cls, *, environment_id: object = None) -> CurrentKeyRequest:
+        return cls(environment_id=_environment(environment_id))

@@ -59,6 +59,7 @@ Reason = Literal[
     "wrong_subject",
     "algorithm_mismatch",
     "unsupported_key",
+    "key_not_yet_valid",
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # RFC 9864 names Ed25519 explicitly; older libraries say EdDSA. Both mean our EdDSA keys.
@@ -174,6 +175,8 @@ class TokenVerifier:
             record.expires_at is not None and times.seconds(record.expires_at) <= now
         ):
             raise _Invalid("revoked_key", key)
+        if record.not_before is not None:
+            _check_key_started(times.seconds(record.not_before), payload, now, self._skew, key)
         if key.public_key is None:  # stored before today's key rules: never used
             raise _Invalid("unsupported_key", key)
         alg = header.get("alg")
@@ -316,6 +319,19 @@ def _number(payload: dict[str, Any], name: str, key: CachedKey) -> float | None:
     if not math.isfinite(number):
         raise _Invalid("malformed", key)
     return number
+
+
+def _check_key_started(
+    not_before: float, payload: dict[str, Any], now: float, skew: float, key: CachedKey
+) -> None:
+    """A key published ahead of its not_before may not sign before it: fail closed. Before
+    that moment no token of it verifies (no leeway: no legitimate signer used it yet); after
+    it, a token whose ``iat`` says it was signed earlier is refused too (within the skew)."""
+    if now < not_before:
+        raise _Invalid("key_not_yet_valid", key)
+    iat = _number(payload, "iat", key)
+    if iat is not None and iat + skew < not_before:
+        raise _Invalid("key_not_yet_valid", key)
 
 
 def _check_claims(

@@ -79,6 +79,7 @@ def _timestamps(key: Key) -> Iterator[tuple[str, int]]:
         ("update_time", key.updated_at),
         ("revoke_time", key.revoked_at),
         ("expire_time", key.expires_at),
+        ("not_before_time", key.not_before),
     ):
         text = unix(moment)
         if text:
@@ -100,6 +101,8 @@ def _key_fields(key: Key) -> dict[str, Any]:
         "updated_at": unix(key.updated_at),
         "revoked_at": unix(key.revoked_at),
         "expires_at": unix(key.expires_at),
+        "not_before": unix(key.not_before),
+        "rotated_to": key.rotated_to or "",
     }
 
 

@@ -33,12 +33,17 @@ from service.core import consistency
 from service.core.auth import Authenticator
 from service.core.changes import ChangeFeed, WatchEvent
 from service.core.keys import KeyService
-from service.core.models import Principal
+from service.core.models import AuditEvent, Principal
 from service.core.requests import (
+    BatchGetKeysRequest,
     CreateKeyRequest,
+    CurrentKeyRequest,
     ImportKeyRequest,
     KeyRef,
+    ListAuditEventsRequest,
     ListKeysRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
     VerifyRequest,
     WatchRequest,
     choose_request_id,
@@ -162,6 +167,11 @@ class SigningKeysServicer:
             "ListSigningKeys": self._list,
             "RevokeSigningKey": self._revoke,
             "VerifyToken": self._verify,
+            "BatchGetSigningKeys": self._batch_get,
+            "ListAuditEvents": self._audit_events,
+            "RotateSigningKey": self._rotate,
+            "UpdateSigningKey": self._update,
+            "GetCurrentSigningKey": self._current,
         }
         handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
         handlers["WatchSigningKeys"] = self._watch
@@ -255,6 +265,7 @@ class SigningKeysServicer:
                 name=absent(request.name),
                 expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
+                not_before=unset_time(request.not_before),
             ),
         )
         return pb.CreateSigningKeyResponse(
@@ -275,6 +286,7 @@ class SigningKeysServicer:
                 name=absent(request.name),
                 expires_at=unset_time(request.expires_at),
                 idempotency_key=absent(request.idempotency_key),
+                not_before=unset_time(request.not_before),
             ),
         )
         return pb.ImportSigningKeyResponse(key=messages.signing_key(imported.key))
@@ -295,14 +307,60 @@ class SigningKeysServicer:
     ) -> pb.ListSigningKeysResponse:
         page = ListKeysRequest.parse(
             environment_id=absent(request.environment_id),
-            limit=absent(request.limit),
+            limit=_page_size(request.limit, request.page_size),
             page=absent(request.page),
             status=absent(request.status),
+            algorithm=absent(request.algorithm),
+            source=absent(request.source),
+            expires_before=absent(request.expires_before),
+            cursor=absent(request.page_token),
+            cursor_name="page_token",
         )
-        keys = await self._keys.list(await call.principal(), page)
+        found = await self._keys.list_page(await call.principal(), page)
+        keys = found.keys
+        full = len(keys) == page.limit
         return pb.ListSigningKeysResponse(
             keys=[messages.signing_key(key) for key in keys],
-            next_page=page.page + 1 if len(keys) == page.limit else 0,
+            # As before for numbered pages (a full page names the next one); none by token.
+            next_page=page.page + 1 if full and page.cursor is None else 0,
+            next_page_token=found.next_cursor or "",
+        )
+
+    async def _batch_get(
+        self, request: pb.BatchGetSigningKeysRequest, call: Call[Any, Any]
+    ) -> pb.BatchGetSigningKeysResponse:
+        batch = await self._keys.batch_get(
+            await call.principal(),
+            BatchGetKeysRequest.parse(
+                key_ids=list(request.ids),
+                environment_id=absent(request.environment_id),
+                status=absent(request.status),
+            ),
+        )
+        return pb.BatchGetSigningKeysResponse(
+            keys=[messages.signing_key(key) for key in batch.keys], not_found_ids=batch.not_found
+        )
+
+    async def _audit_events(
+        self, request: pb.ListAuditEventsRequest, call: Call[Any, Any]
+    ) -> pb.ListAuditEventsResponse:
+        page = await self._keys.audit_events(
+            await call.principal(),
+            ListAuditEventsRequest.parse(
+                environment_id=absent(request.environment_id),
+                limit=absent(request.page_size),
+                cursor=absent(request.page_token),
+                cursor_name="page_token",
+                key_id=absent(request.key_id),
+                actor=absent(request.actor),
+                action=absent(request.action),
+                since=absent(request.since),
+                until=absent(request.until),
+            ),
+        )
+        return pb.ListAuditEventsResponse(
+            events=[_audit_event(event) for event in page.events],
+            next_page_token=page.next_cursor or "",
         )
 
     async def _revoke(
@@ -311,6 +369,54 @@ class SigningKeysServicer:
         ref = KeyRef.parse(key_id=request.id, environment_id=absent(request.environment_id))
         key = await self._keys.revoke(await call.principal(), ref)
         return pb.RevokeSigningKeyResponse(key=messages.signing_key(key))
+
+    async def _rotate(
+        self, request: pb.RotateSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.RotateSigningKeyResponse:
+        rotated = await self._keys.rotate(
+            await call.principal(),
+            RotateKeyRequest.parse(
+                key_id=request.id,
+                environment_id=absent(request.environment_id),
+                algorithm=absent(request.algorithm),
+                name=absent(request.name),
+                not_before=unset_time(request.not_before),
+                expires_at=unset_time(request.expires_at),
+                grace_period_seconds=absent(request.grace_period_seconds),
+                idempotency_key=absent(request.idempotency_key),
+            ),
+        )
+        return pb.RotateSigningKeyResponse(
+            key=messages.signing_key(rotated.created.key),
+            private_key=messages.private_key(rotated.created.private_key_pem),
+            previous_key=messages.signing_key(rotated.old),
+        )
+
+    async def _update(
+        self, request: pb.UpdateSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.UpdateSigningKeyResponse:
+        # `name` is proto3 `optional`: set (even to "") renames, "" clearing the name.
+        name_given = request.is_set("name")
+        key = await self._keys.update(
+            await call.principal(),
+            UpdateKeyRequest.parse(
+                key_id=request.id,
+                environment_id=absent(request.environment_id),
+                name_given=name_given,
+                name=absent(request.name) if name_given else None,
+                expires_at=unset_time(request.expires_at),
+            ),
+        )
+        return pb.UpdateSigningKeyResponse(key=messages.signing_key(key))
+
+    async def _current(
+        self, request: pb.GetCurrentSigningKeyRequest, call: Call[Any, Any]
+    ) -> pb.GetCurrentSigningKeyResponse:
+        key = await self._keys.current(
+            await call.principal(),
+            CurrentKeyRequest.parse(environment_id=absent(request.environment_id)),
+        )
+        return pb.GetCurrentSigningKeyResponse(key=messages.signing_key(key))
 
     async def _verify(
         self, request: pb2.VerifyTokenRequest, call: Call[Any, Any]
@@ -346,6 +452,30 @@ def unset_time(value: str) -> str | None:
     """A time field of a request: proto3's default (``""``) and ``"0"`` both mean "not
     given" — ``"0"`` is what a client sends for a zero timestamp, never a wish for 1970."""
     return None if value in ("", "0") else value
+
+
+def _audit_event(event: AuditEvent) -> pb.AuditEvent:
+    message = pb.AuditEvent(
+        id=event.id,
+        environment_id=event.environment_id,
+        key_id=event.key_id or "",
+        action=event.action,
+        actor=event.actor,
+        api=event.api,
+        request_id=event.request_id or "",
+        created_at=messages.unix(event.created_at),
+    )
+    if event.created_at is not None:
+        message.create_time = event.created_at
+    return message
+
+
+def _page_size(limit: int, page_size: int) -> int | None:
+    """``page_size`` (AIP-158's name) and ``limit`` (the first name) are one setting: either
+    may be given, or both if they agree."""
+    if limit and page_size and limit != page_size:
+        raise InvalidRequestError("limit and page_size differ: give one (they mean the same)")
+    return page_size or limit or None
 
 
 def watch_response(event: WatchEvent) -> pb.WatchSigningKeysResponse:

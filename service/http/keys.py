@@ -21,8 +21,18 @@ from aiohttp import web
 
 from service.core import crypto
 from service.core.json import dumps
-from service.core.models import SigningKey
-from service.core.requests import CreateKeyRequest, ImportKeyRequest, KeyRef, ListKeysRequest
+from service.core.models import AuditEvent, SigningKey
+from service.core.requests import (
+    BatchGetKeysRequest,
+    CreateKeyRequest,
+    CurrentKeyRequest,
+    ImportKeyRequest,
+    KeyRef,
+    ListAuditEventsRequest,
+    ListKeysRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
+)
 from service.core.times import unix_seconds
 from service.http import appkeys
 from service.http.context import (
@@ -41,6 +51,10 @@ PREFIX: Final = "/system/v1/signing-keys"
 # exclusion GET and DELETE of .../import would be a look-up of a key named "import", and a
 # 405 there would list them in Allow although the API documents only POST.
 KEY_PATH: Final = PREFIX + "/{id:(?!import$)[^{}/]+}"
+# The environment's current key: a custom method on the collection (a colon, as Google's API
+# guidelines spell one), not a path segment, because "current" is a well-formed key id and
+# `GET .../signing-keys/current` is already a read of the key of that id.
+CURRENT_PATH: Final = PREFIX + ":current"
 
 routes = web.RouteTableDef()
 
@@ -65,6 +79,8 @@ def key_json(key: SigningKey) -> dict[str, Any]:
         "updated_at": unix_seconds(key.updated_at),
         "revoked_at": unix_seconds(key.revoked_at),
         "expires_at": unix_seconds(key.expires_at),
+        "not_before": unix_seconds(key.not_before),
+        "rotated_to": key.rotated_to,
     }
 
 
@@ -84,7 +100,7 @@ def key_ref(request: web.Request, *, status: str | None = None) -> KeyRef:
 @routes.post(PREFIX)
 async def create_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    body = await read_object(request, frozenset({"algorithm", "name", "expires_at"}))
+    body = await read_object(request, frozenset({"algorithm", "name", "expires_at", "not_before"}))
     created = await request.app[appkeys.KEYS].create(
         caller,
         CreateKeyRequest.parse(
@@ -101,22 +117,153 @@ async def create_key(request: web.Request) -> web.Response:
 @routes.get(PREFIX)
 async def list_keys(request: web.Request) -> web.Response:
     caller = await principal(request)
-    keys = await request.app[appkeys.KEYS].list(
+    query = request.query
+    found = await request.app[appkeys.KEYS].list_page(
         caller,
         ListKeysRequest.parse(
             environment_id=environment(request),
-            limit=request.query.get("limit"),
-            page=request.query.get("page"),
+            limit=query.get("limit"),
+            page=query.get("page"),
+            status=query.get("status"),
+            algorithm=query.get("algorithm"),
+            source=query.get("source"),
+            expires_before=query.get("expires_before"),
+            cursor=query.get("cursor"),
+        ),
+    )
+    return paged_response([key_json(key) for key in found.keys], request, found.next_cursor)
+
+
+def paged_response(data: list[Any], request: web.Request, cursor: str | None) -> web.Response:
+    """Mux's ``{"data": [...]}``, exactly so after the last page (``"data": []`` past the end,
+    as its clients expect); when a page follows, its cursor as ``next_cursor`` — a member
+    those clients ignore, as every member they do not know — and in ``Link: rel="next"``."""
+    if cursor is None:
+        return json_response({"data": data})
+    response = json_response({"data": data, "next_cursor": cursor})
+    response.headers["Link"] = next_link(request, cursor)
+    return response
+
+
+def next_link(request: web.Request, cursor: str) -> str:
+    """RFC 8288 ``rel="next"``: this request's path and query (environment, limit, filters)
+    with the next page's cursor in place of ``page`` or the previous cursor."""
+    query = [(name, value) for name, value in request.query.items() if name not in _PAGING]
+    target = request.rel_url.with_query([*query, ("cursor", cursor)])
+    return f'<{target}>; rel="next"'
+
+
+_PAGING: Final = frozenset({"page", "cursor"})
+
+
+@routes.get(PREFIX + ":batchGet")
+async def batch_get_keys(request: web.Request) -> web.Response:
+    """Many keys by id (AIP-231's ``:batchGet``): ``?ids=a,b`` or ``?ids=a&ids=b``."""
+    caller = await principal(request)
+    ids = request.query.getall("ids", [])
+    batch = await request.app[appkeys.KEYS].batch_get(
+        caller,
+        BatchGetKeysRequest.parse(
+            key_ids=",".join(ids) if ids else None,
+            environment_id=environment(request),
             status=request.query.get("status"),
         ),
     )
-    return json_response({"data": [key_json(key) for key in keys]})
+    return json_response(
+        {"data": [key_json(key) for key in batch.keys], "not_found": batch.not_found}
+    )
+
+
+AUDIT_PATH: Final = "/system/v1/audit-events"
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    """An audit event: ids and times only, never key material or credentials."""
+    return {
+        "id": event.id,
+        "environment_id": event.environment_id,
+        "key_id": event.key_id,
+        "action": event.action,
+        "actor": event.actor,
+        "api": event.api,
+        "request_id": event.request_id,
+        "created_at": unix_seconds(event.created_at),
+    }
+
+
+@routes.get(AUDIT_PATH)
+async def list_audit_events(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    query = request.query
+    page = await request.app[appkeys.KEYS].audit_events(
+        caller,
+        ListAuditEventsRequest.parse(
+            environment_id=environment(request),
+            limit=query.get("limit"),
+            cursor=query.get("cursor"),
+            key_id=query.get("key_id"),
+            actor=query.get("actor"),
+            action=query.get("action"),
+            since=query.get("since"),
+            until=query.get("until"),
+        ),
+    )
+    return paged_response([audit_json(event) for event in page.events], request, page.next_cursor)
+
+
+@routes.get(CURRENT_PATH)
+async def get_current_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    key = await request.app[appkeys.KEYS].current(
+        caller, CurrentKeyRequest.parse(environment_id=environment(request))
+    )
+    return json_response({"data": key_json(key)})
+
+
+@routes.post(PREFIX + "/{id}/rotate")
+async def rotate_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    body = await read_object(
+        request,
+        frozenset({"algorithm", "name", "not_before", "expires_at", "grace_period_seconds"}),
+    )
+    rotated = await request.app[appkeys.KEYS].rotate(
+        caller,
+        RotateKeyRequest.parse(
+            key_id=request.match_info["id"],
+            environment_id=environment(request),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            **body,
+        ),
+    )
+    data = key_json(rotated.created.key)
+    data["private_key"] = base64.b64encode(rotated.created.private_key_pem).decode("ascii")
+    data["previous_key"] = key_json(rotated.old)
+    return with_consistency_token(created_response(data))
+
+
+@routes.patch(KEY_PATH)
+async def update_key(request: web.Request) -> web.Response:
+    caller = await principal(request)
+    body = await read_object(request, frozenset({"name", "expires_at"}))
+    key = await request.app[appkeys.KEYS].update(
+        caller,
+        UpdateKeyRequest.parse(
+            key_id=request.match_info["id"],
+            environment_id=environment(request),
+            name_given="name" in body,
+            **body,
+        ),
+    )
+    return with_consistency_token(json_response({"data": key_json(key)}))
 
 
 @routes.post(PREFIX + "/import")
 async def import_key(request: web.Request) -> web.Response:
     caller = await principal(request)
-    body = await read_object(request, frozenset({"public_key", "algorithm", "name", "expires_at"}))
+    body = await read_object(
+        request, frozenset({"public_key", "algorithm", "name", "expires_at", "not_before"})
+    )
     imported = await request.app[appkeys.KEYS].import_key(
         caller,
         ImportKeyRequest.parse(

@@ -25,13 +25,17 @@ from functools import cache
 from typing import Any, Final
 
 from service.core.crypto import ALGORITHMS
+from service.core.listing import AUDIT_ACTIONS, MAX_BATCH_IDS, MAX_CURSOR_LENGTH, SOURCES
 from service.core.requests import (
+    DEFAULT_GRACE_SECONDS,
     DEFAULT_PAGE_LIMIT,
     MAX_EXPECTATION_LENGTH,
+    MAX_GRACE_SECONDS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PAGE,
     MAX_PAGE_LIMIT,
+    MIN_GRACE_SECONDS,
     STATUS_FILTERS,
 )
 from service.core.times import EARLIEST, LATEST
@@ -214,6 +218,56 @@ _STATUS_PARAM = _param(
     description="Which keys to find: active (the default, as the reference platform: a "
     "deleted key is 404 and not listed), revoked, or all.",
 )
+_LIMIT_PARAM = _param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
+    description="Items per page.",
+)
+_UNIX_QUERY: Final = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+_NEXT_LINK: Final = {
+    "Link": {
+        "description": 'RFC 8288: <this request with the next cursor>; rel="next". Absent '
+        "after the last page.",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+}
+_CURSOR_PATTERN: Final = f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}$"
+# Filters and the cursor of the list (service.core.listing), beside Mux's page and limit.
+_LIST_PARAMS = [
+    _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": _CURSOR_PATTERN},
+        required=False,
+        description="The next_cursor of an earlier page (or the Link header's rel=next): "
+        "the keys after it, however deep, by keyset on (created_at, id). Not with page; "
+        "with the same status and filters as the request that returned it, else 400.",
+    ),
+    _param(
+        "algorithm",
+        "query",
+        {"type": "string", "enum": list(ALGORITHMS)},
+        required=False,
+        description="Only keys of this algorithm.",
+    ),
+    _param(
+        "source",
+        "query",
+        {"type": "string", "enum": list(SOURCES)},
+        required=False,
+        description="Only generated or only imported keys.",
+    ),
+    _param(
+        "expires_before",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,12}$"},
+        required=False,
+        description="Only keys whose expiry (Unix seconds) is before this; keys that never "
+        "expire do not match.",
+    ),
+]
 # What a request may name (closed: the service refuses others) and what a response carries
 # (open: a newer service may answer an algorithm this document does not know).
 _ALGORITHM_CHOICE = {"type": "string", "enum": list(ALGORITHMS)}
@@ -230,7 +284,7 @@ _EXAMPLE_PEM: Final = (
 )
 _EXAMPLE_FINGERPRINT: Final = "9f2c4a1be07d3c5e8f6a2b1d0c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
 # What a created key and an imported one are both given; null means "not given".
-_KEY_SPEC = {
+_KEY_SPEC: dict[str, dict[str, Any]] = {
     "algorithm": {
         "enum": [*ALGORITHMS, None],
         "description": f"One of {', '.join(ALGORITHMS)}; RS256 when null or absent (an "
@@ -251,6 +305,15 @@ _KEY_SPEC = {
         "pattern": digits_at_most(LATEST),
         "description": f"Unix seconds, {EARLIEST} to {LATEST} (years 1970-9999): a whole "
         "number or a string of ASCII digits; a time already passed is 400.",
+    },
+    "not_before": {
+        "type": ["integer", "string", "null"],
+        "minimum": EARLIEST,
+        "maximum": LATEST,
+        "pattern": digits_at_most(LATEST),
+        "description": "Unix seconds, as expires_at: when the key may start signing. It is "
+        "in the JWK Set from creation, but a token it signed earlier does not verify "
+        "(reason key_not_yet_valid). Must be before expires_at.",
     },
 }
 
@@ -275,6 +338,16 @@ _KEY_PROPERTIES: Final[dict[str, Any]] = {
     "updated_at": {**_UNIX, "description": "Unix seconds of the last change, as a string."},
     "revoked_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
     "expires_at": {**_UNIX, "type": ["string", "null"], "description": "Unix seconds, or null."},
+    "not_before": {
+        **_UNIX,
+        "type": ["string", "null"],
+        "description": "Unix seconds from which the key may sign, or null (from creation).",
+    },
+    "rotated_to": {
+        **_ID,
+        "type": ["string", "null"],
+        "description": "The key this one was rotated to, or null: a key rotates once.",
+    },
 }
 _EXAMPLE_KEY: Final = {
     "id": _EXAMPLE_ID,
@@ -289,6 +362,8 @@ _EXAMPLE_KEY: Final = {
     "updated_at": "1767225600",
     "revoked_at": None,
     "expires_at": "1798761600",
+    "not_before": None,
+    "rotated_to": None,
 }
 _KEY: Final = _object(
     _KEY_PROPERTIES,
@@ -307,6 +382,23 @@ _CREATED_KEY: Final = _object(
     },
     description="A key just created: its record and, this once, its private key.",
     example={**_EXAMPLE_KEY, "private_key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg=="},
+)
+# A rotation's answer: the new key (with its private key, this once) and the old key as
+# rotated (rotated_to set, its expiry scheduled).
+_ROTATED_KEY: Final = _object(
+    {**_CREATED_KEY["properties"], "previous_key": _ref("SigningKey")},
+    description="The key a rotation created (its private key shown this once) and the key "
+    "it replaces, as rotated.",
+    example={
+        **_EXAMPLE_KEY,
+        "id": "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4F6",
+        "private_key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCg==",
+        "previous_key": {
+            **_EXAMPLE_KEY,
+            "expires_at": "1767312000",
+            "rotated_to": "sk_01J9Z3Q4T8W2X6Y0A1B2C3D4F6",
+        },
+    },
 )
 _B64URL = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
 _EXAMPLE_JWK: Final = {
@@ -532,6 +624,37 @@ _IMPORT_REQUEST: Final = _request(
     description="A customer-supplied public key to import.",
     example={"public_key": _EXAMPLE_PEM, "name": "partner-signer"},
 )
+_ROTATE_REQUEST: Final = _request(
+    {
+        **_KEY_SPEC,
+        "algorithm": {
+            "enum": [*ALGORITHMS, None],
+            "description": "The new key's algorithm; the old key's when null or absent.",
+        },
+        "grace_period_seconds": {
+            "type": ["integer", "null"],
+            "minimum": MIN_GRACE_SECONDS,
+            "maximum": MAX_GRACE_SECONDS,
+            "default": DEFAULT_GRACE_SECONDS,
+            "description": "How long the old key keeps verifying after the new one takes "
+            "over (its not_before, or now); never later than the old key's own expiry.",
+        },
+    },
+    description="The next key; every member is optional (an empty body is fine).",
+    example={"not_before": 4102444800, "grace_period_seconds": 86400},
+)
+_UPDATE_REQUEST: Final = _request(
+    {
+        "name": _KEY_SPEC["name"],
+        "expires_at": {
+            **_KEY_SPEC["expires_at"],
+            "description": "A new expiry, in the future and no later than the key's own "
+            "(an update only shortens); null or absent leaves it.",
+        },
+    },
+    description="A JSON merge patch: name (null clears it) and/or an earlier expires_at.",
+    example={"name": "retiring", "expires_at": 4102444800},
+)
 _VERIFY_REQUEST: Final = _request(
     {
         "token": {
@@ -579,9 +702,55 @@ _SCHEMAS: Final = {
     "ErrorResponse": _ERROR_BODY,
     "SigningKeyResponse": _data("SigningKey", "One signing key."),
     "CreatedSigningKeyResponse": _data("CreatedSigningKey", "The key just created."),
+    "RotatedSigningKey": _ROTATED_KEY,
+    "RotatedSigningKeyResponse": _data("RotatedSigningKey", "The rotation's new and old key."),
+    "RotateSigningKeyRequest": _ROTATE_REQUEST,
+    "UpdateSigningKeyRequest": _UPDATE_REQUEST,
     "SigningKeyList": _object(
-        {"data": {"type": "array", "items": _ref("SigningKey")}},
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "next_cursor": {
+                "type": "string",
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page (the Link header's "
+                "rel=next says the same); absent when no key follows this page.",
+            },
+        },
+        required=["data"],
         description="A page of signing keys, newest first.",
+    ),
+    "AuditEvent": _object(
+        {
+            "id": _ID,
+            "environment_id": _ID,
+            "key_id": {"type": ["string", "null"]},
+            "action": _open_enum(AUDIT_ACTIONS, "What was done to the key."),
+            "actor": {"type": "string", "description": "The access token id (never a secret)."},
+            "api": _open_enum(("http", "grpc", "cli"), "Through which API."),
+            "request_id": {"type": ["string", "null"]},
+            "created_at": {**_UNIX, "type": ["string", "null"]},
+        },
+        description="One recorded change to a key: ids and times, never key material.",
+    ),
+    "AuditEventList": _object(
+        {
+            "data": {"type": "array", "items": _ref("AuditEvent")},
+            "next_cursor": {
+                "type": "string",
+                "pattern": _CURSOR_PATTERN,
+                "description": "Pass as cursor for the next page; absent after the last.",
+            },
+        },
+        required=["data"],
+        description="A page of audit events, newest first.",
+    ),
+    "SigningKeyBatch": _object(
+        {
+            "data": {"type": "array", "items": _ref("SigningKey")},
+            "not_found": {"type": "array", "items": _ID},
+        },
+        description="The keys found, in the order asked for, and the ids not found (missing, "
+        "of another environment, or not of the status asked for: indistinguishable).",
     ),
     "PublicKeyResponse": _data("PublicKey", "A key's public half."),
     "VerdictResponse": _data("Verdict", "A verification's outcome."),
@@ -753,19 +922,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": _key_op(
                     "listSigningKeys",
                     "List signing keys, newest first.",
-                    {"200": _ok("A page.", "SigningKeyList")},
+                    {"200": _ok("A page.", "SigningKeyList", **_NEXT_LINK)},
                     parameters=[
-                        _param(
-                            "limit",
-                            "query",
-                            {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_PAGE_LIMIT,
-                                "default": DEFAULT_PAGE_LIMIT,
-                            },
-                            description="Keys per page.",
-                        ),
+                        _LIMIT_PARAM,
                         _param(
                             "page",
                             "query",
@@ -773,8 +932,78 @@ def openapi_document() -> dict[str, Any]:
                             description="1-based; a page past the end is empty.",
                         ),
                         _STATUS_PARAM,
+                        *_LIST_PARAMS,
                     ],
                 ),
+            },
+            "/system/v1/signing-keys:batchGet": {
+                "get": _key_op(
+                    "batchGetSigningKeys",
+                    f"Get up to {MAX_BATCH_IDS} signing keys by id at once.",
+                    {"200": _ok("The keys found and the ids not found.", "SigningKeyBatch")},
+                    parameters=[
+                        _param(
+                            "ids",
+                            "query",
+                            {
+                                "type": "string",
+                                "pattern": f"^[A-Za-z0-9._-]{{1,128}}(,[A-Za-z0-9._-]{{1,128}})"
+                                f"{{0,{MAX_BATCH_IDS - 1}}}$",
+                            },
+                            required=True,
+                            description=f"1 to {MAX_BATCH_IDS} key ids, comma-separated (or "
+                            "the parameter repeated); a repeated id is read once.",
+                        ),
+                        _STATUS_PARAM,
+                    ],
+                )
+            },
+            "/system/v1/audit-events": {
+                "get": _key_op(
+                    "listAuditEvents",
+                    "Who created, imported or revoked which key, when, through which API; "
+                    "newest first, paged by cursor.",
+                    {"200": _ok("A page.", "AuditEventList", **_NEXT_LINK)},
+                    parameters=[
+                        _LIMIT_PARAM,
+                        _LIST_PARAMS[0],  # cursor
+                        _param(
+                            "key_id",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this key's events.",
+                        ),
+                        _param(
+                            "actor",
+                            "query",
+                            _ID,
+                            required=False,
+                            description="Only this access token's events.",
+                        ),
+                        _param(
+                            "action",
+                            "query",
+                            {"type": "string", "enum": list(AUDIT_ACTIONS)},
+                            required=False,
+                            description="Only events of this action.",
+                        ),
+                        _param(
+                            "since",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events at or after this (Unix seconds).",
+                        ),
+                        _param(
+                            "until",
+                            "query",
+                            _UNIX_QUERY,
+                            required=False,
+                            description="Only events before this (Unix seconds).",
+                        ),
+                    ],
+                )
             },
             "/system/v1/signing-keys/import": {
                 "post": _key_op(
@@ -801,6 +1030,15 @@ def openapi_document() -> dict[str, Any]:
                     (404,),
                     parameters=[_ID_PARAM, _STATUS_PARAM],
                 ),
+                "patch": _key_op(
+                    "updateSigningKey",
+                    "Rename a key and/or bring its expiry forward (never later; a revoked "
+                    "key stays revoked). Caches and the JWK Set see the change.",
+                    {"200": _ok("The key as updated.", "SigningKeyResponse", **_WRITE_TOKEN)},
+                    (404,),
+                    parameters=[_ID_PARAM],
+                    requestBody=_request_body("UpdateSigningKeyRequest", required=False),
+                ),
                 "delete": _key_op(
                     "revokeSigningKey",
                     "Revoke (delete) a signing key; revoking twice is harmless. The record "
@@ -809,6 +1047,34 @@ def openapi_document() -> dict[str, Any]:
                     (404,),
                     parameters=[_ID_PARAM],
                 ),
+            },
+            "/system/v1/signing-keys/{id}/rotate": {
+                "post": _key_op(
+                    "rotateSigningKey",
+                    "Rotate a key in one transaction: create the next key (optionally from a "
+                    "not_before) and expire this one a grace period after the new one takes "
+                    "over. A key rotates once; a revoked or expired key does not (409).",
+                    {
+                        "201": _ok(
+                            "Rotated; Location names the new key.",
+                            "RotatedSigningKeyResponse",
+                            **_WRITE_TOKEN,
+                            **_LOCATION,
+                        )
+                    },
+                    (404, 409),
+                    parameters=[_ID_PARAM, idempotency],
+                    requestBody=_request_body("RotateSigningKeyRequest", required=False),
+                )
+            },
+            "/system/v1/signing-keys:current": {
+                "get": _key_op(
+                    "getCurrentSigningKey",
+                    "The environment's current key: the newest active, unexpired key whose "
+                    "not_before has passed (404 when none). Sign new tokens with it.",
+                    {"200": _ok("The current key.", "SigningKeyResponse")},
+                    (404,),
+                )
             },
             "/system/v1/signing-keys/{id}/public-key": {
                 "get": _key_op(

@@ -13,7 +13,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -219,6 +219,13 @@ async def _unsupported_key(world: World, created: CreatedKey) -> tuple[str, dict
     return world.sign(stored, algorithm="RS256"), {}
 
 
+async def _key_not_yet_valid(world: World, created: CreatedKey) -> tuple[str, dict[str, Any]]:
+    start = datetime.fromtimestamp(world.now() + 3600, UTC)
+    spec = KeySpec(algorithm="EdDSA", not_before=start)
+    later = await world.keys.create(CALLER, CreateKeyRequest(environment_id=A, spec=spec))
+    return world.sign(later), {}
+
+
 CASES: dict[Reason, Case] = {
     "malformed": _malformed,
     "unknown_key": _unknown_key,
@@ -230,11 +237,12 @@ CASES: dict[Reason, Case] = {
     "wrong_subject": _wrong_subject,
     "algorithm_mismatch": _algorithm_mismatch,
     "unsupported_key": _unsupported_key,
+    "key_not_yet_valid": _key_not_yet_valid,
 }
 
 
 def test_every_reason_the_verifier_can_give_has_a_case() -> None:
-    assert set(CASES) == set(REASONS) and len(REASONS) == 10
+    assert set(CASES) == set(REASONS) and len(REASONS) == 11
 
 
 @pytest.mark.parametrize("reason", REASONS)

@@ -24,7 +24,7 @@ KEYS = "/system/v1/signing-keys"
     [
         ("PUT", KEYS, {"GET", "HEAD", "POST"}),
         ("TRACE", "/healthz", {"GET", "HEAD"}),
-        ("PATCH", f"{KEYS}/some-key", {"DELETE", "GET", "HEAD"}),
+        ("PUT", f"{KEYS}/some-key", {"DELETE", "GET", "HEAD", "PATCH"}),
         # Not a look-up of a key named "import": that path is the import route's alone.
         ("GET", f"{KEYS}/import", {"POST"}),
         ("DELETE", f"{KEYS}/import", {"POST"}),

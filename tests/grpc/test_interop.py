@@ -37,13 +37,18 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
     assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(seen["reflected_services"])
     assert seen["reflected_methods"] == sorted(
         [
+            "BatchGetSigningKeys",
             "CreateSigningKey",
             "GetSigningKey",
             "ImportSigningKey",
+            "ListAuditEvents",
             "ListSigningKeys",
             "RevokeSigningKey",
             "VerifyToken",
             "WatchSigningKeys",
+            "RotateSigningKey",
+            "UpdateSigningKey",
+            "GetCurrentSigningKey",
         ]
     )
     created = seen["created"]

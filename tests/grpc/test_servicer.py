@@ -265,6 +265,93 @@ async def test_list_pages_newest_first_like_http(
         assert error.status is Status.INVALID_ARGUMENT
 
 
+async def test_list_by_page_token_with_filters_and_its_mistakes(
+    stub: pb.SigningKeysStub, md: dict[str, str]
+) -> None:
+    ids = []
+    for algorithm in ("EdDSA", "ES256", "EdDSA", "EdDSA"):
+        create = pb.CreateSigningKeyRequest(algorithm=algorithm)
+        ids.append((await stub.create_signing_key(create, metadata=md)).key.id)
+    walked: list[str] = []
+    request = pb.ListSigningKeysRequest(page_size=2, algorithm="EdDSA")
+    while True:
+        page = await stub.list_signing_keys(request, metadata=md)
+        walked.extend(key.id for key in page.keys)
+        if not page.next_page_token:
+            break
+        assert page.next_page == (2 if not request.page_token else 0)
+        request = pb.ListSigningKeysRequest(
+            page_size=2, algorithm="EdDSA", page_token=page.next_page_token
+        )
+    assert walked == [ids[3], ids[2], ids[0]]
+    first = await stub.list_signing_keys(pb.ListSigningKeysRequest(limit=3), metadata=md)
+    assert first.next_page == 2 and first.next_page_token, "a numbered page gives both"
+    token = first.next_page_token
+    for mistake in (
+        pb.ListSigningKeysRequest(limit=2, page_size=3),
+        pb.ListSigningKeysRequest(page=2, page_token=token),
+        pb.ListSigningKeysRequest(page_token="not a token"),
+        pb.ListSigningKeysRequest(page_token=token, status="all"),
+        pb.ListSigningKeysRequest(source="elsewhere"),
+        pb.ListSigningKeysRequest(expires_before="yesterday"),
+    ):
+        error = await status_of(stub.list_signing_keys(mistake, metadata=md))
+        assert error.status is Status.INVALID_ARGUMENT, mistake
+    last = await stub.list_signing_keys(
+        pb.ListSigningKeysRequest(limit=3, page_token=token), metadata=md
+    )
+    assert [key.id for key in last.keys] == [ids[0]] and not last.next_page_token
+
+
+async def test_batch_get_in_the_order_asked_with_the_rest_not_found(
+    stub: pb.SigningKeysStub, md: dict[str, str], issue_token: TokenFactory, environment: str
+) -> None:
+    other = metadata(await issue_token([environment + "-other"]))
+    create = pb.CreateSigningKeyRequest(algorithm="EdDSA")
+    mine = (await stub.create_signing_key(create, metadata=md)).key
+    theirs = (await stub.create_signing_key(create, metadata=other)).key
+    answer = await stub.batch_get_signing_keys(
+        pb.BatchGetSigningKeysRequest(ids=[theirs.id, "nope", mine.id]), metadata=md
+    )
+    assert [key.id for key in answer.keys] == [mine.id]
+    assert answer.not_found_ids == [theirs.id, "nope"]
+    for ids in ([], ["a/b"], [f"k{i}" for i in range(101)]):
+        request = pb.BatchGetSigningKeysRequest(ids=ids)
+        error = await status_of(stub.batch_get_signing_keys(request, metadata=md))
+        assert error.status is Status.INVALID_ARGUMENT
+
+
+async def test_audit_events_by_page_token(
+    stub: pb.SigningKeysStub, md: dict[str, str], auth: Credentials
+) -> None:
+    create = pb.CreateSigningKeyRequest(algorithm="EdDSA")
+    created = [(await stub.create_signing_key(create, metadata=md)).key.id for _ in range(3)]
+    await stub.revoke_signing_key(pb.RevokeSigningKeyRequest(id=created[0]), metadata=md)
+    seen: list[tuple[str, str]] = []
+    request = pb.ListAuditEventsRequest(page_size=3)
+    while True:
+        page = await stub.list_audit_events(request, metadata=md)
+        seen.extend((event.action, event.key_id) for event in page.events)
+        for event in page.events:
+            assert event.actor == auth.login and event.api == "grpc"
+            assert int(event.created_at) == int(event.create_time.timestamp())
+        if not page.next_page_token:
+            break
+        request = pb.ListAuditEventsRequest(page_size=3, page_token=page.next_page_token)
+    assert seen == [("revoke", created[0])] + [("create", key_id) for key_id in created[::-1]]
+    revokes = await stub.list_audit_events(pb.ListAuditEventsRequest(action="revoke"), metadata=md)
+    assert [event.key_id for event in revokes.events] == [created[0]]
+    first = await stub.list_audit_events(pb.ListAuditEventsRequest(page_size=1), metadata=md)
+    for mistake in (
+        pb.ListAuditEventsRequest(action="delete"),
+        pb.ListAuditEventsRequest(since="soon"),
+        pb.ListAuditEventsRequest(page_token=first.next_page_token, action="create"),
+        pb.ListAuditEventsRequest(page_size=101),
+    ):
+        error = await status_of(stub.list_audit_events(mistake, metadata=md))
+        assert error.status is Status.INVALID_ARGUMENT, mistake
+
+
 async def test_revoke_is_idempotent_and_visible(
     stub: pb.SigningKeysStub, md: dict[str, str]
 ) -> None:

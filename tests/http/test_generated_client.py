@@ -73,7 +73,7 @@ def module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
-async def test_a_generated_client_creates_publishes_verifies_and_revokes_a_key(
+async def test_a_generated_client_creates_rotates_publishes_verifies_and_revokes_a_key(
     server: Server,
     http: aiohttp.ClientSession,
     auth: Credentials,
@@ -85,6 +85,7 @@ async def test_a_generated_client_creates_publishes_verifies_and_revokes_a_key(
     client_module = module("client")
     create = module("api.signing_keys.create_signing_key")
     revoke = module("api.signing_keys.revoke_signing_key")
+    rotate = module("api.signing_keys.rotate_signing_key")
     get_jwks = module("api.tokens.get_jwks")
     verify = module("api.tokens.verify_token")
     models = module("models")
@@ -107,15 +108,27 @@ async def test_a_generated_client_creates_publishes_verifies_and_revokes_a_key(
 
         # Finding 3 of the issue: a newer service's answer (a new member, a new status, a new
         # algorithm) parses in a client generated today.
-        newer = {**key.to_dict(), "status": "expired", "algorithm": "ES384", "not_before": "1"}
+        newer = {**key.to_dict(), "status": "expired", "algorithm": "ES384", "usage": "1"}
         read = models.CreatedSigningKey.from_dict(newer)
         assert (read.status, read.algorithm) == ("expired", "ES384")
-        assert read.additional_properties == {"not_before": "1"}
+        assert read.additional_properties == {"usage": "1"}
+
+        # Rotate: the next key (the old one's algorithm), the old one expiring after a grace.
+        rotated = await rotate.asyncio_detailed(
+            key.id,
+            client=client,
+            body=models.RotateSigningKeyRequest(grace_period_seconds=600),
+            x_environment_id=environment,
+        )
+        assert rotated.status_code == 201, rotated.content
+        old, key = key, rotated.parsed.data
+        assert isinstance(key, models.RotatedSigningKey) and key.algorithm == "EdDSA"
+        assert (key.previous_key.id, key.previous_key.rotated_to) == (old.id, key.id)
 
         jwks = await get_jwks.asyncio_detailed(environment, client=client)
         assert jwks.status_code == 200
         assert isinstance(jwks.parsed, models.JwkSet)
-        assert [jwk.kid for jwk in jwks.parsed.keys] == [key.id]
+        assert sorted(jwk.kid for jwk in jwks.parsed.keys) == sorted([old.id, key.id])
         assert jwks.parsed.keys[0].crv == "Ed25519"
 
         token = jwt.encode(

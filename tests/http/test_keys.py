@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from typing import Any
@@ -566,3 +567,154 @@ async def test_the_audit_trail_records_the_request_id_the_response_carries(
         environment,
     )
     assert events == [(served_id,)]
+
+
+# --- Cursors, filters, batch get ------------------------------------------------------------
+
+
+async def list_json(
+    http: aiohttp.ClientSession, auth: Credentials, url: str
+) -> tuple[int, dict[str, Any], str | None]:
+    async with http.get(url, headers=auth.headers) as response:
+        return response.status, await response.json(), response.headers.get("Link")
+
+
+async def test_a_cursor_walk_follows_link_rel_next_and_matches_the_numbered_pages(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    ids = [(await create(http, auth, algorithm="EdDSA"))["id"] for _ in range(5)]
+    status, first, link = await list_json(http, auth, f"{KEYS}?limit=2&algorithm=EdDSA")
+    assert status == 200 and link is not None
+    walked = [key["id"] for key in first["data"]]
+    pages = 1
+    while link is not None:
+        assert link.endswith('>; rel="next"') and link.startswith(f"<{KEYS}?")
+        target = link[1 : link.index(">")]
+        assert "limit=2" in target and "algorithm=EdDSA" in target and "page=" not in target
+        status, body, link = await list_json(http, auth, target)
+        assert status == 200
+        walked.extend(key["id"] for key in body["data"])
+        pages += 1
+        assert ("next_cursor" in body) == (link is not None)
+    assert walked == ids[::-1] and pages == 3, "newest first, no empty last page"
+    numbered: list[str] = []
+    for page in (1, 2, 3):
+        _, body, _ = await list_json(http, auth, f"{KEYS}?limit=2&page={page}")
+        numbered.extend(key["id"] for key in body["data"])
+    assert numbered == walked, "Mux's pages unchanged, and in the same order"
+
+
+async def test_list_filters_and_their_mistakes(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    rs = await create(http, auth, algorithm="RS256", expires_at=4_000_000_000)
+    ed = await create(http, auth, algorithm="EdDSA")
+
+    async def ids(query: str) -> list[str]:
+        status, body, _ = await list_json(http, auth, f"{KEYS}?{query}")
+        assert status == 200, body
+        return [key["id"] for key in body["data"]]
+
+    assert await ids("algorithm=RS256") == [rs["id"]]
+    assert await ids("source=generated") == [ed["id"], rs["id"]]
+    assert await ids("source=imported") == []
+    assert await ids("expires_before=4000000001") == [rs["id"]]
+    assert await ids("expires_before=4000000000") == []
+    for query, words in (
+        ("algorithm=HS256", "algorithm must be one of"),
+        ("source=stolen", "source must be one of"),
+        ("expires_before=soon", "expires_before must be Unix seconds"),
+        ("cursor=%%%", "cursor is malformed"),
+        ("cursor=eyJ2IjoxfQ", "cursor is malformed"),
+        ("page=2&cursor=abc", "page and cursor cannot be combined"),
+    ):
+        status, body, _ = await list_json(http, auth, f"{KEYS}?{query}")
+        assert status == 400, query
+        assert body["error"]["type"] == "invalid_parameters"
+        assert any(words in message for message in body["error"]["messages"]), (query, body)
+
+
+async def test_a_cursor_is_refused_for_other_filters(
+    http: aiohttp.ClientSession, auth: Credentials
+) -> None:
+    for _ in range(2):
+        await create(http, auth, algorithm="EdDSA")
+    _, body, _ = await list_json(http, auth, f"{KEYS}?limit=1&algorithm=EdDSA")
+    cursor = body["next_cursor"]
+    assert isinstance(cursor, str)
+    status, _, _ = await list_json(http, auth, f"{KEYS}?limit=1&algorithm=EdDSA&cursor={cursor}")
+    assert status == 200
+    for changed in ("", "&algorithm=RS256", "&status=all", "&source=generated"):
+        base = f"{KEYS}?limit=1&cursor={cursor}"
+        status, body, _ = await list_json(
+            http, auth, base + (changed or "&algorithm=EdDSA&expires_before=1")
+        )
+        assert status == 400, changed
+        assert "other filters" in body["error"]["messages"][0]
+
+
+async def test_batch_get_reports_other_environments_keys_as_not_found(
+    http: aiohttp.ClientSession, auth: Credentials, issue_token: TokenFactory, environment: str
+) -> None:
+    mine = [(await create(http, auth, algorithm="EdDSA"))["id"] for _ in range(2)]
+    other = await issue_token([environment + "-other"])
+    theirs = await create(http, other, algorithm="EdDSA")
+    async with http.delete(f"{KEYS}/{mine[1]}", headers=auth.headers) as response:
+        assert response.status == 204
+    missing = "no-such-key"
+    wanted = [theirs["id"], mine[1], missing, mine[0]]
+    url = f"{KEYS}:batchGet?ids={','.join(wanted)}"
+    status, body, _ = await list_json(http, auth, url)
+    assert status == 200
+    assert [key["id"] for key in body["data"]] == [mine[0]]
+    assert body["not_found"] == [theirs["id"], mine[1], missing], "in the order asked"
+    assert "private_key" not in body["data"][0]
+    _, body, _ = await list_json(http, auth, url + "&status=all")
+    assert [key["id"] for key in body["data"]] == [mine[1], mine[0]]
+    repeated = f"{KEYS}:batchGet?ids={mine[0]}&ids={mine[0]}"
+    _, body, _ = await list_json(http, auth, repeated)
+    assert [key["id"] for key in body["data"]] == [mine[0]], "a repeated id is read once"
+    for query in ("", "?ids=", "?ids=a/b", "?ids=" + ",".join(f"k{i}" for i in range(101))):
+        status, body, _ = await list_json(http, auth, f"{KEYS}:batchGet{query}")
+        assert status == 400, (query, body)
+
+
+AUDIT = "/system/v1/audit-events"
+
+
+async def test_audit_events_filtered_and_paged_with_no_secret(
+    http: aiohttp.ClientSession, auth: Credentials, issue_token: TokenFactory, environment: str
+) -> None:
+    first = await create(http, auth, algorithm="EdDSA")
+    second = await create(http, auth, algorithm="EdDSA")
+    async with http.delete(f"{KEYS}/{first['id']}", headers=auth.headers) as response:
+        assert response.status == 204
+    other = await issue_token([environment + "-other"])
+    await create(http, other, algorithm="EdDSA")
+
+    status, body, link = await list_json(http, auth, f"{AUDIT}?limit=2")
+    assert status == 200 and link is not None
+    assert [(e["action"], e["key_id"]) for e in body["data"]] == [
+        ("revoke", first["id"]),
+        ("create", second["id"]),
+    ]
+    event = body["data"][0]
+    assert event["actor"] == auth.login and event["api"] == "http"
+    assert event["created_at"].isdigit() and event["environment_id"] == environment
+    assert auth.password not in json.dumps(body) and "private" not in json.dumps(body)
+    status, rest, link = await list_json(http, auth, link[1 : link.index(">")])
+    assert [(e["action"], e["key_id"]) for e in rest["data"]] == [("create", first["id"])]
+    assert link is None and "next_cursor" not in rest, "the other environment's is not here"
+
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?key_id={first['id']}&action=create")
+    assert [e["key_id"] for e in body["data"]] == [first["id"]]
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?actor=skt_nobody")
+    assert body["data"] == []
+    now = int(time.time())
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?since={now + 120}")
+    assert body["data"] == []
+    status, body, _ = await list_json(http, auth, f"{AUDIT}?until={now + 120}&since={now - 120}")
+    assert len(body["data"]) == 3
+    for query in ("action=delete", "since=yesterday", "key_id=a/b", "cursor=zz", "limit=0"):
+        status, body, _ = await list_json(http, auth, f"{AUDIT}?{query}")
+        assert status == 400, query

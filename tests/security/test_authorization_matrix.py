@@ -124,8 +124,13 @@ HTTP_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", KEYS): Rule(ok=200, needs=needs(Scope.READ)),
     ("POST", KEYS + "/import"): Rule(ok=201, needs=needs(Scope.WRITE)),
     ("GET", KEYS + "/{id}"): Rule(ok=200, needs=needs(Scope.READ)),
+    ("GET", KEYS + ":batchGet"): Rule(ok=200, needs=needs(Scope.READ)),
+    ("GET", "/system/v1/audit-events"): Rule(ok=200, needs=needs(Scope.READ)),
     ("GET", KEYS + "/{id}/public-key"): Rule(ok=200, needs=needs(Scope.READ)),
     ("DELETE", KEYS + "/{id}"): Rule(ok=204, needs=needs(Scope.WRITE)),
+    ("PATCH", KEYS + "/{id}"): Rule(ok=200, needs=needs(Scope.WRITE)),
+    ("POST", KEYS + "/{id}/rotate"): Rule(ok=201, needs=needs(Scope.WRITE)),
+    ("GET", KEYS + ":current"): Rule(ok=200, needs=needs(Scope.READ)),
     ("POST", "/v1/tokens/verify"): Rule(
         ok=200, needs=needs(Scope.VERIFY), environment_optional=True
     ),
@@ -151,6 +156,11 @@ GRPC_RULES: Final[dict[str, Rule]] = {
         ok=Status.OK, needs=needs(Scope.VERIFY), environment_optional=True
     ),
     SIGNING_KEYS + "WatchSigningKeys": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "BatchGetSigningKeys": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "ListAuditEvents": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "RotateSigningKey": Rule(ok=Status.OK, needs=needs(Scope.WRITE)),
+    SIGNING_KEYS + "UpdateSigningKey": Rule(ok=Status.OK, needs=needs(Scope.WRITE)),
+    SIGNING_KEYS + "GetCurrentSigningKey": Rule(ok=Status.OK, needs=needs(Scope.READ)),
     # Orchestrators and stock tools call these without credentials.
     "/grpc.health.v1.Health/Check": GRPC_OK,
     "/grpc.health.v1.Health/Watch": GRPC_OK,
@@ -231,6 +241,23 @@ async def world(server: Server, issue_token: TokenFactory, environment: str) -> 
     return await make_world(server, issue_token, environment)
 
 
+async def fresh_key(server: Server, world: World) -> str:
+    """A new key of environment A: a key rotates once, so each rotation gets its own."""
+    correct = world.callers["correct"]
+    assert correct is not None
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with (
+        aiohttp.ClientSession(base_url=base, headers=correct.headers) as http,
+        http.post(KEYS, json={"algorithm": "EdDSA"}) as response,
+    ):
+        assert response.status == 201, await response.text()
+        return str((await response.json())["data"]["id"])
+
+
+def rotates(path: str) -> bool:
+    return path.endswith("/rotate") or path.endswith("/RotateSigningKey")
+
+
 # --- HTTP -----------------------------------------------------------------------------------
 
 
@@ -266,12 +293,16 @@ def http_request(
     key_id = key or (world.revoke_key if method == "DELETE" else world.read_key)
     url = path.replace("{id}", key_id).replace("{environment_id}", world.env_a)
     body: Any = None
+    if path == KEYS + ":batchGet":
+        url += "?ids=" + key_id
     if (method, path) == ("POST", KEYS):
         body = {"algorithm": "EdDSA"}
     elif (method, path) == ("POST", KEYS + "/import"):
         body = {"public_key": public_pem()}
     elif (method, path) == ("POST", "/v1/tokens/verify"):
         body = {"token": world.signed} | ({"environment_id": named} if named else {})
+    elif (method, path) == ("PATCH", KEYS + "/{id}"):
+        body = {"name": "renamed"}
     return url, headers, body
 
 
@@ -284,14 +315,15 @@ async def test_http_authorization_matrix(
         rule = http_rule(method, path)
         assert rule is not None, (method, path)
         for case in CASES:
-            url, headers, body = http_request(world, method, path, case)
+            key = await fresh_key(server, world) if rotates(path) else None
+            url, headers, body = http_request(world, method, path, case, key=key)
             async with http.request(method, url, headers=headers, json=body) as response:
                 got = response.status
                 text = await response.text()
             wanted = rule.expect(case, unauthenticated=401, denied=403, unnamed=400)
             if got != wanted:
                 mismatches.append(f"{method} {path} [{case}]: {got}, expected {wanted}: {text}")
-    assert len(routes) * len(CASES) >= 22 * 8, "the matrix shrank: were routes lost?"
+    assert len(routes) * len(CASES) >= 25 * 8, "the matrix shrank: were routes lost?"
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -439,6 +471,17 @@ def grpc_request(world: World, path: str, case: Case, *, key: str | None = None)
         ),
         "VerifyToken": lambda: pb.VerifyTokenRequest(token=world.signed, environment_id=named),
         "WatchSigningKeys": lambda: pb.WatchSigningKeysRequest(environment_id=named),
+        "ListAuditEvents": lambda: pb.ListAuditEventsRequest(environment_id=named),
+        "BatchGetSigningKeys": lambda: pb.BatchGetSigningKeysRequest(
+            environment_id=named, ids=[key or world.read_key]
+        ),
+        "RotateSigningKey": lambda: pb.RotateSigningKeyRequest(
+            environment_id=named, id=key or world.read_key
+        ),
+        "UpdateSigningKey": lambda: pb.UpdateSigningKeyRequest(
+            environment_id=named, id=key or world.read_key, name="renamed"
+        ),
+        "GetCurrentSigningKey": lambda: pb.GetCurrentSigningKeyRequest(environment_id=named),
         "Check": HealthCheckRequest,
         "Watch": HealthCheckRequest,
     }
@@ -488,8 +531,13 @@ async def test_grpc_authorization_matrix(server: Server, channel: Channel, world
     for path, method in sorted(methods.items()):
         rule = GRPC_RULES[path]
         for case in CASES:
+            key = await fresh_key(server, world) if rotates(path) else None
             answer = await call(
-                channel, path, method, grpc_request(world, path, case), world.callers[case]
+                channel,
+                path,
+                method,
+                grpc_request(world, path, case, key=key),
+                world.callers[case],
             )
             wanted = rule.expect(
                 case,
@@ -501,7 +549,7 @@ async def test_grpc_authorization_matrix(server: Server, channel: Channel, world
                 mismatches.append(
                     f"{path} [{case}]: {answer.status.name}, expected {wanted!r}: {answer.message}"
                 )
-    assert len(methods) * len(CASES) >= 11 * 8, "the matrix shrank: were methods lost?"
+    assert len(methods) * len(CASES) >= 14 * 8, "the matrix shrank: were methods lost?"
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -511,7 +559,7 @@ async def test_a_key_of_another_environment_answers_exactly_like_a_missing_key_o
     methods = await live_grpc_methods(server, channel)
     caller = world.callers["other_environment"]
     missing = secrets.token_urlsafe(24)
-    for name in ("GetSigningKey", "RevokeSigningKey"):
+    for name in ("GetSigningKey", "RevokeSigningKey", "RotateSigningKey", "UpdateSigningKey"):
         path = SIGNING_KEYS + name
         answers = []
         for key in (world.read_key, world.revoke_key, missing):

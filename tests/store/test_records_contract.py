@@ -15,6 +15,7 @@ import pytest
 from service.cli import open_database
 from service.core import crypto
 from service.core.auth import new_access_token
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AuditEvent, Scope, SigningKey
 from service.core.ports import IdempotencyClaim, KeyRecords, TokenRecords
 from service.settings import Settings
@@ -198,6 +199,81 @@ async def test_a_list_page_is_newest_first_within_one_environment(
     assert await ids(limit=2, offset=4) == []
     assert await ids(limit=10, offset=0, status="active") == [keys[2].id, keys[0].id]
     assert await ids(limit=10, offset=0, status="revoked") == [keys[1].id]
+
+
+async def test_a_list_filters_by_algorithm_source_and_expiry(backend: Backend, env: str) -> None:
+    soon = datetime(2031, 1, 1, tzinfo=UTC)
+    rs = await insert(backend, new_key(env, algorithm="RS256"))
+    imported = await insert(backend, new_key(env, source="imported", expires_at=soon))
+    later = await insert(backend, new_key(env, expires_at=soon + timedelta(days=1)))
+    await insert(backend, new_key(env + "-other", algorithm="RS256"))
+
+    async def ids(**filters: Any) -> set[str]:
+        found = await backend.keys.list_page(env, limit=10, offset=0, filters=KeyFilter(**filters))
+        return {key.id for key in found}
+
+    assert await ids(algorithm="RS256") == {rs.id}
+    assert await ids(algorithm="EdDSA") == {imported.id, later.id}
+    assert await ids(source="imported") == {imported.id}
+    assert await ids(expires_before=soon + timedelta(seconds=1)) == {imported.id}
+    assert await ids(expires_before=soon) == set(), "strictly before; no expiry never matches"
+    assert await ids(source="imported", algorithm="RS256") == set()
+
+
+async def test_a_keyset_page_continues_below_a_position_across_equal_times(
+    backend: Backend, env: str
+) -> None:
+    keys = [await insert(backend, new_key(env)) for _ in range(5)]
+    order = await backend.keys.list_page(env, limit=10, offset=0)
+    assert {key.id for key in order} == {key.id for key in keys}
+    for cut in range(len(order)):
+        below = await backend.keys.list_page(env, limit=10, offset=0, after=Position.of(order[cut]))
+        assert below == order[cut + 1 :], "the store's own order, continued"
+    # A position between two keys of the same created_at: only the id decides.
+    tie = Position(order[2].created_at, order[2].id)
+    assert await backend.keys.list_page(env, limit=1, offset=0, after=tie) == [order[3]]
+
+
+async def test_audit_pages_are_newest_first_filtered_and_keyset_paged(
+    backend: Backend, env: str
+) -> None:
+    keys = [await insert(backend, new_key(env)) for _ in range(3)]
+    await backend.keys.revoke(env, keys[0].id, audit=event(keys[0], "revoke"))
+    await insert(backend, new_key(env + "-other"))
+
+    async def page(**options: Any) -> list[AuditEvent]:
+        filters = AuditFilter(**options.pop("filters", {}))
+        return await backend.keys.audit_page(env, limit=10, filters=filters, **options)
+
+    everything = await page()
+    assert (everything[0].action, everything[0].key_id) == ("revoke", keys[0].id)
+    assert len(everything) == 4 and all(e.environment_id == env for e in everything)
+    stamps = [(e.created_at, e.id) for e in everything]
+    assert stamps == sorted(stamps, reverse=True)
+    assert [e.action for e in await page(filters={"key_id": keys[0].id})] == [
+        "revoke",
+        "create",
+    ]
+    assert len(await page(filters={"action": "create"})) == 3
+    assert await page(filters={"actor": "skt_nobody"}) == []
+    first = everything[0]
+    assert first.created_at is not None
+    assert await page(filters={"since": first.created_at + timedelta(seconds=1)}) == []
+    assert len(await page(filters={"until": first.created_at + timedelta(seconds=1)})) == 4
+    for cut in range(4):
+        mark = everything[cut]
+        assert mark.created_at is not None
+        below = await page(after=Position(mark.created_at, mark.id))
+        assert below == everything[cut + 1 :]
+
+
+async def test_get_many_finds_only_the_environments_keys(backend: Backend, env: str) -> None:
+    mine = [await insert(backend, new_key(env)) for _ in range(2)]
+    theirs = await insert(backend, new_key(env + "-other"))
+    found = await backend.keys.get_many(
+        [mine[1].id, theirs.id, "no-such-key", mine[0].id, mine[1].id], environment_id=env
+    )
+    assert sorted(key.id for key in found) == sorted(key.id for key in mine)
 
 
 async def test_change_pages_follow_updated_at_then_id(backend: Backend, env: str) -> None:

@@ -26,12 +26,20 @@ commits it — the slow writer whose row appears after rows stamped later than i
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AccessToken, AuditEvent, KeyStatus, SigningKey
-from service.core.ports import DEFAULT_PAGE_SIZE, Changes, IdempotencyClaim, InsertOutcome
+from service.core.ports import (
+    DEFAULT_PAGE_SIZE,
+    Changes,
+    IdempotencyClaim,
+    InsertOutcome,
+    RotateOutcome,
+    UpdateOutcome,
+)
 from service.errors import RegionUnavailableError
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -162,11 +170,11 @@ class MemoryKeyRecords(_Outage):
                 )
         stored = self._rows.get(key.id)
         if stored is not None:
-            self._write([], [audit])
+            self._write([], [replace(audit, created_at=stored.updated_at)])
             return InsertOutcome(key=stored)
         now = self._clock()
         stored = replace(key, status="active", created_at=now, updated_at=now, revoked_at=None)
-        self._write([stored], [audit])
+        self._write([stored], [replace(audit, created_at=now)])
         return InsertOutcome(key=stored)
 
     async def get(
@@ -185,16 +193,49 @@ class MemoryKeyRecords(_Outage):
         limit: int,
         offset: int,
         status: KeyStatus | None = None,
+        filters: KeyFilter | None = None,
+        after: Position | None = None,
         timeout: float | None = None,
     ) -> list[SigningKey]:
         self._check("list_page")
+        filters = filters or KeyFilter()
         keys = [
             key
             for key in self._rows.values()
-            if key.environment_id == environment_id and (status is None or key.status == status)
+            if key.environment_id == environment_id
+            and (status is None or key.status == status)
+            and filters.matches(key)
+            and (after is None or (key.created_at, key.id) < (after.created_at, after.key_id))
         ]
         keys.sort(key=lambda key: (key.created_at, key.id), reverse=True)
         return keys[offset : offset + limit]
+
+    async def audit_page(
+        self,
+        environment_id: str,
+        *,
+        limit: int,
+        filters: AuditFilter,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> list[AuditEvent]:
+        self._check("audit_page")
+        events = [
+            event
+            for event in self._audit.values()
+            if event.environment_id == environment_id
+            and filters.matches(event)
+            and (after is None or _position(event) < (after.created_at, after.key_id))
+        ]
+        events.sort(key=_position, reverse=True)
+        return events[:limit]
+
+    async def get_many(
+        self, key_ids: Sequence[str], *, environment_id: str, timeout: float | None = None
+    ) -> list[SigningKey]:
+        self._check("get_many")
+        found = (self._rows.get(key_id) for key_id in dict.fromkeys(key_ids))
+        return [key for key in found if key is not None and key.environment_id == environment_id]
 
     async def revoke(
         self,
@@ -212,8 +253,101 @@ class MemoryKeyRecords(_Outage):
             return key
         now = self._clock()
         revoked = replace(key, status="revoked", revoked_at=now, updated_at=now)
-        self._write([revoked], [audit])
+        self._write([revoked], [replace(audit, created_at=now)])
         return revoked
+
+    async def rotate(
+        self,
+        environment_id: str,
+        key_id: str,
+        new_key: SigningKey,
+        *,
+        grace_seconds: int,
+        audits: tuple[AuditEvent, AuditEvent],
+        idempotency: IdempotencyClaim | None = None,
+        timeout: float | None = None,
+    ) -> RotateOutcome:
+        self._check("rotate")
+        old = self._rows.get(key_id)
+        if idempotency is not None:
+            held = self._claims.get((environment_id, idempotency.key))
+            if held is not None and held[1] != new_key.id:
+                return RotateOutcome(
+                    replayed_key_id=held[1], request_matches=held[0] == idempotency.request_hash
+                )
+        if old is None or old.environment_id != environment_id:
+            return RotateOutcome(refusal="not_found")
+        now = self._clock()
+        if old.rotated_to is not None and old.rotated_to != new_key.id:
+            return RotateOutcome(refusal="rotated", rotated_to=old.rotated_to)
+        if old.rotated_to is None:
+            if not old.is_active:
+                return RotateOutcome(refusal="revoked")
+            if old.expires_at is not None and old.expires_at <= now:
+                return RotateOutcome(refusal="expired")
+            start = new_key.not_before
+            if old.expires_at is not None and start is not None and old.expires_at <= start:
+                return RotateOutcome(refusal="gap")
+        if idempotency is not None:
+            self._claims[(environment_id, idempotency.key)] = (
+                idempotency.request_hash,
+                new_key.id,
+            )
+        new = self._rows.get(new_key.id) or replace(
+            new_key, status="active", created_at=now, updated_at=now, revoked_at=None
+        )
+        takeover = max(now, new_key.not_before or now)
+        expiry = takeover + timedelta(seconds=grace_seconds)
+        if old.expires_at is not None and old.expires_at < expiry:
+            expiry = old.expires_at
+        rotated = replace(old, rotated_to=new_key.id, expires_at=expiry, updated_at=now)
+        self._write([new, rotated], list(audits))
+        return RotateOutcome(old=rotated, new=new)
+
+    async def update(
+        self,
+        environment_id: str,
+        key_id: str,
+        *,
+        name_given: bool,
+        name: str | None,
+        expires_at: datetime | None,
+        audit: AuditEvent,
+        timeout: float | None = None,
+    ) -> UpdateOutcome:
+        self._check("update")
+        key = self._rows.get(key_id)
+        if key is None or key.environment_id != environment_id:
+            return UpdateOutcome(refusal="not_found")
+        now = self._clock()
+        if expires_at is not None:
+            if key.expires_at is not None and expires_at > key.expires_at:
+                return UpdateOutcome(refusal="lengthens")
+            if expires_at <= now:
+                return UpdateOutcome(refusal="past")
+        updated = replace(
+            key,
+            name=name if name_given else key.name,
+            expires_at=expires_at or key.expires_at,
+            updated_at=now,
+        )
+        self._write([updated], [audit])
+        return UpdateOutcome(key=updated)
+
+    async def current(
+        self, environment_id: str, *, timeout: float | None = None
+    ) -> SigningKey | None:
+        self._check("current")
+        now = self._clock()
+        keys = [
+            key
+            for key in self._rows.values()
+            if key.environment_id == environment_id
+            and key.is_active
+            and (key.expires_at is None or key.expires_at > now)
+            and (key.not_before is None or key.not_before <= now)
+        ]
+        return max(keys, key=lambda key: (key.created_at, key.id), default=None)
 
     async def pages(
         self,
@@ -280,6 +414,11 @@ class MemoryKeyRecords(_Outage):
 
     def _record(self, event: AuditEvent) -> None:
         self._audit.setdefault(event.id, event)  # ON CONFLICT (id) DO NOTHING
+
+
+def _position(event: AuditEvent) -> tuple[datetime, str]:
+    assert event.created_at is not None  # stamped when recorded
+    return (event.created_at, event.id)
 
 
 class MemoryTokenRecords(_Outage):

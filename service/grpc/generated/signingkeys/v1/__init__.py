@@ -100,6 +100,12 @@ class InvalidReason(betterproto.Enum):
      exponent other than 65537, or over 4096 bits): it verifies nothing. Import a new key.
     """
 
+    KEY_NOT_YET_VALID = 11
+    """
+    The key's `not_before` has not passed, or the token's `iat` is before it: the key may
+     not have signed it.
+    """
+
 
 class WatchEventKind(betterproto.Enum):
     """What a watch event is."""
@@ -187,6 +193,21 @@ class SigningKey(betterproto.Message):
     expire_time: datetime = betterproto.message_field(16)
     """`expires_at` as a Timestamp; unset for never."""
 
+    not_before: str = betterproto.string_field(17)
+    """
+    When the key may start signing, Unix seconds as a string; empty for "from creation". The
+     key is in the JWKS before it (so verifiers with an older cached copy already have it),
+     but a token it signed before it does not verify (INVALID_REASON_KEY_NOT_YET_VALID).
+    """
+
+    not_before_time: datetime = betterproto.message_field(18)
+    """`not_before` as a Timestamp; unset when `not_before` is empty."""
+
+    rotated_to: str = betterproto.string_field(19)
+    """
+    The id of the key this key was rotated to (RotateSigningKey); empty if never rotated.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSigningKeyRequest(betterproto.Message):
@@ -218,6 +239,12 @@ class CreateSigningKeyRequest(betterproto.Message):
     Makes the create safe to repeat (1-255 printable ASCII characters; the HTTP API's
      `Idempotency-Key` header): a repeat with the same key creates nothing and answers
      ALREADY_EXISTS naming the key created first (whose private key is not stored).
+    """
+
+    not_before: str = betterproto.string_field(6)
+    """
+    When the key may start signing, Unix seconds as a decimal string (as `expires_at`);
+     empty for at once. It is published (JWKS) from creation.
     """
 
 
@@ -275,6 +302,11 @@ class ImportSigningKeyRequest(betterproto.Message):
     idempotency_key: str = betterproto.string_field(7)
     """
     Makes the import safe to repeat, as for CreateSigningKeyRequest.idempotency_key.
+    """
+
+    not_before: str = betterproto.string_field(8)
+    """
+    When the key may start signing, as CreateSigningKeyRequest.not_before.
     """
 
 
@@ -336,6 +368,32 @@ class ListSigningKeysRequest(betterproto.Message):
     Which keys to list: "active" (the default when empty), "revoked" or "all".
     """
 
+    page_size: int = betterproto.int32_field(5)
+    """
+    Keys per page, 1 to 100; 0 means `limit` (or its default). The same as `limit`, under
+     the name AIP-158 gives it; both non-zero and different is INVALID_ARGUMENT.
+    """
+
+    page_token: str = betterproto.string_field(6)
+    """
+    Empty: the first page (or `page`). Otherwise a `next_page_token` from an earlier answer
+     to the same request (same environment, status and filters; another is
+     INVALID_ARGUMENT, as is a malformed token or one combined with `page`): the keys after
+     that page's last key, found by keyset on (created_at, id), however deep the page.
+    """
+
+    algorithm: str = betterproto.string_field(7)
+    """Only keys of this algorithm ("RS256", "ES256", "EdDSA"); empty: any."""
+
+    source: str = betterproto.string_field(8)
+    """Only keys of this source ("generated", "imported"); empty: any."""
+
+    expires_before: str = betterproto.string_field(9)
+    """
+    Only keys whose expiry is before this time, in Unix seconds as a decimal string (keys
+     that never expire do not match); empty: any.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class ListSigningKeysResponse(betterproto.Message):
@@ -346,7 +404,13 @@ class ListSigningKeysResponse(betterproto.Message):
 
     next_page: int = betterproto.int32_field(2)
     """
-    The page to ask for next, or 0 when this page was not full (so none can follow).
+    The page to ask for next, or 0 when this page was not full (so none can follow), and 0
+     when the request paged by `page_token`.
+    """
+
+    next_page_token: str = betterproto.string_field(3)
+    """
+    Pass as `page_token` for the next page; empty when no key follows this page.
     """
 
 
@@ -465,6 +529,234 @@ class WatchSigningKeysResponse(betterproto.Message):
      this event. For SNAPSHOT and CHANGED it also names the key state the event carries
      (precisely, unlike updated_at's whole seconds): deduplicate events on it.
     """
+
+
+@dataclass(eq=False, repr=False)
+class BatchGetSigningKeysRequest(betterproto.Message):
+    """Many keys of one environment by id."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the keys belong to; empty: the access token's only environment.
+    """
+
+    ids: List[str] = betterproto.string_field(2)
+    """
+    1 to 100 key ids; a repeated id is read once. More, or a malformed id, is
+     INVALID_ARGUMENT.
+    """
+
+    status: str = betterproto.string_field(3)
+    """
+    Which keys count as found: "active" (the default when empty), "revoked" or "all".
+    """
+
+
+@dataclass(eq=False, repr=False)
+class BatchGetSigningKeysResponse(betterproto.Message):
+    """The keys found and the ids that were not."""
+
+    keys: List["SigningKey"] = betterproto.message_field(1)
+    """The keys found, in the order their ids were asked for."""
+
+    not_found_ids: List[str] = betterproto.string_field(2)
+    """
+    The ids asked for that name no key of the environment with the status asked for.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ListAuditEventsRequest(betterproto.Message):
+    """Read an environment's audit events."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment whose events to read; empty: the access token's only environment.
+    """
+
+    page_size: int = betterproto.int32_field(2)
+    """Events per page, 1 to 100; 0 means the default (25)."""
+
+    page_token: str = betterproto.string_field(3)
+    """
+    Empty: the newest events. Otherwise a `next_page_token` from an earlier answer to the
+     same request (same environment and filters, else INVALID_ARGUMENT).
+    """
+
+    key_id: str = betterproto.string_field(4)
+    """Only events of this key id; empty: any."""
+
+    actor: str = betterproto.string_field(5)
+    """Only events by this actor (an access token id); empty: any."""
+
+    action: str = betterproto.string_field(6)
+    """
+    Only events of this action ("create", "import", "revoke"); empty: any.
+    """
+
+    since: str = betterproto.string_field(7)
+    """
+    Only events at or after this time, Unix seconds as a decimal string; empty: no bound.
+    """
+
+    until: str = betterproto.string_field(8)
+    """
+    Only events before this time, Unix seconds as a decimal string; empty: no bound.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class AuditEvent(betterproto.Message):
+    """One recorded change to a key."""
+
+    id: str = betterproto.string_field(1)
+    """The event's id."""
+
+    environment_id: str = betterproto.string_field(2)
+    """The environment of the key."""
+
+    key_id: str = betterproto.string_field(3)
+    """The key changed."""
+
+    action: str = betterproto.string_field(4)
+    """What was done: "create", "import" or "revoke" (more may be added)."""
+
+    actor: str = betterproto.string_field(5)
+    """Who did it: the access token id (never its secret)."""
+
+    api: str = betterproto.string_field(6)
+    """Through which API: "http", "grpc" or "cli" (more may be added)."""
+
+    request_id: str = betterproto.string_field(7)
+    """The request id the change was made under, when known."""
+
+    created_at: str = betterproto.string_field(8)
+    """When, as Unix seconds (a decimal string, as the key's times)."""
+
+    create_time: datetime = betterproto.message_field(9)
+    """`created_at` as a Timestamp, to the microsecond."""
+
+
+@dataclass(eq=False, repr=False)
+class ListAuditEventsResponse(betterproto.Message):
+    """One page of audit events."""
+
+    events: List["AuditEvent"] = betterproto.message_field(1)
+    """The page's events, newest first."""
+
+    next_page_token: str = betterproto.string_field(2)
+    """
+    Pass as `page_token` for the next page; empty when no event follows this page.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RotateSigningKeyRequest(betterproto.Message):
+    """Rotate one key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the key belongs to; empty: the access token's only environment.
+    """
+
+    id: str = betterproto.string_field(2)
+    """The id of the key to rotate."""
+
+    algorithm: str = betterproto.string_field(3)
+    """
+    The new key's algorithm ("RS256", "ES256", "EdDSA"); empty: the old key's.
+    """
+
+    name: str = betterproto.string_field(4)
+    """A name for the new key (at most 200 characters); empty for none."""
+
+    not_before: str = betterproto.string_field(5)
+    """
+    When the new key may start signing, Unix seconds as a decimal string; empty for at
+     once. It is published (JWKS) from now, so give verifiers' caches time to fetch it.
+    """
+
+    expires_at: str = betterproto.string_field(6)
+    """
+    When the new key stops verifying, Unix seconds as a decimal string; empty for never.
+    """
+
+    grace_period_seconds: int = betterproto.int32_field(7)
+    """
+    How long the old key keeps verifying after the new one takes over, in seconds: 60 to
+     2592000 (30 days); 0 means the default, 86400 (24 hours). Never extends its expiry.
+    """
+
+    idempotency_key: str = betterproto.string_field(8)
+    """
+    Makes the rotation safe to repeat, as for CreateSigningKeyRequest.idempotency_key.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RotateSigningKeyResponse(betterproto.Message):
+    """A rotation's outcome."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The new key."""
+
+    private_key: str = betterproto.string_field(2)
+    """
+    The new key's private key, base64 of its PKCS#8 PEM, returned by this response only.
+    """
+
+    previous_key: "SigningKey" = betterproto.message_field(3)
+    """
+    The old key as rotated: `rotated_to` names the new key, `expires_at` is scheduled.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class UpdateSigningKeyRequest(betterproto.Message):
+    """Update one key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """
+    The environment the key belongs to; empty: the access token's only environment.
+    """
+
+    id: str = betterproto.string_field(2)
+    """The id of the key to update."""
+
+    name: Optional[str] = betterproto.string_field(3, optional=True)
+    """
+    The new name; unset leaves the name as it is, an empty string clears it.
+    """
+
+    expires_at: str = betterproto.string_field(4)
+    """
+    The new expiry, Unix seconds as a decimal string, in the future and no later than the
+     key's; empty leaves it as it is.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class UpdateSigningKeyResponse(betterproto.Message):
+    """The key as updated."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The key as updated."""
+
+
+@dataclass(eq=False, repr=False)
+class GetCurrentSigningKeyRequest(betterproto.Message):
+    """Read an environment's current key."""
+
+    environment_id: str = betterproto.string_field(1)
+    """The environment; empty: the access token's only environment."""
+
+
+@dataclass(eq=False, repr=False)
+class GetCurrentSigningKeyResponse(betterproto.Message):
+    """The environment's current key."""
+
+    key: "SigningKey" = betterproto.message_field(1)
+    """The key new tokens should be signed with."""
 
 
 class SigningKeysStub(betterproto.ServiceStub):
@@ -588,6 +880,91 @@ class SigningKeysStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def batch_get_signing_keys(
+        self,
+        batch_get_signing_keys_request: "BatchGetSigningKeysRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BatchGetSigningKeysResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/BatchGetSigningKeys",
+            batch_get_signing_keys_request,
+            BatchGetSigningKeysResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_audit_events(
+        self,
+        list_audit_events_request: "ListAuditEventsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListAuditEventsResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/ListAuditEvents",
+            list_audit_events_request,
+            ListAuditEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def rotate_signing_key(
+        self,
+        rotate_signing_key_request: "RotateSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RotateSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/RotateSigningKey",
+            rotate_signing_key_request,
+            RotateSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def update_signing_key(
+        self,
+        update_signing_key_request: "UpdateSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "UpdateSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/UpdateSigningKey",
+            update_signing_key_request,
+            UpdateSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_current_signing_key(
+        self,
+        get_current_signing_key_request: "GetCurrentSigningKeyRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetCurrentSigningKeyResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/GetCurrentSigningKey",
+            get_current_signing_key_request,
+            GetCurrentSigningKeyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SigningKeysBase(ServiceBase):
 
@@ -626,6 +1003,31 @@ class SigningKeysBase(ServiceBase):
     ) -> AsyncIterator[WatchSigningKeysResponse]:
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield WatchSigningKeysResponse()
+
+    async def batch_get_signing_keys(
+        self, batch_get_signing_keys_request: "BatchGetSigningKeysRequest"
+    ) -> "BatchGetSigningKeysResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_audit_events(
+        self, list_audit_events_request: "ListAuditEventsRequest"
+    ) -> "ListAuditEventsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def rotate_signing_key(
+        self, rotate_signing_key_request: "RotateSigningKeyRequest"
+    ) -> "RotateSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def update_signing_key(
+        self, update_signing_key_request: "UpdateSigningKeyRequest"
+    ) -> "UpdateSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_current_signing_key(
+        self, get_current_signing_key_request: "GetCurrentSigningKeyRequest"
+    ) -> "GetCurrentSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_signing_key(
         self,
@@ -685,6 +1087,46 @@ class SigningKeysBase(ServiceBase):
             request,
         )
 
+    async def __rpc_batch_get_signing_keys(
+        self,
+        stream: "grpclib.server.Stream[BatchGetSigningKeysRequest, BatchGetSigningKeysResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.batch_get_signing_keys(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_audit_events(
+        self,
+        stream: "grpclib.server.Stream[ListAuditEventsRequest, ListAuditEventsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_audit_events(request)
+        await stream.send_message(response)
+
+    async def __rpc_rotate_signing_key(
+        self,
+        stream: "grpclib.server.Stream[RotateSigningKeyRequest, RotateSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.rotate_signing_key(request)
+        await stream.send_message(response)
+
+    async def __rpc_update_signing_key(
+        self,
+        stream: "grpclib.server.Stream[UpdateSigningKeyRequest, UpdateSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.update_signing_key(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_current_signing_key(
+        self,
+        stream: "grpclib.server.Stream[GetCurrentSigningKeyRequest, GetCurrentSigningKeyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_current_signing_key(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/signingkeys.v1.SigningKeys/CreateSigningKey": grpclib.const.Handler(
@@ -728,5 +1170,35 @@ class SigningKeysBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 WatchSigningKeysRequest,
                 WatchSigningKeysResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/BatchGetSigningKeys": grpclib.const.Handler(
+                self.__rpc_batch_get_signing_keys,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BatchGetSigningKeysRequest,
+                BatchGetSigningKeysResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/ListAuditEvents": grpclib.const.Handler(
+                self.__rpc_list_audit_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListAuditEventsRequest,
+                ListAuditEventsResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/RotateSigningKey": grpclib.const.Handler(
+                self.__rpc_rotate_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RotateSigningKeyRequest,
+                RotateSigningKeyResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/UpdateSigningKey": grpclib.const.Handler(
+                self.__rpc_update_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UpdateSigningKeyRequest,
+                UpdateSigningKeyResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/GetCurrentSigningKey": grpclib.const.Handler(
+                self.__rpc_get_current_signing_key,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetCurrentSigningKeyRequest,
+                GetCurrentSigningKeyResponse,
             ),
         }

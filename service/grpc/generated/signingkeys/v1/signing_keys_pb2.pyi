@@ -36,6 +36,7 @@ class InvalidReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_REASON_WRONG_SUBJECT: _ClassVar[InvalidReason]
     INVALID_REASON_ALGORITHM_MISMATCH: _ClassVar[InvalidReason]
     INVALID_REASON_UNSUPPORTED_KEY: _ClassVar[InvalidReason]
+    INVALID_REASON_KEY_NOT_YET_VALID: _ClassVar[InvalidReason]
 
 class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -61,13 +62,14 @@ INVALID_REASON_WRONG_AUDIENCE: InvalidReason
 INVALID_REASON_WRONG_SUBJECT: InvalidReason
 INVALID_REASON_ALGORITHM_MISMATCH: InvalidReason
 INVALID_REASON_UNSUPPORTED_KEY: InvalidReason
+INVALID_REASON_KEY_NOT_YET_VALID: InvalidReason
 WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
 WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
 WATCH_EVENT_KIND_SYNCED: WatchEventKind
 WATCH_EVENT_KIND_CHANGED: WatchEventKind
 
 class SigningKey(_message.Message):
-    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time")
+    __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time", "not_before", "not_before_time", "rotated_to")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,9 @@ class SigningKey(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_TO_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: str
     environment_id: str
@@ -100,21 +105,26 @@ class SigningKey(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    not_before: str
+    not_before_time: _timestamp_pb2.Timestamp
+    rotated_to: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[str] = ..., environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., source: _Optional[_Union[KeySource, str]] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_key: _Optional[str] = ..., updated_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_before: _Optional[str] = ..., not_before_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotated_to: _Optional[str] = ...) -> None: ...
 
 class CreateSigningKeyRequest(_message.Message):
-    __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key")
+    __slots__ = ("environment_id", "algorithm", "name", "expires_at", "idempotency_key", "not_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     algorithm: str
     name: str
     expires_at: str
     idempotency_key: str
-    def __init__(self, environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    not_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., not_before: _Optional[str] = ...) -> None: ...
 
 class CreateSigningKeyResponse(_message.Message):
     __slots__ = ("key", "private_key")
@@ -125,7 +135,7 @@ class CreateSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ..., private_key: _Optional[str] = ...) -> None: ...
 
 class ImportSigningKeyRequest(_message.Message):
-    __slots__ = ("environment_id", "pem", "jwk_json", "algorithm", "name", "expires_at", "idempotency_key")
+    __slots__ = ("environment_id", "pem", "jwk_json", "algorithm", "name", "expires_at", "idempotency_key", "not_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PEM_FIELD_NUMBER: _ClassVar[int]
     JWK_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +143,7 @@ class ImportSigningKeyRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     pem: str
     jwk_json: str
@@ -140,7 +151,8 @@ class ImportSigningKeyRequest(_message.Message):
     name: str
     expires_at: str
     idempotency_key: str
-    def __init__(self, environment_id: _Optional[str] = ..., pem: _Optional[str] = ..., jwk_json: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    not_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., pem: _Optional[str] = ..., jwk_json: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., not_before: _Optional[str] = ...) -> None: ...
 
 class ImportSigningKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -165,24 +177,36 @@ class GetSigningKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
 
 class ListSigningKeysRequest(_message.Message):
-    __slots__ = ("environment_id", "limit", "page", "status")
+    __slots__ = ("environment_id", "limit", "page", "status", "page_size", "page_token", "algorithm", "source", "expires_before")
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_BEFORE_FIELD_NUMBER: _ClassVar[int]
     environment_id: str
     limit: int
     page: int
     status: str
-    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    algorithm: str
+    source: str
+    expires_before: str
+    def __init__(self, environment_id: _Optional[str] = ..., limit: _Optional[int] = ..., page: _Optional[int] = ..., status: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., algorithm: _Optional[str] = ..., source: _Optional[str] = ..., expires_before: _Optional[str] = ...) -> None: ...
 
 class ListSigningKeysResponse(_message.Message):
-    __slots__ = ("keys", "next_page")
+    __slots__ = ("keys", "next_page", "next_page_token")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
     next_page: int
-    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., next_page: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., next_page: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeSigningKeyRequest(_message.Message):
     __slots__ = ("environment_id", "id")
@@ -243,3 +267,131 @@ class WatchSigningKeysResponse(_message.Message):
     key: SigningKey
     position: str
     def __init__(self, kind: _Optional[_Union[WatchEventKind, str]] = ..., key: _Optional[_Union[SigningKey, _Mapping]] = ..., position: _Optional[str] = ...) -> None: ...
+
+class BatchGetSigningKeysRequest(_message.Message):
+    __slots__ = ("environment_id", "ids", "status")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    status: str
+    def __init__(self, environment_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., status: _Optional[str] = ...) -> None: ...
+
+class BatchGetSigningKeysResponse(_message.Message):
+    __slots__ = ("keys", "not_found_ids")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    not_found_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ..., not_found_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("environment_id", "page_size", "page_token", "key_id", "actor", "action", "since", "until")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    page_size: int
+    page_token: str
+    key_id: str
+    actor: str
+    action: str
+    since: str
+    until: str
+    def __init__(self, environment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., key_id: _Optional[str] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("id", "environment_id", "key_id", "action", "actor", "api", "request_id", "created_at", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    environment_id: str
+    key_id: str
+    action: str
+    actor: str
+    api: str
+    request_id: str
+    created_at: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., environment_id: _Optional[str] = ..., key_id: _Optional[str] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., api: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RotateSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id", "algorithm", "name", "not_before", "expires_at", "grace_period_seconds", "idempotency_key")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    algorithm: str
+    name: str
+    not_before: str
+    expires_at: str
+    grace_period_seconds: int
+    idempotency_key: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ..., algorithm: _Optional[str] = ..., name: _Optional[str] = ..., not_before: _Optional[str] = ..., expires_at: _Optional[str] = ..., grace_period_seconds: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class RotateSigningKeyResponse(_message.Message):
+    __slots__ = ("key", "private_key", "previous_key")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    private_key: str
+    previous_key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ..., private_key: _Optional[str] = ..., previous_key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class UpdateSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id", "id", "name", "expires_at")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    id: str
+    name: str
+    expires_at: str
+    def __init__(self, environment_id: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+
+class UpdateSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class GetCurrentSigningKeyRequest(_message.Message):
+    __slots__ = ("environment_id",)
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    def __init__(self, environment_id: _Optional[str] = ...) -> None: ...
+
+class GetCurrentSigningKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: SigningKey
+    def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
