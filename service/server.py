@@ -117,6 +117,8 @@ class Server(AsyncResource):
                 snapshot_reads=settings.max_snapshot_reads,
             ),
             metrics=self.metrics,
+            progress_interval=settings.watch_progress_interval,
+            max_stream_age=settings.watch_max_age,
         )
         self.verifier = TokenVerifier(
             self.key_records,

@@ -77,6 +77,17 @@ class Call(Generic[RequestT, ReplyT]):
     stream: Stream[RequestT, ReplyT]
     request_id: str
     authenticator: Authenticator
+    headers_sent: bool = False
+
+    async def send_headers(self, metadata: dict[str, str] | None = None) -> None:
+        """Send the initial metadata, once: the request id (``x-request-id``, as HTTP's
+        ``X-Request-Id`` header) and ``metadata``; a later call does nothing."""
+        if self.headers_sent:
+            return
+        self.headers_sent = True
+        await self.stream.send_initial_metadata(
+            metadata={REQUEST_ID_METADATA: self.request_id, **(metadata or {})}
+        )
 
     def remaining(self) -> float | None:
         """Seconds left before the client's deadline (``grpc-timeout``), if it set one."""
@@ -204,6 +215,7 @@ class SigningKeysServicer:
                 raise
             except GRPCError as exc:  # refused by the codec or the size limit
                 outcome = exc.status.name
+                await call.send_headers()
                 raise
             except Exception as exc:
                 failure = error_status(exc)
@@ -214,6 +226,7 @@ class SigningKeysServicer:
                     log.warning(
                         "grpc_call_unavailable", method=method, error_type=failure.error_type
                     )
+                await call.send_headers()
                 await stream.send_trailing_metadata(
                     status=failure.status,
                     status_message=failure.message,
@@ -236,8 +249,8 @@ class SigningKeysServicer:
                 reply = await answer(await call.receive(), call)
                 scope = consistency.current()
                 token = None if scope is None else scope.token()
-                if token is not None:  # a write's position, before its reply
-                    await stream.send_initial_metadata(metadata={CONSISTENCY_METADATA: token})
+                # A write's position, before its reply.
+                await call.send_headers({} if token is None else {CONSISTENCY_METADATA: token})
                 await stream.send_message(reply)
 
         return handle
@@ -335,6 +348,7 @@ class SigningKeysServicer:
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]
     ) -> None:
         async with self._rpc(stream, "WatchSigningKeys", unary=False) as call:
+            await call.send_headers()  # at once: a stream may have nothing to send for a while
             request = await call.receive()
             events = self._changes.watch(
                 await call.principal(),
