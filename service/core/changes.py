@@ -328,8 +328,9 @@ class ChangeFeed(Poller):
                 ):
                     last = position_of(key.updated_at, key.id)
                     yield WatchEvent(kind, key, last)
+            live_since = asyncio.get_running_loop().time()
             yield WatchEvent("synced", None, last)
-            async for event in self._live(watcher, last):
+            async for event in self._live(watcher, last, live_since):
                 yield event
         finally:
             self._watchers.discard(watcher)
@@ -338,14 +339,17 @@ class ChangeFeed(Poller):
             if not self._streams_by_caller[caller]:
                 del self._streams_by_caller[caller]
 
-    async def _live(self, watcher: _Watcher, last: str) -> AsyncGenerator[WatchEvent, None]:
-        """The live part of a stream: its changes, a ``progress`` event whenever it has been
-        idle for the progress interval, and its end at its maximum age."""
+    async def _live(
+        self, watcher: _Watcher, last: str, since: float
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """The live part of a stream, from ``since`` (the event loop's time of its SYNCED):
+        its changes, a ``progress`` event whenever it has been idle for the progress
+        interval, and its end at its maximum age."""
         loop = asyncio.get_running_loop()
         ends = math.inf
         if self._max_stream_age is not None:
             shorter = random.uniform(0.0, MAX_AGE_JITTER)  # spreading, not secrecy
-            ends = loop.time() + self._max_stream_age * (1.0 - shorter)
+            ends = since + self._max_stream_age * (1.0 - shorter)
         interval = math.inf if self._progress_interval is None else self._progress_interval
         for count in itertools.count(1):
             if watcher.overflowed:

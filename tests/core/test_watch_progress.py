@@ -115,11 +115,12 @@ async def test_a_resume_from_progress_misses_a_write_committed_after_it() -> Non
     late = await node.create()  # stamped first ...
     node.clock.advance(OVERLAP / 2)
     fast = await node.create()  # ... committed first
+    elsewhere = await node.create(B)  # and the feed's watermark moves past both
     await node.feed.poll_once()
     assert (await next_event(stream)).key == fast
     progress = await next_event(stream)
     assert progress.kind == "progress"
-    assert parse_position(progress.position) == fast.updated_at > late.updated_at
+    assert parse_position(progress.position) == elsewhere.updated_at > late.updated_at
     await stream.aclose()
     pending.commit()
     assert late.id in await replayed_ids(node, progress.position)
