@@ -29,6 +29,7 @@ import structlog
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
+from h2.exceptions import StreamClosedError
 
 from service.core import consistency
 from service.core.auth import Authenticator
@@ -81,7 +82,8 @@ class Call(Generic[RequestT, ReplyT]):
 
     async def send_headers(self, metadata: dict[str, str] | None = None) -> None:
         """Send the initial metadata, once: the request id (``x-request-id``, as HTTP's
-        ``X-Request-Id`` header) and ``metadata``; a later call does nothing."""
+        ``X-Request-Id`` header) and ``metadata``; a later call does nothing. (An error
+        carries the request id in its trailing metadata: a refusal is trailers-only.)"""
         if self.headers_sent:
             return
         self.headers_sent = True
@@ -215,8 +217,14 @@ class SigningKeysServicer:
                 raise
             except GRPCError as exc:  # refused by the codec or the size limit
                 outcome = exc.status.name
-                await call.send_headers()
-                raise
+                # Sent here rather than by grpclib, so that the request id goes with it.
+                with contextlib.suppress(StreamClosedError):  # as grpclib does
+                    await stream.send_trailing_metadata(
+                        status=exc.status,
+                        status_message=exc.message,
+                        status_details=exc.details,
+                        metadata={REQUEST_ID_METADATA: call_id},
+                    )
             except Exception as exc:
                 failure = error_status(exc)
                 outcome = failure.status.name
@@ -226,11 +234,13 @@ class SigningKeysServicer:
                     log.warning(
                         "grpc_call_unavailable", method=method, error_type=failure.error_type
                     )
-                await call.send_headers()
                 await stream.send_trailing_metadata(
                     status=failure.status,
                     status_message=failure.message,
-                    metadata={ERROR_TYPE_METADATA: failure.error_type},
+                    metadata={
+                        ERROR_TYPE_METADATA: failure.error_type,
+                        REQUEST_ID_METADATA: call_id,
+                    },
                 )
             finally:
                 if unary:
@@ -348,7 +358,6 @@ class SigningKeysServicer:
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]
     ) -> None:
         async with self._rpc(stream, "WatchSigningKeys", unary=False) as call:
-            await call.send_headers()  # at once: a stream may have nothing to send for a while
             request = await call.receive()
             events = self._changes.watch(
                 await call.principal(),
@@ -358,6 +367,7 @@ class SigningKeysServicer:
             )
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
+                    await call.send_headers()  # with the first event; a refusal has none
                     await stream.send_message(watch_response(event))
 
 

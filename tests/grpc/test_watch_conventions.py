@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from service.grpc.generated.signingkeys import v1 as pb
 from service.server import Server
 from service.settings import Settings
 from tests.grpc.conftest import metadata
+from tests.grpc.test_limits import _raw_call
 from tests.grpc.test_servicer import next_event, watching
 from tests.support.service import TokenFactory, service_env
 
@@ -159,19 +161,18 @@ async def test_positions_do_not_expire(paced_channel: Channel, paced_md: dict[st
 async def call(
     channel: Channel, method: str, request: Any, reply: type[Any], md: dict[str, str]
 ) -> tuple[dict[str, Any], Any]:
-    """One unary call: its initial metadata, and its reply or its error."""
-    initial: dict[str, Any] = {}
-    try:
-        async with channel.request(
-            f"{SERVICE}/{method}", Cardinality.UNARY_UNARY, type(request), reply, metadata=md
-        ) as stream:
+    """One unary call: its reply's initial metadata and the reply, or its error's trailing
+    metadata and the error."""
+    async with channel.request(
+        f"{SERVICE}/{method}", Cardinality.UNARY_UNARY, type(request), reply, metadata=md
+    ) as stream:
+        try:
             await stream.send_message(request, end=True)
             await stream.recv_initial_metadata()
-            initial = dict(stream.initial_metadata or {})
             answer = await stream.recv_message()
-    except GRPCError as exc:
-        return initial, exc
-    return initial, answer
+        except GRPCError as exc:
+            return dict(stream.trailing_metadata or {}), exc
+        return dict(stream.initial_metadata or {}), answer
 
 
 def logged_request_ids(log_stream: io.StringIO, event: str) -> list[str]:
@@ -199,7 +200,7 @@ async def test_the_request_id_is_echoed_and_bound_to_the_calls_log_lines(
         assert generated and generated != offered.get("x-request-id")
         assert logged_request_ids(log_stream, "signing_key_stored")[-1] == generated
 
-    initial, failed = await call(
+    trailing, failed = await call(
         paced_channel,
         "GetSigningKey",
         pb.GetSigningKeyRequest(id="no-such-key"),
@@ -207,7 +208,8 @@ async def test_the_request_id_is_echoed_and_bound_to_the_calls_log_lines(
         {**paced_md, "x-request-id": "trace-missing"},
     )
     assert isinstance(failed, GRPCError) and failed.status is Status.NOT_FOUND
-    assert initial["x-request-id"] == "trace-missing", "errors carry it too"
+    assert trailing["x-request-id"] == "trace-missing", "errors carry it in their trailers"
+    assert trailing["error-type"] == "not_found"
 
 
 async def test_a_watch_sends_its_request_id_before_any_event(
@@ -219,3 +221,22 @@ async def test_a_watch_sends_its_request_id_before_any_event(
         assert stream.initial_metadata is not None
         assert stream.initial_metadata["x-request-id"] == "watch-1"
         assert (await next_event(stream, WITHIN)).kind == pb.WatchEventKind.SYNCED
+
+
+async def test_a_message_refused_before_it_is_read_carries_the_request_id(
+    paced: Server,
+) -> None:
+    """The size limit refuses a request from its length prefix (grpclib's error path)."""
+    assert paced.grpc_port is not None
+    (exchange,) = await asyncio.wait_for(
+        _raw_call(
+            paced.grpc_port,
+            f"{SERVICE}/CreateSigningKey",
+            struct.pack(">?I", False, 1_000_000) + b"a" * 1000,
+            end_stream=False,
+            headers=[(b"x-request-id", b"trace-too-big")],
+        ),
+        WITHIN,
+    )
+    assert exchange.grpc_status is Status.RESOURCE_EXHAUSTED, exchange
+    assert exchange.headers["x-request-id"] == "trace-too-big"
