@@ -212,7 +212,7 @@ async def test_the_request_id_is_echoed_and_bound_to_the_calls_log_lines(
     assert trailing["error-type"] == "not_found"
 
 
-async def test_a_watch_sends_its_request_id_before_any_event(
+async def test_a_watch_sends_its_request_id_with_its_first_event(
     paced_channel: Channel, paced_md: dict[str, str]
 ) -> None:
     async with watching(paced_channel, {**paced_md, "x-request-id": "watch-1"}) as stream:
