@@ -119,7 +119,10 @@ async def test_the_stream_ends_at_its_maximum_age_and_a_resume_misses_nothing(
                 with pytest.raises(GRPCError) as ended:
                     await stream.recv_trailing_metadata()
             lived = time.monotonic() - started
-            await asyncio.sleep(0.5)  # and a few more keys after the end
+            at_end = len(created)
+            async with asyncio.timeout(2 * WITHIN):  # and a few more keys after the end
+                while len(created) < at_end + 2:
+                    await asyncio.sleep(0.02)
         finally:
             stop.set()
             await creator
@@ -127,9 +130,11 @@ async def test_the_stream_ends_at_its_maximum_age_and_a_resume_misses_nothing(
     assert "maximum age" in (ended.value.message or "")
     assert stream.trailing_metadata is not None
     assert stream.trailing_metadata.get("error-type") == "watch_max_age"
-    assert 0.9 * MAX_AGE - 0.1 <= lived < MAX_AGE + WITHIN
+    # From the client's receipt of SYNCED, which may come late on a loaded machine.
+    assert 0.9 * MAX_AGE - 0.5 <= lived < MAX_AGE + WITHIN
     assert last is not None and last.kind == pb.WatchEventKind.PROGRESS, "a last position"
-    assert len(created) > 10 and set(created) - seen, "keys were created after the end"
+    assert set(created) & seen, "keys created during the stream reached it"
+    assert set(created) - seen, "keys were created after the end"
 
     async with watching(paced_channel, paced_md, after=last.position) as resumed:
         replay = await until_synced(resumed)
