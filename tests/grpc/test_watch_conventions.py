@@ -130,6 +130,9 @@ async def test_the_stream_ends_at_its_maximum_age_and_a_resume_misses_nothing(
     assert "maximum age" in (ended.value.message or "")
     assert stream.trailing_metadata is not None
     assert stream.trailing_metadata.get("error-type") == "watch_max_age"
+    assert stream.initial_metadata is not None
+    request_id = stream.initial_metadata["x-request-id"]
+    assert stream.trailing_metadata.get("x-request-id") == request_id, "at both ends"
     # From the client's receipt of SYNCED, which may come late on a loaded machine.
     assert 0.9 * MAX_AGE - 0.5 <= lived < MAX_AGE + WITHIN
     assert last is not None and last.kind == pb.WatchEventKind.PROGRESS, "a last position"
