@@ -195,3 +195,7 @@ class SlowConsumerError(DependencyError, type="slow_consumer"):
 
 class TooManyWatchersError(DependencyError, type="too_many_watchers"):
     """This instance already serves as many watch streams as it allows; try another or later."""
+
+
+class WatchMaxAgeError(DependencyError, type="watch_max_age"):
+    """A watch stream reached its maximum age; resume from its last position (any instance)."""

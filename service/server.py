@@ -116,6 +116,8 @@ class Server(AsyncResource):
                 snapshot_reads=settings.max_snapshot_reads,
             ),
             metrics=self.metrics,
+            progress_interval=settings.watch_progress_interval,
+            max_stream_age=settings.watch_max_age,
         )
         # Reads come from the cache while the feed keeps it fresh; writes go into it at once.
         self.keys = KeyService(

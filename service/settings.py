@@ -125,6 +125,11 @@ class Settings:
     max_watch_streams_per_caller: int = 100
     max_snapshots_per_caller: int = 2
     max_snapshot_reads: int = 4
+    # A WatchSigningKeys stream with no change to send for this long sends a PROGRESS event
+    # with the current position; one live this long (less up to a tenth) is ended with
+    # UNAVAILABLE, to be resumed from its last position (on any instance).
+    watch_progress_interval: float = 10.0
+    watch_max_age: float = 1800.0
     max_staleness: float = 300.0
     clock_skew: float = 30.0
     tls_cert_file: str | None = None
@@ -303,6 +308,10 @@ class Settings:
             max_snapshot_reads=values.integer(
                 "MAX_SNAPSHOT_READS", d["max_snapshot_reads"], minimum=1
             ),
+            watch_progress_interval=values.number(
+                "WATCH_PROGRESS_INTERVAL", d["watch_progress_interval"]
+            ),
+            watch_max_age=values.number("WATCH_MAX_AGE", d["watch_max_age"]),
             max_staleness=values.number("MAX_STALENESS", d["max_staleness"]),
             clock_skew=values.number("CLOCK_SKEW", d["clock_skew"], minimum=0.0),
             tls_cert_file=values.optional_text("TLS_CERT_FILE"),

@@ -24,6 +24,22 @@ Positions handed to watchers are ``"<updated_at µs>.<key id>"``; resuming from 
 every change of the environment from ``overlap`` before it, so delivery is at-least-once
 (dedupe on key id and ``updated_at``).
 
+Positions do not expire. A resume is read from the keys table, not from the feed's memory
+(which keeps two overlaps of changes, for de-duplication only), and that table keeps every
+key's latest state for ever: a revocation or an expiry updates the row, nothing deletes one.
+So a position of any age replays the latest state of every key changed since it — as costly
+as a snapshot when it is old, and intermediate states of one key coalesce, but nothing is
+missed. (Deleting rows would break this: positions older than the deletion would then have
+to be refused.) A position only means something against the database that handed it out.
+
+A live stream that sees no change of its environment for ``progress_interval`` gets a
+``progress`` event carrying the feed's current position, so an idle watcher still learns how
+far it is and resumes from there rather than from its last change. A stream that has been
+live for ``max_stream_age`` (less up to a tenth, so that streams opened together do not all
+come back together) gets a last ``progress`` event and is ended with
+:class:`~service.errors.WatchMaxAgeError` (``UNAVAILABLE``): the caller resumes from that
+position, on any instance — which spreads long-lived streams over new instances.
+
 Watching is bounded per instance and per caller (access token) by :class:`WatchLimits`: one
 caller's streams are capped (``RESOURCE_EXHAUSTED`` / 429 past the cap); only a few of its
 snapshots (or replays) run at once, reading and sending, while the rest wait their turn; and
@@ -39,6 +55,7 @@ import collections
 import contextlib
 import itertools
 import math
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -60,6 +77,7 @@ from service.errors import (
     SlowConsumerError,
     TooManyRequestsError,
     TooManyWatchersError,
+    WatchMaxAgeError,
 )
 
 log = structlog.get_logger(__name__)
@@ -75,6 +93,10 @@ YIELD_EVERY: Final = 1
 # How far this host's clock may run ahead of the primary's before the horizon (above) could
 # skip a slow writer's row; NTP keeps clocks within milliseconds.
 CLOCK_ALLOWANCE: Final = 30.0
+
+# A stream's maximum age is shortened by up to this share, at random, so that the streams
+# opened together (after a deploy, say) do not all end, and come back, together.
+MAX_AGE_JITTER: Final = 0.1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -110,9 +132,10 @@ class _CallerSnapshots:
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One event of a watch stream: ``snapshot`` (an existing key), ``synced`` (the snapshot
-    or replay is complete; no key), or ``changed`` (a key was created, revoked or updated)."""
+    or replay is complete; no key), ``changed`` (a key was created, revoked or updated), or
+    ``progress`` (no key: nothing of this environment changed up to ``position``)."""
 
-    kind: Literal["snapshot", "synced", "changed"]
+    kind: Literal["snapshot", "synced", "changed", "progress"]
     key: SigningKey | None
     position: str
 
@@ -139,6 +162,19 @@ class _Watcher:
         default_factory=lambda: asyncio.Queue(DEFAULT_WATCH_QUEUE)
     )
     overflowed: bool = False
+    # Set whenever an event is delivered: an idle stream waits on it, with a timeout, for
+    # its next event without taking it off the queue.
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_for_event(self, within: float) -> bool:
+        """Whether an event is queued within ``within`` seconds (it stays queued)."""
+        if not self.queue.empty():
+            return True
+        self.delivered.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if math.isinf(within) else within):
+                await self.delivered.wait()
+        return not self.queue.empty()
 
 
 class ChangeFeed(Poller):
@@ -162,10 +198,15 @@ class ChangeFeed(Poller):
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         read_staleness: float | None = None,
+        progress_interval: float | None = None,
+        max_stream_age: float | None = None,
     ) -> None:
         """``max_data_age``: read changes only where the data is at most this old (the
         revocation bound); ``None`` reads wherever the source serves reads. ``wall``: Unix
-        seconds, for the horizon. ``read_staleness``: see :meth:`answers_reads`."""
+        seconds, for the horizon. ``read_staleness``: see :meth:`answers_reads`.
+        ``progress_interval``: a live stream idle this long gets a ``progress`` event;
+        ``max_stream_age``: a stream live this long (less up to :data:`MAX_AGE_JITTER`) is
+        ended with :class:`~service.errors.WatchMaxAgeError`. ``None``: never."""
         self._read_staleness = read_staleness
         self._source = source
         self._max_data_age = max_data_age
@@ -199,6 +240,8 @@ class ChangeFeed(Poller):
         # de-duplicating the overlap's re-reads, and for watchers to merge after a snapshot.
         self._recent: dict[str, SigningKey] = {}
         self._watchers: set[_Watcher] = set()
+        self._progress_interval = progress_interval
+        self._max_stream_age = max_stream_age
 
     def __repr__(self) -> str:
         return (
@@ -316,6 +359,7 @@ class ChangeFeed(Poller):
         except asyncio.QueueFull:
             watcher.overflowed = True
             self._watchers.discard(watcher)
+        watcher.delivered.set()
 
     async def watch(
         self, principal: Principal, request: WatchRequest
@@ -354,21 +398,62 @@ class ChangeFeed(Poller):
                 ):
                     last = position_of(key.updated_at, key.id)
                     yield WatchEvent(kind, key, last)
+            live_since = asyncio.get_running_loop().time()
             yield WatchEvent("synced", None, last)
-            for count in itertools.count(1):
-                if watcher.overflowed:
-                    raise SlowConsumerError(
-                        "this watcher fell behind the change stream; resume from its last position"
-                    )
-                yield await watcher.queue.get()  # no turn for others while the queue holds some
-                if not count % YIELD_EVERY:
-                    await asyncio.sleep(0)
+            async for event in self._live(watcher, last, live_since):
+                yield event
         finally:
             self._watchers.discard(watcher)
             self._streams -= 1
             self._streams_by_caller[caller] -= 1
             if not self._streams_by_caller[caller]:
                 del self._streams_by_caller[caller]
+
+    async def _live(
+        self, watcher: _Watcher, last: str, since: float
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """The live part of a stream, from ``since`` (the event loop's time of its SYNCED):
+        its changes, a ``progress`` event whenever it has been idle for the progress
+        interval, and its end at its maximum age."""
+        loop = asyncio.get_running_loop()
+        ends = math.inf
+        if self._max_stream_age is not None:
+            shorter = random.uniform(0.0, MAX_AGE_JITTER)  # spreading, not secrecy
+            ends = since + self._max_stream_age * (1.0 - shorter)
+        interval = math.inf if self._progress_interval is None else self._progress_interval
+        for count in itertools.count(1):
+            if watcher.overflowed:
+                raise SlowConsumerError(
+                    "this watcher fell behind the change stream; resume from its last position"
+                )
+            # Past its age, a stream ends at its first idle moment: what is queued is sent
+            # first, so that the last position it hands out covers all of it.
+            if watcher.queue.empty():
+                wait = min(interval, ends - loop.time())
+                if wait <= 0 or not await watcher.wait_for_event(wait):
+                    # Nothing queued: every change the feed applied up to its watermark has
+                    # been handed to this watcher, so the watermark is a safe resume point.
+                    last = self._progress_position(last)
+                    yield WatchEvent("progress", None, last)
+                    if loop.time() >= ends:
+                        raise WatchMaxAgeError(
+                            "this watch stream reached its maximum age; resume from its last "
+                            "position (on any instance)"
+                        )
+                    continue
+            event = watcher.queue.get_nowait()  # no turn for others while the queue holds some
+            last = event.position
+            yield event
+            if not count % YIELD_EVERY:
+                await asyncio.sleep(0)
+
+    def _progress_position(self, last: str) -> str:
+        """The feed's watermark as a position, unless the stream's last position is not
+        older (a snapshot may have been read from a region ahead of the feed): positions on
+        one stream never go back."""
+        if self._watermark is None or self._watermark <= parse_position(last):
+            return last
+        return position_of(self._watermark)
 
     def _admit(self, caller: str) -> None:
         """Refuse a stream past this instance's cap, or past its caller's."""

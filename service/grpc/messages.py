@@ -44,7 +44,8 @@ _REASON: Final[dict[str, pb.InvalidReason]] = {
     reason: pb.InvalidReason.from_string(reason.upper()) for reason in REASONS
 }
 _WATCH_KIND: Final[dict[str, pb.WatchEventKind]] = {
-    kind: pb.WatchEventKind.from_string(kind.upper()) for kind in ("snapshot", "synced", "changed")
+    kind: pb.WatchEventKind.from_string(kind.upper())
+    for kind in ("snapshot", "synced", "changed", "progress")
 }
 
 

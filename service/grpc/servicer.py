@@ -28,6 +28,7 @@ import betterproto
 import structlog
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
+from h2.exceptions import StreamClosedError
 
 from service.core import consistency
 from service.core.auth import Authenticator
@@ -86,6 +87,18 @@ class Call(Generic[RequestT, ReplyT]):
     stream: Stream[RequestT, ReplyT]
     request_id: str
     authenticator: Authenticator
+    headers_sent: bool = False
+
+    async def send_headers(self, metadata: dict[str, str] | None = None) -> None:
+        """Send the initial metadata, once: the request id (``x-request-id``, as HTTP's
+        ``X-Request-Id`` header) and ``metadata``; a later call does nothing. (An error
+        carries the request id in its trailing metadata: a refusal is trailers-only.)"""
+        if self.headers_sent:
+            return
+        self.headers_sent = True
+        await self.stream.send_initial_metadata(
+            metadata={REQUEST_ID_METADATA: self.request_id, **(metadata or {})}
+        )
 
     def remaining(self) -> float | None:
         """Seconds left before the client's deadline (``grpc-timeout``), if it set one."""
@@ -225,12 +238,15 @@ class SigningKeysServicer:
                     log.warning(
                         "grpc_call_unavailable", method=method, error_type=failure.error_type
                     )
-                await stream.send_trailing_metadata(
-                    status=failure.status,
-                    status_message=failure.message,
-                    status_details=failure.details,
-                    metadata=failure.metadata(),
-                )
+                # Sent here rather than by grpclib, so that the request id goes with it; a
+                # stream the client has closed is ignored, as grpclib does.
+                with contextlib.suppress(StreamClosedError):
+                    await stream.send_trailing_metadata(
+                        status=failure.status,
+                        status_message=failure.message,
+                        status_details=failure.details,
+                        metadata={**failure.metadata(), REQUEST_ID_METADATA: call_id},
+                    )
             finally:
                 if unary:
                     self._in_flight -= 1
@@ -248,8 +264,8 @@ class SigningKeysServicer:
                 reply = await answer(await call.receive(), call)
                 scope = consistency.current()
                 token = None if scope is None else scope.token()
-                if token is not None:  # a write's position, before its reply
-                    await stream.send_initial_metadata(metadata={CONSISTENCY_METADATA: token})
+                # A write's position, before its reply.
+                await call.send_headers({} if token is None else {CONSISTENCY_METADATA: token})
                 await stream.send_message(reply)
 
         return handle
@@ -445,6 +461,7 @@ class SigningKeysServicer:
             )
             async with _closing(events) as stream_of_events:
                 async for event in stream_of_events:
+                    await call.send_headers()  # with the first event; a refusal has none
                     await stream.send_message(watch_response(event))
 
 

@@ -190,6 +190,19 @@ def main(port: int, authorization: str) -> dict[str, Any]:
             ),
         }
         seen["replayed_key_id"] = first.key.id
+
+        # The request id, as a stock client reads it: initial metadata of an answer, trailing
+        # metadata of an error.
+        traced = [*md, ("x-request-id", "interop-7")]
+        _, answered = stub.GetSigningKey.with_call(
+            pb.GetSigningKeyRequest(id=key_id, status="all"), metadata=traced, timeout=5
+        )
+        seen["request_id_answered"] = dict(answered.initial_metadata()).get("x-request-id")
+        try:
+            stub.GetSigningKey(pb.GetSigningKeyRequest(id="nope"), metadata=traced, timeout=5)
+        except grpc.RpcError as error:
+            trailing = dict(error.trailing_metadata() or ())
+            seen["request_id_refused"] = trailing.get("x-request-id")
     return seen
 
 

@@ -65,6 +65,7 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
     assert seen["watch_kinds"] == ["WATCH_EVENT_KIND_SNAPSHOT"] * 2 + ["WATCH_EVENT_KIND_SYNCED"]
     assert seen["watched_ids"] == seen["key_ids"], "the snapshot: the created and imported key"
     assert seen["revoked_status"] == "KEY_STATUS_REVOKED"
+    assert seen["request_id_answered"] == seen["request_id_refused"] == "interop-7"
     assert seen["errors"] == {
         "not_found": "NOT_FOUND",
         "no_credentials": "UNAUTHENTICATED",

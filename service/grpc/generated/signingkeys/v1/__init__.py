@@ -126,6 +126,13 @@ class WatchEventKind(betterproto.Enum):
     A key was created, revoked or otherwise updated; `key` is its new state.
     """
 
+    PROGRESS = 4
+    """
+    No key: nothing of the environment changed up to `position` since the last event (sent
+     on a live stream idle for the progress interval, and just before the stream's maximum
+     age ends it). Resume from it like any other position.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class SigningKey(betterproto.Message):
@@ -507,7 +514,7 @@ class WatchSigningKeysRequest(betterproto.Message):
     Empty: start with a snapshot of every key. Otherwise a `position` from an earlier
      event: no snapshot, every change after it (at least once: an event whose position was
      seen before is a duplicate), then SYNCED, then live changes. A malformed position is
-     INVALID_ARGUMENT.
+     INVALID_ARGUMENT; a position never expires (an old one replays more).
     """
 
 
@@ -521,7 +528,7 @@ class WatchSigningKeysResponse(betterproto.Message):
     """What this event is."""
 
     key: "SigningKey" = betterproto.message_field(2)
-    """The key, for SNAPSHOT and CHANGED; unset for SYNCED."""
+    """The key, for SNAPSHOT and CHANGED; unset for SYNCED and PROGRESS."""
 
     position: str = betterproto.string_field(3)
     """

@@ -44,6 +44,7 @@ class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WATCH_EVENT_KIND_SNAPSHOT: _ClassVar[WatchEventKind]
     WATCH_EVENT_KIND_SYNCED: _ClassVar[WatchEventKind]
     WATCH_EVENT_KIND_CHANGED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_PROGRESS: _ClassVar[WatchEventKind]
 KEY_STATUS_UNSPECIFIED: KeyStatus
 KEY_STATUS_ACTIVE: KeyStatus
 KEY_STATUS_REVOKED: KeyStatus
@@ -67,6 +68,7 @@ WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
 WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
 WATCH_EVENT_KIND_SYNCED: WatchEventKind
 WATCH_EVENT_KIND_CHANGED: WatchEventKind
+WATCH_EVENT_KIND_PROGRESS: WatchEventKind
 
 class SigningKey(_message.Message):
     __slots__ = ("id", "created_at", "environment_id", "algorithm", "status", "source", "name", "fingerprint", "public_key", "updated_at", "revoked_at", "expires_at", "create_time", "update_time", "revoke_time", "expire_time", "not_before", "not_before_time", "rotated_to")
