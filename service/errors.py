@@ -51,6 +51,7 @@ ERROR_KINDS: Final[dict[str, ErrorKind]] = {
     "key_unavailable": ErrorKind(503, "UNAVAILABLE"),
     "slow_consumer": ErrorKind(503, "UNAVAILABLE"),
     "too_many_watchers": ErrorKind(503, "UNAVAILABLE"),
+    "watch_max_age": ErrorKind(503, "UNAVAILABLE"),
     "deadline_exceeded": ErrorKind(504, "DEADLINE_EXCEEDED"),
     "internal_error": ErrorKind(500, "INTERNAL"),
     # Transport-level: answered by the HTTP middleware or the gRPC framing checks.
@@ -199,3 +200,5 @@ class TooManyWatchersError(DependencyError, type="too_many_watchers"):
 
 class WatchMaxAgeError(DependencyError, type="watch_max_age"):
     """A watch stream reached its maximum age; resume from its last position (any instance)."""
+
+    retry_after: float | None = 0.0  # reconnecting at once is the point
