@@ -1062,7 +1062,7 @@ def openapi_document() -> dict[str, Any]:
                             **_LOCATION,
                         )
                     },
-                    (404, 409),
+                    (404, 409, 422),
                     parameters=[_ID_PARAM, idempotency],
                     requestBody=_request_body("RotateSigningKeyRequest", required=False),
                 )

@@ -23,6 +23,7 @@ from service.core.requests import (
 )
 from service.errors import (
     ConflictError,
+    IdempotencyKeyMismatchError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -172,7 +173,7 @@ async def test_a_replayed_rotation_names_its_new_key(world: World) -> None:
     first = await world.keys.rotate(CALLER, rotation(old.key.id, idempotency_key="rot-1"))
     with pytest.raises(ConflictError, match=first.created.key.id):
         await world.keys.rotate(CALLER, rotation(old.key.id, idempotency_key="rot-1"))
-    with pytest.raises(ConflictError, match="another request"):
+    with pytest.raises(IdempotencyKeyMismatchError, match="a different request"):
         await world.keys.rotate(
             CALLER, rotation(old.key.id, idempotency_key="rot-1", grace_period_seconds=120)
         )

@@ -152,6 +152,9 @@ class FakeStream:
     async def recv_message(self) -> Any:
         return self.message
 
+    async def send_initial_metadata(self, **_: Any) -> None:
+        pass
+
     async def send_message(self, message: Any) -> None:
         self.sent.append(message)
 

@@ -158,6 +158,8 @@ async def test_reflection_lists_and_describes_the_services(channel: Channel) -> 
         "ImportSigningKey",
         "GetSigningKey",
         "ListSigningKeys",
+        "BatchGetSigningKeys",
+        "ListAuditEvents",
         "RevokeSigningKey",
         "VerifyToken",
         "WatchSigningKeys",

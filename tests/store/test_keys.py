@@ -47,7 +47,10 @@ async def put_rows(
     database: Database, environment: str, stamps: list[datetime], *, algorithm: str = "EdDSA"
 ) -> list[str]:
     """Keys with the given created_at values, written directly: many may share one, as keys
-    written in one transaction (``now()`` is its start) or one clock tick do."""
+    written in one transaction (``now()`` is its start) or one clock tick do. ``updated_at``
+    is the database's ``now()``, as every write stamps it: the change feed's watermark
+    follows it, and a row stamped in the future would hold every feed on this (shared)
+    database past what is written now."""
     der = crypto.generate_key_pair("EdDSA").public_der
     ids = [secrets.token_urlsafe(12) for _ in stamps]
 
@@ -55,7 +58,7 @@ async def put_rows(
         await conn.executemany(
             "INSERT INTO signing_keys (id, environment_id, algorithm, public_key, fingerprint,"
             " status, source, created_at, updated_at) VALUES"
-            " ($1, $2, $3, $4, 'f', 'active', 'generated', $5, $5)",
+            " ($1, $2, $3, $4, 'f', 'active', 'generated', $5, now())",
             [(i, environment, algorithm, der, stamp) for i, stamp in zip(ids, stamps, strict=True)],
         )
 
