@@ -8,6 +8,15 @@ is no flapping to guard against yet); after that it goes down after ``fall`` con
 failures — probe failures and connection-class request failures alike, at least one of them
 a probe's — and comes back after ``rise`` consecutive successful probes.
 
+A probe that timed out while this process's own event loop was stalled is *inconclusive*
+(:mod:`service.locality.probe`): it neither counts towards ``fall`` nor breaks a run of
+successes towards ``rise`` — the state does not move. So that a region that really died
+while the loop is also stalled cannot stay up for ever, only ``max_inconclusive`` such
+results in a row are excused; each further one counts as a failure, until a conclusive
+result (success or failure) starts the run over. The prober retries an inconclusive probe at
+once, so a dead region under a sustained stall goes down after ``max_inconclusive + fall``
+back-to-back probes, each bounded by the probe timeout plus the stall itself.
+
 A region that is up but keeps losing hedged races (another region answered first) is *slow*
 after ``fall`` lost races in a row, until it answers within the hedge delay again.
 
@@ -36,6 +45,9 @@ Engine = Literal["postgresql", "cockroachdb"]
 AgeSource = Literal["heartbeat", "wal"]
 
 RTT_SMOOTHING = 0.3  # weight of a new RTT sample in the exponentially weighted average
+# Inconclusive probes in a row excused before they count as failures: a stall that long
+# (four probe windows, each stalled for more than half) is no longer a hiccup of this process.
+MAX_INCONCLUSIVE = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +62,8 @@ class ProbeResult:
 
     started_at: float
     error: str | None = None
+    # A timeout while this process's event loop was stalled: it says nothing about the region.
+    inconclusive: bool = False
     rtt: float | None = None
     engine: Engine | None = None
     writable: bool = False
@@ -107,10 +121,21 @@ class DataAge:
 class RegionHealth:
     """The health record of one region, fed by its prober and by failed requests."""
 
-    def __init__(self, *, fall: int, rise: int, hold_down: float = 0.0, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        fall: int,
+        rise: int,
+        hold_down: float = 0.0,
+        now: float,
+        max_inconclusive: int = MAX_INCONCLUSIVE,
+    ) -> None:
         if fall < 1 or rise < 1:
             raise ValueError("fall and rise must be at least 1")
+        if max_inconclusive < 0:
+            raise ValueError("max_inconclusive must not be negative")
         self._fall = fall
+        self._max_inconclusive = max_inconclusive
         self._rise = rise
         self._hold_down = hold_down
         self.state: RegionState = "down"
@@ -119,6 +144,7 @@ class RegionHealth:
         self.successes = 0
         self.failures = 0
         self.probe_failures = 0
+        self.inconclusive = 0  # inconclusive probes in a row
         self.rtt: float | None = None
         self.writable = False
         self.engine: Engine | None = None
@@ -158,6 +184,7 @@ class RegionHealth:
         """
         self.failures = 0
         self.probe_failures = 0
+        self.inconclusive = 0
         self.successes += 1
         self.writable = writable
         if engine is not None:
@@ -197,6 +224,22 @@ class RegionHealth:
         a probe's (the router probes at once after a request failure), so a few connections
         cut in a row on a healthy server do not take it out of service.
         """
+        if not passive:
+            self.inconclusive = 0  # a conclusive probe ends a run of inconclusive ones
+        return self._fail(now, error, passive=passive)
+
+    def record_inconclusive(self, now: float, error: str) -> bool:
+        """Record a probe that timed out while this process's event loop was stalled.
+
+        The first ``max_inconclusive`` in a row change nothing; each further one counts as a
+        probe failure (see the module's docstring). Returns whether the up/down state changed.
+        """
+        self.inconclusive += 1
+        if self.inconclusive <= self._max_inconclusive:
+            return False
+        return self._fail(now, error, passive=False)
+
+    def _fail(self, now: float, error: str, *, passive: bool) -> bool:
         self.successes = 0
         self.failures += 1
         if not passive:

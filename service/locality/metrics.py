@@ -104,6 +104,13 @@ class RouterMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.probe_inconclusive = Counter(
+            "signing_keys_probe_inconclusive",
+            "Probes that timed out while this process's event loop was stalled, by region: "
+            "not held against the region.",
+            ["region"],
+            registry=self.registry,
+        )
         self.retries_refused = Counter(
             "signing_keys_router_retries_refused",
             "Retries not made because the retry budget was spent, by kind.",

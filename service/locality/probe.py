@@ -20,6 +20,16 @@ the router refuses writes there at once instead.
 
 On CockroachDB the probe reads the heartbeat row of the GLOBAL heartbeat table: a gateway
 that cannot reach its ranges still answers ``SELECT 1``, but not that read.
+
+A probe that times out while this process's event loop was stalled for more than half the
+timeout (``stall``, the router's :class:`~service.locality.stall.LoopLagMonitor`) is
+*inconclusive*: the answer may have come and sat unread while the loop did not run, so it
+says nothing about the region (under CPU starvation such timeouts took every healthy region
+down at once). The result carries ``inconclusive`` — the health record neither fails nor
+passes the region on it (:meth:`~service.locality.health.RegionHealth.record_inconclusive`,
+which bounds how long that may last) — and the prober tries again at once instead of after
+the interval. Only timeouts qualify: a refused connection or an error from the server is an
+answer, however late it was read.
 """
 
 from __future__ import annotations
@@ -40,6 +50,12 @@ log = structlog.get_logger(__name__)
 ConnectFactory = Callable[..., Awaitable[Any]]
 
 MIN_PROBE_GAP = 0.01  # seconds between probes even when requests keep asking for one
+# A timeout is inconclusive when the loop was stalled for more than this share of the timeout
+# during the probe: the region then had less than half its time to answer.
+STALL_SHARE = 0.5
+
+# How long the event loop was stalled during [start, end] (router clock).
+StallGauge = Callable[[float, float], float]
 
 # Positions are bytes since 0/0. The walreceiver's columns need pg_read_all_stats (the
 # pg_monitor role); without it they read NULL and the timeline falls back as for a standby
@@ -165,8 +181,10 @@ class RegionProber:
         clock: Callable[[], float],
         on_result: Callable[[ProbeResult], Awaitable[None]],
         server_settings: Mapping[str, str] | None = None,
+        stall: StallGauge | None = None,
     ) -> None:
         self.name = name
+        self._stall = stall
         self._dsn = dsn
         self._interval = interval
         self._timeout = timeout
@@ -202,6 +220,10 @@ class RegionProber:
                 except Exception:
                     log.exception("probe_result_handler_failed", region=self.name)
                 self.first_round.set()
+                if result.inconclusive:
+                    # The loop was stalled, not the region: ask again now that it runs.
+                    await asyncio.sleep(MIN_PROBE_GAP)
+                    continue
                 try:
                     async with asyncio.timeout(self._interval):
                         await self._wakeup.wait()
@@ -227,7 +249,11 @@ class RegionProber:
             raise
         except Exception as exc:
             self.close()
-            return ProbeResult(started_at=started, error=describe_error(exc))
+            return ProbeResult(
+                started_at=started,
+                error=describe_error(exc),
+                inconclusive=self._stalled(exc, started),
+            )
         in_recovery = bool(row["in_recovery"])
         if in_recovery:
             timeline = standby_timeline(
@@ -259,6 +285,12 @@ class RegionProber:
             sync_standbys=row["sync_standbys"],
             sync_names=None if in_recovery else sync_names,
         )
+
+    def _stalled(self, exc: Exception, started: float) -> bool:
+        """Whether a probe that failed with ``exc`` timed out because the loop was stalled."""
+        if self._stall is None or not isinstance(exc, TimeoutError):
+            return False
+        return self._stall(started, self._clock()) > STALL_SHARE * self._timeout
 
     async def _fetch_postgres(self, conn: Any) -> Any:
         if not self._has_heartbeat:

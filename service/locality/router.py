@@ -61,6 +61,7 @@ from service.locality.heartbeat import HeartbeatWriter, Target
 from service.locality.metrics import RegionMetrics, RouterMetrics
 from service.locality.positions import REPLAY_POSITION, check_cluster, replay_of
 from service.locality.probe import ConnectFactory, RegionProber
+from service.locality.stall import LoopLagMonitor
 from service.locality.status import RegionStatus, RouterStatus
 from service.settings import RegionSettings, RouterSettings
 
@@ -282,6 +283,9 @@ class LocalityRouter(AsyncResource):
         self._split_brain: tuple[str, ...] = ()
         self._heartbeat: HeartbeatWriter | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Tells the probers how long this process's own loop stalled (see probe.py).
+        self._loop_lag = LoopLagMonitor(clock=clock)
+        self._loop_lag_task: asyncio.Task[None] | None = None
         self._retry_budget = RetryBudget(
             ratio=settings.retry_budget_ratio,
             minimum_per_second=settings.retry_budget_min_per_second,
@@ -308,6 +312,7 @@ class LocalityRouter(AsyncResource):
             raise RuntimeError(f"locality router cannot start: it is {self._lifecycle}")
         self._lifecycle = "starting"
         try:
+            self._loop_lag_task = asyncio.create_task(self._loop_lag.run(), name="loop-lag")
             for region in self._regions.values():
                 region.pool = await self._create_pool(region.settings)
                 region.prober = RegionProber(
@@ -319,6 +324,7 @@ class LocalityRouter(AsyncResource):
                     clock=self._clock,
                     on_result=self._probe_handler(region),
                     server_settings={"application_name": APPLICATION_NAME},
+                    stall=self._loop_lag.stalled_during,
                 )
                 region.task = asyncio.create_task(region.prober.run(), name=f"probe-{region.name}")
             self._heartbeat = HeartbeatWriter(
@@ -395,6 +401,8 @@ class LocalityRouter(AsyncResource):
         ]
         if self._heartbeat_task is not None:
             tasks.append(self._heartbeat_task)
+        if self._loop_lag_task is not None:
+            tasks.append(self._loop_lag_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -415,6 +423,8 @@ class LocalityRouter(AsyncResource):
             region.pool.terminate()
 
     def _terminate_all(self) -> None:
+        if self._loop_lag_task is not None:
+            self._loop_lag_task.cancel()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._heartbeat is not None:
@@ -1125,6 +1135,8 @@ class LocalityRouter(AsyncResource):
             if result.rtt is not None:
                 self._answered(region, result.rtt)
             self._maybe_warm(region)
+        elif result.inconclusive:
+            self._inconclusive(region, result, now)
         else:
             region.health.record_failure(now, result.error or "probe failed")
         self._update_gauges(region)
@@ -1133,6 +1145,20 @@ class LocalityRouter(AsyncResource):
         await self._health_changed(region, before, cause=result.error)
         if result.ok and result.writable and result.lsn is not None and region.fence is None:
             self._replication.observe_primary(result.started_at, result.lsn)
+
+    def _inconclusive(self, region: _Region, result: ProbeResult, now: float) -> None:
+        """A probe timed out while this process's loop was stalled: not the region's fault,
+        unless too many in a row (RegionHealth.record_inconclusive bounds it)."""
+        error = result.error or "probe timed out"
+        region.health.record_inconclusive(now, error)
+        self._metrics.probe_inconclusive.labels(region.name).inc()
+        log.debug(
+            "probe_inconclusive",
+            region=region.name,
+            error=error,
+            stalled=round(self._loop_lag.stalled_during(result.started_at, now), 3),
+            in_a_row=region.health.inconclusive,
+        )
 
     def _standby_age(self, region: _Region, result: ProbeResult) -> DataAge | None:
         """How old a standby's data was when probed: from the newest heartbeat it replayed,
