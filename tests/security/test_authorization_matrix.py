@@ -132,6 +132,11 @@ HTTP_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/environments/{environment_id}/jwks.json"): Rule(
         ok=200, needs=needs(Scope.READ, Scope.VERIFY), environment_optional=True
     ),
+    ("PUT", "/v1/environments/{environment_id}/settings"): Rule(
+        ok=200, needs=needs(Scope.WRITE), environment_optional=True
+    ),
+    # Anonymous on purpose (verifiers that cannot send credentials); the world opts A in.
+    ("GET", "/v1/public/environments/{environment_id}/jwks.json"): PUBLIC,
     ("GET", "/v1/regions"): Rule(ok=200, checks_credentials=True),
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -212,6 +217,11 @@ async def make_world(server: Server, issue_token: TokenFactory, environment: str
             async with http.post(KEYS, json={"algorithm": "EdDSA"}) as response:
                 assert response.status == 201, await response.text()
                 created.append((await response.json())["data"])
+        # The anonymous JWK Set route answers 200 only for an environment that opted in.
+        async with http.put(
+            f"/v1/environments/{env_a}/settings", json={"public_jwks": True}
+        ) as response:
+            assert response.status == 200, await response.text()
     private_pem = base64.b64decode(created[0]["private_key"])
     world = World(
         env_a=env_a,
@@ -270,6 +280,8 @@ def http_request(
         body = {"algorithm": "EdDSA"}
     elif (method, path) == ("POST", KEYS + "/import"):
         body = {"public_key": public_pem()}
+    elif (method, path) == ("PUT", "/v1/environments/{environment_id}/settings"):
+        body = {"public_jwks": True}
     elif (method, path) == ("POST", "/v1/tokens/verify"):
         body = {"token": world.signed} | ({"environment_id": named} if named else {})
     return url, headers, body
@@ -291,7 +303,7 @@ async def test_http_authorization_matrix(
             wanted = rule.expect(case, unauthenticated=401, denied=403, unnamed=400)
             if got != wanted:
                 mismatches.append(f"{method} {path} [{case}]: {got}, expected {wanted}: {text}")
-    assert len(routes) * len(CASES) >= 22 * 8, "the matrix shrank: were routes lost?"
+    assert len(routes) * len(CASES) >= 25 * 8, "the matrix shrank: were routes lost?"
     assert not mismatches, "\n".join(mismatches)
 
 
