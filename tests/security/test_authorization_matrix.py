@@ -156,6 +156,7 @@ GRPC_RULES: Final[dict[str, Rule]] = {
         ok=Status.OK, needs=needs(Scope.VERIFY), environment_optional=True
     ),
     SIGNING_KEYS + "WatchSigningKeys": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "GetJwks": Rule(ok=Status.OK, needs=needs(Scope.READ, Scope.VERIFY)),
     # Orchestrators and stock tools call these without credentials.
     "/grpc.health.v1.Health/Check": GRPC_OK,
     "/grpc.health.v1.Health/Watch": GRPC_OK,
@@ -451,6 +452,7 @@ def grpc_request(world: World, path: str, case: Case, *, key: str | None = None)
         ),
         "VerifyToken": lambda: pb.VerifyTokenRequest(token=world.signed, environment_id=named),
         "WatchSigningKeys": lambda: pb.WatchSigningKeysRequest(environment_id=named),
+        "GetJwks": lambda: pb.GetJwksRequest(environment_id=named),
         "Check": HealthCheckRequest,
         "Watch": HealthCheckRequest,
     }
@@ -513,7 +515,7 @@ async def test_grpc_authorization_matrix(server: Server, channel: Channel, world
                 mismatches.append(
                     f"{path} [{case}]: {answer.status.name}, expected {wanted!r}: {answer.message}"
                 )
-    assert len(methods) * len(CASES) >= 11 * 8, "the matrix shrank: were methods lost?"
+    assert len(methods) * len(CASES) >= 12 * 8, "the matrix shrank: were methods lost?"
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -243,3 +243,23 @@ class WatchSigningKeysResponse(_message.Message):
     key: SigningKey
     position: str
     def __init__(self, kind: _Optional[_Union[WatchEventKind, str]] = ..., key: _Optional[_Union[SigningKey, _Mapping]] = ..., position: _Optional[str] = ...) -> None: ...
+
+class GetJwksRequest(_message.Message):
+    __slots__ = ("environment_id", "if_none_match")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IF_NONE_MATCH_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    if_none_match: str
+    def __init__(self, environment_id: _Optional[str] = ..., if_none_match: _Optional[str] = ...) -> None: ...
+
+class GetJwksResponse(_message.Message):
+    __slots__ = ("jwks_json", "etag", "not_modified", "key_count")
+    JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    jwks_json: bytes
+    etag: str
+    not_modified: bool
+    key_count: int
+    def __init__(self, jwks_json: _Optional[bytes] = ..., etag: _Optional[str] = ..., not_modified: _Optional[bool] = ..., key_count: _Optional[int] = ...) -> None: ...
