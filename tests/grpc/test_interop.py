@@ -38,6 +38,7 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
     assert seen["reflected_methods"] == sorted(
         [
             "CreateSigningKey",
+            "GetJwks",
             "GetSigningKey",
             "ImportSigningKey",
             "ListSigningKeys",
