@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.core.requests import JwksRequest, VerifyRequest
-from service.errors import InvalidRequestError
+from service.errors import InvalidRequestError, NotFoundError
 from service.http import appkeys
 from service.http.context import environment, principal, read_object
+from service.http.errors import service_error_response
 from service.http.json import json_response
+from service.http.middleware import REQUEST_ID
 from service.settings import Settings
 
 routes = web.RouteTableDef()
@@ -61,7 +63,14 @@ async def public_jwks(request: web.Request) -> web.Response:
     """No credentials: the JWK Set of an environment that opted in; 404, the same for every
     other environment (existing or not), otherwise. Credentials sent along are ignored
     (verifiers that can send ours use the authenticated route)."""
-    document = await request.app[appkeys.PUBLIC_JWKS].get(request.match_info["environment_id"])
+    try:
+        document = await request.app[appkeys.PUBLIC_JWKS].get(request.match_info["environment_id"])
+    except NotFoundError as exc:
+        # Not kept by shared caches (404s are heuristically cacheable): an environment that
+        # opts in is served as soon as the instances know, not when a CDN forgets.
+        response = service_error_response(exc, request_id=request[REQUEST_ID])
+        response.headers["Cache-Control"] = "no-store"
+        return response
     headers = {
         "ETag": document.etag,
         "Cache-Control": public_cache_control(request.app[appkeys.SETTINGS]),

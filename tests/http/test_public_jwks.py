@@ -56,6 +56,8 @@ async def test_an_environment_not_opted_in_answers_exactly_like_a_missing_one(
     with_credentials = await answer(http, public_path(environment), auth.headers)
     assert private == missing == malformed == with_credentials
     assert private[0] == 404
+    async with http.get(public_path(environment)) as response:
+        assert response.headers["Cache-Control"] == "no-store", "no CDN keeps the 404"
     await opt(http, auth, environment, False)  # a row saying no is still no
     assert await answer(http, public_path(environment)) == missing
 
