@@ -36,14 +36,17 @@ from service.core.changes import ChangeFeed, WatchLimits
 from service.core.keycache import KeyCache
 from service.core.keys import KeyService
 from service.core.metrics import CoreMetrics
+from service.core.public_jwks import PublicJwks
 from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.grpc.server import GrpcServer
 from service.http.app import make_app
+from service.http.appkeys import PUBLIC_JWKS
 from service.http.listener import ConnectionGuard
 from service.lifecycle import AsyncResource
 from service.locality.router import LocalityRouter
 from service.settings import Settings
+from service.store.environments import PostgresEnvironmentSettings
 from service.store.keys import PostgresKeyRecords
 from service.store.routing import RoutedDatabase
 from service.store.tokens import PostgresTokenRecords
@@ -144,6 +147,15 @@ class Server(AsyncResource):
             ),
             is_fresh=lambda: self.changes.is_fresh() and self.authenticator.credentials.is_fresh(),
         )
+        # The anonymous JWK Set of the environments that opted in (same documents).
+        self.public_jwks = PublicJwks(
+            PostgresEnvironmentSettings(self.store),
+            self.verifier.jwks_documents,
+            setting_ttl=settings.public_jwks_setting_ttl,
+            max_data_age=settings.change_max_data_age,
+            per_client=settings.public_jwks_per_client,
+            write_timeout=settings.write_deadline,
+        )
         self.http_connections = ConnectionGuard(
             max_per_client=settings.http_max_connections_per_client,
             header_timeout=settings.http_header_timeout,
@@ -159,6 +171,7 @@ class Server(AsyncResource):
             registry=self.registry,
             connections=self.http_connections,
         )
+        self.app[PUBLIC_JWKS] = self.public_jwks
         self._register_gauges()
         self.grpc: GrpcServer | None = None
         if settings.grpc_enabled:

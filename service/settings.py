@@ -121,6 +121,12 @@ class Settings:
     # The change feed reads only where the data is at most this old, so a change made in any
     # region is enforced here within this plus a poll: the revocation bound (0.8 s).
     change_max_data_age: float = 0.6
+    # The anonymous JWK Set (opt-in per environment): its Cache-Control, how long an
+    # environment's opt-in is remembered, and requests a second per client address.
+    public_jwks_max_age: int = 300
+    public_jwks_stale_if_error: int = 86_400
+    public_jwks_setting_ttl: float = 2.0
+    public_jwks_per_client: float = 50.0
     max_watch_streams: int = 1000
     max_watch_streams_per_caller: int = 100
     max_snapshots_per_caller: int = 2
@@ -296,6 +302,18 @@ class Settings:
             change_poll_interval=values.number("CHANGE_POLL_INTERVAL", d["change_poll_interval"]),
             change_overlap=values.number("CHANGE_OVERLAP", d["change_overlap"]),
             change_max_data_age=values.number("CHANGE_MAX_DATA_AGE", d["change_max_data_age"]),
+            public_jwks_max_age=values.integer(
+                "PUBLIC_JWKS_MAX_AGE", d["public_jwks_max_age"], minimum=0
+            ),
+            public_jwks_stale_if_error=values.integer(
+                "PUBLIC_JWKS_STALE_IF_ERROR", d["public_jwks_stale_if_error"], minimum=0
+            ),
+            public_jwks_setting_ttl=values.number(
+                "PUBLIC_JWKS_SETTING_TTL", d["public_jwks_setting_ttl"], minimum=0.0
+            ),
+            public_jwks_per_client=values.number(
+                "PUBLIC_JWKS_PER_CLIENT", d["public_jwks_per_client"], minimum=1.0
+            ),
             max_watch_streams=values.integer(
                 "MAX_WATCH_STREAMS", d["max_watch_streams"], minimum=1
             ),

@@ -40,6 +40,7 @@ from service.core.requests import (
     CreateKeyRequest,
     CurrentKeyRequest,
     ImportKeyRequest,
+    JwksRequest,
     KeyRef,
     ListAuditEventsRequest,
     ListKeysRequest,
@@ -185,6 +186,7 @@ class SigningKeysServicer:
             "RotateSigningKey": self._rotate,
             "UpdateSigningKey": self._update,
             "GetCurrentSigningKey": self._current,
+            "GetJwks": self._get_jwks,
         }
         handlers = {name: self._unary(name, answer) for name, answer in unary.items()}
         handlers["WatchSigningKeys"] = self._watch
@@ -447,6 +449,25 @@ class SigningKeysServicer:
             ),
         )
         return messages.verification_upb(verdict)
+
+    async def _get_jwks(
+        self, request: pb.GetJwksRequest, call: Call[Any, Any]
+    ) -> pb.GetJwksResponse:
+        """HTTP's JWKS bytes and ETag; ``if_none_match`` as HTTP's header."""
+        caller = await call.principal()
+        document = await self._verifier.jwks(
+            caller,
+            JwksRequest.parse(
+                environment_id=caller.default_environment(absent(request.environment_id))
+            ),
+        )
+        if document.matches(request.if_none_match):
+            return pb.GetJwksResponse(
+                etag=document.etag, not_modified=True, key_count=document.key_count
+            )
+        return pb.GetJwksResponse(
+            jwks_json=document.body, etag=document.etag, key_count=document.key_count
+        )
 
     async def _watch(
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.auth import Authenticator
 from service.core.keys import KeyService
+from service.core.public_jwks import PublicJwks
 from service.core.readiness import Readiness
 from service.core.verify import TokenVerifier
 from service.settings import Settings
@@ -31,3 +32,4 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 REGIONS = web.AppKey("regions", RegionHealth)
 READINESS = web.AppKey("readiness", Readiness)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+PUBLIC_JWKS = web.AppKey("public_jwks", PublicJwks)

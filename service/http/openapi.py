@@ -758,6 +758,25 @@ _SCHEMAS: Final = {
     "CreateSigningKeyRequest": _CREATE_REQUEST,
     "ImportSigningKeyRequest": _IMPORT_REQUEST,
     "VerifyTokenRequest": _VERIFY_REQUEST,
+    "EnvironmentSettings": _object(
+        {
+            "environment_id": {"type": "string"},
+            "public_jwks": {
+                "type": "boolean",
+                "description": "Whether /v1/public/environments/{id}/jwks.json serves the "
+                "environment's JWK Set without credentials.",
+            },
+        },
+        description="An environment's settings, as just recorded.",
+        example={"environment_id": "prod", "public_jwks": True},
+    ),
+    "EnvironmentSettingsResponse": _data("EnvironmentSettings", "An environment's settings."),
+    "EnvironmentSettingsRequest": _request(
+        {"public_jwks": {"type": "boolean"}},
+        ["public_jwks"],
+        description="Opt the environment in to (true) or out of (false) the anonymous JWK Set.",
+        example={"public_jwks": True},
+    ),
 }
 
 
@@ -780,7 +799,12 @@ _ERRORS: Final[dict[int, tuple[str, str, dict[str, Any]]]] = {
         },
     ),
     403: ("Forbidden", "The token lacks the scope or the environment.", {}),
-    404: ("NotFound", "No such key (in an environment the token may see).", {}),
+    404: (
+        "NotFound",
+        "No such key (in an environment the token may see); for the public JWK Set, an "
+        "environment that did not opt in (whether or not it exists).",
+        {},
+    ),
     408: ("RequestTimeout", "The request body did not arrive in time.", {}),
     409: (
         "Conflict",
@@ -875,6 +899,16 @@ _JWKS_HEADERS: Final = {
         "required": True,
         "schema": {"type": "string"},
     },
+}
+_PUBLIC_JWKS_HEADERS: Final = {
+    **_JWKS_HEADERS,
+    "Cache-Control": {
+        "description": "public, max-age=SIGNING_KEYS_PUBLIC_JWKS_MAX_AGE, "
+        "stale-if-error=SIGNING_KEYS_PUBLIC_JWKS_STALE_IF_ERROR: shared caches may keep it.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Access-Control-Allow-Origin": {"required": True, "schema": {"type": "string", "const": "*"}},
 }
 _PRIVATE_ANSWER: Final = {
     "Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}},
@@ -1120,6 +1154,47 @@ def openapi_document() -> dict[str, Any]:
                         _ENV_PARAMS[0],
                         _CONSISTENCY_PARAM,
                     ],
+                )
+            },
+            "/v1/public/environments/{environment_id}/jwks.json": {
+                "get": _op(
+                    "getPublicJwks",
+                    "Tokens",
+                    "No credentials: the JWK Set of an environment that opted in (for Envoy "
+                    "remote_jwks, Istio, JOSE remote key sets); 404, the same for every other "
+                    "environment. Strong ETag; If-None-Match (W/ and * too) answers 304.",
+                    {
+                        "200": _ok("JWK Set.", "JwkSet", **_PUBLIC_JWKS_HEADERS),
+                        "304": _response("Not modified.", {}, **_PUBLIC_JWKS_HEADERS),
+                    },
+                    (*_ANY_ERRORS, 404, 429, 503, 504),
+                    security=[{}],
+                    parameters=[
+                        _param("environment_id", "path", _ID, required=True),
+                        _param(
+                            "If-None-Match",
+                            "header",
+                            required=False,
+                            description="ETags of sets the caller holds (or *): 304 if current.",
+                        ),
+                    ],
+                )
+            },
+            "/v1/environments/{environment_id}/settings": {
+                "put": _op(
+                    "putEnvironmentSettings",
+                    "Tokens",
+                    "Opt the environment in to or out of the anonymous JWK Set (write scope); "
+                    "every instance follows within SIGNING_KEYS_PUBLIC_JWKS_SETTING_TTL plus "
+                    "SIGNING_KEYS_CHANGE_MAX_DATA_AGE.",
+                    {"200": _ok("Recorded.", "EnvironmentSettingsResponse")},
+                    (*_AUTHENTICATED_ERRORS, *_BODY_ERRORS),
+                    security=_AUTH,
+                    parameters=[
+                        _param("environment_id", "path", _ID, required=True),
+                        _ENV_PARAMS[0],
+                    ],
+                    requestBody=_request_body("EnvironmentSettingsRequest", required=True),
                 )
             },
             "/v1/regions": {

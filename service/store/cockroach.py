@@ -49,10 +49,12 @@ REGION_SURVIVAL_MIN_REGIONS = 3
 # authenticated call reads access_tokens) and written rarely. GLOBAL gives consistent,
 # non-stale reads from the local region everywhere; writes pay the cross-region commit wait,
 # which is acceptable for key creation, revocation and token issue.
-GLOBAL_TABLES = ("signing_keys", "access_tokens", "heartbeat")
+GLOBAL_TABLES = ("signing_keys", "access_tokens", "heartbeat", "environment_settings")
 # `heartbeat` (sql/migrations/0002_heartbeat.sql) is GLOBAL for the router's probe: reading its
 # row in every region proves that the gateway still reaches the ranges of a GLOBAL table, which
 # `SELECT 1` does not. Nothing writes it on CockroachDB (GLOBAL reads are never stale).
+# `environment_settings` (0005) is read by anonymous JWK Set requests in every region (each
+# instance remembers an answer a few seconds) and written by an operator now and then.
 
 # Tables written only inside the (already slow) key-write transaction and read rarely: the
 # audit trail is listed by operators, an idempotency record is read only when a client

@@ -38,6 +38,8 @@ ALTER TABLE "signing_keys" SET LOCALITY GLOBAL;
 ALTER TABLE "access_tokens" SET LOCALITY GLOBAL;
 -- Read by the locality router's probe in every region, never written on CockroachDB.
 ALTER TABLE "heartbeat" SET LOCALITY GLOBAL;
+-- Read by anonymous JWK Set requests in every region, written by operators now and then.
+ALTER TABLE "environment_settings" SET LOCALITY GLOBAL;
 
 -- Written only inside the key-write transaction, read rarely: stay in the primary region
 -- (CockroachDB's default, stated so that a re-run restores it). See the comment on

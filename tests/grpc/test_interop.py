@@ -39,6 +39,7 @@ async def test_the_official_grpcio_client_interoperates(grpc_port: int, auth: Cr
         [
             "BatchGetSigningKeys",
             "CreateSigningKey",
+            "GetJwks",
             "GetSigningKey",
             "ImportSigningKey",
             "ListAuditEvents",

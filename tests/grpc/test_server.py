@@ -166,6 +166,7 @@ async def test_reflection_lists_and_describes_the_services(channel: Channel) -> 
         "RotateSigningKey",
         "UpdateSigningKey",
         "GetCurrentSigningKey",
+        "GetJwks",
     }
     watch = next(method for method in service.method if method.name == "WatchSigningKeys")
     assert watch.server_streaming and not watch.client_streaming

@@ -137,6 +137,11 @@ HTTP_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/environments/{environment_id}/jwks.json"): Rule(
         ok=200, needs=needs(Scope.READ, Scope.VERIFY), environment_optional=True
     ),
+    ("PUT", "/v1/environments/{environment_id}/settings"): Rule(
+        ok=200, needs=needs(Scope.WRITE), environment_optional=True
+    ),
+    # Anonymous on purpose (verifiers that cannot send credentials); the world opts A in.
+    ("GET", "/v1/public/environments/{environment_id}/jwks.json"): PUBLIC,
     ("GET", "/v1/regions"): Rule(ok=200, checks_credentials=True),
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -161,6 +166,7 @@ GRPC_RULES: Final[dict[str, Rule]] = {
     SIGNING_KEYS + "RotateSigningKey": Rule(ok=Status.OK, needs=needs(Scope.WRITE)),
     SIGNING_KEYS + "UpdateSigningKey": Rule(ok=Status.OK, needs=needs(Scope.WRITE)),
     SIGNING_KEYS + "GetCurrentSigningKey": Rule(ok=Status.OK, needs=needs(Scope.READ)),
+    SIGNING_KEYS + "GetJwks": Rule(ok=Status.OK, needs=needs(Scope.READ, Scope.VERIFY)),
     # Orchestrators and stock tools call these without credentials.
     "/grpc.health.v1.Health/Check": GRPC_OK,
     "/grpc.health.v1.Health/Watch": GRPC_OK,
@@ -222,6 +228,11 @@ async def make_world(server: Server, issue_token: TokenFactory, environment: str
             async with http.post(KEYS, json={"algorithm": "EdDSA"}) as response:
                 assert response.status == 201, await response.text()
                 created.append((await response.json())["data"])
+        # The anonymous JWK Set route answers 200 only for an environment that opted in.
+        async with http.put(
+            f"/v1/environments/{env_a}/settings", json={"public_jwks": True}
+        ) as response:
+            assert response.status == 200, await response.text()
     private_pem = base64.b64decode(created[0]["private_key"])
     world = World(
         env_a=env_a,
@@ -299,6 +310,8 @@ def http_request(
         body = {"algorithm": "EdDSA"}
     elif (method, path) == ("POST", KEYS + "/import"):
         body = {"public_key": public_pem()}
+    elif (method, path) == ("PUT", "/v1/environments/{environment_id}/settings"):
+        body = {"public_jwks": True}
     elif (method, path) == ("POST", "/v1/tokens/verify"):
         body = {"token": world.signed} | ({"environment_id": named} if named else {})
     elif (method, path) == ("PATCH", KEYS + "/{id}"):
@@ -482,6 +495,7 @@ def grpc_request(world: World, path: str, case: Case, *, key: str | None = None)
             environment_id=named, id=key or world.read_key, name="renamed"
         ),
         "GetCurrentSigningKey": lambda: pb.GetCurrentSigningKeyRequest(environment_id=named),
+        "GetJwks": lambda: pb.GetJwksRequest(environment_id=named),
         "Check": HealthCheckRequest,
         "Watch": HealthCheckRequest,
     }
@@ -549,7 +563,7 @@ async def test_grpc_authorization_matrix(server: Server, channel: Channel, world
                 mismatches.append(
                     f"{path} [{case}]: {answer.status.name}, expected {wanted!r}: {answer.message}"
                 )
-    assert len(methods) * len(CASES) >= 14 * 8, "the matrix shrank: were methods lost?"
+    assert len(methods) * len(CASES) >= 15 * 8, "the matrix shrank: were methods lost?"
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -17,7 +17,14 @@ from service.store.cockroach import (
 
 REPO = Path(__file__).resolve().parents[2]
 THREE = ["aws-us-east-1", "gcp-us-central1", "aws-eu-west-1"]
-TABLES = ("signing_keys", "audit_events", "access_tokens", "idempotency_keys", "heartbeat")
+TABLES = (
+    "signing_keys",
+    "audit_events",
+    "access_tokens",
+    "idempotency_keys",
+    "heartbeat",
+    "environment_settings",
+)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,7 @@ def test_three_regions_survive_a_region_and_make_keys_and_tokens_global() -> Non
         'ALTER TABLE "signing_keys" SET LOCALITY GLOBAL',
         'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
         'ALTER TABLE "heartbeat" SET LOCALITY GLOBAL',
+        'ALTER TABLE "environment_settings" SET LOCALITY GLOBAL',
         'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
         'ALTER TABLE "idempotency_keys" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
     ]
@@ -180,6 +188,7 @@ DONE_TABLES: dict[str, str | None] = {
     "signing_keys": "GLOBAL",
     "access_tokens": "GLOBAL",
     "heartbeat": "GLOBAL",
+    "environment_settings": "GLOBAL",
     "audit_events": "REGIONAL BY TABLE IN PRIMARY REGION",
     "idempotency_keys": "REGIONAL BY TABLE IN PRIMARY REGION",
     "schema_migrations": "REGIONAL BY TABLE IN PRIMARY REGION",
@@ -219,6 +228,7 @@ def test_a_run_cut_short_resumes_where_it_stopped() -> None:
         'ALTER TABLE "signing_keys" SET LOCALITY GLOBAL',
         'ALTER TABLE "access_tokens" SET LOCALITY GLOBAL',
         'ALTER TABLE "heartbeat" SET LOCALITY GLOBAL',
+        'ALTER TABLE "environment_settings" SET LOCALITY GLOBAL',
         'ALTER TABLE "audit_events" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
         'ALTER TABLE "idempotency_keys" SET LOCALITY REGIONAL BY TABLE IN PRIMARY REGION',
     ]

@@ -766,6 +766,41 @@ class GetCurrentSigningKeyResponse(betterproto.Message):
     """The key new tokens should be signed with."""
 
 
+@dataclass(eq=False, repr=False)
+class GetJwksRequest(betterproto.Message):
+    """An environment's JWK Set."""
+
+    environment_id: str = betterproto.string_field(1)
+    """The environment; empty: the access token's only environment."""
+
+    if_none_match: str = betterproto.string_field(2)
+    """
+    ETags the caller holds, as HTTP's If-None-Match (`W/"x"` matches `"x"`; `*` matches
+     any): when one names the current document, the reply has `not_modified` and no JSON.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class GetJwksResponse(betterproto.Message):
+    """The JWK Set, or word that the caller's copy is current."""
+
+    jwks_json: bytes = betterproto.bytes_field(1)
+    """
+    The JWK Set as JSON text (`{"keys":[...]}`), UTF-8; empty when `not_modified`.
+    """
+
+    etag: str = betterproto.string_field(2)
+    """The document's strong entity tag, quoted as in HTTP (`"..."`)."""
+
+    not_modified: bool = betterproto.bool_field(3)
+    """
+    True when `if_none_match` named the current document: `jwks_json` is empty.
+    """
+
+    key_count: int = betterproto.uint32_field(4)
+    """How many keys the set lists."""
+
+
 class SigningKeysStub(betterproto.ServiceStub):
     async def create_signing_key(
         self,
@@ -972,6 +1007,23 @@ class SigningKeysStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_jwks(
+        self,
+        get_jwks_request: "GetJwksRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "GetJwksResponse":
+        return await self._unary_unary(
+            "/signingkeys.v1.SigningKeys/GetJwks",
+            get_jwks_request,
+            GetJwksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SigningKeysBase(ServiceBase):
 
@@ -1034,6 +1086,9 @@ class SigningKeysBase(ServiceBase):
     async def get_current_signing_key(
         self, get_current_signing_key_request: "GetCurrentSigningKeyRequest"
     ) -> "GetCurrentSigningKeyResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_jwks(self, get_jwks_request: "GetJwksRequest") -> "GetJwksResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_signing_key(
@@ -1134,6 +1189,13 @@ class SigningKeysBase(ServiceBase):
         response = await self.get_current_signing_key(request)
         await stream.send_message(response)
 
+    async def __rpc_get_jwks(
+        self, stream: "grpclib.server.Stream[GetJwksRequest, GetJwksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_jwks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/signingkeys.v1.SigningKeys/CreateSigningKey": grpclib.const.Handler(
@@ -1207,5 +1269,11 @@ class SigningKeysBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetCurrentSigningKeyRequest,
                 GetCurrentSigningKeyResponse,
+            ),
+            "/signingkeys.v1.SigningKeys/GetJwks": grpclib.const.Handler(
+                self.__rpc_get_jwks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetJwksRequest,
+                GetJwksResponse,
             ),
         }

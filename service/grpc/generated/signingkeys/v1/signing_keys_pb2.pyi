@@ -397,3 +397,23 @@ class GetCurrentSigningKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: SigningKey
     def __init__(self, key: _Optional[_Union[SigningKey, _Mapping]] = ...) -> None: ...
+
+class GetJwksRequest(_message.Message):
+    __slots__ = ("environment_id", "if_none_match")
+    ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IF_NONE_MATCH_FIELD_NUMBER: _ClassVar[int]
+    environment_id: str
+    if_none_match: str
+    def __init__(self, environment_id: _Optional[str] = ..., if_none_match: _Optional[str] = ...) -> None: ...
+
+class GetJwksResponse(_message.Message):
+    __slots__ = ("jwks_json", "etag", "not_modified", "key_count")
+    JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    jwks_json: bytes
+    etag: str
+    not_modified: bool
+    key_count: int
+    def __init__(self, jwks_json: _Optional[bytes] = ..., etag: _Optional[str] = ..., not_modified: _Optional[bool] = ..., key_count: _Optional[int] = ...) -> None: ...
