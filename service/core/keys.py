@@ -304,6 +304,10 @@ class KeyService:
             raise InvalidRequestError(
                 "expires_at has passed: to stop a key verifying at once, revoke it"
             )
+        if outcome.refusal == "before_start":
+            raise InvalidRequestError(
+                "expires_at must be later than the key's not_before", field="expires_at"
+            )
         if outcome.key is None:  # pragma: no cover - the store returns one or the other
             raise InternalError("the key was not updated")
         self._changed(outcome.key)

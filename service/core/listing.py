@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
-from service.core.models import AuditEvent, KeySource, SigningKey, check_id
+from service.core.models import AuditAction, AuditEvent, KeySource, SigningKey, check_id
 from service.errors import InvalidRequestError
 
 if TYPE_CHECKING:  # both import this module: the names are for annotations only
@@ -199,7 +199,8 @@ async def read_page(records: KeyRecords, environment_id: str, request: ListKeysR
     return KeyPage(keys, encode_cursor(Position.of(keys[-1]), scope))
 
 
-AUDIT_ACTIONS: Final[tuple[str, ...]] = ("create", "import", "revoke")
+# Every action the trail records (rotate and update included): each may be filtered on.
+AUDIT_ACTIONS: Final[tuple[AuditAction, ...]] = get_args(AuditAction)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

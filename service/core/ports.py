@@ -53,8 +53,9 @@ class InsertOutcome:
 # key's not_before falls after the old key's expiry (tokens could verify with neither).
 RotateRefusal = Literal["not_found", "revoked", "expired", "rotated", "gap"]
 # Why an update changed nothing: no such key; the expiry asked for is later than the key's
-# (an update only brings an expiry forward); or it has passed already.
-UpdateRefusal = Literal["not_found", "lengthens", "past"]
+# (an update only brings an expiry forward); it has passed already; or it is at or before
+# the key's not_before (a key that could never verify: create refuses the same).
+UpdateRefusal = Literal["not_found", "lengthens", "past", "before_start"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +245,8 @@ class KeyRecords(ChangeSource, Protocol):
     ) -> UpdateOutcome:
         """Rename the key (when ``name_given``) and/or bring its expiry forward to
         ``expires_at``, stamping ``updated_at`` (so the change feed carries it) and recording
-        ``audit``; an expiry later than the key's, or already past, changes nothing."""
+        ``audit``; an expiry later than the key's, already past, or at or before the key's
+        ``not_before``, changes nothing."""
         ...
 
     async def current(

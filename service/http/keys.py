@@ -34,6 +34,7 @@ from service.core.requests import (
     UpdateKeyRequest,
 )
 from service.core.times import unix_seconds
+from service.errors import InvalidRequestError
 from service.http import appkeys
 from service.http.context import (
     IDEMPOTENCY_HEADER,
@@ -246,6 +247,13 @@ async def rotate_key(request: web.Request) -> web.Response:
 async def update_key(request: web.Request) -> web.Response:
     caller = await principal(request)
     body = await read_object(request, frozenset({"name", "expires_at"}))
+    if "expires_at" in body and body["expires_at"] is None:
+        # A merge patch's null removes a member: here that would lengthen the expiry to
+        # never, which an update never does (null is refused rather than ignored).
+        raise InvalidRequestError(
+            "expires_at cannot be removed: an update only brings a key's expiry forward",
+            field="expires_at",
+        )
     key = await request.app[appkeys.KEYS].update(
         caller,
         UpdateKeyRequest.parse(

@@ -467,6 +467,8 @@ class PostgresKeyRecords:
                     return UpdateOutcome(refusal="lengthens")
                 if expires_at <= row["now"]:
                     return UpdateOutcome(refusal="past")
+                if row["not_before"] is not None and expires_at <= row["not_before"]:
+                    return UpdateOutcome(refusal="before_start")
             updated = await conn.fetchrow(
                 _UPDATE, key_id, environment_id, name_given, name, expires_at
             )

@@ -149,6 +149,11 @@ async def test_patch_renames_and_shortens_and_the_verifier_sees_it(
     ) as response:
         assert response.status == 400, "never lengthened"
     async with http.patch(
+        f"{KEYS}/{key['id']}", headers=auth.headers, json={"expires_at": None}
+    ) as response:
+        assert response.status == 400, "removing the expiry would lengthen it to never"
+        assert (await response.json())["error"]["field"] == "expires_at"
+    async with http.patch(
         f"{KEYS}/{key['id']}", headers=auth.headers, json={"name": None}
     ) as response:
         assert (await response.json())["data"]["name"] is None

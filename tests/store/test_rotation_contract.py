@@ -283,3 +283,32 @@ async def test_a_rotation_racing_a_revocation_leaves_a_consistent_pair(
         else:
             assert rotated.refusal == "revoked" and stored is None and final.rotated_to is None
             assert await backend.audit_actions(old.id) == ["create", "revoke"]
+
+
+async def test_an_update_never_ends_a_key_before_it_starts(backend: Backend, env: str) -> None:
+    """An expiry at or before the key's not_before would store a key that can never verify:
+    refused under the row lock (where not_before is read), nothing changed, no audit row."""
+    start = FAR - timedelta(days=30)
+    stored = await insert(backend, new_key(env, not_before=start, expires_at=FAR))
+    for expires_at in (start, start - timedelta(days=1)):
+        outcome = await backend.keys.update(
+            env,
+            stored.id,
+            name_given=False,
+            name=None,
+            expires_at=expires_at,
+            audit=event(stored, "update"),
+        )
+        assert outcome.refusal == "before_start", expires_at
+    unchanged = await backend.keys.get(stored.id, environment_id=env)
+    assert unchanged is not None and unchanged.expires_at == FAR
+    assert await backend.audit_actions(stored.id) == ["create"]
+    later = await backend.keys.update(
+        env,
+        stored.id,
+        name_given=False,
+        name=None,
+        expires_at=start + timedelta(days=1),
+        audit=event(stored, "update"),
+    )
+    assert later.refusal is None and later.key is not None

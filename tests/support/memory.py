@@ -301,7 +301,8 @@ class MemoryKeyRecords(_Outage):
         if old.expires_at is not None and old.expires_at < expiry:
             expiry = old.expires_at
         rotated = replace(old, rotated_to=new_key.id, expires_at=expiry, updated_at=now)
-        self._write([new, rotated], list(audits))
+        # Stamped as the database stamps them (created_at defaults to now()).
+        self._write([new, rotated], [replace(audit, created_at=now) for audit in audits])
         return RotateOutcome(old=rotated, new=new)
 
     async def update(
@@ -325,13 +326,15 @@ class MemoryKeyRecords(_Outage):
                 return UpdateOutcome(refusal="lengthens")
             if expires_at <= now:
                 return UpdateOutcome(refusal="past")
+            if key.not_before is not None and expires_at <= key.not_before:
+                return UpdateOutcome(refusal="before_start")
         updated = replace(
             key,
             name=name if name_given else key.name,
             expires_at=expires_at or key.expires_at,
             updated_at=now,
         )
-        self._write([updated], [audit])
+        self._write([updated], [replace(audit, created_at=now)])
         return UpdateOutcome(key=updated)
 
     async def current(

@@ -598,7 +598,7 @@ class ListAuditEventsRequest(betterproto.Message):
 
     action: str = betterproto.string_field(6)
     """
-    Only events of this action ("create", "import", "revoke"); empty: any.
+    Only events of this action ("create", "import", "revoke", "rotate", "update"); empty: any.
     """
 
     since: str = betterproto.string_field(7)
@@ -626,7 +626,9 @@ class AuditEvent(betterproto.Message):
     """The key changed."""
 
     action: str = betterproto.string_field(4)
-    """What was done: "create", "import" or "revoke" (more may be added)."""
+    """
+    What was done: "create", "import", "revoke", "rotate" or "update" (more may be added).
+    """
 
     actor: str = betterproto.string_field(5)
     """Who did it: the access token id (never its secret)."""
