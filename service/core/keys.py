@@ -298,11 +298,13 @@ class KeyService:
             raise NotFoundError(_NOT_FOUND["all"])
         if outcome.refusal == "lengthens":
             raise InvalidRequestError(
-                "expires_at may only be brought forward: it is later than the key's expiry"
+                "expires_at may only be brought forward: it is later than the key's expiry",
+                field="expires_at",
             )
         if outcome.refusal == "past":
             raise InvalidRequestError(
-                "expires_at has passed: to stop a key verifying at once, revoke it"
+                "expires_at has passed: to stop a key verifying at once, revoke it",
+                field="expires_at",
             )
         if outcome.refusal == "before_start":
             raise InvalidRequestError(
@@ -460,7 +462,7 @@ def _rotated(outcome: RotateOutcome) -> _Rotated:
     if outcome.refusal == "rotated":
         raise ConflictError(f"this key was already rotated, to signing key {outcome.rotated_to}")
     if outcome.refusal == "gap":
-        raise InvalidRequestError(_ROTATE_REFUSALS["gap"])
+        raise InvalidRequestError(_ROTATE_REFUSALS["gap"], field="not_before")
     if outcome.refusal is not None:
         raise ConflictError(_ROTATE_REFUSALS[outcome.refusal])
     if outcome.old is None or outcome.new is None:  # pragma: no cover - one or the other
