@@ -225,6 +225,10 @@ def _not_before(value: object) -> datetime | None:
     return field("not_before", lambda v: times.parse_unix(whole_number(v), "not_before"), value)
 
 
+def _key_id(value: object) -> str:
+    return field("id", lambda v: check_id(optional_text(v, "signing key id") or ""), value)
+
+
 def _environment(value: object) -> str | None:
     return field("environment_id", environment, value)
 
@@ -339,10 +343,9 @@ class KeyRef:
     def parse(
         cls, *, key_id: object, environment_id: object = None, status: object = None
     ) -> KeyRef:
-        text = field("id", lambda v: optional_text(v, "signing key id"), key_id) or ""
         return cls(
             environment_id=_environment(environment_id),
-            key_id=field("id", lambda v: check_id(str(v)), text),
+            key_id=_key_id(key_id),
             status=field("status", status_filter, status),
         )
 
@@ -564,9 +567,7 @@ class RotateKeyRequest:
         )
         return cls(
             environment_id=_environment(environment_id),
-            key_id=field(
-                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
-            ),
+            key_id=_key_id(key_id),
             algorithm=None if algorithm is None else _algorithm(algorithm),
             name=spec.name,
             not_before=spec.not_before,
@@ -615,9 +616,7 @@ class UpdateKeyRequest:
         )
         return cls(
             environment_id=_environment(environment_id),
-            key_id=field(
-                "id", lambda v: check_id(optional_text(v, "signing key id") or ""), key_id
-            ),
+            key_id=_key_id(key_id),
             name_given=name_given,
             name=spec.name,
             expires_at=spec.expires_at,

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from service.core import crypto
 from service.core.json import dumps
-from service.core.models import AuditEvent, SigningKey
+from service.core.models import AuditEvent, CreatedKey, SigningKey
 from service.core.requests import (
     BatchGetKeysRequest,
     CreateKeyRequest,
@@ -85,6 +85,13 @@ def key_json(key: SigningKey) -> dict[str, Any]:
     }
 
 
+def created_key_json(created: CreatedKey) -> dict[str, Any]:
+    """A new key's JSON with its private key (base64 of its PEM), shown this once."""
+    data = key_json(created.key)
+    data["private_key"] = base64.b64encode(created.private_key_pem).decode("ascii")
+    return data
+
+
 def created_response(data: dict[str, Any]) -> web.Response:
     """201 with the key, and where it is now (RFC 9110, 15.3.2): its get's path."""
     response = json_response({"data": data}, status=201)
@@ -110,9 +117,7 @@ async def create_key(request: web.Request) -> web.Response:
             **body,
         ),
     )
-    data = key_json(created.key)
-    data["private_key"] = base64.b64encode(created.private_key_pem).decode("ascii")
-    return with_consistency_token(created_response(data))
+    return with_consistency_token(created_response(created_key_json(created)))
 
 
 @routes.get(PREFIX)
@@ -237,8 +242,7 @@ async def rotate_key(request: web.Request) -> web.Response:
             **body,
         ),
     )
-    data = key_json(rotated.created.key)
-    data["private_key"] = base64.b64encode(rotated.created.private_key_pem).decode("ascii")
+    data = created_key_json(rotated.created)
     data["previous_key"] = key_json(rotated.old)
     return with_consistency_token(created_response(data))
 
