@@ -8,12 +8,14 @@ answer until the stamp moves (the feed, or this instance, added, revoked or evic
 its keys) or the first key it lists expires. A request then costs a dictionary look-up, and
 a matching ``If-None-Match`` answers 304 without rendering anything.
 
-A re-render reuses the JWK of every key it rendered before (by the identity of the parsed
-key), so after one change it costs a walk over the environment's keys, a join and a hash
-(about 10 ms for 10,000 keys). A first render converts every key (5 to 10 µs each, more on a
-busy machine: 60 ms for 10,000), so a render gives the rest of the event loop a turn every
-:data:`RENDER_SLICE` seconds, and concurrent requests for the same environment wait for one
-render instead of starting their own.
+A re-render reuses the JWK of every key it rendered before (the same public key DER and
+algorithm under the same kid), so after one change it costs a walk over the environment's
+keys, a join and a hash (about 10 ms for 10,000 keys). A first render converts every key (5
+to 10 µs each, more on a busy machine: 60 ms for 10,000; loaded from the key's DER for the
+render alone, so that the cache's small LRU of loaded keys stays with the keys that verify),
+so a render gives the rest of the event loop a turn every :data:`RENDER_SLICE` seconds, and
+concurrent requests for the same environment wait for one render instead of starting their
+own.
 
 Otherwise (the feed stale, the cache incomplete, or a request carrying a consistency token,
 whose position the feed cannot vouch for) the document is read from the database and
@@ -90,7 +92,8 @@ class _Rendered:
     stamp: int  # the environment's change stamp when rendered
     valid_until: float  # the first expiry among the keys it lists (Unix seconds)
     document: JwksDocument
-    jwks: dict[str, tuple[crypto.PublicKey, bytes]]  # by kid: the parsed key and its JWK
+    # By kid: the key's DER and algorithm, and its JWK (None: today's key rules refuse it).
+    jwks: dict[str, tuple[bytes, str, bytes | None]]
     size: int
 
 
@@ -186,13 +189,12 @@ class JwksDocuments:
         self.renders += 1
         now = self._clock()
         known = previous.jwks if previous is not None else {}
-        jwks: dict[str, tuple[crypto.PublicKey, bytes]] = {}
+        jwks: dict[str, tuple[bytes, str, bytes | None]] = {}
         valid_until = math.inf
         turn = time.perf_counter() + self._slice
         for kid, cached in sorted(self._cache.environment_items(environment_id), key=_first):
-            public, record = cached.public_key, cached.record
-            # Only what verifies here: no relying party is handed a key the rules refuse.
-            if public is None or not record.is_active:
+            record = cached.record
+            if not record.is_active:
                 continue
             if record.expires_at is not None:
                 expiry = times.seconds(record.expires_at)
@@ -200,15 +202,18 @@ class JwksDocuments:
                     continue
                 valid_until = min(valid_until, expiry)
             prior = known.get(kid)
-            if prior is not None and prior[0] is public:
+            if prior is not None and prior[0] == record.public_key and prior[1] == record.algorithm:
                 jwks[kid] = prior
             else:
-                jwks[kid] = (public, _jwk(public, record))
+                # Only what verifies here: no relying party is handed a key the rules refuse.
+                public = crypto.usable_key(record.public_key, record.algorithm)
+                jwk = None if public is None else _jwk(public, record)
+                jwks[kid] = (record.public_key, record.algorithm, jwk)
                 self.converted += 1
             if time.perf_counter() >= turn:
                 await asyncio.sleep(0)
                 turn = time.perf_counter() + self._slice
-        document = _document(jwk for _, jwk in jwks.values())
+        document = _document(jwk for _, _, jwk in jwks.values() if jwk is not None)
         size = _ENTRY_OVERHEAD + 2 * len(document.body) + _PER_KEY_OVERHEAD * len(jwks)
         return _Rendered(stamp, valid_until, document, jwks, size)
 
