@@ -536,15 +536,21 @@ class PostgresKeyRecords:
         self,
         *,
         since: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
         max_data_age: float | None = None,
         timeout: float | None = None,
     ) -> Changes:
-        """Every key changed at or after ``since``, from regions whose data is at most
-        ``max_data_age`` old; the age reported is the oldest of the pages' (each page is its
-        own read, and may come from another region)."""
+        """Every key changed at or after ``since`` (with ``limit``: one page of them, after
+        ``after``), from regions whose data is at most ``max_data_age`` old; the age
+        reported is the oldest of the pages' (each page is its own read, and may come from
+        another region)."""
+        if limit is not None:
+            page, age = await self._page(None, since, False, limit, after, timeout, max_data_age)
+            return Changes(page, age)
         keys: list[SigningKey] = []
         oldest = 0.0
-        cursor: tuple[datetime, str] | None = None
+        cursor = after
         while True:
             page, age = await self._page(
                 None, since, False, DEFAULT_PAGE_SIZE, cursor, timeout, max_data_age
