@@ -12,14 +12,17 @@ A re-render reuses the JWK of every key it rendered before (the same public key 
 algorithm under the same kid), so after one change it costs a walk over the environment's
 keys, a join and a hash (about 10 ms for 10,000 keys). A first render converts every key (5
 to 10 µs each, more on a busy machine: 60 ms for 10,000; loaded from the key's DER for the
-render alone, so that the cache's small LRU of loaded keys stays with the keys that verify),
+render alone, so that the cache's small set of loaded keys stays with the keys that verify),
 so a render gives the rest of the event loop a turn every :data:`RENDER_SLICE` seconds, and
 concurrent requests for the same environment wait for one render instead of starting their
 own.
 
 Otherwise (the feed stale, the cache incomplete, or a request carrying a consistency token,
 whose position the feed cannot vouch for) the document is read from the database and
-rendered for that request alone, as before.
+rendered for that request alone, as before. So is the JWK Set of an environment with more
+keys than the cache holds (the cache is then incomplete): it is read a page at a time and
+only the JWKs are kept while it is rendered, so such a request costs about twice its
+document's size, for as long as it runs, and is not kept.
 
 >>> documents = JwksDocuments(records, cache, feed)
 >>> document = await documents.get("env-1")
@@ -219,25 +222,23 @@ class JwksDocuments:
 
     async def _from_records(self, environment_id: str) -> JwksDocument:
         """Read and render for this request alone (the database answers as the request's
-        consistency scope requires)."""
-        records = [
-            key
-            async for page in self._records.pages(environment_id=environment_id, active_only=True)
-            for key in page
-        ]
-        now = self._clock()
-        records.sort(key=lambda key: key.id)
-        jwks: list[bytes] = []
+        consistency scope requires). Each page is converted as it comes and only its JWKs
+        are kept: an environment larger than the cache costs its document (twice, while it
+        is joined), not a record per key besides."""
+        listed: list[tuple[str, float, bytes]] = []  # kid, expiry, JWK
         turn = time.perf_counter() + self._slice
-        for key in records:
-            if key.expires_at is None or times.seconds(key.expires_at) > now:
+        async for page in self._records.pages(environment_id=environment_id, active_only=True):
+            for key in page:
+                expiry = math.inf if key.expires_at is None else times.seconds(key.expires_at)
                 public = crypto.usable_key(key.public_key, key.algorithm)
                 if public is not None:
-                    jwks.append(_jwk(public, key))
-            if time.perf_counter() >= turn:
-                await asyncio.sleep(0)
-                turn = time.perf_counter() + self._slice
-        return _document(jwks)
+                    listed.append((key.id, expiry, _jwk(public, key)))
+                if time.perf_counter() >= turn:
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter() + self._slice
+        now = self._clock()
+        listed.sort(key=lambda item: item[0])
+        return _document(jwk for _, expiry, jwk in listed if expiry > now)
 
 
 def _first(item: tuple[str, CachedKey]) -> str:

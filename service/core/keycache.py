@@ -2,12 +2,13 @@
 
 Positive entries hold a key's stored record, its public key once (the record's DER), and
 nothing derived from it: the loaded ``cryptography`` key a verification needs comes from a
-smaller LRU of loaded keys (:class:`LoadedKeys`), filled on first use. A loaded RSA key costs
-about 1 KB, and 1 KB more once it has verified (its Montgomery context), against about 1 KB
-for everything else a cached key holds: kept for every cached key, it would double the cost
-of a large cache for the sake of the few keys that sign most tokens. A key that leaves the
-smaller LRU is loaded again from its DER when it next verifies (tens of microseconds, less
-than the signature check itself), so a verification still costs one full signature check.
+smaller bounded set of loaded keys (:class:`LoadedKeys`), filled on first use. A loaded RSA
+key costs about 1 KB, and 1 KB more once it has verified (its Montgomery context), against
+less than 1 KB for everything else a cached key holds: kept for every cached key, it would
+double the cost of a large cache for the sake of the few keys that sign most tokens. A key
+that left that set is loaded again from its DER when it next verifies (about 25 µs for RSA,
+less than the signature check itself), so a verification still costs one full signature
+check.
 
 Cached keys stay fresh because the change feed applies every created or revoked key to them.
 Unknown ids are remembered briefly (negative entries) and, while the cache holds *every*
@@ -41,40 +42,46 @@ DEFAULT_LOADED_KEYS: Final = 4096
 
 
 class LoadedKeys:
-    """The loaded public keys of recently used DERs (an LRU of ``size`` entries), and
-    ``None`` for a DER today's key rules refuse (:func:`~service.core.crypto.usable_key`).
+    """The loaded public keys of recently used keys, at most ``size`` of them, and ``None``
+    for a key today's key rules refuse (:func:`~service.core.crypto.usable_key`).
 
-    >>> loaded = LoadedKeys(size=2)
-    >>> loaded.get(record.public_key, record.algorithm)  # loads it once, then reuses it
+    Two generations rather than an exact LRU, because this sits on every verification: a
+    hit in the young one is one dictionary look-up, with nothing to reorder. A key found in
+    the old one moves to the young one; when the young one is full it becomes the old one
+    and the old one is dropped. So a key used within the last ``size / 2`` loads stays.
+
+    >>> loaded = LoadedKeys(size=4096)
+    >>> loaded.get(record)  # loads it once, then reuses it
     """
 
     def __init__(self, size: int = DEFAULT_LOADED_KEYS) -> None:
-        if size < 1:
-            raise ValueError("LoadedKeys needs room for one key at least")
-        self._size = size
-        self._keys: collections.OrderedDict[bytes, tuple[str, crypto.PublicKey | None]] = (
-            collections.OrderedDict()
-        )
+        if size < 2:
+            raise ValueError("LoadedKeys needs room for two keys at least")
+        self._half = size // 2
+        # By key id: its DER and algorithm (what was loaded) and the loaded key.
+        self._young: dict[str, tuple[bytes, str, crypto.PublicKey | None]] = {}
+        self._old: dict[str, tuple[bytes, str, crypto.PublicKey | None]] = {}
         self.loads = 0  # for tests and curiosity: DERs parsed
 
     def __repr__(self) -> str:
-        return f"<LoadedKeys {len(self._keys)}/{self._size} loads={self.loads}>"
+        return f"<LoadedKeys {len(self)}/{2 * self._half} loads={self.loads}>"
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._young) + len(self._old)
 
-    def get(self, der: bytes, algorithm: crypto.Algorithm) -> crypto.PublicKey | None:
-        entry = self._keys.get(der)
-        if entry is not None and entry[0] == algorithm:
-            self._keys.move_to_end(der)
-            return entry[1]
-        self.loads += 1
-        public = crypto.usable_key(der, algorithm)
-        self._keys[der] = (algorithm, public)
-        self._keys.move_to_end(der)
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return public
+    def get(self, record: SigningKey) -> crypto.PublicKey | None:
+        der, algorithm = record.public_key, record.algorithm
+        entry = self._young.get(record.id)
+        if entry is not None and (entry[0] is der or entry[0] == der) and entry[1] == algorithm:
+            return entry[2]
+        entry = self._old.pop(record.id, None)
+        if entry is None or entry[0] != der or entry[1] != algorithm:
+            self.loads += 1
+            entry = (der, algorithm, crypto.usable_key(der, algorithm))
+        self._young[record.id] = entry
+        if len(self._young) >= self._half:
+            self._old, self._young = self._young, {}
+        return entry[2]
 
 
 class CachedKey:
@@ -92,7 +99,7 @@ class CachedKey:
 
     @property
     def public_key(self) -> crypto.PublicKey | None:
-        return self._loaded.get(self.record.public_key, self.record.algorithm)
+        return self._loaded.get(self.record)
 
 
 class KeyCache:

@@ -10,6 +10,7 @@ from service.core.keycache import KeyCache
 from service.core.models import SigningKey
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
 
 
 def key(key_id: str = "k1", *, status: str = "active", at: datetime = T0) -> SigningKey:
@@ -93,18 +94,26 @@ def test_a_cached_key_holds_its_der_and_loads_its_public_key_only_when_used() ->
     """Before: every cached key kept a loaded ``cryptography`` key (about 1 KB for RSA, 2 KB
     once it had verified). Now the loaded keys are a smaller LRU of their own, filled on use,
     and a key that left it is loaded again from its DER, the same key."""
-    cache = KeyCache(size=10, negative_size=2, negative_ttl=60, loaded_keys=2)
-    keys = [key(f"k{i}") for i in range(5)]
+    cache = KeyCache(size=10, negative_size=2, negative_ttl=60, loaded_keys=4)
+    keys = [key(f"k{i}") for i in range(6)]
     cache.put_all(keys)
-    assert len(cache) == 5 and len(cache.loaded_keys) == 0, "nothing loaded by caching"
+    loaded = cache.loaded_keys
+    assert len(cache) == 6 and len(loaded) == 0, "nothing loaded by caching"
     for stored in keys:
         cached = cache.get(stored.id)
         assert cached is not None and cached.public_key is not None
         assert crypto.public_key_der(cached.public_key) == stored.public_key
-    assert len(cache.loaded_keys) == 2, "the loaded keys stay within their own bound"
+    assert loaded.loads == 6 and len(loaded) <= 4, "the loaded keys stay within their bound"
+    last = cache.get("k5")
+    assert last is not None and last.public_key is not None
+    assert loaded.loads == 6, "a key used lately is not loaded again"
     first = cache.get("k0")
     assert first is not None and first.public_key is not None
     assert crypto.public_key_der(first.public_key) == keys[0].public_key
+    assert loaded.loads == 7, "one that left is loaded again from its DER, the same key"
+    changed = cache.put(replace(keys[5], public_key=keys[0].public_key, updated_at=T0 + DAY))
+    assert changed.public_key is not None
+    assert crypto.public_key_der(changed.public_key) == keys[0].public_key, "never stale"
 
 
 def test_a_key_todays_rules_refuse_has_no_public_key() -> None:
