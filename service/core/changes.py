@@ -415,14 +415,15 @@ class ChangeFeed(Poller):
             fresh += 1
             if known is None and self._was_forgotten(key):
                 # Perhaps a re-read of a change dropped for room (perhaps a late commit):
-                # applied again, but not into a cache that is evicting already, where it
-                # would push out a key in use for one that may never be. A miss of an
+                # applied again, but not into a full cache that is incomplete already, where
+                # it would push out a key in use for one that may never be. A miss of an
                 # incomplete cache is read from the database, which has it.
                 self._mark_forgotten(key)  # a watcher of its environment reads it again
-                if self._cache.peek(key.id) is not None or self._cache.complete:
-                    self._cache.put(key)
+                cache = self._cache
+                if cache.peek(key.id) is not None or cache.complete or not cache.is_full():
+                    cache.put(key)
                 else:
-                    self._cache.forget_unknown(key.id)
+                    cache.forget_unknown(key.id)
             else:
                 self._remember(key)
                 self._cache.put(key)  # also clears a negative entry: a new key verifies at once
@@ -542,10 +543,13 @@ class ChangeFeed(Poller):
                 # already knows to be newer, so no change applied before this watcher
                 # subscribed is lost; and, for an environment some of whose recent changes
                 # the feed dropped for room, read those again (a page at a time).
+                # Only from the floor up, where "sent" is complete: an older record might be
+                # older than what the snapshot sent (read from a region ahead of the feed).
                 merged = [
                     key
                     for key in self._recent.values()
                     if key.environment_id == environment_id
+                    and key.updated_at >= floor
                     and key.updated_at > sent.get(key.id, _EPOCH)
                 ]
                 merged.sort(key=lambda k: (k.updated_at, k.id))

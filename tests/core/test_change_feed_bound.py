@@ -134,3 +134,17 @@ async def test_a_lagging_snapshot_is_completed_by_changes_the_feed_dropped_for_r
     ), "what memory still holds first, then what is read again: each once"
     assert events[3].kind == "synced"
     await stream.aclose()
+
+
+async def test_a_feed_that_remembers_less_than_the_cache_holds_still_fills_it() -> None:
+    """Changes dropped from the feed's memory are still cached while the cache has room, so
+    a cache that holds every key may still say so (and answer a miss "unknown" without
+    asking the database) only when it truly does."""
+    records = MemoryKeyRecords(clock=ManualClock(tick=0))
+    keys = await import_keys(records, 10)
+    cache = KeyCache(size=100, negative_size=10, negative_ttl=1.0)
+    feed = ChangeFeed(records, cache, poll_interval=0.05, overlap=OVERLAP, recent_size=3)
+    await feed.poll_once()
+    assert feed.remembered == 3
+    assert all(cache.peek(key.id) == key for key in keys)
+    assert cache.complete
