@@ -10,6 +10,15 @@ duration earlier. The overlap must therefore exceed the longest write (its deadl
 settings insist on it. Changes are applied to the :class:`~service.core.keycache.KeyCache`
 (which never goes backwards) and fanned out to ``WatchSigningKeys`` streams.
 
+Every read is paged (``page_size`` keys, keyset on ``(updated_at, id)``) and each page is
+applied before the next is read, and the feed remembers at most ``recent_size`` changes (by
+default the cache's capacity), so its memory follows the cache's bound, not the table's:
+the first load of a million keys holds a page and the cache. When more keys change within
+two overlaps than it remembers (an import, a restore), what it dropped is applied and
+delivered again if an overlap re-reads it (at-least-once, as below), never skipped, and a
+watcher of the environment concerned completes its snapshot by reading those changes again
+rather than from memory.
+
 The overlap is re-read only while it may still hold rows not yet visible. Were the watermark
 the only guide, every key written at one instant (an import, a restore) would be read again
 by every poll until a newer write moved it, costing the database and the instance a full
@@ -25,7 +34,8 @@ every change of the environment from ``overlap`` before it, so delivery is at-le
 (dedupe on key id and ``updated_at``).
 
 Positions do not expire. A resume is read from the keys table, not from the feed's memory
-(which keeps two overlaps of changes, for de-duplication only), and that table keeps every
+(which keeps two overlaps of changes, at most ``recent_size`` of them, for de-duplication
+and watchers' merges only), and that table keeps every
 key's latest state for ever: a revocation or an expiry updates the row, nothing deletes one.
 So a position of any age replays the latest state of every key changed since it — as costly
 as a snapshot when it is old, and intermediate states of one key coalesce, but nothing is
@@ -68,7 +78,7 @@ from service.core.keycache import KeyCache
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.polling import Poller
-from service.core.ports import ChangeSource
+from service.core.ports import DEFAULT_PAGE_SIZE, ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import (
     DependencyError,
@@ -140,6 +150,11 @@ class WatchEvent:
     position: str
 
 
+async def _each(keys: list[SigningKey]) -> AsyncIterator[SigningKey]:
+    for key in keys:
+        yield key
+
+
 def position_of(moment: datetime, key_id: str = "") -> str:
     micros = (moment - _EPOCH) // timedelta(microseconds=1)
     return f"{micros}.{key_id}"
@@ -200,13 +215,17 @@ class ChangeFeed(Poller):
         read_staleness: float | None = None,
         progress_interval: float | None = None,
         max_stream_age: float | None = None,
+        recent_size: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         """``max_data_age``: read changes only where the data is at most this old (the
         revocation bound); ``None`` reads wherever the source serves reads. ``wall``: Unix
         seconds, for the horizon. ``read_staleness``: see :meth:`answers_reads`.
         ``progress_interval``: a live stream idle this long gets a ``progress`` event;
         ``max_stream_age``: a stream live this long (less up to :data:`MAX_AGE_JITTER`) is
-        ended with :class:`~service.errors.WatchMaxAgeError`. ``None``: never."""
+        ended with :class:`~service.errors.WatchMaxAgeError`. ``None``: never.
+        ``recent_size``: the most changes the feed remembers for de-duplication and
+        watchers' merges (by default the cache's capacity); ``page_size``: keys per read."""
         self._read_staleness = read_staleness
         self._source = source
         self._max_data_age = max_data_age
@@ -238,7 +257,14 @@ class ChangeFeed(Poller):
         self._data_as_of = -math.inf
         # The latest record of every key changed within two overlaps of the watermark: for
         # de-duplicating the overlap's re-reads, and for watchers to merge after a snapshot.
-        self._recent: dict[str, SigningKey] = {}
+        # Least recently applied first, and bounded: see _remember.
+        self._recent: collections.OrderedDict[str, SigningKey] = collections.OrderedDict()
+        self._recent_size = max(1, cache.capacity if recent_size is None else recent_size)
+        # By environment: the newest updated_at of a change dropped from _recent for room
+        # while still within its two overlaps (see _remember).
+        self._forgotten: dict[str, datetime] = {}
+        self._forgotten_until: datetime | None = None  # the newest of them
+        self._page_size = page_size
         self._watchers: set[_Watcher] = set()
         self._progress_interval = progress_interval
         self._max_stream_age = max_stream_age
@@ -246,8 +272,14 @@ class ChangeFeed(Poller):
     def __repr__(self) -> str:
         return (
             f"<ChangeFeed watermark={self._watermark} staleness={self.staleness():.3f}s "
-            f"watchers={len(self._watchers)} streams={self._streams} {self._cache!r}>"
+            f"recent={len(self._recent)}/{self._recent_size} watchers={len(self._watchers)} "
+            f"streams={self._streams} {self._cache!r}>"
         )
+
+    @property
+    def remembered(self) -> int:
+        """Recent changes held in memory (at most ``recent_size``)."""
+        return len(self._recent)
 
     @property
     def open_streams(self) -> int:
@@ -285,29 +317,68 @@ class ChangeFeed(Poller):
         since = self._since()
         started, wall_started = self._clock(), self._wall()
         try:
-            changes = await self._source.changes(since=since, max_data_age=self._max_data_age)
+            fresh, newest, data_age = await self._read(since, self._max_data_age, notify=not first)
         except RegionUnavailableError:
             if self._max_data_age is None or first:
                 raise
             await self._salvage(since)
             raise
-        seen_until = wall_started - changes.data_age - self._overlap.total_seconds()
+        seen_until = wall_started - data_age - self._overlap.total_seconds()
         if math.isfinite(seen_until):
             self._horizon = max(self._horizon, seen_until - CLOCK_ALLOWANCE)
-        fresh = self._apply(changes.keys, notify=not first)
-        if changes.keys:
-            newest = changes.keys[-1].updated_at
+        if newest is not None:
             self._watermark = newest if self._watermark is None else max(self._watermark, newest)
         if first:
             # Everything fitted (no eviction marked it otherwise): a miss now proves "unknown".
             self._cache.complete = len(self._cache) < self._cache.capacity
         self._loaded = True
-        self._data_as_of = max(self._data_as_of, started - changes.data_age)
+        self._data_as_of = max(self._data_as_of, started - data_age)
         self._metrics.polls_ok.inc()
-        if self._watermark is not None:
-            horizon = self._watermark - 2 * self._overlap
-            self._recent = {k: v for k, v in self._recent.items() if v.updated_at >= horizon}
+        self._prune()
         return fresh
+
+    async def _read(
+        self, since: datetime | None, max_data_age: float | None, *, notify: bool
+    ) -> tuple[int, datetime | None, float]:
+        """Read and apply the changes since ``since`` one page at a time, so that a large
+        change (the first load of a large table, an import) is never held whole: how many
+        were new, the newest ``updated_at`` read, and the oldest page's data age. A read
+        that fails half-way has applied its first pages: knowledge only added, never taken
+        back (:meth:`_apply`), and read again by the next poll from the same point."""
+        fresh, newest, data_age = 0, None, 0.0
+        after: tuple[datetime, str] | None = None
+        while True:
+            changes = await self._source.changes(
+                since=since, after=after, limit=self._page_size, max_data_age=max_data_age
+            )
+            fresh += self._apply(changes.keys, notify=notify)
+            data_age = max(data_age, changes.data_age)
+            if not changes.keys:
+                return fresh, newest, data_age
+            last = changes.keys[-1]
+            newest = last.updated_at if newest is None else max(newest, last.updated_at)
+            if len(changes.keys) < self._page_size:
+                return fresh, newest, data_age
+            after = (last.updated_at, last.id)
+            await asyncio.sleep(0)  # a turn for requests between two pages of a long read
+
+    def _prune(self) -> None:
+        """Forget what no re-read and no merge needs any more: changes older than two
+        overlaps behind the watermark. Oldest first, so the walk stops at the first one
+        still needed (a late row applied after newer ones waits for its turn)."""
+        if self._watermark is None:
+            return
+        horizon = self._watermark - 2 * self._overlap
+        while self._recent:
+            key_id, key = next(iter(self._recent.items()))
+            if key.updated_at >= horizon:
+                break
+            del self._recent[key_id]
+        for environment_id, until in list(self._forgotten.items()):
+            if until < horizon:
+                del self._forgotten[environment_id]
+        if not self._forgotten:
+            self._forgotten_until = None
 
     async def _salvage(self, since: datetime | None) -> None:
         """When no region's data is young enough (no writer: a crash, a partition of its
@@ -318,12 +389,11 @@ class ChangeFeed(Poller):
         good, then fail closed) as before. Only adds knowledge: an older version of a key
         never replaces a newer one (:meth:`_apply`)."""
         try:
-            changes = await self._source.changes(since=since, max_data_age=None)
+            applied, _, data_age = await self._read(since, None, notify=True)
         except DependencyError:
             return
-        applied = self._apply(changes.keys, notify=True)
         if applied:
-            log.info("changes_salvaged", keys=applied, data_age=round(changes.data_age, 3))
+            log.info("changes_salvaged", keys=applied, data_age=round(data_age, 3))
 
     def _since(self) -> datetime | None:
         """Where the next poll starts reading: the overlap before the watermark, or the
@@ -343,8 +413,20 @@ class ChangeFeed(Poller):
             if known is not None and key.updated_at <= known.updated_at:
                 continue  # the overlap's re-read, or an older version from a lagging region
             fresh += 1
-            self._recent[key.id] = key
-            self._cache.put(key)  # also clears a negative entry: a new key verifies at once
+            if known is None and self._was_forgotten(key):
+                # Perhaps a re-read of a change dropped for room (perhaps a late commit):
+                # applied again, but not into a full cache that is incomplete already, where
+                # it would push out a key in use for one that may never be. A miss of an
+                # incomplete cache is read from the database, which has it.
+                self._mark_forgotten(key)  # a watcher of its environment reads it again
+                cache = self._cache
+                if cache.peek(key.id) is not None or cache.complete or not cache.is_full():
+                    cache.put(key)
+                else:
+                    cache.forget_unknown(key.id)
+            else:
+                self._remember(key)
+                self._cache.put(key)  # also clears a negative entry: a new key verifies at once
             if not notify:
                 continue
             event = WatchEvent("changed", key, position_of(key.updated_at, key.id))
@@ -352,6 +434,67 @@ class ChangeFeed(Poller):
                 if watcher.environment_id == key.environment_id:
                     self._deliver(watcher, event)
         return fresh
+
+    def _remember(self, key: SigningKey) -> None:
+        """Keep ``key`` as the latest change of its id, within the bound: past it, the
+        change applied longest ago is dropped, and its environment marked. So the feed holds
+        at most ``recent_size`` records beyond the cache's (the same ones, unless the cache
+        evicted them), however many keys one instant changes — an import, a restore, the
+        first load of a large table. What dropping costs: a re-read of a dropped change is
+        applied and delivered again (at-least-once, as watchers are told to expect), and a
+        watcher of a marked environment completes its snapshot with one more read instead
+        of from memory (:meth:`_catch_up`)."""
+        self._recent.pop(key.id, None)
+        self._recent[key.id] = key
+        while len(self._recent) > self._recent_size:
+            _, dropped = self._recent.popitem(last=False)
+            self._mark_forgotten(dropped)
+
+    def _mark_forgotten(self, key: SigningKey) -> None:
+        environment_id, updated_at = key.environment_id, key.updated_at
+        marked = self._forgotten.get(environment_id)
+        if marked is None or marked < updated_at:
+            self._forgotten[environment_id] = updated_at
+        if self._forgotten_until is None or self._forgotten_until < updated_at:
+            self._forgotten_until = updated_at
+
+    def _was_forgotten(self, key: SigningKey) -> bool:
+        """Whether ``key`` may be a change that was dropped from memory for room."""
+        until = self._forgotten_until
+        return until is not None and key.updated_at <= until
+
+    async def _catch_up(
+        self, environment_id: str, sent: dict[str, datetime]
+    ) -> AsyncGenerator[SigningKey, None]:
+        """The environment's changes the feed dropped from memory for room (if any), as the
+        feed reads them: from where the data is no older than the feed accepts, since two
+        overlaps before its watermark (what :meth:`_prune` would have kept), a page at a
+        time, each while holding a read slot. Only those newer than the snapshot sent."""
+        if environment_id not in self._forgotten or self._watermark is None:
+            return
+        since = self._watermark - 2 * self._overlap
+        after: tuple[datetime, str] | None = None
+        while True:
+            if self._snapshot_reads is None:
+                changes = await self._source.changes(
+                    since=since, after=after, limit=self._page_size, max_data_age=self._max_data_age
+                )
+            else:
+                async with self._snapshot_reads:
+                    changes = await self._source.changes(
+                        since=since,
+                        after=after,
+                        limit=self._page_size,
+                        max_data_age=self._max_data_age,
+                    )
+            for key in changes.keys:
+                if key.environment_id == environment_id and key.updated_at > sent.get(
+                    key.id, _EPOCH
+                ):
+                    yield key
+            if len(changes.keys) < self._page_size:
+                return
+            after = (changes.keys[-1].updated_at, changes.keys[-1].id)
 
     def _deliver(self, watcher: _Watcher, event: WatchEvent) -> None:
         try:
@@ -378,6 +521,11 @@ class ChangeFeed(Poller):
         try:
             kind: Literal["snapshot", "changed"] = "snapshot" if after is None else "changed"
             last = after or position_of(self._watermark or _EPOCH)
+            # What the snapshot sent, for the merge below: only what a merge may bring
+            # again (changes the feed still remembers, or reads again: none older than two
+            # overlaps behind the watermark, which only moves on), so that a snapshot of a
+            # large environment does not hold an entry per key.
+            floor = _EPOCH if self._watermark is None else self._watermark - 2 * self._overlap
             sent: dict[str, datetime] = {}
             async with (
                 self._caller_slot(caller),
@@ -385,19 +533,36 @@ class ChangeFeed(Poller):
             ):
                 async for page in pages:
                     for count, key in enumerate(page, 1):
-                        sent[key.id] = key.updated_at
+                        if key.updated_at >= floor:
+                            sent[key.id] = key.updated_at
                         last = position_of(key.updated_at, key.id)
                         yield WatchEvent(kind, key, last)
                         if not count % YIELD_EVERY:
                             await asyncio.sleep(0)
-            # The snapshot may come from a region behind the feed: add what the feed already
-            # knows to be newer, so no change applied before this watcher subscribed is lost.
-            for key in sorted(self._recent.values(), key=lambda k: (k.updated_at, k.id)):
-                if key.environment_id == environment_id and key.updated_at > sent.get(
-                    key.id, _EPOCH
-                ):
-                    last = position_of(key.updated_at, key.id)
-                    yield WatchEvent(kind, key, last)
+                # The snapshot may come from a region behind the feed: add what the feed
+                # already knows to be newer, so no change applied before this watcher
+                # subscribed is lost; and, for an environment some of whose recent changes
+                # the feed dropped for room, read those again (a page at a time).
+                # Only from the floor up, where "sent" is complete: an older record might be
+                # older than what the snapshot sent (read from a region ahead of the feed).
+                merged = [
+                    key
+                    for key in self._recent.values()
+                    if key.environment_id == environment_id
+                    and key.updated_at >= floor
+                    and key.updated_at > sent.get(key.id, _EPOCH)
+                ]
+                merged.sort(key=lambda k: (k.updated_at, k.id))
+                newest = parse_position(last)
+                for source in (_each(merged), self._catch_up(environment_id, sent)):
+                    async for key in source:
+                        if key.updated_at <= sent.get(key.id, _EPOCH):
+                            continue
+                        sent[key.id] = key.updated_at
+                        position = position_of(key.updated_at, key.id)
+                        if key.updated_at >= newest:  # SYNCED hands out the newest
+                            newest, last = key.updated_at, position
+                        yield WatchEvent(kind, key, position)
             live_since = asyncio.get_running_loop().time()
             yield WatchEvent("synced", None, last)
             async for event in self._live(watcher, last, live_since):

@@ -8,16 +8,21 @@ answer until the stamp moves (the feed, or this instance, added, revoked or evic
 its keys) or the first key it lists expires. A request then costs a dictionary look-up, and
 a matching ``If-None-Match`` answers 304 without rendering anything.
 
-A re-render reuses the JWK of every key it rendered before (by the identity of the parsed
-key), so after one change it costs a walk over the environment's keys, a join and a hash
-(about 10 ms for 10,000 keys). A first render converts every key (5 to 10 µs each, more on a
-busy machine: 60 ms for 10,000), so a render gives the rest of the event loop a turn every
-:data:`RENDER_SLICE` seconds, and concurrent requests for the same environment wait for one
-render instead of starting their own.
+A re-render reuses the JWK of every key it rendered before (the same public key DER and
+algorithm under the same kid), so after one change it costs a walk over the environment's
+keys, a join and a hash (about 10 ms for 10,000 keys). A first render converts every key (5
+to 10 µs each, more on a busy machine: 60 ms for 10,000; loaded from the key's DER for the
+render alone, so that the cache's small set of loaded keys stays with the keys that verify),
+so a render gives the rest of the event loop a turn every :data:`RENDER_SLICE` seconds, and
+concurrent requests for the same environment wait for one render instead of starting their
+own.
 
 Otherwise (the feed stale, the cache incomplete, or a request carrying a consistency token,
 whose position the feed cannot vouch for) the document is read from the database and
-rendered for that request alone, as before.
+rendered for that request alone, as before. So is the JWK Set of an environment with more
+keys than the cache holds (the cache is then incomplete): it is read a page at a time and
+only the JWKs are kept while it is rendered, so such a request costs about twice its
+document's size, for as long as it runs, and is not kept.
 
 >>> documents = JwksDocuments(records, cache, feed)
 >>> document = await documents.get("env-1")
@@ -90,7 +95,8 @@ class _Rendered:
     stamp: int  # the environment's change stamp when rendered
     valid_until: float  # the first expiry among the keys it lists (Unix seconds)
     document: JwksDocument
-    jwks: dict[str, tuple[crypto.PublicKey, bytes]]  # by kid: the parsed key and its JWK
+    # By kid: the key's DER and algorithm, and its JWK (None: today's key rules refuse it).
+    jwks: dict[str, tuple[bytes, str, bytes | None]]
     size: int
 
 
@@ -186,13 +192,12 @@ class JwksDocuments:
         self.renders += 1
         now = self._clock()
         known = previous.jwks if previous is not None else {}
-        jwks: dict[str, tuple[crypto.PublicKey, bytes]] = {}
+        jwks: dict[str, tuple[bytes, str, bytes | None]] = {}
         valid_until = math.inf
         turn = time.perf_counter() + self._slice
         for kid, cached in sorted(self._cache.environment_items(environment_id), key=_first):
-            public, record = cached.public_key, cached.record
-            # Only what verifies here: no relying party is handed a key the rules refuse.
-            if public is None or not record.is_active:
+            record = cached.record
+            if not record.is_active:
                 continue
             if record.expires_at is not None:
                 expiry = times.seconds(record.expires_at)
@@ -200,39 +205,40 @@ class JwksDocuments:
                     continue
                 valid_until = min(valid_until, expiry)
             prior = known.get(kid)
-            if prior is not None and prior[0] is public:
+            if prior is not None and prior[0] == record.public_key and prior[1] == record.algorithm:
                 jwks[kid] = prior
             else:
-                jwks[kid] = (public, _jwk(public, record))
+                # Only what verifies here: no relying party is handed a key the rules refuse.
+                public = crypto.usable_key(record.public_key, record.algorithm)
+                jwk = None if public is None else _jwk(public, record)
+                jwks[kid] = (record.public_key, record.algorithm, jwk)
                 self.converted += 1
             if time.perf_counter() >= turn:
                 await asyncio.sleep(0)
                 turn = time.perf_counter() + self._slice
-        document = _document(jwk for _, jwk in jwks.values())
+        document = _document(jwk for _, _, jwk in jwks.values() if jwk is not None)
         size = _ENTRY_OVERHEAD + 2 * len(document.body) + _PER_KEY_OVERHEAD * len(jwks)
         return _Rendered(stamp, valid_until, document, jwks, size)
 
     async def _from_records(self, environment_id: str) -> JwksDocument:
         """Read and render for this request alone (the database answers as the request's
-        consistency scope requires)."""
-        records = [
-            key
-            async for page in self._records.pages(environment_id=environment_id, active_only=True)
-            for key in page
-        ]
-        now = self._clock()
-        records.sort(key=lambda key: key.id)
-        jwks: list[bytes] = []
+        consistency scope requires). Each page is converted as it comes and only its JWKs
+        are kept: an environment larger than the cache costs its document (twice, while it
+        is joined), not a record per key besides."""
+        listed: list[tuple[str, float, bytes]] = []  # kid, expiry, JWK
         turn = time.perf_counter() + self._slice
-        for key in records:
-            if key.expires_at is None or times.seconds(key.expires_at) > now:
+        async for page in self._records.pages(environment_id=environment_id, active_only=True):
+            for key in page:
+                expiry = math.inf if key.expires_at is None else times.seconds(key.expires_at)
                 public = crypto.usable_key(key.public_key, key.algorithm)
                 if public is not None:
-                    jwks.append(_jwk(public, key))
-            if time.perf_counter() >= turn:
-                await asyncio.sleep(0)
-                turn = time.perf_counter() + self._slice
-        return _document(jwks)
+                    listed.append((key.id, expiry, _jwk(public, key)))
+                if time.perf_counter() >= turn:
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter() + self._slice
+        now = self._clock()
+        listed.sort(key=lambda item: item[0])
+        return _document(jwk for _, expiry, jwk in listed if expiry > now)
 
 
 def _first(item: tuple[str, CachedKey]) -> str:

@@ -120,13 +120,19 @@ class ChangeSource(Protocol):
         self,
         *,
         since: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
         max_data_age: float | None = None,
         timeout: float | None = None,
     ) -> Changes:
         """Every key changed at or after ``since`` (every key when ``None``), ordered as
         :meth:`pages` orders them, read only where the data is at most ``max_data_age``
         seconds old (raising :class:`~service.errors.RegionUnavailableError` when no such
-        place answers), with the age of what was read."""
+        place answers), with the age of what was read.
+
+        With ``limit``, one page of them: at most ``limit`` keys, and only those after the
+        keyset position ``after`` (``(updated_at, id)``), so that a reader of a large change
+        (the first load of a large table, an import) holds one page at a time."""
         ...
 
 

@@ -8,11 +8,12 @@ ambiguous commit and it still lands exactly once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from service.core import times
+from service.core import crypto, times
 from service.core.listing import AuditFilter, KeyFilter, Position
 from service.core.models import AuditEvent, KeyStatus, SigningKey
 from service.core.ports import (
@@ -102,18 +103,30 @@ def _event(row: Any) -> AuditEvent:
     )
 
 
+# One object for each word a column repeats on every row (algorithm, status, source): the
+# driver decodes a new string per row, 50-60 bytes each, for every cached key.
+_WORDS: Final[dict[str, str]] = {
+    word: word for word in (*crypto.ALGORITHMS, "active", "revoked", "generated", "imported")
+}
+
+
 def _key(row: Any) -> SigningKey:
+    created_at, updated_at = row["created_at"], row["updated_at"]
+    algorithm, status, source = row["algorithm"], row["status"], row["source"]
     return SigningKey(
         id=row["id"],
-        environment_id=row["environment_id"],
-        algorithm=row["algorithm"],
+        # Few environments, many keys each: one string per environment (interned strings are
+        # freed with their last reference).
+        environment_id=sys.intern(row["environment_id"]),
+        algorithm=_WORDS.get(algorithm, algorithm),
         public_key=bytes(row["public_key"]),
         fingerprint=row["fingerprint"],
-        status=row["status"],
-        source=row["source"],
+        status=_WORDS.get(status, status),
+        source=_WORDS.get(source, source),
         name=row["name"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        created_at=created_at,
+        # A key never changed since its creation has one moment, kept once.
+        updated_at=created_at if updated_at == created_at else updated_at,
         revoked_at=row["revoked_at"],
         expires_at=row["expires_at"],
         not_before=row["not_before"],
@@ -523,15 +536,21 @@ class PostgresKeyRecords:
         self,
         *,
         since: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
         max_data_age: float | None = None,
         timeout: float | None = None,
     ) -> Changes:
-        """Every key changed at or after ``since``, from regions whose data is at most
-        ``max_data_age`` old; the age reported is the oldest of the pages' (each page is its
-        own read, and may come from another region)."""
+        """Every key changed at or after ``since`` (with ``limit``: one page of them, after
+        ``after``), from regions whose data is at most ``max_data_age`` old; the age
+        reported is the oldest of the pages' (each page is its own read, and may come from
+        another region)."""
+        if limit is not None:
+            page, age = await self._page(None, since, False, limit, after, timeout, max_data_age)
+            return Changes(page, age)
         keys: list[SigningKey] = []
         oldest = 0.0
-        cursor: tuple[datetime, str] | None = None
+        cursor = after
         while True:
             page, age = await self._page(
                 None, since, False, DEFAULT_PAGE_SIZE, cursor, timeout, max_data_age

@@ -374,12 +374,16 @@ class MemoryKeyRecords(_Outage):
         self,
         *,
         since: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
         max_data_age: float | None = None,
         timeout: float | None = None,
     ) -> Changes:
         if max_data_age is not None and self.data_age > max_data_age:
             self.calls["changes"] += 1
             raise RegionUnavailableError(f"no region has data younger than {max_data_age} s")
+        if limit is not None:
+            return Changes(self._page(None, since, False, limit, after), self.data_age)
         keys = [key async for page in self.pages(since=since) for key in page]
         return Changes(keys, self.data_age)
 
