@@ -20,8 +20,8 @@ server stream (its private ``_stream``) and reads each prefix before grpclib doe
 above the limit is refused with ``RESOURCE_EXHAUSTED`` (grpc-core's status for the case)
 before a byte of the body is read, so what the client sent stays within the stream window; a
 compressed message gets ``UNIMPLEMENTED`` and a stream that ends early ``INVALID_ARGUMENT``,
-each with a message saying why. :class:`SizeLimit` applies it to every call of every service
-through grpclib's public events (``listen(server, RecvRequest, …)``).
+each with a message saying why. :class:`SizeLimit` applies it to a call, before its handler
+reads; the server does so for every call of every service.
 :func:`decode_headers_as_latin1` makes the server's HTTP/2 configuration (its private
 ``_h2_config``) decode header values as Latin-1, which maps every byte to a character and
 leaves ASCII as it is: a stray byte then reaches the service as text it refuses (credentials
@@ -42,7 +42,6 @@ from typing import Any, Final
 import grpclib
 import structlog
 from grpclib.const import Status
-from grpclib.events import RecvRequest
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
@@ -60,10 +59,11 @@ HEADER_ENCODING: Final = "latin-1"
 
 
 class SizeLimit:
-    """A ``RecvRequest`` listener: every call refuses request messages longer than
-    ``max_message_bytes`` (from their length prefix) and framing it cannot serve.
+    """Makes a call refuse request messages longer than ``max_message_bytes`` (from their
+    length prefix) and framing it cannot serve; applied to every call of every service, before
+    its handler reads (the server's ``CallGate``).
 
-    >>> grpclib.events.listen(server, RecvRequest, SizeLimit(max_message_bytes=65536))
+    >>> SizeLimit(max_message_bytes=65536).bound(stream)
     """
 
     def __init__(self, *, max_message_bytes: int) -> None:
@@ -73,15 +73,11 @@ class SizeLimit:
     def __repr__(self) -> str:
         return f"<SizeLimit max_message_bytes={self.max_message_bytes}>"
 
-    async def __call__(self, event: RecvRequest) -> None:
-        handler = event.method_func
-
-        async def limited(stream: Stream[Any, Any]) -> None:
-            if not bound_message_size(stream, self.max_message_bytes):
-                self._report_moved_layout()
-            await handler(stream)
-
-        event.method_func = limited
+    def bound(self, stream: Stream[Any, Any]) -> None:
+        """Limit ``stream``'s request messages (reported once, should grpclib have moved what
+        this relies on)."""
+        if not bound_message_size(stream, self.max_message_bytes):
+            self._report_moved_layout()
 
     def _report_moved_layout(self) -> None:
         if self._reported:

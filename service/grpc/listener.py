@@ -29,10 +29,13 @@ It does so through public surfaces only, none of grpclib's internals:
   transport when the connection ends, as asyncio's selector transports do (checked in
   ``tests/grpc/test_listener.py``) — frees its address's slot; so does the socket being
   collected unclosed.
-* grpclib's public ``RecvRequest`` event (``grpclib.events.listen``) says a connection has
-  delivered a request: complete headers that grpclib accepted as a call (a method it serves,
-  gRPC's content type). Its ``peer.addr()`` is the client's address and port, which name the
-  accepted socket; the first one disarms the connection's deadline.
+* grpclib's public ``RecvRequest`` event (``grpclib.events.listen``, as
+  :meth:`~ConnectionGuard.install` listens) says a connection has delivered a request:
+  complete headers that grpclib accepted as a call (a method it serves, gRPC's content
+  type). Its ``peer.addr()`` is the client's address and port, which name the accepted
+  socket; the first one disarms the connection's deadline. A server that wraps every handler
+  itself tells the guard from there instead (:meth:`~ConnectionGuard.request_hook`; the
+  service's ``CallGate`` does), at the same moment and without an event per call.
 * A deadline that passes shuts the socket down, as :meth:`Listener.end_connections` does:
   the transport reads end-of-file and closes itself.
 
@@ -156,6 +159,13 @@ class ConnectionGuard:
         listen(server, RecvRequest, self._request_received)
         self.installed = True
 
+    def request_hook(self) -> Callable[[Any], None]:
+        """For a server that sees each call before its handler itself (rather than through
+        ``RecvRequest``, which costs an event per call): the function to call with each
+        request's peer address (``Peer.addr()``), refused calls included."""
+        self.installed = True
+        return self.request_received
+
     def admit(self, conn: socket.socket, address: Any) -> socket.socket:
         """``conn`` has just been accepted from ``address``: the socket to hand the event
         loop, its deadline started; or, over its address's cap, ``conn`` is closed and
@@ -189,7 +199,11 @@ class ConnectionGuard:
         return accepted
 
     async def _request_received(self, event: RecvRequest) -> None:
-        peer = peer_address(event.peer.addr()) if event.peer is not None else None
+        self.request_received(event.peer.addr() if event.peer is not None else None)
+
+    def request_received(self, address: Any) -> None:
+        """A connection, named by its peer's address, has delivered a request."""
+        peer = peer_address(address)
         connection = self._by_peer.get(peer) if peer is not None else None
         if connection is not None and connection.deadline is not None:
             connection.deadline.cancel()  # a request has arrived: it may idle from now on

@@ -21,6 +21,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+import structlog
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
@@ -154,29 +155,16 @@ async def test_a_stream_without_the_layout_is_left_alone_and_reported() -> None:
     assert not bound_message_size(object(), 100)  # type: ignore[arg-type]
 
 
-async def test_the_listener_limits_every_call_and_keeps_its_handler() -> None:
-    seen: list[object] = []
-
-    async def handler(stream: Any) -> None:
-        seen.append(stream)
-
-    event = RecvRequest(  # type: ignore[no-untyped-call]
-        metadata={},
-        method_func=handler,
-        method_name="/p.S/M",
-        deadline=None,
-        content_type="application/grpc",
-        user_agent=None,
-        peer=None,
-    )
+async def test_the_limit_applies_to_a_call_and_reports_a_moved_layout_once() -> None:
     limit = SizeLimit(max_message_bytes=10)
-    await limit(event)
-    assert event.method_func is not handler
     stream = _ServerStream()
-    await event.method_func(stream)  # type: ignore[arg-type]
-    assert seen == [stream]
+    limit.bound(stream)  # type: ignore[arg-type]
     with pytest.raises(GRPCError):
         await stream._stream.recv_data(11)
+    with structlog.testing.capture_logs() as logs:
+        limit.bound(object())  # type: ignore[arg-type]
+        limit.bound(object())  # type: ignore[arg-type]
+    assert [line["event"] for line in logs] == ["grpc_size_limit_unenforceable"]
 
 
 # --- against the real server: fails if a grpclib release moves what the limit relies on ---
