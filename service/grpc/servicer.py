@@ -158,6 +158,7 @@ class SigningKeysServicer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = True
+        self._key_replies = messages.KeyReplies()
 
     @property
     def in_flight(self) -> int:
@@ -333,8 +334,7 @@ class SigningKeysServicer:
             environment_id=absent(request.environment_id),
             status=absent(request.status),
         )
-        key = await self._keys.get(await call.principal(), ref)
-        return pb2.GetSigningKeyResponse(key=messages.signing_key_upb(key))
+        return self._key_replies.reply(await self._keys.get(await call.principal(), ref))
 
     async def _list(
         self, request: pb.ListSigningKeysRequest, call: Call[Any, Any]
