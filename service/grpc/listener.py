@@ -131,6 +131,9 @@ class ConnectionGuard:
         self.installed = False
         self._by_client: collections.Counter[str] = collections.Counter()
         self._by_peer: dict[PeerAddress, _Connection] = {}
+        # Connections whose deadline is armed: while none is, a request has nothing to
+        # disarm, and is not looked up (every call tells the guard).
+        self._awaiting = 0
         dropped = Counter(
             "signing_keys_grpc_connections_dropped",
             "gRPC connections closed by the listener, by reason (no complete request headers "
@@ -141,10 +144,9 @@ class ConnectionGuard:
         self._drops = {reason: dropped.labels(reason) for reason in DROP_REASONS}
 
     def __repr__(self) -> str:
-        waiting = sum(1 for conn in self._by_peer.values() if conn.deadline is not None)
         return (
             f"<ConnectionGuard open={self.open_connections} clients={len(self._by_client)} "
-            f"awaiting_request={waiting} max_per_client={self.max_per_client} "
+            f"awaiting_request={self._awaiting} max_per_client={self.max_per_client} "
             f"header_timeout={self.header_timeout:g}s>"
         )
 
@@ -196,6 +198,7 @@ class ConnectionGuard:
         connection.deadline = asyncio.get_running_loop().call_later(
             self.header_timeout, self._expired, connection
         )
+        self._awaiting += 1
         return accepted
 
     async def _request_received(self, event: RecvRequest) -> None:
@@ -203,14 +206,21 @@ class ConnectionGuard:
 
     def request_received(self, address: Any) -> None:
         """A connection, named by its peer's address, has delivered a request."""
+        if not self._awaiting:
+            return
         peer = peer_address(address)
         connection = self._by_peer.get(peer) if peer is not None else None
-        if connection is not None and connection.deadline is not None:
-            connection.deadline.cancel()  # a request has arrived: it may idle from now on
+        if connection is not None:
+            self._disarm(connection)  # a request has arrived: it may idle from now on
+
+    def _disarm(self, connection: _Connection) -> None:
+        if connection.deadline is not None:
+            connection.deadline.cancel()
             connection.deadline = None
+            self._awaiting -= 1
 
     def _expired(self, connection: _Connection) -> None:
-        connection.deadline = None
+        self._disarm(connection)
         sock = connection.sock()
         if connection.closed or sock is None or sock.fileno() == -1:
             return  # closed already (a failed handshake, say)
@@ -224,9 +234,7 @@ class ConnectionGuard:
         if connection.closed:
             return
         connection.closed = True
-        if connection.deadline is not None:
-            connection.deadline.cancel()
-            connection.deadline = None
+        self._disarm(connection)
         if self._by_peer.get(connection.peer) is connection:
             del self._by_peer[connection.peer]
         self._by_client[connection.client] -= 1
