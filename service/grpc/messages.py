@@ -165,10 +165,11 @@ def public_key(request: pb.ImportSigningKeyRequest) -> object:
     return value or None
 
 
+_NO_REASON: Final = pb.InvalidReason.from_string("UNSPECIFIED")
+
+
 def invalid_reason(reason: str | None) -> pb.InvalidReason:
-    if reason is None:
-        return pb.InvalidReason.from_string("UNSPECIFIED")
-    return _REASON[reason]
+    return _NO_REASON if reason is None else _REASON[reason]
 
 
 def verification_upb(verdict: Verification) -> pb2.VerifyTokenResponse:
