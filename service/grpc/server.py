@@ -15,14 +15,16 @@ host and port. It runs in the service's event loop beside HTTP. Requests are lim
 
 Only grpclib's public API runs the server (checked against grpclib 0.4.9):
 ``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
-knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
-``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
-service: the connection guard's note that a connection has made its first request, the
-client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size limit, the
-client's address for per-client limits, and the shutdown gate (:class:`CallGate`). Its
-connections are capped per client address and must send a first request in time
+knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and the
+services it is given, each method a ``Handler`` of grpclib's. What applies to every call of
+every service is one wrapper around each handler, built with the server (:class:`CallGate`):
+the connection guard's note that a connection has made its first request, the shutdown
+gate, the client-certificate rule of mutual TLS, the size limit, and the client's address
+for per-client limits. (grpclib's ``RecvRequest`` event could do as much, but it builds an
+event and awaits each listener on every call, and each listener wrapped the handler anew.)
+Its connections are capped per client address and must send a first request in time
 (:class:`~service.grpc.listener.ConnectionGuard`, told of each connection by the listening
-socket and of each request by that event).
+socket and of each request by the gate).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
