@@ -212,8 +212,8 @@ class SigningKeysServicer:
     ) -> None:
         """Run ``body`` as the call on ``stream``: with its request id bound to the log
         context, bounded by the client's deadline, a domain error sent as its status (the
-        request id in the trailers), and counted when it ends. One coroutine, no context
-        managers: it wraps every call."""
+        request id in the trailers), and counted when it ends. It wraps every call: one
+        coroutine, with no context manager but the deadline's, when the client set one."""
         if not self._accepting:
             raise grpc_error(DependencyError("the server is shutting down; retry elsewhere"))
         started = time.perf_counter()
@@ -251,8 +251,8 @@ class SigningKeysServicer:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.set()
-            structlog.contextvars.reset_contextvars(**bound)
             self._observer.finished(method, outcome, time.perf_counter() - started, call_id)
+            structlog.contextvars.reset_contextvars(**bound)
 
     async def _fail(
         self, stream: Stream[Any, Any], method: str, call_id: str, exc: Exception
