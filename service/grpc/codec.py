@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
@@ -139,6 +139,8 @@ class StrictCodec(ProtoCodec):
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self._twins = dict(twins or {})
+        # How each message type is parsed and checked, worked out at its first request.
+        self._parsers: dict[type[Any], Callable[[bytes], Any]] = {}
 
     def decode(self, data: bytes, message_type: type[Any]) -> Any:
         if len(data) > self.max_message_bytes:
@@ -146,18 +148,36 @@ class StrictCodec(ProtoCodec):
                 Status.RESOURCE_EXHAUSTED,
                 f"request message larger than {self.max_message_bytes} bytes",
             )
+        parse = self._parsers.get(message_type)
+        if parse is None:
+            parse = self._parsers[message_type] = self._parser(message_type)
         try:
-            twin = self._twins.get(message_type)
-            if twin is not None:
-                twin.FromString(data)
-            message = message_type.FromString(data)
-            if isinstance(message, betterproto.Message):
-                check_types(message)
-            elif isinstance(message, ProtobufMessage):
-                check_wire_types(message)
+            return parse(data)
         except Exception:
             # Whatever a parser raises on bytes a caller chose (DecodeError, EOFError
             # mid-varint, KeyError on a wire type betterproto does not expect, …) is the
             # caller's malformed message, never an internal error.
             raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
-        return message
+
+    def _parser(self, message_type: type[Any]) -> Callable[[bytes], Any]:
+        from_string: Callable[[bytes], Any] = message_type.FromString
+        if isinstance(message_type, type) and issubclass(message_type, betterproto.Message):
+            twin = self._twins.get(message_type)
+
+            def parse_betterproto(data: bytes) -> Any:
+                if twin is not None:
+                    twin.FromString(data)
+                message = from_string(data)
+                check_types(message)
+                return message
+
+            return parse_betterproto
+        if isinstance(message_type, type) and issubclass(message_type, ProtobufMessage):
+
+            def parse_protobuf(data: bytes) -> Any:
+                message = from_string(data)
+                check_wire_types(message)
+                return message
+
+            return parse_protobuf
+        return from_string

@@ -20,8 +20,8 @@ server stream (its private ``_stream``) and reads each prefix before grpclib doe
 above the limit is refused with ``RESOURCE_EXHAUSTED`` (grpc-core's status for the case)
 before a byte of the body is read, so what the client sent stays within the stream window; a
 compressed message gets ``UNIMPLEMENTED`` and a stream that ends early ``INVALID_ARGUMENT``,
-each with a message saying why. :class:`SizeLimit` applies it to every call of every service
-through grpclib's public events (``listen(server, RecvRequest, …)``).
+each with a message saying why. :class:`SizeLimit` applies it to a call, before its handler
+reads; the server does so for every call of every service.
 :func:`decode_headers_as_latin1` makes the server's HTTP/2 configuration (its private
 ``_h2_config``) decode header values as Latin-1, which maps every byte to a character and
 leaves ASCII as it is: a stray byte then reaches the service as text it refuses (credentials
@@ -35,13 +35,13 @@ reading it; ``tests/grpc/test_limits.py`` fails on such a release, against a rea
 from __future__ import annotations
 
 import struct
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import grpclib
 import structlog
 from grpclib.const import Status
-from grpclib.events import RecvRequest
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
@@ -59,10 +59,11 @@ HEADER_ENCODING: Final = "latin-1"
 
 
 class SizeLimit:
-    """A ``RecvRequest`` listener: every call refuses request messages longer than
-    ``max_message_bytes`` (from their length prefix) and framing it cannot serve.
+    """Makes a call refuse request messages longer than ``max_message_bytes`` (from their
+    length prefix) and framing it cannot serve; applied to every call of every service, before
+    its handler reads (the server's ``CallGate``).
 
-    >>> grpclib.events.listen(server, RecvRequest, SizeLimit(max_message_bytes=65536))
+    >>> SizeLimit(max_message_bytes=65536).bound(stream)
     """
 
     def __init__(self, *, max_message_bytes: int) -> None:
@@ -72,15 +73,11 @@ class SizeLimit:
     def __repr__(self) -> str:
         return f"<SizeLimit max_message_bytes={self.max_message_bytes}>"
 
-    async def __call__(self, event: RecvRequest) -> None:
-        handler = event.method_func
-
-        async def limited(stream: Stream[Any, Any]) -> None:
-            if not bound_message_size(stream, self.max_message_bytes):
-                self._report_moved_layout()
-            await handler(stream)
-
-        event.method_func = limited
+    def bound(self, stream: Stream[Any, Any]) -> None:
+        """Limit ``stream``'s request messages (reported once, should grpclib have moved what
+        this relies on)."""
+        if not bound_message_size(stream, self.max_message_bytes):
+            self._report_moved_layout()
 
     def _report_moved_layout(self) -> None:
         if self._reported:
@@ -99,7 +96,15 @@ class _Framing:
     """Reads through one request stream as grpclib does (a prefix, then the message it
     announces, and again), refusing what grpclib would answer with ``INTERNAL``."""
 
-    def __init__(self, recv_data: Callable[[int], Awaitable[bytes]], limit: int) -> None:
+    def __init__(
+        self, stream: object, recv_data: Callable[[Any, int], Awaitable[bytes]], limit: int
+    ) -> None:
+        # The stream weakly: it holds this reader, and a strong reference back would make a
+        # cycle that keeps every finished call's stream, buffers and events alive until the
+        # garbage collector's next pass (about twenty objects a call, the collector's main
+        # cost under load). Its read method as a plain function and a weak reference, as
+        # weakref.WeakMethod would keep them, at a tenth of its cost per call.
+        self._stream = weakref.ref(stream)
         self._recv_data = recv_data
         self._limit = limit
         self._prefix_due = True
@@ -122,8 +127,11 @@ class _Framing:
         return data
 
     async def _read(self, size: int) -> bytes:
+        stream = self._stream()
+        if stream is None:  # the stream is gone: no call reads from it any more
+            raise GRPCError(Status.CANCELLED, "the request stream has ended")
         try:
-            return await self._recv_data(size)
+            return await self._recv_data(stream, size)
         except AssertionError:
             # grpclib's buffer asserts that a read got all it asked for: the stream ended.
             raise GRPCError(Status.INVALID_ARGUMENT, ENDED_INSIDE_MESSAGE) from None
@@ -147,10 +155,10 @@ def bound_message_size(stream: Stream[Any, Any], limit: int) -> bool:
     ``limit`` bytes, and answer bad framing with a status of its own; False if this grpclib
     no longer has the layout relied on here."""
     h2_stream: Any = getattr(stream, "_stream", None)
-    recv_data = getattr(h2_stream, "recv_data", None)
-    if recv_data is None:
+    recv_data = getattr(getattr(h2_stream, "recv_data", None), "__func__", None)
+    if recv_data is None:  # no such method
         return False
-    h2_stream.recv_data = _Framing(recv_data, limit).recv_data
+    h2_stream.recv_data = _Framing(h2_stream, recv_data, limit).recv_data
     return True
 
 

@@ -29,10 +29,13 @@ It does so through public surfaces only, none of grpclib's internals:
   transport when the connection ends, as asyncio's selector transports do (checked in
   ``tests/grpc/test_listener.py``) — frees its address's slot; so does the socket being
   collected unclosed.
-* grpclib's public ``RecvRequest`` event (``grpclib.events.listen``) says a connection has
-  delivered a request: complete headers that grpclib accepted as a call (a method it serves,
-  gRPC's content type). Its ``peer.addr()`` is the client's address and port, which name the
-  accepted socket; the first one disarms the connection's deadline.
+* grpclib's public ``RecvRequest`` event (``grpclib.events.listen``, as
+  :meth:`~ConnectionGuard.install` listens) says a connection has delivered a request:
+  complete headers that grpclib accepted as a call (a method it serves, gRPC's content
+  type). Its ``peer.addr()`` is the client's address and port, which name the accepted
+  socket; the first one disarms the connection's deadline. A server that wraps every handler
+  itself tells the guard from there instead (:meth:`~ConnectionGuard.request_hook`; the
+  service's ``CallGate`` does), at the same moment and without an event per call.
 * A deadline that passes shuts the socket down, as :meth:`Listener.end_connections` does:
   the transport reads end-of-file and closes itself.
 
@@ -128,6 +131,9 @@ class ConnectionGuard:
         self.installed = False
         self._by_client: collections.Counter[str] = collections.Counter()
         self._by_peer: dict[PeerAddress, _Connection] = {}
+        # Connections whose deadline is armed: while none is, a request has nothing to
+        # disarm, and is not looked up (every call tells the guard).
+        self._awaiting = 0
         dropped = Counter(
             "signing_keys_grpc_connections_dropped",
             "gRPC connections closed by the listener, by reason (no complete request headers "
@@ -138,10 +144,9 @@ class ConnectionGuard:
         self._drops = {reason: dropped.labels(reason) for reason in DROP_REASONS}
 
     def __repr__(self) -> str:
-        waiting = sum(1 for conn in self._by_peer.values() if conn.deadline is not None)
         return (
             f"<ConnectionGuard open={self.open_connections} clients={len(self._by_client)} "
-            f"awaiting_request={waiting} max_per_client={self.max_per_client} "
+            f"awaiting_request={self._awaiting} max_per_client={self.max_per_client} "
             f"header_timeout={self.header_timeout:g}s>"
         )
 
@@ -155,6 +160,13 @@ class ConnectionGuard:
         stops at the first that raises): a refused request is a request all the same."""
         listen(server, RecvRequest, self._request_received)
         self.installed = True
+
+    def request_hook(self) -> Callable[[Any], None]:
+        """For a server that sees each call before its handler itself (rather than through
+        ``RecvRequest``, which costs an event per call): the function to call with each
+        request's peer address (``Peer.addr()``), refused calls included."""
+        self.installed = True
+        return self.request_received
 
     def admit(self, conn: socket.socket, address: Any) -> socket.socket:
         """``conn`` has just been accepted from ``address``: the socket to hand the event
@@ -186,17 +198,29 @@ class ConnectionGuard:
         connection.deadline = asyncio.get_running_loop().call_later(
             self.header_timeout, self._expired, connection
         )
+        self._awaiting += 1
         return accepted
 
     async def _request_received(self, event: RecvRequest) -> None:
-        peer = peer_address(event.peer.addr()) if event.peer is not None else None
+        self.request_received(event.peer.addr() if event.peer is not None else None)
+
+    def request_received(self, address: Any) -> None:
+        """A connection, named by its peer's address, has delivered a request."""
+        if not self._awaiting:
+            return
+        peer = peer_address(address)
         connection = self._by_peer.get(peer) if peer is not None else None
-        if connection is not None and connection.deadline is not None:
-            connection.deadline.cancel()  # a request has arrived: it may idle from now on
+        if connection is not None:
+            self._disarm(connection)  # a request has arrived: it may idle from now on
+
+    def _disarm(self, connection: _Connection) -> None:
+        if connection.deadline is not None:
+            connection.deadline.cancel()
             connection.deadline = None
+            self._awaiting -= 1
 
     def _expired(self, connection: _Connection) -> None:
-        connection.deadline = None
+        self._disarm(connection)
         sock = connection.sock()
         if connection.closed or sock is None or sock.fileno() == -1:
             return  # closed already (a failed handshake, say)
@@ -210,9 +234,7 @@ class ConnectionGuard:
         if connection.closed:
             return
         connection.closed = True
-        if connection.deadline is not None:
-            connection.deadline.cancel()
-            connection.deadline = None
+        self._disarm(connection)
         if self._by_peer.get(connection.peer) is connection:
             del self._by_peer[connection.peer]
         self._by_client[connection.client] -= 1

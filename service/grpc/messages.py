@@ -1,6 +1,7 @@
 """Translation between the core's records and the generated protobuf messages.
 
-Pure functions: no I/O, no rules beyond the encoding. Field semantics mirror the HTTP API
+Pure functions, and :class:`KeyReplies`, which keeps GetSigningKey's replies built: no I/O,
+no rules beyond the encoding. Field semantics mirror the HTTP API
 (:mod:`service.http.keys`): times are strings of Unix seconds, the private key is base64 of
 its PEM, and an empty string means "not given".
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_args
 
@@ -65,11 +66,51 @@ def signing_key(key: Key) -> pb.SigningKey:
     return message
 
 
-def signing_key_upb(key: Key) -> pb2.SigningKey:
-    message = pb2.SigningKey(**_key_fields(key))
+def signing_key_upb(key: Key, status: ShownStatus | None = None) -> pb2.SigningKey:
+    """``status``: the status to show, if the caller has it (else as of now)."""
+    message = pb2.SigningKey(**_key_fields(key, status))
     for name, seconds in _timestamps(key):
         getattr(message, name).FromSeconds(seconds)
     return message
+
+
+class KeyReplies:
+    """GetSigningKey's reply for a key, built once per key record and shown status.
+
+    A reply changes only with its record (a frozen value: a revocation or an update is a new
+    one) and with the status shown as of now (an active key shows ``expired`` once its
+    expiry has passed), so a key read over and over is encoded into a message once, not on
+    every read (the reply is most of the read's own work). The replies are shared: nothing
+    may change one. Bounded: the ``size`` most recently added are kept (4096 keys, a few MB).
+
+    >>> replies = KeyReplies()
+    >>> replies.reply(key) is replies.reply(key)
+    True
+    """
+
+    def __init__(self, *, size: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        self._size = size
+        self._clock = clock
+        self._replies: dict[Key, tuple[ShownStatus, pb2.GetSigningKeyResponse]] = {}
+
+    def __repr__(self) -> str:
+        return f"<KeyReplies {len(self._replies)}/{self._size}>"
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def reply(self, key: Key) -> pb2.GetSigningKeyResponse:
+        status = key.status_at(self._clock())
+        # By the record's value, as the dict compares; the cache hands out the same record
+        # object, which a dict matches by identity before comparing.
+        known = self._replies.get(key)
+        if known is not None and known[0] == status:
+            return known[1]
+        reply = pb2.GetSigningKeyResponse(key=signing_key_upb(key, status))
+        if known is None and len(self._replies) >= self._size:
+            del self._replies[next(iter(self._replies))]  # the oldest
+        self._replies[key] = (status, reply)
+        return reply
 
 
 def _timestamps(key: Key) -> Iterator[tuple[str, int]]:
@@ -87,14 +128,16 @@ def _timestamps(key: Key) -> Iterator[tuple[str, int]]:
             yield name, int(text)
 
 
-def _key_fields(key: Key) -> dict[str, Any]:
+def _key_fields(key: Key, status: ShownStatus | None = None) -> dict[str, Any]:
+    if status is None:
+        # As HTTP shows it: expired once expires_at has passed (the stored status says active).
+        status = key.status_at(time.time())
     return {
         "id": key.id,
         "created_at": unix(key.created_at),
         "environment_id": key.environment_id,
         "algorithm": key.algorithm,
-        # As HTTP shows it: expired once expires_at has passed (the stored status says active).
-        "status": _STATUS[key.status_at(time.time())],
+        "status": _STATUS[status],
         "source": _SOURCE[key.source],
         "name": key.name or "",
         "fingerprint": key.fingerprint,
@@ -122,10 +165,11 @@ def public_key(request: pb.ImportSigningKeyRequest) -> object:
     return value or None
 
 
+_NO_REASON: Final = pb.InvalidReason.from_string("UNSPECIFIED")
+
+
 def invalid_reason(reason: str | None) -> pb.InvalidReason:
-    if reason is None:
-        return pb.InvalidReason.from_string("UNSPECIFIED")
-    return _REASON[reason]
+    return _NO_REASON if reason is None else _REASON[reason]
 
 
 def verification_upb(verdict: Verification) -> pb2.VerifyTokenResponse:

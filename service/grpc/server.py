@@ -15,14 +15,16 @@ host and port. It runs in the service's event loop beside HTTP. Requests are lim
 
 Only grpclib's public API runs the server (checked against grpclib 0.4.9):
 ``Server.start(sock=…)`` on a socket bound here (:mod:`service.grpc.listener`, which also
-knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and
-``grpclib.events`` listeners on ``RecvRequest`` for what applies to every call of every
-service: the connection guard's note that a connection has made its first request, the
-client-certificate rule of mutual TLS (:class:`ClientCertificateRule`), the size limit, the
-client's address for per-client limits, and the shutdown gate (:class:`CallGate`). Its
-connections are capped per client address and must send a first request in time
+knows the connections to end at shutdown), ``Server.close()`` and ``wait_closed()``, and the
+services it is given, each method a ``Handler`` of grpclib's. What applies to every call of
+every service is one wrapper around each handler, built with the server (:class:`CallGate`):
+the connection guard's note that a connection has made its first request, the shutdown
+gate, the client-certificate rule of mutual TLS, the size limit, and the client's address
+for per-client limits. (grpclib's ``RecvRequest`` event could do as much, but it builds an
+event and awaits each listener on every call, and each listener wrapped the handler anew.)
+Its connections are capped per client address and must send a first request in time
 (:class:`~service.grpc.listener.ConnectionGuard`, told of each connection by the listening
-socket and of each request by that event).
+socket and of each request by the gate).
 
 Shutdown (:meth:`GrpcServer.close`, then :meth:`GrpcServer.wait_closed`), each step bounded
 by ``SHUTDOWN_TIMEOUT``:
@@ -37,13 +39,12 @@ by ``SHUTDOWN_TIMEOUT``:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, Final, Literal, Self
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, Literal, Protocol, Self
 
 import structlog
 from grpclib.config import Configuration
-from grpclib.const import Status
-from grpclib.events import RecvRequest, listen
+from grpclib.const import Handler, Status
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server, Stream
 from prometheus_client import CollectorRegistry
@@ -75,17 +76,43 @@ MIN_STREAM_WINDOW: Final = 65_535  # HTTP/2's smallest window that grpclib accep
 SHUTTING_DOWN: Final = "the server is shutting down; retry elsewhere"
 HEALTH_METHODS: Final = "/grpc.health.v1.Health/"
 
+ServerMethod = Callable[[Stream[Any, Any]], Awaitable[None]]
+
+
+class Servable(Protocol):
+    """A service as grpclib serves it: its methods by path."""
+
+    def __mapping__(self) -> Mapping[str, Handler]: ...
+
 
 class CallGate:
-    """Every call of every service passes here (a ``RecvRequest`` listener).
+    """Every call of every service passes here, in one wrapper per handler built when the
+    server is: the connection guard hears of the request, a call answers ``UNAVAILABLE``
+    once :meth:`close` is called and, under mutual TLS, ``UNAUTHENTICATED`` from a
+    connection without a client certificate (but for health); its request messages are
+    size-limited; it runs with its client's address bound to
+    :data:`~service.core.auth.CLIENT_ADDRESS`, which the per-client limits count by.
 
-    Once :meth:`close` is called, new calls answer ``UNAVAILABLE``, and calls that shutdown
-    cancels end with ``UNAVAILABLE`` rather than vanish; :meth:`idle` says when no handler
-    runs any more.
+    Calls that shutdown cancels end with ``UNAVAILABLE`` rather than vanish; :meth:`idle`
+    says when no handler runs any more.
+
+    >>> gate = CallGate(size_limit=SizeLimit(max_message_bytes=65536))
+    >>> server = grpclib.server.Server(gate.guard([servicer, health]))
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        size_limit: SizeLimit,
+        connection_guard: ConnectionGuard | None = None,
+        requires_client_certificate: bool = False,
+    ) -> None:
         self.is_open = True
+        self._size_limit = size_limit
+        self._request_seen = (
+            connection_guard.request_hook() if connection_guard is not None else _ignore
+        )
+        self._requires_client_certificate = requires_client_certificate
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -103,14 +130,31 @@ class CallGate:
     async def idle(self) -> None:
         await self._idle.wait()
 
-    async def __call__(self, event: RecvRequest) -> None:
-        if not self.is_open:
-            event.method_func = _refuse
-            event.interrupt()  # nothing else needs to wrap a refusal
-            return
-        handler = event.method_func
+    def guard(self, services: Iterable[Servable]) -> list[Servable]:
+        """``services`` as grpclib is to serve them: each handler behind this gate."""
+        return [_Guarded(self, service) for service in services]
+
+    def wrap(self, method_name: str, handler: ServerMethod) -> ServerMethod:
+        """``handler`` (of the method ``method_name``) behind this gate: what applies to a
+        call is decided here, once, rather than on every call."""
+        checks_certificate = self._requires_client_certificate and not method_name.startswith(
+            HEALTH_METHODS
+        )
+        request_seen = self._request_seen
+        bound = self._size_limit.bound
 
         async def gated(stream: Stream[Any, Any]) -> None:
+            peer = stream.peer
+            address = peer.addr() if peer is not None else None
+            # First: a refused call is a request all the same.
+            request_seen(address)
+            if not self.is_open:
+                raise grpc_error(DependencyError(SHUTTING_DOWN))
+            if checks_certificate and not (peer is not None and peer.cert()):
+                await _refuse_without_certificate(stream)
+                return
+            bound(stream)
+            token = CLIENT_ADDRESS.set(str(address[0]) if address else None)
             self._running += 1
             self._idle.clear()
             try:
@@ -123,38 +167,30 @@ class CallGate:
                 self._running -= 1
                 if not self._running:
                     self._idle.set()
+                CLIENT_ADDRESS.reset(token)
 
-        event.method_func = gated
-
-
-async def bind_client_address(event: RecvRequest) -> None:
-    """A ``RecvRequest`` listener: every call runs with its client's address bound to
-    :data:`~service.core.auth.CLIENT_ADDRESS`, which the per-client limits count by."""
-    handler = event.method_func
-    peer = event.peer.addr() if event.peer is not None else None
-    address = str(peer[0]) if peer else None
-
-    async def bound(stream: Stream[Any, Any]) -> None:
-        token = CLIENT_ADDRESS.set(address)
-        try:
-            await handler(stream)
-        finally:
-            CLIENT_ADDRESS.reset(token)
-
-    event.method_func = bound
+        return gated
 
 
-class ClientCertificateRule:
-    """A ``RecvRequest`` listener for mutual TLS: a call from a connection that presented no
-    client certificate answers ``UNAUTHENTICATED``, except the health service's, which
-    orchestrators call without one (:mod:`service.tls` states the rule)."""
+class _Guarded:
+    """A service as the server serves it: its methods, each behind the gate."""
 
-    async def __call__(self, event: RecvRequest) -> None:
-        if event.method_name.startswith(HEALTH_METHODS):
-            return
-        certificate = event.peer.cert() if event.peer is not None else None
-        if not certificate:
-            event.method_func = _refuse_without_certificate
+    def __init__(self, gate: CallGate, service: Servable) -> None:
+        self._service = service
+        self._mapping = {
+            name: handler._replace(func=gate.wrap(name, handler.func))
+            for name, handler in service.__mapping__().items()
+        }
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._service!r}>"
+
+    def __mapping__(self) -> Mapping[str, Handler]:
+        return self._mapping
+
+
+def _ignore(address: object) -> None:
+    return None
 
 
 async def _refuse_without_certificate(stream: Stream[Any, Any]) -> None:
@@ -165,10 +201,6 @@ async def _refuse_without_certificate(stream: Stream[Any, Any]) -> None:
         status_details=failure.details,
         metadata=failure.metadata(),
     )
-
-
-async def _refuse(stream: Stream[Any, Any]) -> None:
-    raise grpc_error(DependencyError(SHUTTING_DOWN))
 
 
 async def _end_unavailable(stream: Stream[Any, Any]) -> None:
@@ -214,8 +246,18 @@ class GrpcServer(AsyncResource):
         # request arrives without waiting on flow control, an oversized one is refused
         # from its prefix with no more than this window in flight.
         window = max(MIN_STREAM_WINDOW, self.max_message_bytes + PREFIX_BYTES)
+        self.connection_guard = ConnectionGuard(
+            max_per_client=settings.grpc_max_connections_per_client,
+            header_timeout=settings.grpc_header_timeout,
+            registry=registry,
+        )
+        self.gate = CallGate(
+            size_limit=SizeLimit(max_message_bytes=self.max_message_bytes),
+            connection_guard=self.connection_guard,
+            requires_client_certificate=requires_client_certificate(settings),
+        )
         self._server = Server(
-            ServerReflection.extend([self.servicer, self.health]),
+            self.gate.guard(ServerReflection.extend([self.servicer, self.health])),
             codec=StrictCodec(
                 max_message_bytes=self.max_message_bytes,
                 twins=protobuf_twins(pb, signing_keys_pb2),
@@ -225,20 +267,6 @@ class GrpcServer(AsyncResource):
             config=Configuration(http2_stream_window_size=window),
         )
         decode_headers_as_latin1(self._server)
-        self.connection_guard = ConnectionGuard(
-            max_per_client=settings.grpc_max_connections_per_client,
-            header_timeout=settings.grpc_header_timeout,
-            registry=registry,
-        )
-        # First of the RecvRequest listeners, so that none can stop the event before it (the
-        # gate does, for a call it refuses): a refused call is a request all the same.
-        self.connection_guard.install(self._server)
-        if requires_client_certificate(settings):
-            listen(self._server, RecvRequest, ClientCertificateRule())
-        self.gate = CallGate()
-        listen(self._server, RecvRequest, self.gate)
-        listen(self._server, RecvRequest, SizeLimit(max_message_bytes=self.max_message_bytes))
-        listen(self._server, RecvRequest, bind_client_address)
         self._listener: Listener | None = None
         self._state: Literal["new", "serving", "closing", "closed"] = "new"
         self._closed = asyncio.Event()

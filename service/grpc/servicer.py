@@ -3,7 +3,7 @@
 No rules live here: each handler decodes its message into one of the core's request types
 (:mod:`service.core.requests`, which validate themselves exactly as for HTTP) and makes one
 call; scopes, environments and idempotency are the core's. Each RPC runs inside
-:meth:`SigningKeysServicer._rpc`, which binds the request id to the log context, bounds the
+:meth:`SigningKeysServicer._serve`, which binds the request id to the log context, bounds the
 call by the client's deadline and turns a domain error into a status
 (:mod:`service.grpc.errors`) with the error's ``type`` in the trailing metadata.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -90,15 +91,16 @@ class Call(Generic[RequestT, ReplyT]):
     authenticator: Authenticator
     headers_sent: bool = False
 
-    async def send_headers(self, metadata: dict[str, str] | None = None) -> None:
+    async def send_headers(self, metadata: tuple[tuple[str, str], ...] | None = None) -> None:
         """Send the initial metadata, once: the request id (``x-request-id``, as HTTP's
         ``X-Request-Id`` header) and ``metadata``; a later call does nothing. (An error
         carries the request id in its trailing metadata: a refusal is trailers-only.)"""
         if self.headers_sent:
             return
         self.headers_sent = True
+        request_id = ((REQUEST_ID_METADATA, self.request_id),)
         await self.stream.send_initial_metadata(
-            metadata={REQUEST_ID_METADATA: self.request_id, **(metadata or {})}
+            metadata=request_id if metadata is None else request_id + metadata
         )
 
     def remaining(self) -> float | None:
@@ -156,6 +158,7 @@ class SigningKeysServicer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = True
+        self._key_replies = messages.KeyReplies()
 
     @property
     def in_flight(self) -> int:
@@ -200,10 +203,17 @@ class SigningKeysServicer:
             for name, func in handlers.items()
         }
 
-    @contextlib.asynccontextmanager
-    async def _rpc(
-        self, stream: Stream[RequestT, ReplyT], method: str, *, unary: bool = True
-    ) -> AsyncIterator[Call[RequestT, ReplyT]]:
+    async def _serve(
+        self,
+        method: str,
+        body: Callable[[Call[Any, Any]], Awaitable[None]],
+        unary: bool,
+        stream: Stream[Any, Any],
+    ) -> None:
+        """Run ``body`` as the call on ``stream``: with its request id bound to the log
+        context, bounded by the client's deadline, a domain error sent as its status (the
+        request id in the trailers), and counted when it ends. It wraps every call: one
+        coroutine, with no context manager but the deadline's, when the client set one."""
         if not self._accepting:
             raise grpc_error(DependencyError("the server is shutting down; retry elsewhere"))
         started = time.perf_counter()
@@ -216,61 +226,68 @@ class SigningKeysServicer:
         if unary:
             self._in_flight += 1
             self._idle.clear()
-        with structlog.contextvars.bound_contextvars(request_id=call_id):
-            try:
-                try:
-                    async with asyncio.timeout(call.remaining()):
-                        yield call
-                except TimeoutError as exc:
-                    if isinstance(exc, DeadlineExceededError):
-                        raise
-                    raise DeadlineExceededError("the call's deadline passed") from exc
-            except asyncio.CancelledError:
-                remaining = call.remaining()
-                # grpclib cancels the handler when the client's deadline passes.
-                expired = remaining is not None and remaining <= 0
-                outcome = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
-                raise
-            except Exception as exc:  # a domain error, or refused by the codec or size limit
-                failure = error_status(exc)
-                outcome = failure.status.name
-                if failure.is_internal:
-                    log.exception("grpc_call_failed", method=method)
-                elif isinstance(exc, DependencyError):
-                    log.warning(
-                        "grpc_call_unavailable", method=method, error_type=failure.error_type
-                    )
-                # Sent here rather than by grpclib, so that the request id goes with it; a
-                # stream the client has closed is ignored, as grpclib does.
-                with contextlib.suppress(StreamClosedError):
-                    await stream.send_trailing_metadata(
-                        status=failure.status,
-                        status_message=failure.message,
-                        status_details=failure.details,
-                        metadata={**failure.metadata(), REQUEST_ID_METADATA: call_id},
-                    )
-            finally:
-                if unary:
-                    self._in_flight -= 1
-                    if not self._in_flight:
-                        self._idle.set()
-                self._observer.finished(method, outcome, time.perf_counter() - started, call_id)
+        bound = structlog.contextvars.bind_contextvars(request_id=call_id)
+        try:
+            remaining = call.remaining()
+            if remaining is None:
+                await body(call)
+            else:
+                async with asyncio.timeout(remaining):
+                    await body(call)
+        except asyncio.CancelledError:
+            remaining = call.remaining()
+            # grpclib cancels the handler when the client's deadline passes.
+            expired = remaining is not None and remaining <= 0
+            outcome = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            raise
+        except Exception as exc:  # a domain error, or refused by the codec or size limit
+            if isinstance(exc, TimeoutError) and not isinstance(exc, DeadlineExceededError):
+                failure = DeadlineExceededError("the call's deadline passed")
+                failure.__cause__ = exc
+                exc = failure
+            outcome = await self._fail(stream, method, call_id, exc)
+        finally:
+            if unary:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+            self._observer.finished(method, outcome, time.perf_counter() - started, call_id)
+            structlog.contextvars.reset_contextvars(**bound)
+
+    async def _fail(
+        self, stream: Stream[Any, Any], method: str, call_id: str, exc: Exception
+    ) -> str:
+        """Send ``exc`` as the call's status; the status's name."""
+        failure = error_status(exc)
+        if failure.is_internal:
+            log.exception("grpc_call_failed", method=method)
+        elif isinstance(exc, DependencyError):
+            log.warning("grpc_call_unavailable", method=method, error_type=failure.error_type)
+        # Sent here rather than by grpclib, so that the request id goes with it; a stream the
+        # client has closed is ignored, as grpclib does.
+        with contextlib.suppress(StreamClosedError):
+            await stream.send_trailing_metadata(
+                status=failure.status,
+                status_message=failure.message,
+                status_details=failure.details,
+                metadata={**failure.metadata(), REQUEST_ID_METADATA: call_id},
+            )
+        return failure.status.name
 
     def _unary(
         self, method: str, answer: Answer[RequestT, ReplyT]
     ) -> Callable[[Stream[RequestT, ReplyT]], Awaitable[None]]:
         """grpclib's handler for a unary method: receive the request, send ``answer``'s reply."""
 
-        async def handle(stream: Stream[RequestT, ReplyT]) -> None:
-            async with self._rpc(stream, method) as call:
-                reply = await answer(await call.receive(), call)
-                scope = consistency.current()
-                token = None if scope is None else scope.token()
-                # A write's position, before its reply.
-                await call.send_headers({} if token is None else {CONSISTENCY_METADATA: token})
-                await stream.send_message(reply)
+        async def reply(call: Call[Any, Any]) -> None:
+            response = await answer(await call.receive(), call)
+            scope = consistency.current()
+            token = None if scope is None else scope.token()
+            # A write's position, before its reply.
+            await call.send_headers(None if token is None else ((CONSISTENCY_METADATA, token),))
+            await call.stream.send_message(response)
 
-        return handle
+        return functools.partial(self._serve, method, reply, True)
 
     async def _create(
         self, request: pb.CreateSigningKeyRequest, call: Call[Any, Any]
@@ -317,8 +334,7 @@ class SigningKeysServicer:
             environment_id=absent(request.environment_id),
             status=absent(request.status),
         )
-        key = await self._keys.get(await call.principal(), ref)
-        return pb2.GetSigningKeyResponse(key=messages.signing_key_upb(key))
+        return self._key_replies.reply(await self._keys.get(await call.principal(), ref))
 
     async def _list(
         self, request: pb.ListSigningKeysRequest, call: Call[Any, Any]
@@ -472,18 +488,20 @@ class SigningKeysServicer:
     async def _watch(
         self, stream: Stream[pb.WatchSigningKeysRequest, pb.WatchSigningKeysResponse]
     ) -> None:
-        async with self._rpc(stream, "WatchSigningKeys", unary=False) as call:
-            request = await call.receive()
-            events = self._changes.watch(
-                await call.principal(),
-                WatchRequest.parse(
-                    environment_id=absent(request.environment_id), after=absent(request.after)
-                ),
-            )
-            async with _closing(events) as stream_of_events:
-                async for event in stream_of_events:
-                    await call.send_headers()  # with the first event; a refusal has none
-                    await stream.send_message(watch_response(event))
+        await self._serve("WatchSigningKeys", self._send_events, False, stream)
+
+    async def _send_events(self, call: Call[Any, Any]) -> None:
+        request = await call.receive()
+        events = self._changes.watch(
+            await call.principal(),
+            WatchRequest.parse(
+                environment_id=absent(request.environment_id), after=absent(request.after)
+            ),
+        )
+        async with _closing(events) as stream_of_events:
+            async for event in stream_of_events:
+                await call.send_headers()  # with the first event; a refusal has none
+                await call.stream.send_message(watch_response(event))
 
 
 def unset_time(value: str) -> str | None:

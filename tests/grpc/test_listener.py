@@ -176,6 +176,28 @@ async def test_a_connection_without_a_request_is_shut_after_the_timeout_one_with
         writer.close()
 
 
+async def test_a_silent_connection_after_the_others_have_called_is_still_cut(
+    guarded: Guarded,
+) -> None:
+    """A request looks nothing up while no connection awaits its first one; a connection
+    accepted later is awaited again (and its request, or its timeout, counted)."""
+    channel = Channel("127.0.0.1", guarded.listener.port)
+    try:
+        await HealthStub(channel).Check(HealthCheckRequest())
+        assert "awaiting_request=0" in repr(guarded.guard)
+        reader, writer = await guarded.open_raw()
+        await guarded.until(2)
+        assert "awaiting_request=1" in repr(guarded.guard)
+        await HealthStub(channel).Check(HealthCheckRequest())  # not the silent one's request
+        elapsed = await seconds_until_closed(reader)
+        assert elapsed < HEADER_TIMEOUT + 4.0
+        assert guarded.dropped("header_timeout") == 1
+        assert "awaiting_request=0" in repr(guarded.guard)
+        writer.close()
+    finally:
+        channel.close()
+
+
 async def test_an_address_over_its_cap_is_closed_at_once_and_a_closed_one_frees_its_slot(
     guarded: Guarded,
 ) -> None:

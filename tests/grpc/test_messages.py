@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -153,3 +154,48 @@ def test_a_key_past_its_expiry_is_expired_over_grpc_as_over_http() -> None:
     assert messages.signing_key_upb(key).status == signing_keys_pb2.KEY_STATUS_EXPIRED
     unexpired = _key(expires_at=datetime(9000, 1, 1, tzinfo=UTC))
     assert messages.signing_key(unexpired).status == pb.KeyStatus.ACTIVE
+
+
+def test_a_key_read_again_gets_the_reply_built_once() -> None:
+    replies = messages.KeyReplies()
+    key = _key()
+    first = replies.reply(key)
+    assert replies.reply(key) is first
+    assert replies.reply(dataclasses.replace(key)) is first, "an equal record is the same key"
+    assert first == signing_keys_pb2.GetSigningKeyResponse(key=messages.signing_key_upb(key))
+
+
+def test_a_changed_record_gets_a_reply_of_its_own() -> None:
+    replies = messages.KeyReplies()
+    key = _key()
+    before = replies.reply(key)
+    revoked = dataclasses.replace(
+        key, status="revoked", revoked_at=datetime(2025, 3, 1, tzinfo=UTC)
+    )
+    after = replies.reply(revoked)
+    assert after.key.status == signing_keys_pb2.KEY_STATUS_REVOKED
+    assert before.key.status == signing_keys_pb2.KEY_STATUS_ACTIVE, "the first is left as it was"
+    assert replies.reply(key) is before
+
+
+def test_a_cached_reply_shows_the_key_expired_once_its_expiry_passes() -> None:
+    """Kept by record, but the status shown is as of each read: a reply built while the key
+    was active is not sent after its expiry."""
+    expiry = datetime(2030, 1, 1, tzinfo=UTC)
+    key = _key(expires_at=expiry)
+    now = expiry.timestamp() - 1
+    replies = messages.KeyReplies(clock=lambda: now)
+    assert replies.reply(key).key.status == signing_keys_pb2.KEY_STATUS_ACTIVE
+    now = expiry.timestamp()
+    assert replies.reply(key).key.status == signing_keys_pb2.KEY_STATUS_EXPIRED
+
+
+def test_the_replies_kept_are_bounded_the_oldest_going_first() -> None:
+    replies = messages.KeyReplies(size=2)
+    keys = [_key(id=f"kid-{n}") for n in range(3)]
+    first = replies.reply(keys[0])
+    for key in keys[1:]:
+        replies.reply(key)
+    assert len(replies) == 2
+    assert replies.reply(keys[2]) is replies.reply(keys[2])
+    assert replies.reply(keys[0]) is not first, "the oldest was forgotten and built again"

@@ -21,12 +21,14 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
+from service.core.auth import CLIENT_ADDRESS
 from service.core.keys import KeyService
 from service.core.models import Principal, SigningKey
 from service.core.readiness import Readiness
 from service.core.requests import KeyRef
 from service.grpc import server as grpc_server_module
 from service.grpc.generated.signingkeys import v1 as pb
+from service.grpc.limits import SizeLimit
 from service.grpc.server import SERVICE_NAME, GrpcServer
 from service.server import Server
 from tests.support.service import build_grpc_server
@@ -430,3 +432,79 @@ async def test_tls_when_configured(server: Server, tmp_path: Path) -> None:
                 await asyncio.wait_for(HealthStub(plain).Check(HealthCheckRequest()), 5)
         finally:
             plain.close()
+
+
+class _Peer:
+    def __init__(self, address: tuple[str, int], cert: dict[str, Any] | None = None) -> None:
+        self._address = address
+        self._cert = cert
+
+    def addr(self) -> tuple[str, int]:
+        return self._address
+
+    def cert(self) -> dict[str, Any] | None:
+        return self._cert
+
+
+class _H2Stream:
+    async def recv_data(self, size: int) -> bytes:
+        return b"\0" * size
+
+
+class _Stream:
+    """grpclib's server stream as far as the gate sees it."""
+
+    def __init__(self, peer: _Peer) -> None:
+        self.peer = peer
+        self._stream = _H2Stream()
+        self.trailers: list[dict[str, Any]] = []
+
+    async def send_trailing_metadata(self, **trailers: Any) -> None:
+        self.trailers.append(trailers)
+
+
+async def test_the_gate_runs_each_call_with_its_client_address_and_tells_the_guard_first() -> None:
+    seen: list[object] = []
+    told: list[object] = []
+
+    class Guard:
+        def request_hook(self) -> Callable[[object], None]:
+            return told.append
+
+    async def handler(stream: Any) -> None:
+        seen.append((CLIENT_ADDRESS.get(), gate.running))
+
+    gate = grpc_server_module.CallGate(
+        size_limit=SizeLimit(max_message_bytes=10),
+        connection_guard=Guard(),  # type: ignore[arg-type]
+    )
+    gated = gate.wrap(GET, handler)
+    stream = _Stream(_Peer(("10.0.0.7", 4321)))
+    await gated(stream)  # type: ignore[arg-type]
+    assert seen == [("10.0.0.7", 1)] and told == [("10.0.0.7", 4321)]
+    assert CLIENT_ADDRESS.get() is None and gate.running == 0
+    with pytest.raises(GRPCError):  # the size limit is on the stream the handler reads
+        await stream._stream.recv_data(11)
+    gate.close()
+    with pytest.raises(GRPCError) as refused:
+        await gated(_Stream(_Peer(("10.0.0.8", 1))))  # type: ignore[arg-type]
+    assert refused.value.status is Status.UNAVAILABLE
+    assert len(seen) == 1 and told[-1] == ("10.0.0.8", 1), "a refused call is a request too"
+
+
+async def test_under_mutual_tls_the_gate_refuses_a_call_without_a_certificate_but_health() -> None:
+    called: list[str] = []
+
+    async def handler(stream: Any) -> None:
+        called.append("called")
+
+    gate = grpc_server_module.CallGate(
+        size_limit=SizeLimit(max_message_bytes=10), requires_client_certificate=True
+    )
+    anonymous = _Stream(_Peer(("10.0.0.7", 1)))
+    await gate.wrap(GET, handler)(anonymous)  # type: ignore[arg-type]
+    assert called == [] and anonymous.trailers[0]["status"] is Status.UNAUTHENTICATED
+    await gate.wrap("/grpc.health.v1.Health/Check", handler)(anonymous)  # type: ignore[arg-type]
+    certified = _Stream(_Peer(("10.0.0.7", 1), cert={"subject": ()}))
+    await gate.wrap(GET, handler)(certified)  # type: ignore[arg-type]
+    assert called == ["called", "called"]
