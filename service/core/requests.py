@@ -15,8 +15,8 @@ string, zero) maps its default to ``None`` before calling ``parse``.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +75,10 @@ def choose_request_id(offered: object) -> str:
     (it is echoed into logs and headers), else a new random one."""
     if isinstance(offered, str) and _REQUEST_ID.fullmatch(offered):
         return offered
-    return secrets.token_hex(8)
+    # Not secrets.token_hex: an id names a request, it guards nothing (a caller may choose
+    # its own), and the system random source costs a system call per request. Python
+    # reseeds this generator in a forked worker, so workers do not repeat each other.
+    return f"{random.getrandbits(64):016x}"
 
 
 def optional_text(value: object, name: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 
 from service.core.requests import JwksRequest, VerifyRequest
@@ -18,9 +20,11 @@ routes = web.RouteTableDef()
 # Private: the document is served to authenticated callers only, so no shared cache may
 # keep it for others.
 JWKS_CACHE_CONTROL = "private, max-age=10, must-revalidate"
+VERIFY_PATH: Final = "/v1/tokens/verify"
+JWKS_PATH: Final = "/v1/environments/{environment_id}/jwks.json"
 
 
-@routes.post("/v1/tokens/verify")
+@routes.post(VERIFY_PATH)
 async def verify_token(request: web.Request) -> web.Response:
     """Valid or not, the answer is 200: the verdict is in the body, with a reason."""
     caller = await principal(request)
@@ -32,7 +36,7 @@ async def verify_token(request: web.Request) -> web.Response:
     return json_response({"data": verdict.to_dict()})
 
 
-@routes.get("/v1/environments/{environment_id}/jwks.json")
+@routes.get(JWKS_PATH)
 async def jwks(request: web.Request) -> web.Response:
     """The rendered bytes as they are (its ETag is theirs); 304 when the caller has them."""
     caller = await principal(request)
