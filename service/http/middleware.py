@@ -140,9 +140,18 @@ def make_middleware(
         bind_contextvars(request_id=request_id)
         CLIENT_ADDRESS.set(request.remote if connection is None else connection.address)
         try:
-            response = await _handle(
-                request, handler, request_id, body_timeout, certificate_required
-            )
+            # All in this one coroutine (no helper awaited on the way to the handler): each
+            # await of a coroutine is a frame made and unwound per request.
+            if certificate_required:
+                _require_client_certificate(request)
+            refused = None
+            if request.body_exists:
+                refused = await _read_body(request, body_timeout, request_id)
+            response = await handler(request) if refused is None else refused
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            response = _error_response(exc, request, request_id)
         finally:
             if connection is not None:
                 connection.request_finished()
@@ -166,53 +175,49 @@ def make_middleware(
     return middleware
 
 
-async def _handle(
-    request: web.Request,
-    handler: Handler,
-    request_id: str,  # in every error body, as in the X-Request-Id header
-    body_timeout: float,
-    certificate_required: bool,
-) -> web.StreamResponse:
+async def _read_body(
+    request: web.Request, body_timeout: float, request_id: str
+) -> web.Response | None:
+    """Read the body whole (the handlers get it from aiohttp's cache), so that no handler
+    waits on a slow client; a 408 if it does not arrive within ``body_timeout``. Bounded by
+    the application's client_max_size."""
+    if request.content.is_eof():
+        # Already in whole (a small body arrives with its head): no timer to arm.
+        await request.read()
+        return None
     try:
-        if certificate_required:
-            _require_client_certificate(request)
-        if not request.body_exists:
-            pass
-        elif request.content.is_eof():
-            # Already in whole (a small body arrives with its head): no timer to arm.
+        async with asyncio.timeout(body_timeout):
             await request.read()
-        else:
-            # Read whole here, within its timeout, so that no handler waits on a slow client
-            # (the body is bounded by the application's client_max_size; handlers get it
-            # from aiohttp's cache).
-            try:
-                async with asyncio.timeout(body_timeout):
-                    await request.read()
-            except TimeoutError:
-                log.debug("http_body_timeout", method=request.method, path=request.path)
-                response = error_response(
-                    408,
-                    "request_timeout",
-                    [f"the request body did not arrive within {body_timeout:g} s"],
-                    request_id=request_id,
-                )
-                response.force_close()
-                return response
-        return await handler(request)
-    except ServiceError as exc:
+    except TimeoutError:
+        log.debug("http_body_timeout", method=request.method, path=request.path)
+        response = error_response(
+            408,
+            "request_timeout",
+            [f"the request body did not arrive within {body_timeout:g} s"],
+            request_id=request_id,
+        )
+        response.force_close()
+        return response
+    return None
+
+
+def _error_response(exc: Exception, request: web.Request, request_id: str) -> web.Response:
+    """The answer to what a request raised (``request_id`` in every error body, as in the
+    X-Request-Id header); re-raises an HTTP exception that is not an error (a redirect)."""
+    if isinstance(exc, ServiceError):
         return service_error_response(exc, request_id=request_id)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(
             413, "payload_too_large", ["the request body is too large"], request_id=request_id
         )
-    except CLIENT_GONE:
+    if isinstance(exc, CLIENT_GONE):
         # The client hung up (mid-body, say): nothing of ours failed, and nobody is left to
         # read an answer; the status is for the metrics and the access log.
         log.debug("http_client_disconnected", method=request.method, path=request.path)
         return error_response(CLIENT_CLOSED_REQUEST, "client_closed_request", ["gone"])
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         reason = exc.reason or "error"
         error_type = reason.lower().replace(" ", "_")
         response = error_response(
@@ -225,11 +230,8 @@ async def _handle(
             # A 405 must say which methods the resource has (RFC 9110, 15.5.6).
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("http_unhandled_error", method=request.method, path=request.path)
-        return error_response(500, "internal_error", ["internal error"], request_id=request_id)
+    log.exception("http_unhandled_error", method=request.method, path=request.path)
+    return error_response(500, "internal_error", ["internal error"], request_id=request_id)
 
 
 def _require_client_certificate(request: web.Request) -> None:

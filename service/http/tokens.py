@@ -22,13 +22,14 @@ routes = web.RouteTableDef()
 JWKS_CACHE_CONTROL = "private, max-age=10, must-revalidate"
 VERIFY_PATH: Final = "/v1/tokens/verify"
 JWKS_PATH: Final = "/v1/environments/{environment_id}/jwks.json"
+VERIFY_FIELDS: Final = frozenset({"token", "audience", "subject", "environment_id"})
 
 
 @routes.post(VERIFY_PATH)
 async def verify_token(request: web.Request) -> web.Response:
     """Valid or not, the answer is 200: the verdict is in the body, with a reason."""
     caller = await principal(request)
-    body = await read_object(request, frozenset({"token", "audience", "subject", "environment_id"}))
+    body = await read_object(request, VERIFY_FIELDS)
     body["environment_id"] = environment(request, body.get("environment_id"))
     verdict = await request.app[appkeys.VERIFIER].verify(
         caller, VerifyRequest.parse(token=body.pop("token", None), **body)
