@@ -28,7 +28,7 @@ async def principal(request: web.Request) -> Principal:
     then start its consistency scope from its ``X-Consistency-Token`` (every handler that
     reads or writes keys calls this first, so no request inherits another's scope)."""
     caller = await request.app[appkeys.AUTHENTICATOR].authenticate_header(
-        request.headers.get("Authorization"), api="http", request_id=request.get(REQUEST_ID)
+        request.headers.get("Authorization"), api="http", request_id=request[REQUEST_ID]
     )
     consistency.bind(request.headers.get(CONSISTENCY_HEADER))
     return caller
