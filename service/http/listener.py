@@ -46,6 +46,8 @@ DROP_REASONS: Final[tuple[DropReason, ...]] = ("header_timeout", "too_many_from_
 # How often, per header timeout, the guard looks for overdue request heads: a head is cut off
 # between ``header_timeout`` and an eighth of it later.
 SWEEPS_PER_TIMEOUT: Final = 8
+# ...but no more often than this, whatever the timeout (a millisecond one would spin the loop).
+MIN_SWEEP_INTERVAL: Final = 0.01
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -151,7 +153,8 @@ class ConnectionGuard:
     """The connections one HTTP listener holds, by client address, and their head deadlines.
 
     ``max_per_client``: open connections one address may hold; ``header_timeout``: seconds a
-    connection has to deliver a whole request head.
+    connection has to deliver a whole request head; ``clock``: monotonic seconds, for the
+    heads' timestamps and the sweep.
     """
 
     def __init__(
@@ -175,7 +178,7 @@ class ConnectionGuard:
         )
         self._drops = {reason: dropped.labels(reason) for reason in DROP_REASONS}
         self.clock = clock
-        self._sweep_interval = header_timeout / SWEEPS_PER_TIMEOUT
+        self._sweep_interval = max(header_timeout / SWEEPS_PER_TIMEOUT, MIN_SWEEP_INTERVAL)
         self._sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
