@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-import cachetools
 import structlog
 
 from service.core.credentials import CredentialTable
@@ -194,38 +193,46 @@ class VerifiedCredentials:
         self, *, ttl: float, size: int = DEFAULT_VERIFIED_CREDENTIALS, clock: Callable[[], float]
     ) -> None:
         self._ttl = ttl
+        self._size = size
         self._clock = clock
-        self._key = secrets.token_bytes(32)
-        self._entries: cachetools.LRUCache[bytes, tuple[AccessToken, float]] = cachetools.LRUCache(
-            maxsize=size
-        )
+        # Keyed once: a keyed BLAKE2b costs as much to set up as to hash a header, so each
+        # digest starts from a copy of this state.
+        self._keyed = hashlib.blake2b(digest_size=32, key=secrets.token_bytes(32))
+        # A plain dict in recency order (a hit moves its entry to the end, the first is the
+        # least recently used): every authenticated request looks here, and a dict's own
+        # operations cost a fraction of a cache class's Python methods.
+        self._entries: dict[bytes, tuple[AccessToken, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def digest(self, header: str) -> bytes:
         # surrogatepass: a header a transport decoded leniently still has one digest.
-        raw = header.encode("utf-8", "surrogatepass")
-        return hashlib.blake2b(raw, digest_size=32, key=self._key).digest()
+        hasher = self._keyed.copy()
+        hasher.update(header.encode("utf-8", "surrogatepass"))
+        return hasher.digest()
 
     def get(self, digest: bytes, table: CredentialTable) -> AccessToken | None:
         """The record ``digest`` authenticated with, if the table still holds exactly it."""
-        entry = self._entries.get(digest)
+        entry = self._entries.pop(digest, None)
         if entry is None:
             return None
         token, expires = entry
         current = table.get(token.id)
         if current is not token and current is not None and current == token:
             # The same record read again (a poll's overlap re-reads recent changes).
-            self._entries[digest] = (current, expires)
             token = current
         if current is token and token.revoked_at is None and self._clock() < expires:
+            self._entries[digest] = (token, expires)  # the most recently used, now
             return token
-        self._entries.pop(digest, None)
-        return None
+        return None  # forgotten: the next request with it is checked in full
 
     def put(self, digest: bytes, token: AccessToken) -> None:
-        self._entries[digest] = (token, self._clock() + self._ttl)
+        entries = self._entries
+        entries.pop(digest, None)
+        entries[digest] = (token, self._clock() + self._ttl)
+        while len(entries) > self._size:
+            del entries[next(iter(entries))]
 
 
 class Authenticator(AsyncResource):

@@ -15,13 +15,14 @@ string, zero) maps its default to ``None`` before calling ``parse``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, TypeGuard, TypeVar, get_args
 
 from service.core import crypto, times
 from service.core.crypto import Algorithm
@@ -75,7 +76,10 @@ def choose_request_id(offered: object) -> str:
     (it is echoed into logs and headers), else a new random one."""
     if isinstance(offered, str) and _REQUEST_ID.fullmatch(offered):
         return offered
-    return secrets.token_hex(8)
+    # Not secrets.token_hex: an id names a request, it guards nothing (a caller may choose
+    # its own), and the system random source costs a system call per request. Python
+    # reseeds this generator in a forked worker, so workers do not repeat each other.
+    return f"{random.getrandbits(64):016x}"
 
 
 def optional_text(value: object, name: str) -> str | None:
@@ -343,11 +347,29 @@ class KeyRef:
     def parse(
         cls, *, key_id: object, environment_id: object = None, status: object = None
     ) -> KeyRef:
+        if type(key_id) is str and _is_text(environment_id) and _is_text(status):
+            return _key_ref(key_id, environment_id, status)
+        return cls._parse(key_id, environment_id, status)
+
+    @classmethod
+    def _parse(cls, key_id: object, environment_id: object, status: object) -> KeyRef:
         return cls(
             environment_id=_environment(environment_id),
             key_id=_key_id(key_id),
             status=field("status", status_filter, status),
         )
+
+
+def _is_text(value: object) -> TypeGuard[str | None]:
+    return value is None or type(value) is str
+
+
+# The reads of one key ask for the same few keys over and over: a reference already checked
+# is looked up, not checked again (a value object, so sharing it is safe). A refusal raises
+# afresh every time, and is never kept.
+@functools.lru_cache(maxsize=4096)
+def _key_ref(key_id: str, environment_id: str | None, status: str | None) -> KeyRef:
+    return KeyRef._parse(key_id, environment_id, status)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -509,12 +531,23 @@ class JwksRequest:
 
     @classmethod
     def parse(cls, *, environment_id: object) -> JwksRequest:
+        if type(environment_id) is str:
+            return _jwks_request(environment_id)  # as a key reference is
+        return cls._parse(environment_id)
+
+    @classmethod
+    def _parse(cls, environment_id: object) -> JwksRequest:
         text = field("environment_id", lambda v: optional_text(v, "environment id"), environment_id)
         return cls(
             environment_id=field(
                 "environment_id", lambda v: check_id(str(v), "environment id"), text or ""
             )
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _jwks_request(environment_id: str) -> JwksRequest:
+    return JwksRequest._parse(environment_id)
 
 
 # Rotation: how long the old key keeps verifying after the new one takes over (tokens it

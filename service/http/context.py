@@ -28,7 +28,7 @@ async def principal(request: web.Request) -> Principal:
     then start its consistency scope from its ``X-Consistency-Token`` (every handler that
     reads or writes keys calls this first, so no request inherits another's scope)."""
     caller = await request.app[appkeys.AUTHENTICATOR].authenticate_header(
-        request.headers.get("Authorization"), api="http", request_id=request.get(REQUEST_ID)
+        request.headers.get("Authorization"), api="http", request_id=request[REQUEST_ID]
     )
     consistency.bind(request.headers.get(CONSISTENCY_HEADER))
     return caller
@@ -46,7 +46,7 @@ def with_consistency_token(response: web.Response) -> web.Response:
 async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     """The JSON object body (an empty body is ``{}``); unknown members are refused."""
     raw = await request.read()  # bounded by the application's client_max_size
-    if not raw.strip():
+    if not raw or raw.isspace():
         return {}
     try:
         body = loads(raw)
@@ -54,9 +54,8 @@ async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str
         raise InvalidRequestError("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        names = ", ".join(ascii(name) for name in unknown)
+    if not allowed.issuperset(body):
+        names = ", ".join(ascii(name) for name in sorted(set(body) - allowed))
         raise InvalidRequestError(f"unknown fields: {names[:200]}")
     return body
 
@@ -70,11 +69,23 @@ def environment(request: web.Request, *others: object) -> Any:
     Two that name different environments are refused, not ranked: a client that sets the
     header on every call must not silently act on the environment a path or body names.
     The value is not checked here (the core does)."""
-    choices = (request.headers.get(ENVIRONMENT_HEADER), request.query.get("environment_id"))
-    named = [value for value in choices if value] + [v for v in others if v is not None]
-    if any(value != named[0] for value in named[1:]):
-        raise InvalidRequestError(
-            f"the {ENVIRONMENT_HEADER} header, the environment_id query parameter and the "
-            "request's environment_id name different environments: name one"
-        )
-    return named[0] if named else None
+    header = request.headers.get(ENVIRONMENT_HEADER) or None
+    query = (request.query.get("environment_id") or None) if request.query_string else None
+    named: object = header or query
+    if header and query and header != query:
+        raise _ambiguous()
+    for value in others:
+        if value is None:
+            continue
+        if named is None:
+            named = value
+        elif value != named:
+            raise _ambiguous()
+    return named
+
+
+def _ambiguous() -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the {ENVIRONMENT_HEADER} header, the environment_id query parameter and the "
+        "request's environment_id name different environments: name one"
+    )

@@ -11,16 +11,17 @@ a get and missing from the list, unless ``?status=revoked`` or ``?status=all`` a
 from __future__ import annotations
 
 import base64
+import math
 import time
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
-import cachetools
 import structlog
 from aiohttp import web
 
-from service.core import crypto
-from service.core.json import dumps
+from service.core import crypto, times
+from service.core.json import dumps_bytes
 from service.core.models import AuditEvent, CreatedKey, SigningKey
 from service.core.requests import (
     BatchGetKeysRequest,
@@ -59,20 +60,58 @@ CURRENT_PATH: Final = PREFIX + ":current"
 
 routes = web.RouteTableDef()
 
-# The answers to GETs of recently read keys, by the whole record: a key's JSON changes only
-# with its record, so a key read over and over is encoded once (a third of a cached GET's
-# cost), and a revocation, a new record, is encoded afresh. Bounded: 4096 keys, a few MB.
-_ANSWERS: cachetools.LRUCache[SigningKey, str] = cachetools.LRUCache(maxsize=4096)
+
+class KeyAnswers:
+    """The encoded answers to GETs of recently read keys, by key id, each with the record
+    it shows: a key's JSON changes only with its record, so a key read over and over is
+    encoded once (a third of a cached GET's cost), and a revocation, a new record, is
+    encoded afresh. An answer that shows an active key with an expiry is kept only until
+    then (it shows "expired" from that moment). Bounded: ``size`` keys (the least recently
+    stored forgotten), a few MB.
+    """
+
+    def __init__(self, size: int = 4096, *, clock: Callable[[], float] = time.time) -> None:
+        self._size = size
+        self._clock = clock
+        self._answers: dict[str, tuple[SigningKey, bytes, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def body(self, key: SigningKey) -> bytes:
+        """``{"data": key}``, encoded."""
+        now = self._clock()
+        entry = self._answers.get(key.id)
+        # The record the cache returns is the very object most of the time: "is" first,
+        # then a comparison of every field.
+        if entry is not None and (entry[0] is key or entry[0] == key) and now < entry[2]:
+            return entry[1]
+        body = dumps_bytes({"data": key_json(key, now)})
+        expires_at = key.expires_at
+        shown_until = (
+            times.seconds(expires_at)
+            if key.status_at(now) == "active" and expires_at is not None
+            else math.inf
+        )
+        self._answers.pop(key.id, None)
+        self._answers[key.id] = (key, body, shown_until)
+        if len(self._answers) > self._size:
+            del self._answers[next(iter(self._answers))]
+        return body
 
 
-def key_json(key: SigningKey) -> dict[str, Any]:
-    """A key as the reference API shows it (``id``, ``created_at``) plus our extra fields."""
+_ANSWERS: Final = KeyAnswers()
+
+
+def key_json(key: SigningKey, now: float | None = None) -> dict[str, Any]:
+    """A key as the reference API shows it (``id``, ``created_at``) plus our extra fields;
+    its status as of ``now`` (Unix seconds; by default the present)."""
     return {
         "id": key.id,
         "created_at": unix_seconds(key.created_at),
         "environment_id": key.environment_id,
         "algorithm": key.algorithm,
-        "status": key.status_at(time.time()),
+        "status": key.status_at(time.time() if now is None else now),
         "source": key.source,
         "name": key.name,
         "fingerprint": key.fingerprint,
@@ -297,10 +336,7 @@ async def get_key(request: web.Request) -> web.Response:
     key = await request.app[appkeys.KEYS].get(
         caller, key_ref(request, status=request.query.get("status"))
     )
-    answer = _ANSWERS.get(key)
-    if answer is None:
-        answer = _ANSWERS[key] = dumps({"data": key_json(key)})
-    return web.Response(text=answer, content_type="application/json")
+    return web.Response(body=_ANSWERS.body(key), content_type="application/json", charset="utf-8")
 
 
 @routes.get(PREFIX + "/{id}/public-key")

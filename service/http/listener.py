@@ -10,11 +10,14 @@ wrapped in a :class:`GuardedConnection`:
 - at most ``max_per_client`` connections from one address (IPv6: one /64, as the
   authentication limits count); another is closed as soon as it is accepted;
 - a request head must arrive whole within ``header_timeout`` of the connection opening, or of
-  its first byte after a response; else the connection is closed.
+  its first byte after a response; else the connection is closed. Each connection notes when
+  its clock started, and one sweep per guard, every eighth of ``header_timeout`` while any
+  connection is open, closes those overdue: a request arms and cancels no timer of its own.
 
-The HTTP middleware tells the guard when a request head has arrived and when its response is
-done (:meth:`ConnectionGuard.request_started`, :meth:`ConnectionGuard.request_finished`);
-it reads the body itself, within its own timeout.
+The HTTP middleware tells the guard when a request head has arrived
+(:meth:`ConnectionGuard.request_started`) and the connection when its response is done
+(:meth:`GuardedConnection.request_finished`); it reads the body itself, within its own
+timeout.
 
 >>> guard = ConnectionGuard(max_per_client=256, header_timeout=10.0)
 >>> listener = await guard.serve(runner.server, "0.0.0.0", 8080, ssl=None)
@@ -26,6 +29,7 @@ import asyncio
 import collections
 import logging
 import ssl as ssl_module
+import time
 from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
@@ -39,34 +43,49 @@ log = structlog.get_logger(__name__)
 
 DropReason = Literal["header_timeout", "too_many_from_client"]
 DROP_REASONS: Final[tuple[DropReason, ...]] = ("header_timeout", "too_many_from_client")
+# How often, per header timeout, the guard looks for overdue request heads: a head is cut off
+# between ``header_timeout`` and an eighth of it later.
+SWEEPS_PER_TIMEOUT: Final = 8
+# ...but no more often than this, whatever the timeout (a millisecond one would spin the loop).
+MIN_SWEEP_INTERVAL: Final = 0.01
 
 
 class GuardedConnection(asyncio.Protocol):
-    """One accepted connection: aiohttp's protocol inside, the guard's rules around it."""
+    """One accepted connection: aiohttp's protocol inside, the guard's rules around it.
+
+    ``address``: the client's address as its socket names it (``None``: not an IP socket).
+    """
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
         self._transport: asyncio.Transport | None = None
+        self.address: str | None = None
         self._client: str | None = None
         self._counted = False
         self._in_request = False
-        self._deadline: asyncio.TimerHandle | None = None
+        # When the connection's clock for a whole request head started (its opening, or the
+        # next request's first byte); None while it is not waiting for one. A timestamp,
+        # not a timer: the guard's sweep reads it, so a request costs no timer to arm and
+        # cancel.
+        self._head_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream server's transport
         peer = transport.get_extra_info("peername")
-        self._client = client_key(str(peer[0])) if peer else None
+        if peer:
+            self.address = str(peer[0])
+            self._client = client_key(self.address)
         if not self._guard._admit(self):
             self._transport.abort()  # aiohttp never hears of it
             return
         self._counted = True
+        self._head_since = self._guard.clock()
         self._inner.connection_made(transport)
-        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_request and self._deadline is None:
-            self._arm()  # the first byte of the next request head
+        if self._head_since is None and not self._in_request:
+            self._head_since = self._guard.clock()  # the first byte of the next request head
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -79,7 +98,7 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._head_since = None
         if not self._counted:
             return
         self._counted = False
@@ -88,23 +107,19 @@ class GuardedConnection(asyncio.Protocol):
 
     def request_started(self) -> None:
         self._in_request = True
-        self._disarm()
+        self._head_since = None
 
     def request_finished(self) -> None:
         self._in_request = False
 
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self._guard.header_timeout, self._head_too_slow)
+    def is_head_overdue(self, now: float) -> bool:
+        """Whether a request head it waits for is ``header_timeout`` late at ``now``."""
+        since = self._head_since
+        return since is not None and now - since >= self._guard.header_timeout
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _head_too_slow(self) -> None:
-        self._deadline = None
-        if self._in_request or self._transport is None:
+    def drop_slow_head(self) -> None:
+        self._head_since = None
+        if self._transport is None:
             return
         self._guard._dropped("header_timeout", self._client)
         self._transport.abort()
@@ -138,7 +153,8 @@ class ConnectionGuard:
     """The connections one HTTP listener holds, by client address, and their head deadlines.
 
     ``max_per_client``: open connections one address may hold; ``header_timeout``: seconds a
-    connection has to deliver a whole request head.
+    connection has to deliver a whole request head; ``clock``: monotonic seconds, for the
+    heads' timestamps and the sweep.
     """
 
     def __init__(
@@ -147,6 +163,7 @@ class ConnectionGuard:
         max_per_client: int,
         header_timeout: float,
         registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_per_client = max_per_client
         self.header_timeout = header_timeout
@@ -160,6 +177,9 @@ class ConnectionGuard:
             registry=registry if registry is not None else CollectorRegistry(),
         )
         self._drops = {reason: dropped.labels(reason) for reason in DROP_REASONS}
+        self.clock = clock
+        self._sweep_interval = max(header_timeout / SWEEPS_PER_TIMEOUT, MIN_SWEEP_INTERVAL)
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return (
@@ -205,18 +225,15 @@ class ConnectionGuard:
             ssl_handshake_timeout=self.header_timeout if ssl is not None else None,
         )
 
-    def request_started(self, transport: Any) -> None:
-        """A request head has arrived on ``transport``: its deadline is met."""
+    def request_started(self, transport: Any) -> GuardedConnection | None:
+        """A request head has arrived on ``transport``: its deadline is met. Its connection
+        (``None`` if the guard does not hold it), to tell when the response is written
+        (:meth:`GuardedConnection.request_finished`): the connection then idles until its
+        next request's first byte."""
         connection = self._connections.get(transport)
         if connection is not None:
             connection.request_started()
-
-    def request_finished(self, transport: Any) -> None:
-        """The response to ``transport``'s request is written: the connection idles until
-        its next request's first byte."""
-        connection = self._connections.get(transport)
-        if connection is not None:
-            connection.request_finished()
+        return connection
 
     def _admit(self, connection: GuardedConnection) -> bool:
         client = connection._client
@@ -225,6 +242,8 @@ class ConnectionGuard:
             return False
         self._by_client[client] += 1
         self._connections[connection._transport] = connection
+        if self._sweep is None:
+            self._schedule_sweep()
         return True
 
     def _release(self, connection: GuardedConnection) -> None:
@@ -233,6 +252,21 @@ class ConnectionGuard:
         self._by_client[client] -= 1
         if self._by_client[client] <= 0:
             del self._by_client[client]
+
+    def _schedule_sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweep = loop.call_later(self._sweep_interval, self._drop_slow_heads)
+
+    def _drop_slow_heads(self) -> None:
+        """One sweep: close the connections whose request head is overdue; the next sweep
+        while any connection is open (a head is cut off at most a sweep interval late)."""
+        self._sweep = None
+        now = self.clock()
+        overdue = [c for c in self._connections.values() if c.is_head_overdue(now)]
+        for connection in overdue:
+            connection.drop_slow_head()
+        if self._connections:
+            self._schedule_sweep()
 
     def _dropped(self, reason: DropReason, client: str | None) -> None:
         self._drops[reason].inc()

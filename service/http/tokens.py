@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 
 from service.core.requests import JwksRequest, VerifyRequest
@@ -18,13 +20,16 @@ routes = web.RouteTableDef()
 # Private: the document is served to authenticated callers only, so no shared cache may
 # keep it for others.
 JWKS_CACHE_CONTROL = "private, max-age=10, must-revalidate"
+VERIFY_PATH: Final = "/v1/tokens/verify"
+JWKS_PATH: Final = "/v1/environments/{environment_id}/jwks.json"
+VERIFY_FIELDS: Final = frozenset({"token", "audience", "subject", "environment_id"})
 
 
-@routes.post("/v1/tokens/verify")
+@routes.post(VERIFY_PATH)
 async def verify_token(request: web.Request) -> web.Response:
     """Valid or not, the answer is 200: the verdict is in the body, with a reason."""
     caller = await principal(request)
-    body = await read_object(request, frozenset({"token", "audience", "subject", "environment_id"}))
+    body = await read_object(request, VERIFY_FIELDS)
     body["environment_id"] = environment(request, body.get("environment_id"))
     verdict = await request.app[appkeys.VERIFIER].verify(
         caller, VerifyRequest.parse(token=body.pop("token", None), **body)
@@ -32,7 +37,7 @@ async def verify_token(request: web.Request) -> web.Response:
     return json_response({"data": verdict.to_dict()})
 
 
-@routes.get("/v1/environments/{environment_id}/jwks.json")
+@routes.get(JWKS_PATH)
 async def jwks(request: web.Request) -> web.Response:
     """The rendered bytes as they are (its ETag is theirs); 304 when the caller has them."""
     caller = await principal(request)

@@ -1,19 +1,23 @@
 """Key reads and JWK Sets over HTTP come from memory while the change feed is fresh, against
 the real topology: the database is asked only on a miss, a stale feed or a consistency
-token; JWK Sets are rendered once per change and a matching ``If-None-Match`` costs none."""
+token; JWK Sets are rendered once per change and a matching ``If-None-Match`` costs none;
+a key's encoded answer is kept while its record and shown status hold."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
-from service.core import consistency
-from service.core.models import AuditEvent
+from service.core import consistency, crypto
+from service.core.models import AuditEvent, SigningKey
+from service.http.keys import KeyAnswers
 from service.server import Server
 from tests.support.service import Credentials, TokenFactory
 
@@ -167,3 +171,50 @@ async def test_jwks_is_rendered_once_per_change_and_304_costs_no_render(
     assert status == 200 and changed != etag, "a revocation changes the document"
     assert [jwk["kid"] for jwk in json.loads(body)["keys"]] == [kept["id"]]
     assert documents.renders == renders + 2
+
+
+def signing_key(**changes: Any) -> SigningKey:
+    der = crypto.generate_key_pair("EdDSA").public_der
+    fields: dict[str, Any] = {
+        "id": "kid-1",
+        "environment_id": "env-1",
+        "algorithm": "EdDSA",
+        "public_key": der,
+        "fingerprint": crypto.fingerprint(der),
+        "status": "active",
+        "source": "generated",
+        "name": None,
+        "created_at": datetime(2025, 1, 1, tzinfo=UTC),
+        "updated_at": datetime(2025, 1, 1, tzinfo=UTC),
+        **changes,
+    }
+    return SigningKey(**fields)
+
+
+def test_a_remembered_key_answer_shows_the_key_expired_from_its_expiry_on() -> None:
+    """Before: the answer encoded while the key was active was served unchanged after its
+    expiry (same record), so a GET showed "active" where the list, gRPC and JWKS did not."""
+    now = [1_900_000_000.0]
+    answers = KeyAnswers(clock=lambda: now[0])
+    key = signing_key(expires_at=datetime.fromtimestamp(now[0] + 60, UTC))
+
+    def status() -> str:
+        return str(json.loads(answers.body(key))["data"]["status"])
+
+    assert status() == "active"
+    assert answers.body(key) is answers.body(key), "encoded once while nothing changes"
+    now[0] += 60
+    assert status() == "expired"
+
+
+def test_key_answers_follow_the_record_and_stay_bounded() -> None:
+    answers = KeyAnswers(size=2)
+    key = signing_key()
+    assert json.loads(answers.body(key))["data"]["name"] is None
+    renamed = dataclasses.replace(key, name="renamed")
+    assert json.loads(answers.body(renamed))["data"]["name"] == "renamed"
+    equal = dataclasses.replace(renamed)  # the same record read again: the same answer
+    assert answers.body(equal) is answers.body(renamed)
+    for kid in ("kid-2", "kid-3"):
+        answers.body(signing_key(id=kid))
+    assert len(answers) == 2

@@ -140,3 +140,39 @@ async def test_one_client_address_holds_at_most_its_connections(guarded: Server)
     assert (await get_health(reader, writer)).startswith(b"HTTP/1.1 200 "), "a place freed"
     for _, other in (*held[1:], (reader, writer)):
         other.close()
+
+
+async def test_the_next_request_head_has_the_header_timeout_from_its_first_byte(
+    guarded: Server,
+) -> None:
+    """An answered connection's clock restarts at its next request's first byte, not at
+    its opening or at the last answer: a keep-alive connection that starts a head and stalls
+    is cut off like a new one."""
+    reader, writer = await connect(guarded)
+    assert (await get_health(reader, writer)).startswith(b"HTTP/1.1 200 ")
+    await asyncio.sleep(HEADER_TIMEOUT * 0.75)  # idle: not a slow head
+    started = time.monotonic()
+    writer.write(HEAD)  # and never the blank line that ends it
+    lifetime = await closed_by_server(reader, HEADER_TIMEOUT + SLACK, since=started)
+    writer.close()
+    assert lifetime >= HEADER_TIMEOUT
+    assert dropped(guarded, "header_timeout") == 1
+
+
+async def test_a_request_being_served_is_not_cut_off_by_the_header_timeout(
+    guarded: Server,
+) -> None:
+    """The head arrived: a body sent slowly is the body timeout's (longer here), not the
+    head's."""
+    reader, writer = await connect(guarded)
+    writer.write(
+        b"POST /v1/tokens/verify HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+    )
+    await writer.drain()
+    await asyncio.sleep(HEADER_TIMEOUT * 2)
+    writer.write(b"}")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 "), head  # answered (no credentials), not dropped
+    assert dropped(guarded, "header_timeout") == 0

@@ -1,5 +1,6 @@
 """The middleware's part in slow and vanishing clients: a body that trickles in is cut off
-at the body timeout, and a client that hangs up mid-body is nobody's error."""
+at the body timeout, and a client that hangs up mid-body is nobody's error; and its request
+metrics, which read as prometheus_client's own counter and histogram would."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from harness import LocalTopology
+from service.core.metrics import REQUEST_LATENCY_BUCKETS
+from service.http.middleware import HttpMetrics
 from service.server import Server
 from service.settings import Settings
 from tests.http.test_listener import SLACK, closed_by_server, connect
@@ -79,3 +83,50 @@ async def test_a_client_that_hangs_up_mid_body_is_not_an_error(
     assert errors_logged(log_stream) == []
     events = [line["event"] for line in log_lines(log_stream)]
     assert "http_client_disconnected" in events
+
+
+def test_request_metrics_read_as_a_prometheus_counter_and_histogram() -> None:
+    """Same names, labels, buckets (bounds included: a request of exactly 1 ms is in
+    le="0.001"), counts and sums as prometheus_client's metrics fed the same requests."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = HttpMetrics(ours)
+    counter = Counter(
+        "signing_keys_http_requests", "", ["route", "method", "status"], registry=theirs
+    )
+    histogram = Histogram(
+        "signing_keys_http_request_seconds",
+        "",
+        ["route"],
+        registry=theirs,
+        buckets=REQUEST_LATENCY_BUCKETS,
+    )
+    requests = [
+        ("/healthz", "GET", 200, 0.0001),
+        ("/healthz", "GET", 200, 0.001),
+        ("/healthz", "HEAD", 200, 0.3),
+        ("/v1/tokens/verify", "POST", 200, 0.0004),
+        ("/v1/tokens/verify", "POST", 401, 2.5),
+        ("unmatched", "GET", 404, 99.0),
+    ]
+    for route, method, status, seconds in requests:
+        metrics.observe(route, method, status, seconds)
+        counter.labels(route, method, str(status)).inc()
+        histogram.labels(route).observe(seconds)
+
+    def samples(
+        registry: CollectorRegistry,
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if not sample.name.endswith("_created")
+        }
+
+    assert samples(ours) == samples(theirs)
+    assert (
+        ours.get_sample_value(
+            "signing_keys_http_request_seconds_bucket", {"route": "/healthz", "le": "0.001"}
+        )
+        == 2
+    )
