@@ -47,9 +47,16 @@ _SELECTED = _COLUMNS.replace(
     " ELSE expires_at END AS expires_at",
 )
 
+# A change's stamp: now(), but always after the row's previous one. now() is the
+# transaction's start (or another writer's clock, after a failover), so a write that began
+# before a concurrent one committed would stamp its row earlier than the version it replaces;
+# the change feed and the key cache take such a row for a re-read or a straggler and drop it
+# (a revocation lost: the key verifies for as long as it stays cached).
+_STAMP = "updated_at = GREATEST(now(), updated_at + INTERVAL '1 microsecond')"
+
 # A constant column list; every value is a parameter.
 _REVOKE = (
-    "UPDATE signing_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"  # noqa: S608
+    f"UPDATE signing_keys SET status = 'revoked', revoked_at = now(), {_STAMP}"  # noqa: S608
     " WHERE id = $1 AND environment_id = $2 AND status = 'active'"
     " RETURNING " + _SELECTED
 )
@@ -210,12 +217,12 @@ _ROTATION_EXPIRY = (
 _MARK_ROTATED = (
     "UPDATE signing_keys SET rotated_to = $3,"  # noqa: S608 - constant columns
     " expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < $4::timestamptz"
-    " THEN expires_at ELSE $4::timestamptz END, updated_at = now()"
+    f" THEN expires_at ELSE $4::timestamptz END, {_STAMP}"
     " WHERE id = $1 AND environment_id = $2 RETURNING " + _SELECTED
 )
 _UPDATE = (
     "UPDATE signing_keys SET name = CASE WHEN $3 THEN $4::text ELSE name END,"  # noqa: S608
-    " expires_at = COALESCE($5::timestamptz, expires_at), updated_at = now()"
+    f" expires_at = COALESCE($5::timestamptz, expires_at), {_STAMP}"
     " WHERE id = $1 AND environment_id = $2 RETURNING " + _SELECTED
 )
 

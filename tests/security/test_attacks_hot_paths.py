@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import aiohttp
+import asyncpg
 import pytest
 from grpclib.const import Status
 
@@ -33,6 +34,7 @@ from service.grpc.messages import KeyReplies
 from service.http.keys import KeyAnswers
 from service.server import Server
 from service.settings import Settings
+from service.store.keys import _REVOKE
 from tests.core.test_change_feed_bound import ADMIN, A, import_keys
 from tests.core.test_change_feed_rules import signing_key
 from tests.grpc.test_limits import _prefix, _raw_call
@@ -385,3 +387,44 @@ async def test_revocations_in_a_burst_larger_than_the_feeds_memory_reach_a_full_
         record = cache.peek(key.id)
         assert record is None or record.status == "revoked", key.id
 
+
+async def test_a_revocation_stamped_before_a_concurrent_update_still_reaches_the_cache(
+    migrated_topology: LocalTopology,
+    server: Server,
+    http: aiohttp.ClientSession,
+    auth: Credentials,
+    environment: str,
+) -> None:
+    """PostgreSQL's now() is its transaction's start: a revoke whose transaction began
+    before a rename committed (a round trip between BEGIN and UPDATE under load, or a
+    writer whose clock is behind after a failover) stamps the revoked row earlier than the
+    rename's. The feed and the cache both take a row no newer than the one they hold for a
+    re-read or a straggler and drop it: the revoked key would verify for as long as it stays
+    cached. A row's stamp must therefore never go backwards."""
+    key_id, private_pem, _ = await new_key(http, auth)
+    token = sign(private_pem, {"sub": "x"}, kid=key_id)
+    assert (await verify(http, auth, token))["valid"]
+    dsn = migrated_topology.region(migrated_topology.primary).direct_dsn
+    conn = await asyncpg.connect(dsn)
+    try:
+        revoke = conn.transaction()
+        await revoke.start()  # now() is fixed here
+        await conn.fetchval("SELECT now()")
+        await asyncio.sleep(0.05)
+        async with http.patch(
+            f"{KEYS}/{key_id}", headers=auth.headers, json={"name": "renamed"}
+        ) as response:
+            assert response.status == 200, await response.text()
+        deadline = time.monotonic() + 5
+        while (cached := server.key_cache.peek(key_id)) is None or cached.name != "renamed":
+            assert time.monotonic() < deadline, "the feed never applied the rename"
+            await asyncio.sleep(0.02)
+        assert await conn.fetchrow(_REVOKE, key_id, environment) is not None
+        await revoke.commit()
+    finally:
+        await conn.close()
+    deadline = time.monotonic() + 2.0
+    while (verdict := await verify(http, auth, token))["valid"]:
+        assert time.monotonic() < deadline, "a revoked key still verifies from the cache"
+        await asyncio.sleep(0.05)
+    assert verdict["reason"] == "revoked_key", verdict
