@@ -146,9 +146,13 @@ class CredentialTable(Poller):
 
 def _keeps(known: AccessToken, candidate: AccessToken) -> bool:
     """Whether ``known`` stays rather than ``candidate``: revocation is final, and an older
-    record (from a region that has not replayed the newer one) never replaces a newer one."""
+    record (from a region that has not replayed the newer one) never replaces a newer one.
+    A revoked record replaces an active one whatever their stamps: one stamped earlier
+    (another clock after a failover, a hand-run UPDATE) is still the later state."""
     if known.revoked_at is not None and candidate.revoked_at is None:
         return True
+    if candidate.revoked_at is not None and known.revoked_at is None:
+        return False
     if known.updated_at is None or candidate.updated_at is None:
         return False
     return candidate.updated_at < known.updated_at

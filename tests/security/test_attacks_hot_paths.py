@@ -20,7 +20,7 @@ from grpclib.const import Status
 
 from harness import LocalTopology
 from service.core import times
-from service.core.auth import VerifiedCredentials
+from service.core.auth import VerifiedCredentials, new_access_token
 from service.core.changes import ChangeFeed
 from service.core.credentials import CredentialTable
 from service.core.keycache import KeyCache
@@ -40,7 +40,7 @@ from tests.core.test_change_feed_rules import signing_key
 from tests.grpc.test_limits import _prefix, _raw_call
 from tests.http.test_key_reads import KEYS, create
 from tests.http.test_tokens import new_key, sign, verify
-from tests.support.memory import ManualClock, MemoryKeyRecords
+from tests.support.memory import ManualClock, MemoryKeyRecords, MemoryTokenRecords
 from tests.support.service import Credentials, service_env
 
 HEADER_TIMEOUT = 1.0
@@ -428,3 +428,31 @@ async def test_a_revocation_stamped_before_a_concurrent_update_still_reaches_the
         assert time.monotonic() < deadline, "a revoked key still verifies from the cache"
         await asyncio.sleep(0.05)
     assert verdict["reason"] == "revoked_key", verdict
+
+
+async def test_a_token_revoked_with_an_earlier_stamp_stops_authenticating_at_the_resync() -> None:
+    """A token issued on a primary whose clock ran ahead, revoked by hand after a failover
+    to one whose clock is behind: the revoked row's stamp is earlier than the active one the
+    table holds. The resync (the revocation bound) must still take it: revocation is final,
+    whatever the stamps say."""
+    clock = ManualClock()
+    tokens = MemoryTokenRecords(clock=clock)
+    table = CredentialTable(
+        tokens, poll_interval=0.2, overlap=5.0, resync_interval=30.0, clock=clock.seconds
+    )
+    issued, _ = new_access_token([Scope.READ], ["env-a"])
+    await tokens.insert(issued)
+    await table.poll_once()
+    active = table.get(issued.id)
+    assert active is not None and active.updated_at is not None
+    tokens._tokens[issued.id] = replace(
+        active,
+        revoked_at=active.updated_at - timedelta(seconds=0.05),
+        updated_at=active.updated_at - timedelta(seconds=0.05),
+    )
+    clock.advance(0.2)
+    await table.poll_once()  # a poll of changes
+    clock.advance(30.0)
+    await table.poll_once()  # and a resync
+    current = table.get(issued.id)
+    assert current is not None and current.revoked_at is not None
