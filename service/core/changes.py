@@ -74,7 +74,7 @@ from typing import Final, Literal
 
 import structlog
 
-from service.core.keycache import KeyCache
+from service.core.keycache import KeyCache, is_later
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.polling import Poller
@@ -410,7 +410,7 @@ class ChangeFeed(Poller):
         fresh = 0
         for key in keys:
             known = self._recent.get(key.id)
-            if known is not None and key.updated_at <= known.updated_at:
+            if known is not None and not is_later(key, known):
                 continue  # the overlap's re-read, or an older version from a lagging region
             fresh += 1
             if known is None and self._was_forgotten(key):

@@ -239,6 +239,16 @@ class KeyCache:
 
 
 def _is_older(candidate: SigningKey, cached: SigningKey) -> bool:
-    if cached.status == "revoked" and candidate.status != "revoked":
-        return True
+    if (candidate.status == "revoked") != (cached.status == "revoked"):
+        return cached.status == "revoked"  # revocation is final: see is_later
     return candidate.updated_at < cached.updated_at
+
+
+def is_later(candidate: SigningKey, known: SigningKey) -> bool:
+    """Whether ``candidate`` is a later state of ``known``'s key. Revocation is final: a
+    revoked record is later than an active one whatever their stamps (one stamped earlier
+    comes from another clock, after a failover that lost the write stamped later), and an
+    active one never later than a revoked one. Otherwise the later stamp."""
+    if (candidate.status == "revoked") != (known.status == "revoked"):
+        return candidate.status == "revoked"
+    return candidate.updated_at > known.updated_at

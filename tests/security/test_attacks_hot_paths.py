@@ -456,3 +456,34 @@ async def test_a_token_revoked_with_an_earlier_stamp_stops_authenticating_at_the
     await table.poll_once()  # and a resync
     current = table.get(issued.id)
     assert current is not None and current.revoked_at is not None
+
+
+async def test_a_revocation_stamped_before_the_version_the_feed_holds_still_reaches_the_cache() -> (
+    None
+):
+    """A rename the feed applied from the old primary is lost in a failover (asynchronous
+    replication), and the key is revoked on the new primary, whose clock is behind: the
+    revoked row is stamped earlier than the rename the feed and the cache hold. Revocation
+    is final: it must win whatever the stamps."""
+    clock = ManualClock()
+    records = MemoryKeyRecords(clock=clock)
+    cache = KeyCache(size=8, negative_size=8, negative_ttl=60.0, clock=clock.seconds)
+    feed = ChangeFeed(
+        records, cache, poll_interval=0.05, overlap=1.0, clock=clock.seconds, wall=clock.seconds
+    )
+    (key,) = await import_keys(records, 1)
+    await feed.poll_once()
+    renamed = replace(key, name="renamed", updated_at=key.updated_at + timedelta(seconds=0.2))
+    records._rows[key.id] = renamed  # the old primary's write, read by the feed
+    clock.advance(0.2)
+    await feed.poll_once()
+    assert (cached := cache.peek(key.id)) is not None and cached.name == "renamed"
+    moment = key.updated_at + timedelta(seconds=0.1)  # the new primary's clock
+    records._rows[key.id] = replace(key, status="revoked", revoked_at=moment, updated_at=moment)
+    clock.advance(0.1)
+    await feed.poll_once()
+    assert (cached := cache.peek(key.id)) is not None and cached.status == "revoked"
+    records._rows[key.id] = renamed  # a straggler's re-read of the lost write: too late
+    clock.advance(0.1)
+    await feed.poll_once()
+    assert (cached := cache.peek(key.id)) is not None and cached.status == "revoked"
