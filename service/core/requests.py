@@ -71,15 +71,20 @@ def refuse_past_expiry(expires_at: datetime | None, now: float | None = None) ->
         )
 
 
+_REQUEST_IDS: Final = random.Random()
+
+
 def choose_request_id(offered: object) -> str:
     """The id a request is logged and audited under: the caller's, when it is well formed
     (it is echoed into logs and headers), else a new random one."""
     if isinstance(offered, str) and _REQUEST_ID.fullmatch(offered):
         return offered
     # Not secrets.token_hex: an id names a request, it guards nothing (a caller may choose
-    # its own), and the system random source costs a system call per request. Python
-    # reseeds this generator in a forked worker, so workers do not repeat each other.
-    return f"{random.getrandbits(64):016x}"
+    # its own), and the system random source costs a system call per request. A generator
+    # of its own, seeded from the system's at start (each worker is a process of its own):
+    # the ids a client sees tell nothing of the module's generator, which samples the
+    # access log and jitters retries.
+    return f"{_REQUEST_IDS.getrandbits(64):016x}"
 
 
 def optional_text(value: object, name: str) -> str | None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -254,6 +255,15 @@ def test_request_ids_are_echoed_when_well_formed_else_fresh_and_distinct() -> No
         assert fresh != offered and len(fresh) == 16 and int(fresh, 16) >= 0
     ids = {choose_request_id(None) for _ in range(100_000)}
     assert len(ids) == 100_000
+
+
+def test_generated_request_ids_tell_nothing_of_the_module_generator() -> None:
+    """Ids a client sees come from a generator of their own: the module's (which samples the
+    access log and jitters retries) cannot be recovered from them, nor they from it."""
+    random.seed(7)
+    module_draws = [f"{random.getrandbits(64):016x}" for _ in range(8)]
+    random.seed(7)
+    assert not {choose_request_id(None) for _ in range(8)} & set(module_draws)
 
 
 # --- gRPC: the one gate per handler -----------------------------------------------------
