@@ -13,7 +13,8 @@ import pytest
 from harness import LocalTopology
 from service.server import Server
 from service.settings import Settings
-from tests.support.service import service_env
+from tests.support.service import closed_by_server, guarded_server, service_env
+from tests.support.service import connections_dropped as dropped
 
 HEADER_TIMEOUT = 1.0
 SLACK = 3.0  # a loaded machine may be late to close; a missing timeout is never this early
@@ -22,34 +23,14 @@ HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
 
 @pytest.fixture
 async def guarded(migrated_topology: LocalTopology) -> AsyncIterator[Server]:
-    env = service_env(
-        migrated_topology,
-        http_header_timeout=str(HEADER_TIMEOUT),
-        http_idle_timeout="2",
-        http_max_connections_per_client="5",
-    )
-    async with Server(Settings.from_env(env)) as running:
+    async with guarded_server(
+        migrated_topology, header_timeout=HEADER_TIMEOUT, idle_timeout=2
+    ) as running:
         yield running
 
 
 async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", server.http_port)
-
-
-async def closed_by_server(
-    reader: asyncio.StreamReader, limit: float, *, since: float | None = None
-) -> float:
-    """Read until the server ends the connection; the seconds it took (at most ``limit``)
-    since ``since`` (a ``time.monotonic()`` taken before whatever started the server's
-    clock), else since now."""
-    started = time.monotonic() if since is None else since
-    async with asyncio.timeout(limit):
-        try:
-            while await reader.read(4096):
-                pass
-        except ConnectionResetError:
-            pass
-    return time.monotonic() - started
 
 
 async def get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -58,13 +39,6 @@ async def get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
     await asyncio.wait_for(reader.readexactly(length), 5)
     return head
-
-
-def dropped(server: Server, reason: str) -> float:
-    labels = {"reason": reason}
-    return (
-        server.registry.get_sample_value("signing_keys_http_connections_dropped_total", labels) or 0
-    )
 
 
 async def test_a_request_head_that_trickles_in_is_cut_off_at_the_header_timeout(

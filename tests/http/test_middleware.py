@@ -17,8 +17,8 @@ from service.core.metrics import REQUEST_LATENCY_BUCKETS
 from service.http.middleware import HttpMetrics
 from service.server import Server
 from service.settings import Settings
-from tests.http.test_listener import SLACK, closed_by_server, connect
-from tests.support.service import errors_logged, log_lines, service_env
+from tests.http.test_listener import SLACK, connect
+from tests.support.service import closed_by_server, errors_logged, log_lines, service_env
 
 BODY_TIMEOUT = 1.0
 VERIFY_HEAD = (

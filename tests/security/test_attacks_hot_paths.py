@@ -34,7 +34,6 @@ from service.grpc.generated.signingkeys.v1 import signing_keys_pb2 as pb2
 from service.grpc.messages import KeyReplies
 from service.http.keys import KeyAnswers
 from service.server import Server
-from service.settings import Settings
 from service.store.keys import _REVOKE
 from tests.core.test_change_feed_bound import ADMIN, A, import_keys
 from tests.core.test_change_feed_rules import signing_key
@@ -42,7 +41,8 @@ from tests.grpc.test_limits import _prefix, _raw_call
 from tests.http.test_key_reads import KEYS, create
 from tests.http.test_tokens import new_key, sign, verify
 from tests.support.memory import ManualClock, MemoryKeyRecords, MemoryTokenRecords
-from tests.support.service import Credentials, service_env
+from tests.support.service import Credentials, closed_by_server, guarded_server
+from tests.support.service import connections_dropped as dropped
 
 HEADER_TIMEOUT = 1.0
 IDLE_TIMEOUT = 30.0  # far beyond the header timeout: a close within it is the head rule's
@@ -52,32 +52,10 @@ HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
 
 @pytest.fixture
 async def guarded(migrated_topology: LocalTopology) -> AsyncIterator[Server]:
-    env = service_env(
-        migrated_topology,
-        http_header_timeout=str(HEADER_TIMEOUT),
-        http_idle_timeout=str(IDLE_TIMEOUT),
-        http_max_connections_per_client="5",
-    )
-    async with Server(Settings.from_env(env)) as running:
+    async with guarded_server(
+        migrated_topology, header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT
+    ) as running:
         yield running
-
-
-def dropped(server: Server, reason: str) -> float:
-    labels = {"reason": reason}
-    return (
-        server.registry.get_sample_value("signing_keys_http_connections_dropped_total", labels) or 0
-    )
-
-
-async def closed_within(reader: asyncio.StreamReader, limit: float) -> float:
-    started = time.monotonic()
-    async with asyncio.timeout(limit):
-        try:
-            while await reader.read(4096):
-                pass
-        except ConnectionResetError:
-            pass
-    return time.monotonic() - started
 
 
 @pytest.mark.xfail(
@@ -99,7 +77,7 @@ async def test_a_pipelined_next_head_that_stalls_is_cut_off_at_the_header_timeou
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200 "), head
         with contextlib.suppress(TimeoutError):
-            await closed_within(reader, HEADER_TIMEOUT + SLACK)
+            await closed_by_server(reader, HEADER_TIMEOUT + SLACK)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):

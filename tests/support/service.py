@@ -6,11 +6,13 @@ Registered from the root conftest as a pytest plugin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import secrets
 import sys
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +52,46 @@ def service_env(
     }
     env.update({f"SIGNING_KEYS_{key.upper()}": value for key, value in overrides.items()})
     return env
+
+
+@contextlib.asynccontextmanager
+async def guarded_server(
+    topology: LocalTopology, *, header_timeout: float, idle_timeout: float
+) -> AsyncIterator[Server]:
+    """A service whose HTTP connection guard has short timeouts and allows one client
+    address five connections, for the tests of the guard's rules."""
+    env = service_env(
+        topology,
+        http_header_timeout=str(header_timeout),
+        http_idle_timeout=str(idle_timeout),
+        http_max_connections_per_client="5",
+    )
+    async with Server(Settings.from_env(env)) as running:
+        yield running
+
+
+async def closed_by_server(
+    reader: asyncio.StreamReader, limit: float, *, since: float | None = None
+) -> float:
+    """Read until the server ends the connection; the seconds it took (at most ``limit``)
+    since ``since`` (a ``time.monotonic()`` taken before whatever started the server's
+    clock), else since now."""
+    started = time.monotonic() if since is None else since
+    async with asyncio.timeout(limit):
+        try:
+            while await reader.read(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    return time.monotonic() - started
+
+
+def connections_dropped(server: Server, reason: str) -> float:
+    """How many HTTP connections ``server``'s guard has closed for ``reason``."""
+    labels = {"reason": reason}
+    return (
+        server.registry.get_sample_value("signing_keys_http_connections_dropped_total", labels) or 0
+    )
 
 
 async def _migrate(settings: Settings) -> None:
