@@ -78,7 +78,7 @@ from service.core.keycache import KeyCache, is_later
 from service.core.metrics import CoreMetrics
 from service.core.models import Principal, Scope, SigningKey
 from service.core.polling import Poller
-from service.core.ports import DEFAULT_PAGE_SIZE, ChangeSource
+from service.core.ports import DEFAULT_PAGE_SIZE, Changes, ChangeSource
 from service.core.requests import WatchRequest
 from service.errors import (
     DependencyError,
@@ -346,21 +346,39 @@ class ChangeFeed(Poller):
         that fails half-way has applied its first pages: knowledge only added, never taken
         back (:meth:`_apply`), and read again by the next poll from the same point."""
         fresh, newest, data_age = 0, None, 0.0
+        async with contextlib.aclosing(self._change_pages(since, max_data_age)) as pages:
+            async for changes in pages:
+                fresh += self._apply(changes.keys, notify=notify)
+                data_age = max(data_age, changes.data_age)
+                if changes.keys:
+                    last = changes.keys[-1].updated_at
+                    newest = last if newest is None else max(newest, last)
+        return fresh, newest, data_age
+
+    async def _change_pages(
+        self, since: datetime | None, max_data_age: float | None, *, slotted: bool = False
+    ) -> AsyncGenerator[Changes, None]:
+        """The changes since ``since``, a page of ``page_size`` at a time (keyset on
+        ``(updated_at, id)``), with a turn for requests between two pages of a long read;
+        ``slotted``: each page read while holding one of the instance's snapshot read
+        slots."""
         after: tuple[datetime, str] | None = None
         while True:
-            changes = await self._source.changes(
-                since=since, after=after, limit=self._page_size, max_data_age=max_data_age
-            )
-            fresh += self._apply(changes.keys, notify=notify)
-            data_age = max(data_age, changes.data_age)
-            if not changes.keys:
-                return fresh, newest, data_age
-            last = changes.keys[-1]
-            newest = last.updated_at if newest is None else max(newest, last.updated_at)
+            async with self._read_slot() if slotted else contextlib.nullcontext():
+                changes = await self._source.changes(
+                    since=since, after=after, limit=self._page_size, max_data_age=max_data_age
+                )
+            yield changes
             if len(changes.keys) < self._page_size:
-                return fresh, newest, data_age
-            after = (last.updated_at, last.id)
-            await asyncio.sleep(0)  # a turn for requests between two pages of a long read
+                return
+            after = (changes.keys[-1].updated_at, changes.keys[-1].id)
+            await asyncio.sleep(0)
+
+    def _read_slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """One of the instance's snapshot read slots (none to wait for when unlimited)."""
+        if self._snapshot_reads is None:
+            return contextlib.nullcontext()
+        return self._snapshot_reads
 
     def _prune(self) -> None:
         """Forget what no re-read and no merge needs any more: changes older than two
@@ -473,28 +491,14 @@ class ChangeFeed(Poller):
         if environment_id not in self._forgotten or self._watermark is None:
             return
         since = self._watermark - 2 * self._overlap
-        after: tuple[datetime, str] | None = None
-        while True:
-            if self._snapshot_reads is None:
-                changes = await self._source.changes(
-                    since=since, after=after, limit=self._page_size, max_data_age=self._max_data_age
-                )
-            else:
-                async with self._snapshot_reads:
-                    changes = await self._source.changes(
-                        since=since,
-                        after=after,
-                        limit=self._page_size,
-                        max_data_age=self._max_data_age,
-                    )
-            for key in changes.keys:
-                if key.environment_id == environment_id and key.updated_at > sent.get(
-                    key.id, _EPOCH
-                ):
-                    yield key
-            if len(changes.keys) < self._page_size:
-                return
-            after = (changes.keys[-1].updated_at, changes.keys[-1].id)
+        pages = self._change_pages(since, self._max_data_age, slotted=True)
+        async with contextlib.aclosing(pages):
+            async for changes in pages:
+                for key in changes.keys:
+                    if key.environment_id == environment_id and key.updated_at > sent.get(
+                        key.id, _EPOCH
+                    ):
+                        yield key
 
     def _deliver(self, watcher: _Watcher, event: WatchEvent) -> None:
         try:
@@ -664,11 +668,8 @@ class ChangeFeed(Poller):
         pages = aiter(self._source.pages(environment_id=environment_id, since=since))
         try:
             while True:
-                if self._snapshot_reads is None:
+                async with self._read_slot():
                     page = await anext(pages, None)
-                else:
-                    async with self._snapshot_reads:
-                        page = await anext(pages, None)
                 if page is None:
                     return
                 yield page

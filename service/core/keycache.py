@@ -200,7 +200,7 @@ class KeyCache:
         self._unknown.pop(key.id, None)
         if current is not None:
             self._keys.move_to_end(key.id)
-            if _is_older(key, current.record) or current.record == key:
+            if is_later(current.record, key) or current.record == key:
                 return current  # a re-read's copy is dropped: one record per key
         cached = CachedKey(key, self._loaded)
         self._keys[key.id] = cached
@@ -236,12 +236,6 @@ class KeyCache:
         if not keys:
             del self._by_environment[environment_id]
         self._stamps[environment_id] = next(self._changes)
-
-
-def _is_older(candidate: SigningKey, cached: SigningKey) -> bool:
-    if (candidate.status == "revoked") != (cached.status == "revoked"):
-        return cached.status == "revoked"  # revocation is final: see is_later
-    return candidate.updated_at < cached.updated_at
 
 
 def is_later(candidate: SigningKey, known: SigningKey) -> bool:
