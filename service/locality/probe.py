@@ -219,7 +219,11 @@ class RegionProber:
                     raise
                 except Exception:
                     log.exception("probe_result_handler_failed", region=self.name)
-                self.first_round.set()
+                if not result.inconclusive:
+                    # A first round says something of the region: an inconclusive probe (the
+                    # instance's own loop stalled) says nothing, and a start that took it for
+                    # an answer would serve with every region still marked down.
+                    self.first_round.set()
                 if result.inconclusive:
                     # The loop was stalled, not the region: ask again now that it runs.
                     await asyncio.sleep(MIN_PROBE_GAP)

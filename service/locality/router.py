@@ -354,7 +354,9 @@ class LocalityRouter(AsyncResource):
             if region.prober is not None
         ]
         try:
-            await asyncio.wait(waiters, timeout=self._settings.probe_timeout + 0.1)
+            # One probe's time, and one retry's after a probe the loop's stall made
+            # inconclusive (the start itself may stall the loop).
+            await asyncio.wait(waiters, timeout=2 * self._settings.probe_timeout + 0.1)
         finally:
             for waiter in waiters:
                 waiter.cancel()

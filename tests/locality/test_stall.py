@@ -184,6 +184,37 @@ async def test_an_inconclusive_probe_is_retried_at_once_not_after_the_interval()
     assert all(result.inconclusive for result in results)
 
 
+async def test_an_inconclusive_probe_is_not_a_first_round() -> None:
+    """A start waits for each region's first round: a probe the loop's stall made
+    inconclusive must not end that wait, or the instance serves with every region down."""
+    stalls = iter([1.0, 1.0])
+    seen: list[tuple[bool, bool]] = []  # each result: inconclusive, first round already set
+
+    def stalled(_start: float, _end: float) -> float:
+        return next(stalls, 0.0)  # two stalled probes, then a loop that runs
+
+    async def record(result: ProbeResult) -> None:
+        seen.append((result.inconclusive, probe.first_round.is_set()))
+
+    probe = RegionProber(
+        name="test",
+        dsn="postgresql://nowhere/",
+        interval=30.0,
+        timeout=0.1,
+        connect=_hang,
+        clock=time.monotonic,
+        on_result=record,
+        stall=stalled,
+    )
+    task = asyncio.create_task(probe.run())
+    try:
+        await asyncio.wait_for(probe.first_round.wait(), 5.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert seen[:3] == [(True, False), (True, False), (False, False)]
+
+
 # -- the router on the real topology -----------------------------------------------------------
 
 
